@@ -1,0 +1,509 @@
+//! Cancel scopes: cancellation you can aim, with deadlines and shields.
+//!
+//! A [`CancelScope`] wraps a future ([`CancelScope::run`]). While the scope is cancelled, every
+//! checkpoint inside it fails with [`Cancelled`], again and again (level-triggered), until
+//! control leaves the scope. When the `Cancelled` comes out of the scope, the scope absorbs it
+//! if it is the outermost cancelled scope visible from inside (S4.8): the future then resolves to
+//! `Ok(None)`. A value the body produced is never thrown away: a body that finishes with `Ok` is
+//! reported as `Ok(Some(value))` even if the scope was cancelled meanwhile.
+//!
+//! This is a core module: it owns entering and leaving scopes in the runtime's cancel tree.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+
+use crate::error::{CancelError, CancelSource, TooSlow};
+use crate::runtime::cancel_tree::{Phase, ScopeState};
+use crate::runtime::clock::Instant;
+use crate::runtime::context::{self, Core, TimerTarget};
+
+/// A cancel scope, not yet entered. Single-use: [`run`](CancelScope::run) consumes it.
+///
+/// Configure it (deadline, timeout, shield), keep a [`CancelHandle`] if you want to act on it
+/// later, then run a future inside it.
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::{testing::MockClock, Builder, CancelScope, Cancelled, sleep, now, Instant};
+///
+/// Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
+///     let scope = CancelScope::new().with_timeout(Duration::from_secs(5));
+///     let handle = scope.handle();
+///     let out = scope.run(async {
+///         sleep(Duration::from_secs(10)).await?;
+///         Ok::<_, Cancelled>("slept")
+///     }).await;
+///     assert_eq!(out, Ok(None)); // the deadline fired and this scope absorbed it
+///     assert!(handle.cancelled_caught());
+///     assert_eq!(now(), Instant::ZERO + Duration::from_secs(5));
+/// });
+/// ```
+pub struct CancelScope {
+    state: Rc<ScopeState>,
+}
+
+/// A shared handle to a cancel scope: cancel it, move its deadline, toggle its shield, and read
+/// what happened, before, during or after the scope runs. Cheap to clone.
+#[derive(Clone)]
+pub struct CancelHandle {
+    state: Rc<ScopeState>,
+}
+
+impl Default for CancelScope {
+    fn default() -> Self {
+        CancelScope::new()
+    }
+}
+
+impl fmt::Debug for CancelScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_state(&self.state, "CancelScope", f)
+    }
+}
+
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_state(&self.state, "CancelHandle", f)
+    }
+}
+
+fn debug_state(s: &ScopeState, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.debug_struct(name)
+        .field("cancel_called", &s.cancel_called.get())
+        .field("shield", &s.shield.get())
+        .field("deadline", &s.deadline.get())
+        .field("cancelled_caught", &s.caught.get())
+        .finish()
+}
+
+impl CancelScope {
+    /// A scope with no deadline and no shield.
+    pub fn new() -> CancelScope {
+        CancelScope { state: ScopeState::new() }
+    }
+
+    /// Sets an absolute deadline.
+    pub fn with_deadline(self, deadline: Instant) -> CancelScope {
+        self.state.relative.set(None);
+        self.state.deadline.set(deadline);
+        self
+    }
+
+    /// Sets a deadline `timeout` after the moment the scope is entered (not now, S4.5).
+    pub fn with_timeout(self, timeout: Duration) -> CancelScope {
+        self.state.deadline.set(Instant::MAX);
+        self.state.relative.set(Some(timeout));
+        self
+    }
+
+    /// Shields the inside from cancellation of enclosing scopes (S4.7).
+    pub fn shielded(self) -> CancelScope {
+        self.state.shield.set(true);
+        self
+    }
+
+    /// A handle to this scope.
+    pub fn handle(&self) -> CancelHandle {
+        CancelHandle { state: self.state.clone() }
+    }
+
+    /// Runs `future` inside this scope.
+    ///
+    /// Resolves to `Ok(Some(v))` when the future finished with `Ok(v)`, `Ok(None)` when this
+    /// scope absorbed a cancellation, and `Err(e)` for any other error, including a
+    /// cancellation that belongs to an enclosing scope.
+    ///
+    /// # Cancellation
+    ///
+    /// Entering and leaving the scope are not checkpoints; only what the future does inside is.
+    pub fn run<F, T, E>(self, future: F) -> Scoped<F>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: CancelError,
+    {
+        Scoped { fut: Some(future), guard: ScopeGuard { state: self.state, entered: None } }
+    }
+}
+
+impl CancelHandle {
+    pub(crate) fn from_state(state: Rc<ScopeState>) -> CancelHandle {
+        CancelHandle { state }
+    }
+
+    /// Cancels the scope. Idempotent; not a checkpoint: the code that calls it keeps running
+    /// until its next checkpoint (S2.6). Works before entry, during the run, and after exit.
+    pub fn cancel(&self) {
+        cancel_state(&self.state, CancelSource::Explicit, None);
+    }
+
+    /// Cancels the scope with a reason that the resulting [`Cancelled`] carries. The first
+    /// reason recorded wins.
+    pub fn cancel_with_reason(&self, reason: impl Into<String>) {
+        let reason: Arc<str> = Arc::from(reason.into());
+        cancel_state(&self.state, CancelSource::Explicit, Some(reason));
+    }
+
+    /// Whether cancellation was requested (by a call or by the deadline).
+    pub fn cancel_called(&self) -> bool {
+        if self.state.cancel_called.get() {
+            return true;
+        }
+        // An unentered or running scope whose deadline has passed already counts (S4.4).
+        let d = self.state.deadline.get();
+        d != Instant::MAX && context::try_core().is_some_and(|c| c.now() >= d)
+    }
+
+    /// Whether this scope absorbed a cancellation.
+    pub fn cancelled_caught(&self) -> bool {
+        self.state.caught.get()
+    }
+
+    /// The absolute deadline, if any. For a relative scope that has not been entered yet this is
+    /// `None`: the deadline is fixed at entry.
+    pub fn deadline(&self) -> Option<Instant> {
+        let d = self.state.deadline.get();
+        (d != Instant::MAX).then_some(d)
+    }
+
+    /// Sets the absolute deadline (`Instant::MAX` removes it). Takes effect at once; a
+    /// deadline in the past cancels the scope on the next pass of the loop (S1.9). Before
+    /// entry, this replaces a relative timeout. Moving the deadline later does not undo a
+    /// cancellation that already happened.
+    pub fn set_deadline(&self, deadline: Instant) {
+        self.state.relative.set(None);
+        self.state.deadline.set(deadline);
+        if let Phase::Entered(node) = self.state.phase.get() {
+            if let Some(core) = context::try_core() {
+                arm_deadline(&core, &self.state, node);
+            }
+        }
+    }
+
+    /// Sets the deadline to `timeout` from now (or, before entry, from the moment of entry).
+    pub fn set_timeout(&self, timeout: Duration) {
+        match self.state.phase.get() {
+            Phase::Unentered => {
+                self.state.deadline.set(Instant::MAX);
+                self.state.relative.set(Some(timeout));
+            }
+            _ => match context::try_core() {
+                Some(core) => self.set_deadline(core.now() + timeout),
+                None => self.state.relative.set(Some(timeout)),
+            },
+        }
+    }
+
+    /// Whether the scope is shielded.
+    pub fn shield(&self) -> bool {
+        self.state.shield.get()
+    }
+
+    /// Turns the shield on or off. Takes effect at once: turning it off while an enclosing
+    /// scope is cancelled wakes the tasks blocked inside with [`Cancelled`].
+    pub fn set_shield(&self, shield: bool) {
+        let was = self.state.shield.replace(shield);
+        if was && !shield {
+            if let (Phase::Entered(node), Some(core)) = (self.state.phase.get(), context::try_core()) {
+                let mut wakers = Vec::new();
+                {
+                    let tree = core.cancel.borrow();
+                    let parent = tree.parent(node);
+                    if parent != crate::runtime::cancel_tree::NIL && tree.is_effectively_cancelled(parent) {
+                        tree.collect_wakers(node, &mut wakers);
+                    }
+                }
+                wakers.into_iter().for_each(Waker::wake);
+            }
+        }
+    }
+
+    /// Whether the scope has been entered and not yet left.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.phase.get(), Phase::Entered(_))
+    }
+}
+
+/// Cancels a scope's state, waking what it reaches if it is entered.
+pub(crate) fn cancel_state(state: &Rc<ScopeState>, source: CancelSource, reason: Option<Arc<str>>) {
+    match (state.phase.get(), context::try_core()) {
+        (Phase::Entered(node), Some(core)) => {
+            let mut wakers = Vec::new();
+            cancel_node(&core, node, source, reason, &mut wakers);
+            wakers.into_iter().for_each(Waker::wake);
+        }
+        _ => {
+            state.mark_cancelled(source, reason);
+        }
+    }
+}
+
+/// Cancels the scope at `node` and collects the wakers of everything it reaches.
+pub(crate) fn cancel_node(
+    core: &Core,
+    node: u32,
+    source: CancelSource,
+    reason: Option<Arc<str>>,
+    wakers: &mut Vec<Waker>,
+) {
+    let tree = core.cancel.borrow();
+    if tree.state(node).mark_cancelled(source, reason) {
+        tree.collect_wakers(node, wakers);
+    }
+}
+
+/// Registers, moves or removes the deadline entry of an entered scope.
+fn arm_deadline(core: &Core, state: &ScopeState, node: u32) {
+    let d = state.deadline.get();
+    let mut timers = core.timers.borrow_mut();
+    match state.deadline_key.get() {
+        Some(k) => timers.reset(k, d),
+        None if d != Instant::MAX => state.deadline_key.set(Some(timers.insert(d, TimerTarget::Scope(node)))),
+        None => {}
+    }
+}
+
+/// Enters `state` under the current status; returns its node.
+pub(crate) fn enter(core: &Core, state: &Rc<ScopeState>) -> u32 {
+    enter_under(core, state, core.current_status.get())
+}
+
+/// Enters `state` under `parent`; returns its node.
+pub(crate) fn enter_under(core: &Core, state: &Rc<ScopeState>, parent: u32) -> u32 {
+    let node = core.cancel.borrow_mut().enter(parent, state.clone());
+    state.phase.set(Phase::Entered(node));
+    if let Some(rel) = state.relative.take() {
+        state.deadline.set(core.now() + rel);
+    }
+    let d = state.deadline.get();
+    if d != Instant::MAX {
+        if d <= core.now() {
+            // Already past: cancelled at entry (S4.4); nothing is parked inside yet.
+            state.mark_cancelled(CancelSource::Deadline, None);
+        } else {
+            arm_deadline(core, state, node);
+        }
+    }
+    node
+}
+
+/// Leaves the scope at `node`.
+pub(crate) fn exit(core: &Core, state: &ScopeState, node: u32) {
+    if let Some(k) = state.deadline_key.take() {
+        core.timers.borrow_mut().remove(k);
+    }
+    core.cancel.borrow_mut().exit(node);
+    state.phase.set(Phase::Exited);
+}
+
+/// Applies S4.8/S4.9 to an error leaving the scope at `node`: if this scope catches, the
+/// cancellations are stripped (and `cancelled_caught` set when there were any).
+pub(crate) fn absorb<E: CancelError>(core: &Core, state: &ScopeState, node: u32, err: E) -> Option<E> {
+    if !core.cancel.borrow().catches(node) {
+        return Some(err);
+    }
+    if !err.has_cancelled() {
+        return Some(err);
+    }
+    state.caught.set(true);
+    err.strip_cancelled()
+}
+
+/// Makes `node` the current status for the duration of a poll; restores on drop (also on panic).
+pub(crate) struct StatusGuard<'a> {
+    core: &'a Core,
+    prev: u32,
+}
+
+impl<'a> StatusGuard<'a> {
+    pub(crate) fn enter(core: &'a Core, node: u32) -> StatusGuard<'a> {
+        let prev = core.current_status.replace(node);
+        StatusGuard { core, prev }
+    }
+}
+
+impl Drop for StatusGuard<'_> {
+    fn drop(&mut self) {
+        self.core.current_status.set(self.prev);
+    }
+}
+
+struct ScopeGuard {
+    state: Rc<ScopeState>,
+    entered: Option<(Rc<Core>, u32)>,
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        if let Some((core, node)) = self.entered.take() {
+            exit(&core, &self.state, node);
+        }
+    }
+}
+
+pin_project! {
+    /// The future returned by [`CancelScope::run`] and [`move_on_after`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Scoped<F> {
+        #[pin]
+        fut: Option<F>,
+        guard: ScopeGuard,
+    }
+}
+
+impl<F> fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_state(&self.guard.state, "Scoped", f)
+    }
+}
+
+impl<F, T, E> Future for Scoped<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
+    type Output = Result<Option<T>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(fut) = this.fut.as_mut().as_pin_mut() else {
+            panic!("a hatchery cancel-scope future was polled after it completed");
+        };
+        let (core, node) = match &this.guard.entered {
+            Some((core, node)) => (core.clone(), *node),
+            None => {
+                let core = context::core();
+                let node = enter(&core, &this.guard.state);
+                this.guard.entered = Some((core.clone(), node));
+                (core, node)
+            }
+        };
+        let out = {
+            let _status = StatusGuard::enter(&core, node);
+            match fut.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(out) => out,
+            }
+        };
+        // Drop the body before leaving the scope, so nothing inside outlives it.
+        this.fut.set(None);
+        let result = match out {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => match absorb(&core, &this.guard.state, node, e) {
+                None => Ok(None),
+                Some(e) => Err(e),
+            },
+        };
+        if let Some((core, node)) = this.guard.entered.take() {
+            exit(&core, &this.guard.state, node);
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Runs `future` with a deadline `timeout` from now; `Ok(None)` if the deadline interrupted it.
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::{testing::MockClock, Builder, move_on_after, sleep, Cancelled};
+/// Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
+///     let r = move_on_after(Duration::from_secs(1), async {
+///         sleep(Duration::from_secs(2)).await?;
+///         Ok::<_, Cancelled>(())
+///     }).await;
+///     assert_eq!(r, Ok(None));
+/// });
+/// ```
+pub fn move_on_after<F, T, E>(timeout: Duration, future: F) -> Scoped<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
+    CancelScope::new().with_timeout(timeout).run(future)
+}
+
+/// Runs `future` with an absolute deadline; `Ok(None)` if the deadline interrupted it.
+pub fn move_on_at<F, T, E>(deadline: Instant, future: F) -> Scoped<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError,
+{
+    CancelScope::new().with_deadline(deadline).run(future)
+}
+
+pin_project! {
+    /// The future returned by [`fail_after`] and [`fail_at`].
+    #[must_use = "futures do nothing unless awaited"]
+    #[derive(Debug)]
+    pub struct FailAfter<F> {
+        #[pin]
+        inner: Scoped<F>,
+    }
+}
+
+impl<F, T, E> Future for FailAfter<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError + From<TooSlow>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map(|r| match r {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(E::from(TooSlow::new())),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// Runs `future` with a deadline `timeout` from now; fails with [`TooSlow`] (converted into the
+/// future's error type) if the deadline interrupted it (S5.2). If the deadline passes but no
+/// checkpoint ran inside, the value is returned.
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::{testing::MockClock, Builder, fail_after, sleep, Error};
+/// Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
+///     let r: Result<(), Error> = fail_after(Duration::from_secs(1), async {
+///         sleep(Duration::from_secs(2)).await?;
+///         Ok(())
+///     }).await;
+///     assert!(matches!(r, Err(Error::TooSlow(_))));
+/// });
+/// ```
+pub fn fail_after<F, T, E>(timeout: Duration, future: F) -> FailAfter<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError + From<TooSlow>,
+{
+    FailAfter { inner: move_on_after(timeout, future) }
+}
+
+/// Like [`fail_after`] with an absolute deadline.
+pub fn fail_at<F, T, E>(deadline: Instant, future: F) -> FailAfter<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: CancelError + From<TooSlow>,
+{
+    FailAfter { inner: move_on_at(deadline, future) }
+}
+
+/// The deadline that governs the code calling this: the earliest deadline of the enclosing
+/// scopes up to the first shield (S4.11). `None` if there is none; [`Instant::ZERO`] (always
+/// due) if the current code is already effectively cancelled.
+///
+/// # Panics
+///
+/// Outside a run.
+pub fn current_effective_deadline() -> Option<Instant> {
+    let core = context::core();
+    let node = core.current_status.get();
+    core.cancel.borrow().effective_deadline(node)
+}

@@ -1,0 +1,63 @@
+//! # hatchery
+//!
+//! A structured-concurrency async runtime in the tradition of Python's Trio and Curio.
+//!
+//! - **Nurseries own their tasks.** [`nursery`] returns only when its body and every child have
+//!   finished; children may borrow from the code that opened it; errors and panics always reach
+//!   the nursery.
+//! - **Cancel scopes with deadlines and shields.** [`CancelScope`], [`move_on_after`],
+//!   [`fail_after`]: level-triggered, cooperative cancellation delivered at checkpoints; the
+//!   scope that was cancelled absorbs it.
+//! - **Its own event loop** on the `polling` crate, one per [`run`], on one thread, with a
+//!   virtual clock and seeded scheduling for tests ([`testing`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use hatchery::{nursery, sleep, Error};
+//!
+//! hatchery::run(async {
+//!     let greeting = String::from("hello");
+//!     nursery(async |n| {
+//!         n.start_soon(async { sleep(Duration::from_millis(2)).await?; println!("{greeting}, alice"); Ok(()) })?;
+//!         n.start_soon(async { sleep(Duration::from_millis(1)).await?; println!("{greeting}, bob"); Ok(()) })?;
+//!         Ok::<_, Error>(())
+//!     })
+//!     .await?;
+//!     Ok::<_, Error>(())
+//! })
+//! .unwrap();
+//! ```
+//!
+//! # How it works
+//!
+//! [`run`] drives one root future with an event loop built on `polling` (epoll, kqueue, IOCP).
+//! A nursery polls its children from inside its own future, each with its own waker, so only
+//! woken children run and children can borrow; wake-ups climb the tree of nurseries to the root.
+//! Every blocking operation parks through one protocol ([`lowlevel`]) that a cancel scope can
+//! interrupt, so every wait is cancellable and nothing is lost when it is.
+//!
+//! See `DESIGN.md` in the repository for the full design.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod cancel;
+mod error;
+pub mod lowlevel;
+mod nursery;
+mod runtime;
+pub mod testing;
+mod time;
+
+pub use cancel::{
+    CancelHandle, CancelScope, FailAfter, Scoped, current_effective_deadline, fail_after, fail_at,
+    move_on_after, move_on_at,
+};
+pub use error::{
+    BusyResource, CancelError, CancelSource, Cancelled, ClosedResource, Error, NurseryError, Result,
+    RunError, RunFinished, StartError, TooSlow,
+};
+pub use nursery::{JoinHandle, Nursery, TaskStatus, nursery};
+pub use runtime::clock::Instant;
+pub use runtime::context::SchedulePolicy;
+pub use runtime::{Builder, RunHandle, run};
+pub use time::{Sleep, SleepOutput, now, sleep, sleep_forever, sleep_until};

@@ -1,0 +1,372 @@
+//! The low-level facade: the one parking protocol every hatchery primitive is built on.
+//!
+//! `time`, and later `sync` and `net`, are written only against this module, as anyone may
+//! write their own primitives. The protocol, in Trio's shape (S2.3):
+//!
+//! 1. On the first poll, [`checkpoint_if_cancelled`]: in a cancelled scope, fail at once and
+//!    touch nothing.
+//! 2. Try to complete without blocking. If that works, pass a
+//!    [`cancel_shielded_checkpoint`] (a schedule point that cannot fail, so a cancellation that
+//!    arrives after the point of no return cannot undo the operation) and return.
+//! 3. Otherwise record yourself as a waiter wherever the event you wait for will come from, and
+//!    park with a [`Park`]: [`Park::poll_cancel`] registers the task for cancellation and tells
+//!    you when cancellation reached it. That is the *abort path*: on `Ready(cancelled)`, remove
+//!    your record and return the error, unless the operation already completed, in which case
+//!    return the result (the cancellation stays pending for the next checkpoint).
+//! 4. Dropping the future at any point is the same abort path: `Drop` removes the record.
+//!
+//! Whoever completes the operation ("reschedules" the task) records the result where the waiting
+//! future will find it and wakes its waker.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::error::{BusyResource, Cancelled, ClosedResource};
+use crate::runtime::cancel_tree::NIL;
+use crate::runtime::context;
+use crate::runtime::reactor::{Dir, Readiness};
+
+pub use crate::runtime::RunHandle;
+pub use crate::runtime::clock::Instant;
+
+/// The current time on the run's clock.
+///
+/// # Panics
+///
+/// Outside a run.
+pub fn current_time() -> Instant {
+    crate::runtime::now()
+}
+
+/// A handle that other threads use to run closures on this run's thread.
+///
+/// # Panics
+///
+/// Outside a run.
+pub fn run_handle() -> RunHandle {
+    RunHandle { shared: context::core().shared.clone() }
+}
+
+/// A cancel point: `Err(Cancelled)` if the calling code is effectively cancelled, else nothing.
+/// It does not yield, so on its own it is not a checkpoint (S2.2); that is also why it is not
+/// `async`.
+///
+/// # Panics
+///
+/// Outside a run.
+pub fn checkpoint_if_cancelled() -> Result<(), Cancelled> {
+    let core = context::core();
+    core.cancel_points.set(core.cancel_points.get() + 1);
+    let node = core.current_status.get();
+    match core.cancel.borrow().effective(node) {
+        Some(c) => Err(c),
+        None => Ok(()),
+    }
+}
+
+/// A schedule point that never fails: the task yields once and runs again in the next batch.
+pub fn cancel_shielded_checkpoint() -> YieldNow {
+    YieldNow { yielded: false }
+}
+
+/// A full checkpoint: a schedule point, then a cancel point (S2.2). `sleep(0)` is the same.
+///
+/// ```
+/// hatchery::run(async {
+///     hatchery::lowlevel::checkpoint().await.unwrap();
+/// });
+/// ```
+pub async fn checkpoint() -> Result<(), Cancelled> {
+    cancel_shielded_checkpoint().await;
+    checkpoint_if_cancelled()
+}
+
+/// Future of [`cancel_shielded_checkpoint`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct YieldNow {
+    yielded: bool,
+}
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            return Poll::Ready(());
+        }
+        self.yielded = true;
+        let core = context::core();
+        core.schedule_points.set(core.schedule_points.get() + 1);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// A parked operation's registration for cancellation: the abort path of the parking protocol.
+///
+/// Keep one in a future that may wait. While the future is parked, call
+/// [`poll_cancel`](Park::poll_cancel) on every poll: it returns `Ready(Cancelled)` when the
+/// current code is effectively cancelled (then abort), and otherwise registers the waker so that a
+/// cancellation, a deadline or a removed shield wakes the task. Dropping it unregisters.
+#[derive(Debug)]
+pub struct Park {
+    run_id: u64,
+    waiter: u32,
+    parked: bool,
+}
+
+impl Default for Park {
+    fn default() -> Self {
+        Park::new()
+    }
+}
+
+impl Park {
+    /// A registration not yet active.
+    pub const fn new() -> Park {
+        Park { run_id: 0, waiter: NIL, parked: false }
+    }
+
+    /// Checks for cancellation and, if there is none, makes sure a cancellation will wake `cx`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
+        let core = context::core();
+        core.cancel_points.set(core.cancel_points.get() + 1);
+        let node = core.current_status.get();
+        let mut tree = core.cancel.borrow_mut();
+        if let Some(c) = tree.effective(node) {
+            if self.run_id == core.id {
+                tree.unregister(self.waiter);
+            }
+            self.waiter = NIL;
+            return Poll::Ready(c);
+        }
+        let existing = if self.run_id == core.id { self.waiter } else { NIL };
+        self.waiter = tree.register(existing, node, cx.waker());
+        self.run_id = core.id;
+        if !self.parked {
+            self.parked = true;
+            core.schedule_points.set(core.schedule_points.get() + 1);
+        }
+        Poll::Pending
+    }
+
+    /// The operation completed: stop listening for cancellation.
+    pub fn unpark(&mut self) {
+        if self.waiter != NIL {
+            if let Some(core) = context::try_core().filter(|c| c.id == self.run_id) {
+                core.cancel.borrow_mut().unregister(self.waiter);
+            }
+            self.waiter = NIL;
+        }
+    }
+}
+
+impl Drop for Park {
+    fn drop(&mut self) {
+        self.unpark();
+    }
+}
+
+pub use crate::runtime::reactor::IoSource;
+
+impl<T: AsFd> IoSource<T> {
+    /// Wakes any task waiting on this source with [`ClosedResource`]; later waits fail the same
+    /// way. Call it before closing the descriptor while other tasks may be using it.
+    pub fn notify_closing(&self) {
+        for w in self.reg.reactor().notify_closing(self.reg.key) {
+            w.wake();
+        }
+    }
+
+    /// Waits until the OS reports the descriptor readable (or it already had reported so and no
+    /// operation has failed with `WouldBlock` since). A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`], [`BusyResource`] or [`ClosedResource`], as `io::Error`s.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.wait(Dir::Read).await
+    }
+
+    /// Waits until the OS reports the descriptor writable. A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`readable`](IoSource::readable).
+    pub async fn writable(&self) -> io::Result<()> {
+        self.wait(Dir::Write).await
+    }
+
+    /// Runs the non-blocking `op` until it does not fail with `WouldBlock`, waiting for
+    /// readability in between. A checkpoint: cancelled on entry means `op` never runs; once `op`
+    /// has succeeded the result is returned even if a cancellation arrives.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `op` returns, or as [`readable`](IoSource::readable).
+    pub async fn read_with<R>(&self, op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        self.op_with(Dir::Read, op).await
+    }
+
+    /// Like [`read_with`](IoSource::read_with), for writing.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `op` returns, or as [`readable`](IoSource::readable).
+    pub async fn write_with<R>(&self, op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        self.op_with(Dir::Write, op).await
+    }
+
+    async fn wait(&self, dir: Dir) -> io::Result<()> {
+        checkpoint_if_cancelled()?;
+        let mut wait =
+            ReadyWait { src: self, dir, id: context::core().fresh_id(), park: Park::new(), waited: false };
+        std::future::poll_fn(|cx| wait.poll(cx)).await?;
+        if !wait.waited {
+            cancel_shielded_checkpoint().await;
+        }
+        Ok(())
+    }
+
+    async fn op_with<R>(&self, dir: Dir, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        checkpoint_if_cancelled()?;
+        let mut waited = false;
+        let id = context::core().fresh_id();
+        loop {
+            match op(self.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.reg.reactor().clear_ready(self.reg.key, dir);
+                }
+                res => {
+                    if !waited {
+                        cancel_shielded_checkpoint().await;
+                    }
+                    return res;
+                }
+            }
+            let mut wait = ReadyWait { src: self, dir, id, park: Park::new(), waited: false };
+            std::future::poll_fn(|cx| wait.poll(cx)).await?;
+            waited |= wait.waited;
+        }
+    }
+}
+
+struct ReadyWait<'a, T: AsFd> {
+    src: &'a IoSource<T>,
+    dir: Dir,
+    id: u64,
+    park: Park,
+    waited: bool,
+}
+
+impl<T: AsFd> ReadyWait<'_, T> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let fd = self.src.get_ref().as_fd();
+        let r = self.src.reg.reactor().poll_ready(self.src.reg.key, self.dir, self.id, cx.waker(), fd);
+        match r {
+            Err(e) => Poll::Ready(Err(e)),
+            Ok(Readiness::Ready) => {
+                self.park.unpark();
+                Poll::Ready(Ok(()))
+            }
+            Ok(Readiness::Busy) => Poll::Ready(Err(BusyResource(match self.dir {
+                Dir::Read => "read",
+                Dir::Write => "write",
+            })
+            .into())),
+            Ok(Readiness::Closed) => Poll::Ready(Err(ClosedResource.into())),
+            Ok(Readiness::Pending) => match self.park.poll_cancel(cx) {
+                Poll::Ready(c) => {
+                    self.src.reg.reactor().forget_waiter(self.src.reg.key, self.dir, self.id);
+                    Poll::Ready(Err(c.into()))
+                }
+                Poll::Pending => {
+                    self.waited = true;
+                    Poll::Pending
+                }
+            },
+        }
+    }
+}
+
+impl<T: AsFd> Drop for ReadyWait<'_, T> {
+    fn drop(&mut self) {
+        self.src.reg.reactor().forget_waiter(self.src.reg.key, self.dir, self.id);
+    }
+}
+
+/// A one-shot timer on the run's deadline structure: the building block of `sleep`.
+///
+/// [`poll_at`](Timer::poll_at) arms it on first use and is `Ready` once the run's clock has
+/// passed the deadline (deadlines expire between batches, so a timer that is already due still
+/// yields once). Dropping it removes the entry.
+#[derive(Debug, Default)]
+pub struct Timer {
+    entry: Option<(u64, usize)>,
+    fired: bool,
+}
+
+impl Timer {
+    /// An unarmed timer.
+    pub const fn new() -> Timer {
+        Timer { entry: None, fired: false }
+    }
+
+    /// Arms the timer for `deadline` if it is not armed yet, and reports whether it has fired.
+    /// The waker of the latest call is the one woken.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn poll_at(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.fired {
+            return Poll::Ready(());
+        }
+        let core = context::core();
+        let mut timers = core.timers.borrow_mut();
+        match self.entry {
+            Some((run, key)) if run == core.id => {
+                if let Some(context::TimerTarget::Sleep { waker, fired }) = timers.get_mut(key) {
+                    if *fired {
+                        timers.remove(key);
+                        self.entry = None;
+                        self.fired = true;
+                        return Poll::Ready(());
+                    }
+                    match waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => *waker = Some(cx.waker().clone()),
+                    }
+                }
+            }
+            _ => {
+                let target = context::TimerTarget::Sleep { waker: Some(cx.waker().clone()), fired: false };
+                self.entry = Some((core.id, timers.insert(deadline, target)));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Removes the entry; the timer can be armed again.
+    pub fn reset(&mut self) {
+        self.fired = false;
+        if let Some((run, key)) = self.entry.take() {
+            if let Some(core) = context::try_core().filter(|c| c.id == run) {
+                core.timers.borrow_mut().remove(key);
+            }
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}

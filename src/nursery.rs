@@ -1,0 +1,585 @@
+//! Nurseries: tasks that have an owner.
+//!
+//! # How children can borrow, soundly and without `unsafe`
+//!
+//! [`nursery`] is an `async fn`. Its frame holds the [`Nursery`] as a local and the body's
+//! future, which borrows it; the compiler builds that self-referential frame for us. The
+//! children are boxed futures stored *inside the nursery* and polled by the nursery future itself
+//! (the moro approach): they never enter a global task list. So:
+//!
+//! - children may borrow anything that outlives the nursery, including the `&Nursery` handle, and
+//!   the handle cannot escape the body (the body is `for<'n> AsyncFnOnce(&'n Nursery<'n, ..>)`,
+//!   as `std::thread::scope`);
+//! - if the nursery future is leaked with `mem::forget`, its children are simply never polled
+//!   again: nothing can touch the borrowed data after the borrow ends;
+//! - if it is dropped, the body is dropped, then [`CloseGuard`] drops every child, while the
+//!   borrows are still valid.
+//!
+//! Children are stored as `ManuallyDrop<Pin<Box<dyn Child + 'n>>>`: a type with no drop glue
+//! for `'n`, which is what lets the nursery be borrowed for `'n` by the very futures it stores
+//! (drop-check would otherwise reject it). Every child is dropped explicitly, exactly once:
+//! when it finishes, or by the guard. A child is taken out of its slot while it is polled, so the
+//! nursery's state is never borrowed while user code runs.
+//!
+//! # Scheduling and cancellation
+//!
+//! Each nursery has a group in the scheduler (see `runtime/sched.rs`) and a cancel scope whose
+//! parent is the status where the nursery was opened; the body and the children run under it
+//! (S3.3). Children spawned with [`Nursery::spawn`] get a node of their own under that scope,
+//! so that [`JoinHandle::cancel`] can cancel one child.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use pin_project_lite::pin_project;
+
+use crate::cancel::{self, CancelHandle, StatusGuard};
+use crate::error::{CancelError, CancelSource, Cancelled, NurseryError, StartError};
+use crate::runtime::cancel_tree::{NIL, ScopeState};
+use crate::runtime::context::{self, Core};
+use crate::runtime::sched::{BODY, TaskWaker, WakeTarget};
+use crate::runtime::slab::Slab;
+
+mod handle;
+mod start;
+
+pub use handle::JoinHandle;
+use handle::OutCell;
+pub use start::TaskStatus;
+
+/// Opens a nursery, runs `body` in it, and returns when the body and every child have finished.
+///
+/// The body gets a [`Nursery`] handle to spawn children with. A plain return from the body does
+/// not cancel the children: the nursery waits for them (S3.1).
+///
+/// # Errors and panics
+///
+/// The first error (or panic) of the body or of a child cancels the nursery's scope at once, so
+/// the others are cancelled at their next checkpoint. The nursery waits for everyone, then:
+/// resumes the first panic, if there was one; otherwise returns every error in a
+/// [`NurseryError`] (none dropped; the `Cancelled` errors that the nursery's own cancellation
+/// caused are absorbed, S4.9). If no error is left it returns `Ok(Some(value))`, the body's
+/// value, or `Ok(None)` when the nursery's own scope was cancelled and absorbed the body's
+/// cancellation, so there is no value.
+///
+/// # Cancellation
+///
+/// Opening a nursery is not a checkpoint; closing it is a schedule point and never a cancel
+/// point (S2.5, S3.9). Cancelling the code around a nursery reaches the body and the children
+/// through their scopes; the nursery still waits for all of them (S3.8).
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::{nursery, sleep, testing::MockClock, Builder, Cancelled, Instant};
+///
+/// let names = vec!["alice".to_string(), "bob".to_string()];
+/// let out = Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
+///     nursery(async |n| {
+///         let handles: Vec<_> = names
+///             .iter()
+///             .enumerate()
+///             .map(|(i, name)| n.spawn(async move {
+///                 sleep(Duration::from_secs(i as u64 + 1)).await?;
+///                 Ok::<_, Cancelled>(name.len())
+///             }))
+///             .collect();
+///         let mut total = 0;
+///         for h in handles {
+///             total += h.await?;
+///         }
+///         Ok(total)
+///     })
+///     .await
+/// });
+/// assert_eq!(out.unwrap(), Some(8));
+/// ```
+///
+/// The handle cannot leave the body:
+///
+/// ```compile_fail
+/// # use hatchery::{nursery, Cancelled};
+/// hatchery::run(async {
+///     let mut escaped = None;
+///     let _ = nursery(async |n| {
+///         escaped = Some(n);
+///         Ok::<_, Cancelled>(())
+///     })
+///     .await;
+/// });
+/// ```
+pub async fn nursery<'env, B, T, E>(body: B) -> Result<Option<T>, NurseryError<E>>
+where
+    B: for<'n> AsyncFnOnce(&'n Nursery<'n, 'env, E>) -> Result<T, E>,
+    E: CancelError,
+{
+    let n = Nursery::open();
+    let _guard = CloseGuard { n: &n };
+    let body = body(&n);
+    let mut body = std::pin::pin!(body);
+    let mut state = RunState { body: BodyState::Running, closing: false };
+    std::future::poll_fn(|cx| n.poll_nursery(cx, body.as_mut(), &mut state)).await
+}
+
+enum BodyState<T> {
+    Running,
+    Done(Option<T>),
+}
+
+struct RunState<T> {
+    body: BodyState<T>,
+    closing: bool,
+}
+
+/// The handle a nursery's body gets: spawn children, start services, reach the nursery's scope.
+///
+/// `'n` is the nursery's lifetime: children may borrow anything that lives that long, including
+/// this handle, so a child can spawn siblings. `'env` is the lifetime of what the nursery's
+/// caller lends. `E` is the error type shared by the body and the children.
+pub struct Nursery<'n, 'env, E> {
+    core: Rc<Core>,
+    group: u32,
+    generation: u32,
+    body_waker: Waker,
+    scope: Rc<ScopeState>,
+    node: u32,
+    /// The origin shared by the children's own nodes until one is cancelled on its own.
+    inert: Rc<ScopeState>,
+    inner: RefCell<Inner<'n, E>>,
+    _marker: PhantomData<&'n mut &'env ()>,
+}
+
+type BoxedChild<'n, E> = Pin<Box<dyn Child<E> + 'n>>;
+
+struct Slot<'n, E> {
+    /// `None` while the child is being polled.
+    task: Option<(ManuallyDrop<BoxedChild<'n, E>>, Waker)>,
+    /// The child's own cancel-status node (`NIL` for children without a handle).
+    node: u32,
+}
+
+struct Inner<'n, E> {
+    children: Slab<Slot<'n, E>>,
+    errors: Vec<E>,
+    panic: Option<Box<dyn Any + Send + 'static>>,
+    closed: bool,
+    pending_starts: usize,
+}
+
+impl<E> fmt::Debug for Nursery<'_, '_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.borrow();
+        f.debug_struct("Nursery")
+            .field("children", &inner.children.len())
+            .field("errors", &inner.errors.len())
+            .field("closed", &inner.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A child future as the nursery sees it.
+trait Child<E> {
+    fn poll_child(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>>;
+    /// The child ended without a value (failed, panicked, cancelled): tell its handle why.
+    fn no_value(self: Pin<&mut Self>, why: Cancelled);
+}
+
+pin_project! {
+    struct ChildTask<F, T> {
+        #[pin]
+        fut: F,
+        out: Option<Rc<OutCell<T>>>,
+    }
+}
+
+impl<F, T, E> Child<E> for ChildTask<F, T>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    fn poll_child(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        let this = self.project();
+        match this.fut.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(v)) => {
+                if let Some(out) = this.out {
+                    out.set_value(v);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn no_value(self: Pin<&mut Self>, why: Cancelled) {
+        if let Some(out) = self.project().out {
+            out.set_no_value(why);
+        }
+    }
+}
+
+/// Drops whatever children remain when the nursery future goes away, and leaves the runtime.
+struct CloseGuard<'a, 'n, 'env, E> {
+    n: &'a Nursery<'n, 'env, E>,
+}
+
+impl<E> Drop for CloseGuard<'_, '_, '_, E> {
+    fn drop(&mut self) {
+        let n = self.n;
+        n.inner.borrow_mut().closed = true;
+        // Drop children one at a time, with nothing borrowed: a child's destructor may call back
+        // into the nursery (and is told it is closed).
+        loop {
+            let next = {
+                let mut inner = n.inner.borrow_mut();
+                let key = inner.children.iter().map(|(k, _)| k).next();
+                key.and_then(|k| inner.children.remove(k))
+            };
+            let Some(slot) = next else { break };
+            n.core.live_tasks.set(n.core.live_tasks.get() - 1);
+            if let Some((task, _waker)) = slot.task {
+                drop(ManuallyDrop::into_inner(task));
+            }
+            if slot.node != NIL {
+                n.core.cancel.borrow_mut().exit(slot.node);
+            }
+        }
+        let parent = n.core.sched.borrow_mut().close_group(n.group);
+        drop(parent);
+        cancel::exit(&n.core, &n.scope, n.node);
+    }
+}
+
+impl<'n, 'env, E> Nursery<'n, 'env, E> {
+    fn open() -> Self {
+        let core = context::core();
+        let (group, generation) = core.sched.borrow_mut().open_group();
+        let scope = ScopeState::new();
+        let node = cancel::enter(&core, &scope);
+        let body_waker = TaskWaker::waker(&core.shared, WakeTarget { group, generation, index: BODY });
+        // The body is ready to run on the first poll.
+        let _ = core.sched.borrow_mut().wake(WakeTarget { group, generation, index: BODY });
+        Nursery {
+            core,
+            group,
+            generation,
+            body_waker,
+            scope,
+            node,
+            inert: ScopeState::new(),
+            inner: RefCell::new(Inner {
+                children: Slab::new(),
+                errors: Vec::new(),
+                panic: None,
+                closed: false,
+                pending_starts: 0,
+            }),
+            _marker: PhantomData,
+        }
+    }
+
+    /// A handle to the nursery's cancel scope: cancelling it cancels the body and every child.
+    pub fn cancel_scope(&self) -> CancelHandle {
+        CancelHandle::from_state(self.scope.clone())
+    }
+
+    /// Number of children still running.
+    pub fn child_count(&self) -> usize {
+        self.inner.borrow().children.len()
+    }
+
+    /// Whether the nursery has finished and takes no new children.
+    pub fn is_closed(&self) -> bool {
+        self.inner.borrow().closed
+    }
+
+    fn target(&self, index: u32) -> WakeTarget {
+        WakeTarget { group: self.group, generation: self.generation, index }
+    }
+
+    /// Adds a child and schedules it. Returns its index, or gives the task back if closed.
+    fn insert_child(&self, task: BoxedChild<'n, E>, own_node: bool) -> Result<u32, BoxedChild<'n, E>> {
+        let index = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.closed {
+                return Err(task);
+            }
+            let index = inner.children.vacant_key() as u32 + 1;
+            let waker = TaskWaker::waker(&self.core.shared, self.target(index));
+            let node = if own_node { cancel::enter_under(&self.core, &self.inert, self.node) } else { NIL };
+            inner.children.insert(Slot { task: Some((ManuallyDrop::new(task), waker)), node });
+            index
+        };
+        self.core.live_tasks.set(self.core.live_tasks.get() + 1);
+        self.core.wake(self.target(index));
+        Ok(index)
+    }
+
+    /// Spawns a child and returns a handle to await its value or cancel it.
+    ///
+    /// The child starts in the next batch, under the nursery's cancel scope (not under the
+    /// scopes around this call, S3.3). It may borrow anything that outlives the nursery. If it
+    /// fails, its error goes to the nursery (which cancels its other tasks) and its handle
+    /// resolves to a [`Cancelled`] with source [`CancelSource::Nursery`].
+    ///
+    /// Spawning into a closed nursery (only possible from a child's destructor while the nursery
+    /// is being torn down) runs nothing: the future is dropped and the handle reports it.
+    pub fn spawn<F, T>(&'n self, future: F) -> JoinHandle<'n, T>
+    where
+        F: Future<Output = Result<T, E>> + 'n,
+        T: 'n,
+        E: 'n,
+    {
+        let out = Rc::new(OutCell::new());
+        let task: BoxedChild<'n, E> = Box::pin(ChildTask { fut: future, out: Some(out.clone()) });
+        match self.insert_child(task, true) {
+            Ok(index) => JoinHandle::new(self, index, out),
+            Err(task) => {
+                drop(task);
+                out.set_no_value(closed_cancelled());
+                JoinHandle::new(self, 0, out)
+            }
+        }
+    }
+
+    /// Spawns a child whose value nobody awaits (Trio's `start_soon`). Cheaper than
+    /// [`spawn`](Nursery::spawn): no handle, no per-child scope.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::Closed`], with the future dropped, if the nursery is closed (see `spawn`).
+    pub fn start_soon<F, T>(&'n self, future: F) -> Result<(), StartError>
+    where
+        F: Future<Output = Result<T, E>> + 'n,
+        T: 'n,
+        E: 'n,
+    {
+        let task: BoxedChild<'n, E> = Box::pin(ChildTask { fut: future, out: None::<Rc<OutCell<T>>> });
+        self.insert_child(task, false).map(|_| ()).map_err(|_| StartError::Closed)
+    }
+
+    /// Records an error and cancels the nursery's scope (S3.4, S3.5).
+    fn record_error(&self, e: E, what: &'static str) {
+        self.inner.borrow_mut().errors.push(e);
+        self.cancel_self(what);
+    }
+
+    fn record_panic(&self, p: Box<dyn Any + Send>) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            if inner.panic.is_none() {
+                inner.panic = Some(p);
+            }
+        }
+        self.cancel_self("a task in this nursery panicked");
+    }
+
+    fn cancel_self(&self, reason: &'static str) {
+        let mut wakers = Vec::new();
+        cancel::cancel_node(
+            &self.core,
+            self.node,
+            CancelSource::Nursery,
+            Some(Arc::from(reason)),
+            &mut wakers,
+        );
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Cancels one child (from its handle).
+    fn cancel_child(&self, index: u32, reason: Option<Arc<str>>) {
+        let node = match self.inner.borrow().children.get(index as usize - 1) {
+            Some(slot) if slot.node != NIL => slot.node,
+            _ => return,
+        };
+        let state = {
+            let mut tree = self.core.cancel.borrow_mut();
+            if Rc::ptr_eq(tree.state(node), &self.inert) {
+                let own = ScopeState::new();
+                tree.replace_state(node, own.clone());
+                own
+            } else {
+                tree.state(node).clone()
+            }
+        };
+        state.phase.set(crate::runtime::cancel_tree::Phase::Entered(node));
+        let mut wakers = Vec::new();
+        cancel::cancel_node(&self.core, node, CancelSource::Explicit, reason, &mut wakers);
+        wakers.into_iter().for_each(Waker::wake);
+        // Wake the child itself: its parked operations registered before it had its own origin.
+        self.core.wake(self.target(index));
+    }
+
+    fn poll_nursery<B, T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut body: Pin<&mut B>,
+        st: &mut RunState<T>,
+    ) -> Poll<Result<Option<T>, NurseryError<E>>>
+    where
+        B: Future<Output = Result<T, E>>,
+        E: CancelError,
+    {
+        let core = &self.core;
+        if !st.closing {
+            let mut batch = core.sched.borrow_mut().begin_poll(self.group, cx.waker());
+            core.order_batch(&mut batch);
+            {
+                let _status = StatusGuard::enter(core, self.node);
+                for &index in &batch {
+                    core.sched.borrow_mut().unqueue(self.group, index);
+                    if index == BODY {
+                        if let BodyState::Running = st.body {
+                            let mut bcx = Context::from_waker(&self.body_waker);
+                            match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(&mut bcx))) {
+                                Ok(Poll::Pending) => {}
+                                Ok(Poll::Ready(Ok(v))) => st.body = BodyState::Done(Some(v)),
+                                Ok(Poll::Ready(Err(e))) => {
+                                    st.body = BodyState::Done(None);
+                                    self.record_error(e, "the nursery's body returned an error");
+                                }
+                                Err(p) => {
+                                    st.body = BodyState::Done(None);
+                                    self.record_panic(p);
+                                }
+                            }
+                        }
+                    } else {
+                        self.poll_child(index);
+                    }
+                }
+            }
+            core.sched.borrow_mut().recycle(batch);
+            let inner = self.inner.borrow();
+            let done = matches!(st.body, BodyState::Done(_))
+                && inner.children.len() == 0
+                && inner.pending_starts == 0;
+            drop(inner);
+            if !done {
+                return Poll::Pending;
+            }
+            // Closing is a schedule point, never a cancel point (S3.9).
+            st.closing = true;
+            core.schedule_points.set(core.schedule_points.get() + 1);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        // Finish.
+        let (panic, errors) = {
+            let mut inner = self.inner.borrow_mut();
+            inner.closed = true;
+            (inner.panic.take(), std::mem::take(&mut inner.errors))
+        };
+        if let Some(p) = panic {
+            resume_unwind(p);
+        }
+        let value = match std::mem::replace(&mut st.body, BodyState::Done(None)) {
+            BodyState::Done(v) => v,
+            BodyState::Running => None,
+        };
+        if errors.is_empty() {
+            return Poll::Ready(Ok(value));
+        }
+        match cancel::absorb(core, &self.scope, self.node, NurseryError::new(errors)) {
+            None => Poll::Ready(Ok(value)),
+            Some(rest) => Poll::Ready(Err(rest)),
+        }
+    }
+
+    fn poll_child(&self, index: u32)
+    where
+        E: CancelError,
+    {
+        let core = &self.core;
+        let taken = {
+            let mut inner = self.inner.borrow_mut();
+            match inner.children.get_mut(index as usize - 1) {
+                Some(slot) => slot.task.take().map(|t| (t, slot.node)),
+                None => None,
+            }
+        };
+        let Some(((mut task, waker), node)) = taken else { return };
+        let status = if node != NIL { node } else { self.node };
+        let saved = (core.cancel_points.get(), core.schedule_points.get());
+        let res = {
+            let _status = StatusGuard::enter(core, status);
+            let mut cx = Context::from_waker(&waker);
+            catch_unwind(AssertUnwindSafe(|| task.as_mut().poll_child(&mut cx)))
+        };
+        core.cancel_points.set(saved.0);
+        core.schedule_points.set(saved.1);
+        match res {
+            Ok(Poll::Pending) => {
+                let mut inner = self.inner.borrow_mut();
+                inner.children[index as usize - 1].task = Some((task, waker));
+            }
+            Ok(Poll::Ready(Ok(()))) => self.finish_child(index, task, node),
+            Ok(Poll::Ready(Err(e))) => {
+                let absorbed = if node != NIL {
+                    let state = core.cancel.borrow().state(node).clone();
+                    cancel::absorb(core, &state, node, e)
+                } else {
+                    Some(e)
+                };
+                match absorbed {
+                    None => {
+                        let why = core.cancel.borrow().state(node).cause();
+                        task.as_mut().no_value(why);
+                    }
+                    Some(e) => {
+                        let why = e.cancelled().cloned().unwrap_or_else(|| {
+                            Cancelled::new(
+                                CancelSource::Nursery,
+                                Some(Arc::from("the child failed; its error went to the nursery")),
+                            )
+                        });
+                        task.as_mut().no_value(why);
+                        self.record_error(e, "a child task failed");
+                    }
+                }
+                self.finish_child(index, task, node);
+            }
+            Err(p) => {
+                task.as_mut()
+                    .no_value(Cancelled::new(CancelSource::Nursery, Some(Arc::from("the child panicked"))));
+                self.record_panic(p);
+                self.finish_child(index, task, node);
+            }
+        }
+    }
+
+    fn finish_child(&self, index: u32, task: ManuallyDrop<BoxedChild<'n, E>>, node: u32) {
+        self.inner.borrow_mut().children.remove(index as usize - 1);
+        self.core.live_tasks.set(self.core.live_tasks.get() - 1);
+        // The child's destructor is user code: run it with nothing borrowed, and treat a panic
+        // in it like a panic of the child.
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(ManuallyDrop::into_inner(task)))) {
+            self.record_panic(p);
+        }
+        if node != NIL {
+            self.core.cancel.borrow_mut().exit(node);
+        }
+    }
+}
+
+fn closed_cancelled() -> Cancelled {
+    Cancelled::new(CancelSource::Nursery, Some(Arc::from("the nursery was closed; the task never ran")))
+}
+
+/// What a [`JoinHandle`] needs from its nursery, without its type parameters.
+trait ChildControl {
+    fn cancel_child(&self, index: u32, reason: Option<Arc<str>>);
+}
+
+impl<E> ChildControl for Nursery<'_, '_, E> {
+    fn cancel_child(&self, index: u32, reason: Option<Arc<str>>) {
+        Nursery::cancel_child(self, index, reason)
+    }
+}

@@ -1,0 +1,175 @@
+//! [`JoinHandle`]: await a child's value, or cancel that one child.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::ChildControl;
+use crate::error::Cancelled;
+use crate::lowlevel::{Park, checkpoint_if_cancelled};
+use crate::runtime::context;
+
+enum Out<T> {
+    Running,
+    Value(T),
+    NoValue(Cancelled),
+    Taken,
+}
+
+/// Where a child leaves its value for its handle.
+pub(crate) struct OutCell<T> {
+    out: RefCell<Out<T>>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl<T> OutCell<T> {
+    pub(crate) fn new() -> Self {
+        OutCell { out: RefCell::new(Out::Running), waiter: Cell::new(None) }
+    }
+
+    fn finish(&self, out: Out<T>) {
+        *self.out.borrow_mut() = out;
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn set_value(&self, v: T) {
+        self.finish(Out::Value(v));
+    }
+
+    pub(crate) fn set_no_value(&self, why: Cancelled) {
+        self.finish(Out::NoValue(why));
+    }
+
+    fn is_finished(&self) -> bool {
+        !matches!(*self.out.borrow(), Out::Running)
+    }
+
+    fn take(&self) -> Option<Result<T, Cancelled>> {
+        let mut out = self.out.borrow_mut();
+        match std::mem::replace(&mut *out, Out::Taken) {
+            Out::Running => {
+                *out = Out::Running;
+                None
+            }
+            Out::Value(v) => Some(Ok(v)),
+            Out::NoValue(c) => {
+                *out = Out::NoValue(c.clone());
+                Some(Err(c))
+            }
+            Out::Taken => panic!("a hatchery JoinHandle was polled after it returned the child's value"),
+        }
+    }
+}
+
+/// A handle to a child spawned with [`Nursery::spawn`](crate::Nursery::spawn).
+///
+/// Await it (or a `&mut` to it) for the child's value. Awaiting is a checkpoint. It resolves to:
+/// - `Ok(value)` when the child returned `Ok(value)`;
+/// - `Err(Cancelled)` when the awaiting code itself was cancelled (the value, if it comes, stays
+///   in the handle: await it again later);
+/// - `Err(Cancelled)` when the child produced no value: it failed or panicked (its error went to
+///   the nursery, which is now cancelling its tasks; source [`Nursery`](crate::CancelSource::Nursery)),
+///   or it was cancelled (through this handle, or with the nursery).
+///
+/// Dropping the handle does not affect the child. The handle cannot outlive its nursery.
+pub struct JoinHandle<'n, T> {
+    ctl: &'n dyn ChildControl,
+    index: u32,
+    out: Rc<OutCell<T>>,
+    state: JoinState,
+    park: Park,
+}
+
+#[derive(Clone, Copy)]
+enum JoinState {
+    Start,
+    Waiting,
+    Yielding,
+}
+
+impl<T> fmt::Debug for JoinHandle<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle").field("finished", &self.out.is_finished()).finish_non_exhaustive()
+    }
+}
+
+impl<'n, T> JoinHandle<'n, T> {
+    pub(super) fn new(ctl: &'n dyn ChildControl, index: u32, out: Rc<OutCell<T>>) -> Self {
+        JoinHandle { ctl, index, out, state: JoinState::Start, park: Park::new() }
+    }
+
+    /// Cancels this child only (its own scope absorbs the cancellation). Not a checkpoint; no
+    /// effect once the child has finished.
+    pub fn cancel(&self) {
+        if !self.out.is_finished() && self.index != 0 {
+            self.ctl.cancel_child(self.index, None);
+        }
+    }
+
+    /// Like [`cancel`](JoinHandle::cancel), with a reason the child's [`Cancelled`] carries.
+    pub fn cancel_with_reason(&self, reason: impl Into<String>) {
+        if !self.out.is_finished() && self.index != 0 {
+            self.ctl.cancel_child(self.index, Some(Arc::from(reason.into())));
+        }
+    }
+
+    /// Whether the child has finished (with or without a value).
+    pub fn is_finished(&self) -> bool {
+        self.out.is_finished()
+    }
+
+    /// The child's result if it has finished, without waiting (not a checkpoint).
+    pub fn try_take(&mut self) -> Option<Result<T, Cancelled>> {
+        self.out.take()
+    }
+}
+
+impl<T> Unpin for JoinHandle<'_, T> {}
+
+impl<T> Future for JoinHandle<'_, T> {
+    type Output = Result<T, Cancelled>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match this.state {
+                JoinState::Start => {
+                    checkpoint_if_cancelled()?;
+                    this.state =
+                        if this.out.is_finished() { JoinState::Yielding } else { JoinState::Waiting };
+                    if let JoinState::Yielding = this.state {
+                        // Fast path: a schedule point that cannot fail, then the value (S2.3).
+                        let core = context::core();
+                        core.schedule_points.set(core.schedule_points.get() + 1);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+                JoinState::Yielding => {
+                    this.state = JoinState::Start;
+                    return Poll::Ready(this.out.take().expect("a finished child keeps its result"));
+                }
+                JoinState::Waiting => {
+                    if let Some(r) = this.out.take() {
+                        this.park.unpark();
+                        this.state = JoinState::Start;
+                        return Poll::Ready(r);
+                    }
+                    if let Poll::Ready(c) = this.park.poll_cancel(cx) {
+                        this.out.waiter.set(None);
+                        this.state = JoinState::Start;
+                        return Poll::Ready(Err(c));
+                    }
+                    this.out.waiter.set(Some(cx.waker().clone()));
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! `Nursery::start` and [`TaskStatus`]: start a task, wait until it says it is ready.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::rc::Rc;
+use std::task::Poll;
+
+use super::{BoxedChild, ChildTask, Nursery, OutCell};
+use crate::error::{CancelError, StartError};
+use crate::runtime::context;
+
+/// Given to a task started with [`Nursery::start`]: call [`started`](TaskStatus::started) once
+/// the task is ready (for example, once a socket is listening), handing a value to the starter.
+///
+/// `started` consumes the status, so it cannot be called twice. A task that can also be awaited
+/// directly takes a [`TaskStatus::ignored`] then (S8 of `start`).
+pub struct TaskStatus<V> {
+    cell: Option<Rc<RefCell<Option<V>>>>,
+}
+
+impl<V> fmt::Debug for TaskStatus<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskStatus").field("ignored", &self.cell.is_none()).finish()
+    }
+}
+
+impl<V> TaskStatus<V> {
+    /// A status whose `started` does nothing, to await a start-able function directly.
+    pub fn ignored() -> TaskStatus<V> {
+        TaskStatus { cell: None }
+    }
+
+    /// Tells the starter that the task is ready and hands it `value`. From here on the task
+    /// belongs to the nursery `start` was called on. Not a checkpoint.
+    pub fn started(self, value: V) {
+        if let Some(cell) = self.cell {
+            *cell.borrow_mut() = Some(value);
+        }
+    }
+}
+
+struct PendingStart<'a, 'n, 'env, E> {
+    n: &'a Nursery<'n, 'env, E>,
+}
+
+impl<E> Drop for PendingStart<'_, '_, '_, E> {
+    fn drop(&mut self) {
+        self.n.inner.borrow_mut().pending_starts -= 1;
+        // The nursery may have been waiting only for this start: have it look again.
+        self.n.core.wake(self.n.target(super::BODY));
+    }
+}
+
+impl<'n, 'env, E> Nursery<'n, 'env, E> {
+    /// Starts a task and waits until it calls [`TaskStatus::started`]; returns the value it
+    /// passed (Trio's `nursery.start`).
+    ///
+    /// Until `started`, the task runs as part of the caller, under the caller's cancel scopes:
+    /// cancelling the caller cancels it (ST.4). Then it moves into this nursery, under the
+    /// nursery's scope, and `start` returns. An error the task returns before `started` comes out
+    /// of `start` unchanged and does not touch the nursery (ST.2); a task that returns without
+    /// calling `started` makes `start` fail with [`StartError::NotStarted`] (ST.3). While a start
+    /// is pending the nursery stays open (ST.5).
+    ///
+    /// # Errors
+    ///
+    /// The task's own error before `started`, [`StartError::NotStarted`], or
+    /// [`StartError::Closed`] (at once, without a checkpoint) if the nursery is closed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hatchery::{nursery, sleep, testing::MockClock, Builder, Error, TaskStatus};
+    ///
+    /// async fn service(status: TaskStatus<u16>) -> Result<(), Error> {
+    ///     sleep(Duration::from_secs(1)).await?; // set up
+    ///     status.started(8080);
+    ///     sleep(Duration::from_secs(5)).await?; // serve
+    ///     Ok(())
+    /// }
+    ///
+    /// Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
+    ///     nursery(async |n| {
+    ///         let port = n.start(service).await?;
+    ///         assert_eq!(port, 8080);
+    ///         assert_eq!(hatchery::now().as_secs_f64(), 1.0);
+    ///         Ok::<_, Error>(())
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    ///     assert_eq!(hatchery::now().as_secs_f64(), 6.0);
+    /// });
+    /// ```
+    pub async fn start<F, Fut, V, T>(&'n self, f: F) -> Result<V, E>
+    where
+        F: FnOnce(TaskStatus<V>) -> Fut,
+        Fut: Future<Output = Result<T, E>> + 'n,
+        V: 'n,
+        T: 'n,
+        E: From<StartError> + CancelError + 'n,
+    {
+        if self.inner.borrow().closed {
+            return Err(StartError::Closed.into());
+        }
+        self.inner.borrow_mut().pending_starts += 1;
+        let _pending = PendingStart { n: self };
+        let cell = Rc::new(RefCell::new(None));
+        let status = TaskStatus { cell: Some(cell.clone()) };
+        let mut task: Option<BoxedChild<'n, E>> =
+            Some(Box::pin(ChildTask { fut: f(status), out: None::<Rc<OutCell<T>>> }));
+        poll_fn(|cx| {
+            let core = context::core();
+            let t = task.as_mut().expect("start polled after completion");
+            // Before `started` the task is the caller's business, but its checkpoints are its own.
+            let saved = (core.cancel_points.get(), core.schedule_points.get());
+            let res = t.as_mut().poll_child(cx);
+            core.cancel_points.set(saved.0);
+            core.schedule_points.set(saved.1);
+            match res {
+                Poll::Ready(Ok(())) => {
+                    task = None;
+                    Poll::Ready(cell.borrow_mut().take().ok_or_else(|| E::from(StartError::NotStarted)))
+                }
+                Poll::Ready(Err(e)) => {
+                    task = None;
+                    Poll::Ready(Err(e))
+                }
+                Poll::Pending => {
+                    if cell.borrow().is_none() {
+                        return Poll::Pending;
+                    }
+                    // `started` was called. If the caller is already cancelled, the task stays
+                    // here (ST.4); otherwise it moves into the nursery.
+                    let node = core.current_status.get();
+                    if core.cancel.borrow().is_effectively_cancelled(node) {
+                        return Poll::Pending;
+                    }
+                    let moved = task.take().expect("task present while pending");
+                    match self.insert_child(moved, false) {
+                        Ok(_) => Poll::Ready(Ok(cell.borrow_mut().take().expect("started value"))),
+                        Err(moved) => {
+                            task = Some(moved);
+                            Poll::Ready(Err(StartError::Closed.into()))
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+}

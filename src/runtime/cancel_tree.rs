@@ -1,0 +1,343 @@
+//! Cancellation plumbing: the tree of cancel statuses and the tasks parked under each.
+//!
+//! Following Trio's split, a [`ScopeState`] is the *origin* of cancellation (the user's cancel
+//! scope: `cancel_called`, shield, deadline, the first cause), while a node of the
+//! [`CancelTree`] is the *plumbing*: where an entered scope sits relative to the others, and
+//! which parked operations must be woken when cancellation reaches it.
+//!
+//! Ground rules:
+//! - A node exists exactly while its scope is entered (from the first poll of the scope's future
+//!   to its completion or drop). Nursery scopes and per-child scopes are nodes too.
+//! - The parent of a node is the status that was current when the scope was entered. So a
+//!   nursery child sits under the nursery's scope, wherever `spawn` was called (S3.3).
+//! - "Effectively cancelled" is computed on demand by walking up from a node and stopping at the
+//!   first shield. Nothing is cached, so there is nothing to invalidate; depth is usually small
+//!   and the walk is an explicit loop, so 5,000 nested scopes cannot overflow the stack (S4.12).
+//! - A parked operation registers a waiter (its waker) on the status current when it parked.
+//!   Cancelling a node, or removing a shield under a cancelled parent, wakes every waiter in the
+//!   subtree except below shields. The woken operation decides itself, on its next poll, whether
+//!   to abort (that is the abort path of the parking protocol; see `lowlevel`).
+//! - Never calls a waker: wakers are returned to the caller, which wakes them once no runtime
+//!   state is borrowed.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+
+use super::slab::Slab;
+use crate::error::{CancelSource, Cancelled};
+use crate::runtime::clock::Instant;
+
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// Where a scope is in its single life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Unentered,
+    Entered(u32),
+    Exited,
+}
+
+/// The origin of cancellation for one scope; shared by its handles and its tree node.
+#[derive(Debug)]
+pub(crate) struct ScopeState {
+    pub(crate) cancel_called: Cell<bool>,
+    pub(crate) shield: Cell<bool>,
+    /// The first cause recorded wins (S4.15).
+    pub(crate) cause: RefCell<Option<Cancelled>>,
+    pub(crate) caught: Cell<bool>,
+    /// Absolute deadline; `Instant::MAX` means none.
+    pub(crate) deadline: Cell<Instant>,
+    /// For relative scopes before entry: the timeout to add to the entry time.
+    pub(crate) relative: Cell<Option<std::time::Duration>>,
+    pub(crate) phase: Cell<Phase>,
+    /// Key of this scope's entry in the runtime's deadline structure, while entered.
+    pub(crate) deadline_key: Cell<Option<usize>>,
+}
+
+impl ScopeState {
+    pub(crate) fn new() -> Rc<ScopeState> {
+        Rc::new(ScopeState {
+            cancel_called: Cell::new(false),
+            shield: Cell::new(false),
+            cause: RefCell::new(None),
+            caught: Cell::new(false),
+            deadline: Cell::new(Instant::MAX),
+            relative: Cell::new(None),
+            phase: Cell::new(Phase::Unentered),
+            deadline_key: Cell::new(None),
+        })
+    }
+
+    /// Records the cancellation; returns true if this call is the one that cancelled it.
+    pub(crate) fn mark_cancelled(&self, source: CancelSource, reason: Option<Arc<str>>) -> bool {
+        {
+            let mut cause = self.cause.borrow_mut();
+            if cause.is_none() {
+                *cause = Some(Cancelled::new(source, reason));
+            }
+        }
+        !self.cancel_called.replace(true)
+    }
+
+    pub(crate) fn cause(&self) -> Cancelled {
+        self.cause.borrow().clone().unwrap_or_else(|| Cancelled::new(CancelSource::Explicit, None))
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    parent: u32,
+    state: Rc<ScopeState>,
+    first_child: u32,
+    prev_sibling: u32,
+    next_sibling: u32,
+    first_waiter: u32,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    node: u32,
+    waker: Waker,
+    prev: u32,
+    next: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CancelTree {
+    nodes: Slab<Node>,
+    waiters: Slab<Waiter>,
+}
+
+impl CancelTree {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn state(&self, node: u32) -> &Rc<ScopeState> {
+        &self.nodes[node as usize].state
+    }
+
+    /// Gives `node` a new origin (used to cancel one nursery child on its own).
+    pub(crate) fn replace_state(&mut self, node: u32, state: Rc<ScopeState>) {
+        self.nodes[node as usize].state = state;
+    }
+
+    pub(crate) fn parent(&self, node: u32) -> u32 {
+        self.nodes[node as usize].parent
+    }
+
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(crate) fn waiter_count(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Adds a node for `state` under `parent` (`NIL` for a root).
+    pub(crate) fn enter(&mut self, parent: u32, state: Rc<ScopeState>) -> u32 {
+        let first_sibling = if parent == NIL { NIL } else { self.nodes[parent as usize].first_child };
+        let key = self.nodes.insert(Node {
+            parent,
+            state,
+            first_child: NIL,
+            prev_sibling: NIL,
+            next_sibling: first_sibling,
+            first_waiter: NIL,
+        }) as u32;
+        if first_sibling != NIL {
+            self.nodes[first_sibling as usize].prev_sibling = key;
+        }
+        if parent != NIL {
+            self.nodes[parent as usize].first_child = key;
+        }
+        key
+    }
+
+    /// Removes a node. Its children and waiters (which can outlive it only when a future was
+    /// moved out of the scope it was created in) move to its parent.
+    pub(crate) fn exit(&mut self, key: u32) {
+        let parent = self.nodes[key as usize].parent;
+        // Re-home children.
+        let mut c = self.nodes[key as usize].first_child;
+        while c != NIL {
+            let next = self.nodes[c as usize].next_sibling;
+            self.unlink_child(c);
+            self.nodes[c as usize].parent = parent;
+            self.link_child(parent, c);
+            c = next;
+        }
+        // Re-home waiters (or orphan them if there is no parent).
+        let mut w = self.nodes[key as usize].first_waiter;
+        while w != NIL {
+            let next = self.waiters[w as usize].next;
+            self.unlink_waiter(w);
+            self.waiters[w as usize].node = parent;
+            if parent != NIL {
+                self.link_waiter(parent, w);
+            }
+            w = next;
+        }
+        self.unlink_child(key);
+        self.nodes.remove(key as usize);
+    }
+
+    fn link_child(&mut self, parent: u32, c: u32) {
+        if parent == NIL {
+            return;
+        }
+        let first = self.nodes[parent as usize].first_child;
+        self.nodes[c as usize].prev_sibling = NIL;
+        self.nodes[c as usize].next_sibling = first;
+        if first != NIL {
+            self.nodes[first as usize].prev_sibling = c;
+        }
+        self.nodes[parent as usize].first_child = c;
+    }
+
+    fn unlink_child(&mut self, c: u32) {
+        let Node { parent, prev_sibling: prev, next_sibling: next, .. } = self.nodes[c as usize];
+        if prev != NIL {
+            self.nodes[prev as usize].next_sibling = next;
+        } else if parent != NIL && self.nodes[parent as usize].first_child == c {
+            self.nodes[parent as usize].first_child = next;
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev_sibling = prev;
+        }
+        self.nodes[c as usize].prev_sibling = NIL;
+        self.nodes[c as usize].next_sibling = NIL;
+    }
+
+    /// The cancellation a checkpoint at `node` must deliver, if any: the cause of the outermost
+    /// cancelled scope visible from `node` (scopes above a shield are not visible).
+    pub(crate) fn effective(&self, mut node: u32) -> Option<Cancelled> {
+        let mut found: Option<&Rc<ScopeState>> = None;
+        while node != NIL {
+            let n = &self.nodes[node as usize];
+            if n.state.cancel_called.get() {
+                found = Some(&n.state);
+            }
+            if n.state.shield.get() {
+                break;
+            }
+            node = n.parent;
+        }
+        found.map(|s| s.cause())
+    }
+
+    pub(crate) fn is_effectively_cancelled(&self, mut node: u32) -> bool {
+        while node != NIL {
+            let n = &self.nodes[node as usize];
+            if n.state.cancel_called.get() {
+                return true;
+            }
+            if n.state.shield.get() {
+                return false;
+            }
+            node = n.parent;
+        }
+        false
+    }
+
+    /// Whether the scope at `node` absorbs a cancellation leaving it (S4.8): it is cancelled
+    /// itself, and its parent's cancellation is not visible to it.
+    pub(crate) fn catches(&self, node: u32) -> bool {
+        let n = &self.nodes[node as usize];
+        n.state.cancel_called.get()
+            && (n.state.shield.get() || n.parent == NIL || !self.is_effectively_cancelled(n.parent))
+    }
+
+    /// The earliest deadline that governs `node`: the minimum over the chain up to the first
+    /// shield; `Some(ZERO)` if effectively cancelled; `None` if there is none.
+    pub(crate) fn effective_deadline(&self, mut node: u32) -> Option<Instant> {
+        let mut best = Instant::MAX;
+        while node != NIL {
+            let n = &self.nodes[node as usize];
+            if n.state.cancel_called.get() {
+                return Some(Instant::ZERO);
+            }
+            best = best.min(n.state.deadline.get());
+            if n.state.shield.get() {
+                break;
+            }
+            node = n.parent;
+        }
+        (best != Instant::MAX).then_some(best)
+    }
+
+    /// Wakers of every waiter in the subtree of `root` that cancellation reaches (not below a
+    /// shield). Uses an explicit stack.
+    pub(crate) fn collect_wakers(&self, root: u32, out: &mut Vec<Waker>) {
+        let mut stack = vec![root];
+        while let Some(n) = stack.pop() {
+            let node = &self.nodes[n as usize];
+            if n != root && node.state.shield.get() {
+                continue;
+            }
+            let mut w = node.first_waiter;
+            while w != NIL {
+                out.push(self.waiters[w as usize].waker.clone());
+                w = self.waiters[w as usize].next;
+            }
+            let mut c = node.first_child;
+            while c != NIL {
+                stack.push(c);
+                c = self.nodes[c as usize].next_sibling;
+            }
+        }
+    }
+
+    fn link_waiter(&mut self, node: u32, w: u32) {
+        let first = self.nodes[node as usize].first_waiter;
+        self.waiters[w as usize].prev = NIL;
+        self.waiters[w as usize].next = first;
+        if first != NIL {
+            self.waiters[first as usize].prev = w;
+        }
+        self.nodes[node as usize].first_waiter = w;
+    }
+
+    fn unlink_waiter(&mut self, w: u32) {
+        let Waiter { node, prev, next, .. } = self.waiters[w as usize];
+        if prev != NIL {
+            self.waiters[prev as usize].next = next;
+        } else if node != NIL && self.nodes[node as usize].first_waiter == w {
+            self.nodes[node as usize].first_waiter = next;
+        }
+        if next != NIL {
+            self.waiters[next as usize].prev = prev;
+        }
+        self.waiters[w as usize].prev = NIL;
+        self.waiters[w as usize].next = NIL;
+    }
+
+    /// Registers (or updates) a waiter at `node`. `existing` is the key this caller got last time.
+    pub(crate) fn register(&mut self, existing: u32, node: u32, waker: &Waker) -> u32 {
+        if existing != NIL {
+            let w = &mut self.waiters[existing as usize];
+            if w.node == node {
+                if !w.waker.will_wake(waker) {
+                    w.waker = waker.clone();
+                }
+                return existing;
+            }
+            self.unregister(existing);
+        }
+        let w = self.waiters.insert(Waiter { node, waker: waker.clone(), prev: NIL, next: NIL }) as u32;
+        if node != NIL {
+            self.link_waiter(node, w);
+        }
+        w
+    }
+
+    pub(crate) fn unregister(&mut self, w: u32) {
+        if w == NIL {
+            return;
+        }
+        self.unlink_waiter(w);
+        self.waiters.remove(w as usize);
+    }
+}

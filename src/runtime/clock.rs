@@ -1,0 +1,229 @@
+//! The runtime's clock: the only place in the crate that reads the operating system's time.
+//!
+//! Ground rules: every instant the crate handles is a [`Instant`] from the clock of the run it
+//! belongs to. The system clock adds a large random offset (as Trio does), so code that mixes
+//! hatchery instants with wall-clock time breaks visibly instead of subtly. The virtual clock
+//! ([`MockClock`]) moves only by [`MockClock::jump`] or by autojump, which the event loop
+//! performs when every task is blocked.
+
+use std::cell::Cell;
+use std::fmt;
+use std::ops::{Add, AddAssign, Sub};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A point in time on the clock of a hatchery run.
+///
+/// Nanoseconds since the clock's origin. The virtual clock starts at [`Instant::ZERO`]; the system
+/// clock starts at a random point between 10,000 and 200,000 seconds. Arithmetic saturates:
+/// adding a huge duration gives [`Instant::MAX`], which means "never".
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The clock's origin.
+    pub const ZERO: Instant = Instant(0);
+    /// The far future: a deadline of `MAX` never fires.
+    pub const MAX: Instant = Instant(u64::MAX);
+
+    /// The instant `d` after the origin.
+    pub fn from_origin(d: Duration) -> Instant {
+        Instant(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Time since the clock's origin.
+    pub fn since_origin(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+
+    /// Seconds since the origin, as a float (handy in examples and logs).
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1e9
+    }
+
+    /// Time from `earlier` to `self`, or zero if `earlier` is later.
+    pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// `self + d`, or `None` if that is past [`Instant::MAX`].
+    pub fn checked_add(self, d: Duration) -> Option<Instant> {
+        let d = u64::try_from(d.as_nanos()).ok()?;
+        self.0.checked_add(d).map(Instant)
+    }
+
+    /// `self - d`, or `None` if that is before the origin.
+    pub fn checked_sub(self, d: Duration) -> Option<Instant> {
+        let d = u64::try_from(d.as_nanos()).ok()?;
+        self.0.checked_sub(d).map(Instant)
+    }
+}
+
+impl Add<Duration> for Instant {
+    type Output = Instant;
+    fn add(self, d: Duration) -> Instant {
+        self.checked_add(d).unwrap_or(Instant::MAX)
+    }
+}
+
+impl AddAssign<Duration> for Instant {
+    fn add_assign(&mut self, d: Duration) {
+        *self = *self + d;
+    }
+}
+
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    fn sub(self, d: Duration) -> Instant {
+        self.checked_sub(d).unwrap_or(Instant::ZERO)
+    }
+}
+
+impl Sub<Instant> for Instant {
+    type Output = Duration;
+    /// Saturates at zero.
+    fn sub(self, earlier: Instant) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+}
+
+impl fmt::Debug for Instant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Instant::MAX {
+            f.write_str("Instant(never)")
+        } else {
+            write!(f, "Instant({:?})", self.since_origin())
+        }
+    }
+}
+
+/// A virtual clock for tests (Trio's `MockClock`).
+///
+/// Time starts at [`Instant::ZERO`] and moves only when [`jump`](MockClock::jump) is called or,
+/// with an autojump threshold set, when every task has been blocked for that long in real time:
+/// the clock then jumps straight to the next deadline. A threshold of zero jumps as soon as every
+/// task is blocked, so a test of a one-hour timeout takes microseconds and can assert exact
+/// instants. With no deadline pending, autojump does nothing, so a real deadlock still hangs.
+///
+/// Clones share the same clock. Pass one to [`Builder::clock`](crate::Builder::clock).
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::{testing::MockClock, Builder, Instant};
+///
+/// let clock = MockClock::with_autojump(Duration::ZERO);
+/// let t = Builder::new().clock(clock.clone()).run(async {
+///     hatchery::sleep(Duration::from_secs(3600)).await.unwrap();
+///     hatchery::now()
+/// });
+/// assert_eq!(t, Instant::ZERO + Duration::from_secs(3600));
+/// ```
+#[derive(Clone)]
+pub struct MockClock {
+    state: Rc<MockState>,
+}
+
+struct MockState {
+    now: Cell<u64>,
+    autojump: Cell<Option<Duration>>,
+}
+
+impl MockClock {
+    /// A clock at zero with autojump off.
+    pub fn new() -> MockClock {
+        MockClock { state: Rc::new(MockState { now: Cell::new(0), autojump: Cell::new(None) }) }
+    }
+
+    /// A clock at zero that autojumps after `threshold` of real time with every task blocked.
+    pub fn with_autojump(threshold: Duration) -> MockClock {
+        let c = MockClock::new();
+        c.set_autojump_threshold(Some(threshold));
+        c
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        Instant(self.state.now.get())
+    }
+
+    /// Moves the clock forward by `d`. Deadlines that become due fire on the next loop pass.
+    pub fn jump(&self, d: Duration) {
+        let now = self.now() + d;
+        self.state.now.set(now.0);
+    }
+
+    /// Sets (or, with `None`, turns off) the autojump threshold. Takes effect at once, also
+    /// during a run.
+    pub fn set_autojump_threshold(&self, threshold: Option<Duration>) {
+        self.state.autojump.set(threshold);
+    }
+
+    /// The autojump threshold.
+    pub fn autojump_threshold(&self) -> Option<Duration> {
+        self.state.autojump.get()
+    }
+
+    pub(crate) fn jump_to(&self, t: Instant) {
+        if t.0 > self.state.now.get() {
+            self.state.now.set(t.0);
+        }
+    }
+}
+
+impl Default for MockClock {
+    fn default() -> Self {
+        MockClock::new()
+    }
+}
+
+impl fmt::Debug for MockClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockClock")
+            .field("now", &self.now())
+            .field("autojump_threshold", &self.autojump_threshold())
+            .finish()
+    }
+}
+
+/// The clock a run uses.
+#[derive(Clone, Debug)]
+pub(crate) enum Clock {
+    System { origin: std::time::Instant, offset: u64 },
+    Mock(MockClock),
+}
+
+impl Clock {
+    pub(crate) fn system(seed: u64) -> Clock {
+        // 10,000 to 200,000 seconds, as Trio's SystemClock.
+        let offset = 10_000_000_000_000 + seed % 190_000_000_000_000;
+        Clock::System { origin: std::time::Instant::now(), offset }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        match self {
+            Clock::System { origin, offset } => Instant(offset + origin.elapsed().as_nanos() as u64),
+            Clock::Mock(m) => m.now(),
+        }
+    }
+
+    /// How long the event loop may sleep in real time before `deadline` is due.
+    /// `None` means "as long as it likes" (a virtual clock never reaches a deadline by itself).
+    pub(crate) fn real_wait_until(&self, deadline: Instant) -> Option<Duration> {
+        match self {
+            Clock::System { .. } => {
+                if deadline == Instant::MAX {
+                    None
+                } else {
+                    Some(deadline.saturating_duration_since(self.now()))
+                }
+            }
+            Clock::Mock(m) => {
+                if deadline <= m.now() {
+                    Some(Duration::ZERO)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}

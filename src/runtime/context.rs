@@ -1,0 +1,203 @@
+//! The state of one run and the crate's only thread-local: the run active on this thread.
+//!
+//! Ground rules:
+//! - [`Core`] holds everything a run owns. Its parts sit in separate `RefCell`s, and no borrow
+//!   of any of them is held while user code runs (polling a future, calling a waker, dropping a
+//!   user value): collect first, release, then act.
+//! - Only `runtime::run` installs or removes the current core.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+
+use super::cancel_tree::CancelTree;
+use super::clock::{Clock, Instant};
+use super::deadlines::Deadlines;
+use super::reactor::Reactor;
+use super::sched::{Sched, Shared, WakeTarget};
+
+/// What a deadline entry stands for.
+#[derive(Debug)]
+pub(crate) enum TimerTarget {
+    /// A sleeping task; `fired` tells it the deadline passed.
+    Sleep { waker: Option<Waker>, fired: bool },
+    /// An entered cancel scope (its tree node), cancelled when the deadline passes.
+    Scope(u32),
+}
+
+/// Order in which a nursery polls the children of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulePolicy {
+    /// In the order they were woken. Deterministic, and lets code come to rely on an order no
+    /// one promised; meant for benchmarks and debugging.
+    Fifo,
+    /// Reversed with probability one half on each batch (Trio's default): cheap, keeps
+    /// locality, and breaks code that relies on wake order.
+    RandomReverse,
+    /// A full seeded shuffle of every batch: the strongest check that nothing relies on order.
+    Shuffle,
+}
+
+pub(crate) struct BlockedWaiter {
+    pub(crate) id: u64,
+    pub(crate) cushion: std::time::Duration,
+    pub(crate) waker: Waker,
+    pub(crate) woken: bool,
+}
+
+pub(crate) struct Core {
+    pub(crate) id: u64,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sched: RefCell<Sched>,
+    pub(crate) cancel: RefCell<CancelTree>,
+    pub(crate) timers: RefCell<Deadlines<TimerTarget>>,
+    pub(crate) reactor: Reactor,
+    pub(crate) clock: Clock,
+    /// The cancel-status node of the code being polled right now.
+    pub(crate) current_status: Cell<u32>,
+    /// Checkpoint counters of the task being polled (saved and restored around each child).
+    pub(crate) cancel_points: Cell<u64>,
+    pub(crate) schedule_points: Cell<u64>,
+    rng: Cell<u64>,
+    pub(crate) policy: SchedulePolicy,
+    pub(crate) blocked: RefCell<Vec<BlockedWaiter>>,
+    pub(crate) next_id: Cell<u64>,
+    /// Tasks alive in this run (root and nursery children), for introspection and leak tests.
+    pub(crate) live_tasks: Cell<usize>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct CoreParts {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) clock: Clock,
+    pub(crate) seed: u64,
+    pub(crate) policy: SchedulePolicy,
+}
+
+static NEXT_RUN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Core {
+    pub(crate) fn new(parts: CoreParts) -> Core {
+        let mut cancel = CancelTree::new();
+        let root_state = super::cancel_tree::ScopeState::new();
+        let root_status = cancel.enter(super::cancel_tree::NIL, root_state.clone());
+        root_state.phase.set(super::cancel_tree::Phase::Entered(root_status));
+        Core {
+            id: NEXT_RUN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            reactor: Reactor::new(parts.shared.clone()),
+            shared: parts.shared,
+            sched: RefCell::new(Sched::new()),
+            cancel: RefCell::new(cancel),
+            timers: RefCell::new(Deadlines::new()),
+            clock: parts.clock,
+            current_status: Cell::new(root_status),
+            cancel_points: Cell::new(0),
+            schedule_points: Cell::new(0),
+            rng: Cell::new(parts.seed | 1),
+            policy: parts.policy,
+            blocked: RefCell::new(Vec::new()),
+            next_id: Cell::new(1),
+            live_tasks: Cell::new(1),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    pub(crate) fn fresh_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// xorshift64*: small, fast, and good enough to order a batch.
+    pub(crate) fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Puts a batch in the order the schedule policy asks for.
+    pub(crate) fn order_batch(&self, batch: &mut [u32]) {
+        if batch.len() < 2 {
+            return;
+        }
+        match self.policy {
+            SchedulePolicy::Fifo => {}
+            SchedulePolicy::RandomReverse => {
+                if self.random() & 1 == 1 {
+                    batch.reverse();
+                }
+            }
+            SchedulePolicy::Shuffle => {
+                for i in (1..batch.len()).rev() {
+                    let j = (self.random() % (i as u64 + 1)) as usize;
+                    batch.swap(i, j);
+                }
+            }
+        }
+    }
+
+    /// Routes a wake-up that happened on this thread.
+    pub(crate) fn wake(&self, t: WakeTarget) {
+        let parent = self.sched.borrow_mut().wake(t);
+        if let Some(w) = parent {
+            w.wake();
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+}
+
+/// The core of the run on this thread.
+///
+/// # Panics
+///
+/// Outside a run, with a message that says what to do.
+pub(crate) fn core() -> Rc<Core> {
+    try_core().unwrap_or_else(|| {
+        panic!(
+            "this hatchery operation was used outside a hatchery run; \
+             call it from a future driven by hatchery::run"
+        )
+    })
+}
+
+pub(crate) fn try_core() -> Option<Rc<Core>> {
+    CURRENT.with(|c| c.try_borrow().ok().and_then(|c| c.clone()))
+}
+
+pub(crate) fn is_running() -> bool {
+    CURRENT.with(|c| c.try_borrow().map(|c| c.is_some()).unwrap_or(true))
+}
+
+pub(crate) fn set_current(core: Option<Rc<Core>>) -> Option<Rc<Core>> {
+    CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), core))
+}
+
+/// Delivers a wake on this thread if `shared` belongs to the run active here.
+pub(crate) fn wake_local(shared: &Arc<Shared>, t: WakeTarget) -> bool {
+    let core = CURRENT.with(|c| match c.try_borrow() {
+        Ok(c) => c.as_ref().filter(|core| Arc::ptr_eq(&core.shared, shared)).cloned(),
+        Err(_) => None,
+    });
+    match core {
+        Some(core) => {
+            core.wake(t);
+            true
+        }
+        None => false,
+    }
+}

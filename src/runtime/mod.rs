@@ -1,0 +1,340 @@
+//! The runtime: `run`, its [`Builder`], and the event loop.
+//!
+//! This module orchestrates the others and defines no data structure of its own: `sched` routes
+//! wake-ups, `cancel_tree` holds cancel statuses, `deadlines` the timers, `reactor` the I/O
+//! sources, `clock` the time.
+
+pub(crate) mod cancel_tree;
+pub(crate) mod clock;
+pub(crate) mod context;
+pub(crate) mod deadlines;
+pub(crate) mod reactor;
+pub(crate) mod sched;
+pub(crate) mod slab;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::error::{RunError, RunFinished};
+use clock::{Clock, Instant, MockClock};
+use context::{Core, CoreParts, SchedulePolicy, TimerTarget};
+use sched::{Shared, TaskWaker, WakeTarget};
+
+/// The longest the loop sleeps in one go (Trio caps its I/O wait at 24 hours).
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Options for a run.
+///
+/// ```
+/// use hatchery::{testing::MockClock, Builder, SchedulePolicy};
+/// let out = Builder::new()
+///     .clock(MockClock::with_autojump(std::time::Duration::ZERO))
+///     .seed(7)
+///     .schedule(SchedulePolicy::Shuffle)
+///     .run(async { 40 + 2 });
+/// assert_eq!(out, 42);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    clock: Option<MockClock>,
+    seed: Option<u64>,
+    policy: SchedulePolicy,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// The defaults: the system clock, a random seed, [`SchedulePolicy::RandomReverse`].
+    pub fn new() -> Builder {
+        Builder { clock: None, seed: None, policy: SchedulePolicy::RandomReverse }
+    }
+
+    /// Runs on a virtual clock instead of the system clock.
+    pub fn clock(mut self, clock: MockClock) -> Builder {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Seeds the scheduler's random choices: with a virtual clock and no I/O, the same seed
+    /// gives the same order of execution.
+    pub fn seed(mut self, seed: u64) -> Builder {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// How the tasks of one batch are ordered.
+    pub fn schedule(mut self, policy: SchedulePolicy) -> Builder {
+        self.policy = policy;
+        self
+    }
+
+    /// Runs `future` to completion on this thread and returns its output.
+    ///
+    /// # Panics
+    ///
+    /// If a hatchery run is already active on this thread, or the event loop cannot be created
+    /// (see [`try_run`](Builder::try_run) for both as errors); and, re-raised, any panic of the
+    /// future or of a task it did not catch.
+    pub fn run<F: Future>(self, future: F) -> F::Output {
+        match self.try_run(future) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`run`](Builder::run), but reports a nested run or an event-loop creation failure
+    /// as an error.
+    pub fn try_run<F: Future>(self, future: F) -> Result<F::Output, RunError> {
+        if context::is_running() {
+            return Err(RunError::Nested);
+        }
+        let poller = polling::Poller::new().map_err(RunError::Poller)?;
+        let shared = Shared::new(poller);
+        let seed = self.seed.unwrap_or_else(random_seed);
+        let clock = match self.clock {
+            Some(m) => Clock::Mock(m),
+            None => Clock::system(seed),
+        };
+        let core = Rc::new(Core::new(CoreParts { shared: shared.clone(), clock, seed, policy: self.policy }));
+        let guard = RunGuard { core: core.clone() };
+        context::set_current(Some(core.clone()));
+        let out = event_loop(&core, future);
+        drop(guard);
+        Ok(out)
+    }
+}
+
+/// Runs `future` to completion on this thread with the default options and returns its output.
+///
+/// One runtime per call, with its own event loop; nothing is shared with other runs. The future
+/// and the tasks it spawns need not be `Send`.
+///
+/// ```
+/// let n = hatchery::run(async {
+///     hatchery::sleep(std::time::Duration::from_millis(1)).await?;
+///     Ok::<_, hatchery::Cancelled>(5)
+/// });
+/// assert_eq!(n.unwrap(), 5);
+/// ```
+///
+/// # Panics
+///
+/// Inside another run on the same thread (open a nursery instead), if the OS refuses to create
+/// the event loop, and, re-raised, any panic that escaped the future.
+pub fn run<F: Future>(future: F) -> F::Output {
+    Builder::new().run(future)
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish()
+}
+
+/// Restores the thread's state and finishes the shared part when the run ends, also by panic.
+struct RunGuard {
+    core: Rc<Core>,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        let leftover = self.core.shared.finish();
+        context::set_current(None);
+        drop(leftover);
+    }
+}
+
+/// The event loop. One pass:
+/// 1. run the callbacks other threads queued (FIFO) and route their wake-ups;
+/// 2. compute how long to wait: zero if the root is scheduled, else until the next deadline;
+/// 3. wait for I/O and wake the tasks it concerns (skipped when nothing could arrive);
+/// 4. expire due deadlines: wake sleepers, cancel scopes;
+/// 5. if nothing is runnable: wake `wait_all_tasks_blocked` waiters, else autojump the
+///    virtual clock;
+/// 6. run one batch: poll the root future once; each nursery in it polls the children that
+///    were ready when it was reached.
+fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
+    let mut future = pin!(future);
+    let root_waker = TaskWaker::waker(&core.shared, WakeTarget::ROOT);
+    let mut wakers: Vec<Waker> = Vec::new();
+    let mut remote_wakes: Vec<WakeTarget> = Vec::new();
+    let mut callbacks: VecDeque<sched::Callback> = VecDeque::new();
+    loop {
+        // 1. Cross-thread entry.
+        if core.shared.has_remote() {
+            core.shared.take_remote(&mut remote_wakes, &mut callbacks);
+            for t in remote_wakes.drain(..) {
+                core.wake(t);
+            }
+            while let Some(cb) = callbacks.pop_front() {
+                cb();
+            }
+        }
+
+        // 2. How long may we wait?
+        let runnable = core.sched.borrow().root_scheduled;
+        let next_deadline = core.timers.borrow_mut().next_deadline();
+        let timeout = if runnable {
+            Some(Duration::ZERO)
+        } else {
+            let until_deadline = next_deadline.and_then(|d| core.clock.real_wait_until(d));
+            let blocked_cushion = core.blocked.borrow().iter().map(|b| b.cushion).min();
+            let autojump = match &core.clock {
+                Clock::Mock(m) if next_deadline.is_some() => m.autojump_threshold(),
+                _ => None,
+            };
+            [until_deadline, blocked_cushion, autojump].into_iter().flatten().min().map(|d| d.min(MAX_WAIT))
+        };
+
+        // 3. I/O. With nothing registered and no wait needed, skip the syscall; remote wake-ups
+        // are seen through the atomic flag in step 1 either way.
+        let need_poll = timeout != Some(Duration::ZERO) || core.reactor.source_count() > 0;
+        if need_poll {
+            if let Err(e) = core.reactor.wait(timeout, &mut wakers) {
+                panic!("hatchery internal error: waiting for I/O failed: {e}");
+            }
+            for w in wakers.drain(..) {
+                w.wake();
+            }
+        }
+
+        // 4. Deadlines.
+        expire_deadlines(core, &mut wakers);
+
+        // 5. Idle: quiescence waiters first, then autojump.
+        let idle = !core.sched.borrow().root_scheduled && !core.shared.has_remote();
+        if idle && !wake_blocked_waiters(core, timeout) {
+            if let Clock::Mock(m) = &core.clock {
+                if m.autojump_threshold().is_some() {
+                    if let Some(d) = core.timers.borrow_mut().next_deadline() {
+                        m.jump_to(d);
+                    }
+                    expire_deadlines(core, &mut wakers);
+                }
+            }
+        }
+
+        // 6. One batch.
+        if core.sched.borrow().root_scheduled {
+            core.sched.borrow_mut().root_scheduled = false;
+            core.schedule_points.set(core.schedule_points.get());
+            let mut cx = Context::from_waker(&root_waker);
+            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                return out;
+            }
+        }
+    }
+}
+
+fn expire_deadlines(core: &Core, wakers: &mut Vec<Waker>) {
+    let now = core.now();
+    let mut scopes = Vec::new();
+    {
+        let mut timers = core.timers.borrow_mut();
+        while let Some(key) = timers.pop_expired(now) {
+            match timers.get_mut(key) {
+                Some(TimerTarget::Sleep { waker, fired }) => {
+                    *fired = true;
+                    wakers.extend(waker.take());
+                }
+                Some(TimerTarget::Scope(node)) => scopes.push(*node),
+                None => {}
+            }
+        }
+    }
+    for node in scopes {
+        crate::cancel::cancel_node(core, node, crate::CancelSource::Deadline, None, wakers);
+    }
+    for w in wakers.drain(..) {
+        w.wake();
+    }
+}
+
+/// Wakes the `wait_all_tasks_blocked` waiters whose cushion has passed. Returns true if any
+/// are waiting (they take precedence over autojump, S8.4).
+fn wake_blocked_waiters(core: &Core, waited: Option<Duration>) -> bool {
+    let mut blocked = core.blocked.borrow_mut();
+    if blocked.is_empty() {
+        return false;
+    }
+    let waited = waited.unwrap_or(Duration::MAX);
+    let min = blocked.iter().filter(|b| !b.woken).map(|b| b.cushion).min();
+    let mut to_wake = Vec::new();
+    if let Some(min) = min {
+        if min <= waited {
+            for b in blocked.iter_mut().filter(|b| !b.woken && b.cushion == min) {
+                b.woken = true;
+                to_wake.push(b.waker.clone());
+            }
+        }
+    }
+    drop(blocked);
+    for w in to_wake {
+        w.wake();
+    }
+    true
+}
+
+/// A handle that other threads use to reach a run: it queues closures that the run's thread
+/// executes between batches, in FIFO order.
+///
+/// Get one with [`lowlevel::run_handle`](crate::lowlevel::run_handle). It is `Send + Sync` and
+/// cheap to clone. Once the run has finished, [`run_sync_soon`](RunHandle::run_sync_soon) fails
+/// with [`RunFinished`] and hands the closure back inside the error.
+///
+/// ```
+/// use std::sync::mpsc;
+/// let (tx, rx) = mpsc::channel();
+/// hatchery::run(async {
+///     let handle = hatchery::lowlevel::run_handle();
+///     std::thread::spawn(move || handle.run_sync_soon(move || tx.send(1).unwrap()).unwrap())
+///         .join()
+///         .unwrap();
+///     hatchery::testing::wait_all_tasks_blocked().await.unwrap();
+/// });
+/// assert_eq!(rx.recv().unwrap(), 1);
+/// ```
+#[derive(Clone)]
+pub struct RunHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RunHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle").finish_non_exhaustive()
+    }
+}
+
+/// The closure given to [`RunHandle::run_sync_soon`] after the run finished.
+pub struct Rejected(pub Box<dyn FnOnce() + Send + 'static>);
+
+impl std::fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rejected(..)")
+    }
+}
+
+impl RunHandle {
+    /// Queues `f` to run on the run's thread, between batches, after everything queued before.
+    ///
+    /// # Errors
+    ///
+    /// [`RunFinished`] (with the closure, in [`Rejected`]) if the run has ended.
+    pub fn run_sync_soon(&self, f: impl FnOnce() + Send + 'static) -> Result<(), (RunFinished, Rejected)> {
+        self.shared.push_callback(Box::new(f)).map_err(|cb| (RunFinished, Rejected(cb)))
+    }
+}
+
+pub(crate) fn now() -> Instant {
+    context::core().now()
+}

@@ -1,0 +1,375 @@
+//! The I/O reactor: readiness of registered file descriptors, on the `polling` crate.
+//!
+//! # How readiness is tracked
+//!
+//! Each registered source has two directions, read and write. Each direction has a `ready` bit
+//! and at most one waiting task (Trio's rule: a second task that waits on the same direction gets
+//! [`BusyResource`](crate::BusyResource)). The bit means "the OS said this direction may make
+//! progress since we last saw it fail": it is set by events and cleared by the task when its
+//! non-blocking syscall fails with `WouldBlock`. Because the event loop only processes events
+//! between batches, never while a task runs, a task's "syscall failed, clear the bit" cannot race
+//! with an event.
+//!
+//! Where the backend supports it (epoll, kqueue), a source is registered once in **edge** mode
+//! for both directions: no re-arming syscall per wait and no read retried after a short read,
+//! which is what keeps an echo round trip near two syscalls (performance.md). Elsewhere (the
+//! `poll(2)` backend, IOCP) it falls back to **oneshot** mode and re-arms the interest of the
+//! waiting directions with `modify` before each wait; `modify` re-checks readiness, so data that
+//! arrived in between is not lost.
+//!
+//! # Close order
+//!
+//! A source must leave the poller before its descriptor is closed (the `Poller::add` contract,
+//! and epoll keeps a registration alive as long as any duplicate of the descriptor lives). The
+//! only way to register is [`Registration::new`], and [`Registration`]'s `Drop` deletes it;
+//! `IoSource` (in `lowlevel`) holds its I/O object in a field declared *after* the registration
+//! and drops the registration first. `notify_closing` wakes waiters with `ClosedResource` before
+//! anything is closed (mark closed, wake, then close, as Trio's `notify_closing`).
+//!
+//! This module holds the crate's only `unsafe` block.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Duration;
+
+use polling::{Event, Events, PollMode};
+
+use super::sched::Shared;
+use super::slab::Slab;
+
+/// Read or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Default)]
+struct DirState {
+    ready: bool,
+    /// The one waiting operation: its id and waker.
+    waiter: Option<(u64, Waker)>,
+}
+
+#[derive(Debug)]
+struct Source {
+    generation: u32,
+    read: DirState,
+    write: DirState,
+    closed: bool,
+}
+
+impl Source {
+    fn dir(&mut self, d: Dir) -> &mut DirState {
+        match d {
+            Dir::Read => &mut self.read,
+            Dir::Write => &mut self.write,
+        }
+    }
+}
+
+pub(crate) struct Reactor {
+    shared: Arc<Shared>,
+    sources: RefCell<Slab<Source>>,
+    events: RefCell<Events>,
+    edge: bool,
+    next_generation: std::cell::Cell<u32>,
+}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor").field("edge", &self.edge).finish_non_exhaustive()
+    }
+}
+
+/// What a readiness poll found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    Ready,
+    Pending,
+    Busy,
+    Closed,
+}
+
+fn pack(index: usize, generation: u32) -> usize {
+    // Key usize::MAX is reserved by polling; index never reaches 2^32 - 1 with generation u32::MAX.
+    ((generation as u64) << 32 | index as u64) as usize
+}
+
+fn unpack(key: usize) -> (usize, u32) {
+    ((key as u64 & 0xffff_ffff) as usize, ((key as u64) >> 32) as u32)
+}
+
+impl Reactor {
+    pub(crate) fn new(shared: Arc<Shared>) -> Reactor {
+        let edge = shared.poller.supports_edge() && !cfg!(hatchery_force_oneshot);
+        Reactor {
+            shared,
+            sources: RefCell::new(Slab::new()),
+            events: RefCell::new(Events::new()),
+            edge,
+            next_generation: std::cell::Cell::new(0),
+        }
+    }
+
+    pub(crate) fn source_count(&self) -> usize {
+        self.sources.borrow().len()
+    }
+
+    fn interest(&self, key: usize) -> Event {
+        let (index, _) = unpack(key);
+        let sources = self.sources.borrow();
+        let s = &sources[index];
+        let mut ev = Event::none(key);
+        ev.readable = s.read.waiter.is_some() && !s.read.ready;
+        ev.writable = s.write.waiter.is_some() && !s.write.ready;
+        ev
+    }
+
+    /// Polls readiness of one direction for the operation `op_id`, registering its waker if not
+    /// ready.
+    pub(crate) fn poll_ready(
+        &self,
+        key: usize,
+        dir: Dir,
+        op_id: u64,
+        waker: &Waker,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<Readiness> {
+        let (index, generation) = unpack(key);
+        let rearm = {
+            let mut sources = self.sources.borrow_mut();
+            let s = match sources.get_mut(index) {
+                Some(s) if s.generation == generation => s,
+                _ => return Ok(Readiness::Closed),
+            };
+            if s.closed {
+                return Ok(Readiness::Closed);
+            }
+            let d = s.dir(dir);
+            match &mut d.waiter {
+                Some((id, _)) if *id != op_id => return Ok(Readiness::Busy),
+                Some((_, w)) => {
+                    if d.ready {
+                        d.waiter = None;
+                        return Ok(Readiness::Ready);
+                    }
+                    if !w.will_wake(waker) {
+                        *w = waker.clone();
+                    }
+                    false
+                }
+                None => {
+                    if d.ready {
+                        return Ok(Readiness::Ready);
+                    }
+                    d.waiter = Some((op_id, waker.clone()));
+                    !self.edge
+                }
+            }
+        };
+        if rearm {
+            self.shared.poller.modify(fd, self.interest(key))?;
+        }
+        Ok(Readiness::Pending)
+    }
+
+    /// The operation `op_id` stops waiting (completed, cancelled or dropped).
+    pub(crate) fn forget_waiter(&self, key: usize, dir: Dir, op_id: u64) {
+        let (index, generation) = unpack(key);
+        let mut sources = self.sources.borrow_mut();
+        if let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) {
+            let d = s.dir(dir);
+            if matches!(d.waiter, Some((id, _)) if id == op_id) {
+                d.waiter = None;
+            }
+        }
+    }
+
+    /// The task's syscall said `WouldBlock`: the direction is not ready any more.
+    pub(crate) fn clear_ready(&self, key: usize, dir: Dir) {
+        let (index, generation) = unpack(key);
+        let mut sources = self.sources.borrow_mut();
+        if let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) {
+            s.dir(dir).ready = false;
+        }
+    }
+
+    /// Marks the source closed and returns the wakers of its waiters (to wake outside).
+    pub(crate) fn notify_closing(&self, key: usize) -> Vec<Waker> {
+        let (index, generation) = unpack(key);
+        let mut sources = self.sources.borrow_mut();
+        let mut out = Vec::new();
+        if let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) {
+            s.closed = true;
+            out.extend(s.read.waiter.take().map(|(_, w)| w));
+            out.extend(s.write.waiter.take().map(|(_, w)| w));
+        }
+        out
+    }
+
+    /// Waits for I/O events (at most `timeout`) and returns the wakers of the tasks they concern.
+    pub(crate) fn wait(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
+        let mut events = self.events.borrow_mut();
+        events.clear();
+        self.shared.poller.wait(&mut events, timeout)?;
+        let mut sources = self.sources.borrow_mut();
+        for ev in events.iter() {
+            let (index, generation) = unpack(ev.key);
+            let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) else { continue };
+            // An error or hang-up is reported as readable and writable by polling's epoll backend;
+            // either way the next syscall will report it.
+            if ev.readable {
+                s.read.ready = true;
+                wakers.extend(s.read.waiter.take().map(|(_, w)| w));
+            }
+            if ev.writable {
+                s.write.ready = true;
+                wakers.extend(s.write.waiter.take().map(|(_, w)| w));
+            }
+        }
+        Ok(())
+    }
+
+    fn alloc_generation(&self) -> u32 {
+        let g = self.next_generation.get().wrapping_add(1);
+        self.next_generation.set(g);
+        g
+    }
+}
+
+/// A file descriptor registered with the reactor.
+///
+/// # Invariant
+///
+/// From construction until `Drop`, `fd` is open and registered under `key`; `Drop` deletes the
+/// registration. The owner must keep the descriptor open until this value is dropped, which
+/// [`Registration::new`]'s safety contract states and `IoSource` guarantees by field order.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub(crate) key: usize,
+    fd: std::os::fd::RawFd,
+    core: std::rc::Rc<super::context::Core>,
+}
+
+impl Registration {
+    /// Registers `fd` with the reactor of the current run.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must stay open until the returned `Registration` is dropped.
+    pub(crate) unsafe fn new(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Registration> {
+        use std::os::fd::AsRawFd;
+        let core = super::context::core();
+        let r = &core.reactor;
+        let generation = r.alloc_generation();
+        let index = r.sources.borrow_mut().insert(Source {
+            generation,
+            read: DirState::default(),
+            write: DirState::default(),
+            closed: false,
+        });
+        let key = pack(index, generation);
+        let res = if r.edge {
+            // SAFETY: the caller keeps `fd` open until the Registration is dropped, and Drop
+            // deletes it from the poller first; that is exactly `Poller::add`'s contract.
+            unsafe { r.shared.poller.add_with_mode(fd.as_raw_fd(), Event::all(key), PollMode::Edge) }
+        } else {
+            // SAFETY: as above.
+            unsafe { r.shared.poller.add_with_mode(fd.as_raw_fd(), Event::none(key), PollMode::Oneshot) }
+        };
+        if let Err(e) = res {
+            r.sources.borrow_mut().remove(index);
+            return Err(e);
+        }
+        Ok(Registration { key, fd: fd.as_raw_fd(), core })
+    }
+
+    pub(crate) fn reactor(&self) -> &Reactor {
+        &self.core.reactor
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let wakers = self.core.reactor.notify_closing(self.key);
+        let (index, _) = unpack(self.key);
+        // SAFETY: the invariant says `fd` is still open here (the owner drops the descriptor
+        // only after this Registration).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        // Deleting can only fail if the descriptor is not registered, which the invariant rules
+        // out; there is nothing useful to do about it in Drop.
+        let _ = self.core.shared.poller.delete(fd);
+        self.core.reactor.sources.borrow_mut().remove(index);
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// A non-blocking file descriptor registered with the run's reactor.
+///
+/// Owns the I/O object `T`. On drop it leaves the reactor first (waking any waiter with
+/// [`ClosedResource`](crate::ClosedResource)) and only then drops `T`, which is the order `polling` requires. `T` must
+/// already be in non-blocking mode.
+///
+/// At most one task may wait to read and one to write at a time; another gets
+/// [`BusyResource`](crate::BusyResource) (as an `io::Error` of kind `ResourceBusy`).
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::os::unix::net::UnixStream;
+/// use hatchery::lowlevel::IoSource;
+///
+/// hatchery::run(async {
+///     let (a, mut b) = UnixStream::pair()?;
+///     a.set_nonblocking(true)?;
+///     let a = IoSource::new(a)?;
+///     b.write_all(b"hi")?;
+///     let mut buf = [0; 2];
+///     let n = a.read_with(|s| (&*s).read(&mut buf)).await?;
+///     assert_eq!(&buf[..n], b"hi");
+///     Ok::<_, std::io::Error>(())
+/// }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct IoSource<T: AsFd> {
+    // Field order matters: the registration is dropped (and leaves the poller) before `io`.
+    pub(crate) reg: Registration,
+    io: Option<T>,
+}
+
+impl<T: AsFd> IoSource<T> {
+    /// Registers `io` with the current run's reactor.
+    ///
+    /// # Errors
+    ///
+    /// What the poller reports (for example a descriptor type epoll does not support).
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn new(io: T) -> io::Result<IoSource<T>> {
+        // SAFETY: `io` is stored in this IoSource next to the registration and is only dropped
+        // after it (field order, and `into_inner` drops the registration first), so the
+        // descriptor stays open while it is registered.
+        let reg = unsafe { Registration::new(io.as_fd())? };
+        Ok(IoSource { reg, io: Some(io) })
+    }
+
+    /// The I/O object.
+    pub fn get_ref(&self) -> &T {
+        self.io.as_ref().expect("IoSource holds its I/O object until into_inner")
+    }
+
+    /// Leaves the reactor and returns the I/O object.
+    pub fn into_inner(mut self) -> T {
+        let io = self.io.take().expect("IoSource holds its I/O object until into_inner");
+        drop(self);
+        io
+    }
+}

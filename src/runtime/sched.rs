@@ -1,0 +1,242 @@
+//! Wake routing: how a wake-up finds its way from a waker to the task that must be polled.
+//!
+//! hatchery polls child tasks from inside their nursery's future (that is what lets them borrow;
+//! see `nursery.rs`). So the run loop polls one root future per pass, and each nursery polls the
+//! children that were woken. Each nursery has a *group* record here: the indices of its ready
+//! children (index [`BODY`] is the nursery's body), a flag per child saying it is already queued,
+//! and the waker that the nursery was last polled with (its *parent waker*).
+//!
+//! Ground rules:
+//! - A wake marks the child queued and pushes it on its group's ready list, once; if the group has
+//!   not yet told its parent since its last poll, it wakes the parent waker. That recursion ends at
+//!   the root waker, which sets [`Sched::root_scheduled`], or at a foreign waker (a combinator of
+//!   another crate), which is how nurseries compose with `join!`, `select!` and the like.
+//! - A nursery takes its ready list when it is polled ([`Sched::begin_poll`]) and polls exactly
+//!   those children: a child woken while the list is being worked through waits for the next
+//!   pass. That is Trio's batch rule, applied at every level of the tree.
+//! - Wakers are `Send + Sync`. A wake on the runtime's thread goes straight to [`Sched`]; a wake
+//!   from another thread is queued in [`Shared`] and the poller is notified.
+//! - No waker is ever called while `Sched` is borrowed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
+
+use super::cancel_tree::NIL;
+use super::context;
+use super::slab::Slab;
+
+/// Index of the nursery body in its group.
+pub(crate) const BODY: u32 = 0;
+
+/// Where a wake-up goes: the root (`group == NIL`) or a child of a nursery group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WakeTarget {
+    pub(crate) group: u32,
+    pub(crate) generation: u32,
+    pub(crate) index: u32,
+}
+
+impl WakeTarget {
+    pub(crate) const ROOT: WakeTarget = WakeTarget { group: NIL, generation: 0, index: 0 };
+}
+
+pub(crate) type Callback = Box<dyn FnOnce() + Send + 'static>;
+
+#[derive(Default)]
+struct Remote {
+    wakes: Vec<WakeTarget>,
+    callbacks: VecDeque<Callback>,
+    finished: bool,
+}
+
+/// The part of a run that other threads may touch.
+pub(crate) struct Shared {
+    pub(crate) poller: polling::Poller,
+    remote: Mutex<Remote>,
+    has_remote: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(poller: polling::Poller) -> Arc<Shared> {
+        Arc::new(Shared { poller, remote: Mutex::new(Remote::default()), has_remote: AtomicBool::new(false) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remote> {
+        // A panic while holding this lock cannot leave `Remote` inconsistent (pushes only).
+        self.remote.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push_remote_wake(&self, t: WakeTarget) {
+        let mut r = self.lock();
+        if r.finished {
+            return;
+        }
+        r.wakes.push(t);
+        drop(r);
+        self.has_remote.store(true, Ordering::Release);
+        // Notification failures only happen if the poller is gone; nothing left to wake then.
+        let _ = self.poller.notify();
+    }
+
+    pub(crate) fn push_callback(&self, cb: Callback) -> Result<(), Callback> {
+        let mut r = self.lock();
+        if r.finished {
+            return Err(cb);
+        }
+        r.callbacks.push_back(cb);
+        drop(r);
+        self.has_remote.store(true, Ordering::Release);
+        let _ = self.poller.notify();
+        Ok(())
+    }
+
+    pub(crate) fn has_remote(&self) -> bool {
+        self.has_remote.load(Ordering::Acquire)
+    }
+
+    /// Takes the queued remote wakes and callbacks.
+    pub(crate) fn take_remote(&self, wakes: &mut Vec<WakeTarget>, callbacks: &mut VecDeque<Callback>) {
+        self.has_remote.store(false, Ordering::Release);
+        let mut r = self.lock();
+        wakes.append(&mut r.wakes);
+        callbacks.append(&mut r.callbacks);
+    }
+
+    /// Marks the run finished; returns the callbacks that were never run (to drop them outside the lock).
+    pub(crate) fn finish(&self) -> VecDeque<Callback> {
+        let mut r = self.lock();
+        r.finished = true;
+        r.wakes.clear();
+        std::mem::take(&mut r.callbacks)
+    }
+}
+
+/// The waker of the root future or of one nursery child.
+pub(crate) struct TaskWaker {
+    shared: Arc<Shared>,
+    target: WakeTarget,
+}
+
+impl TaskWaker {
+    pub(crate) fn waker(shared: &Arc<Shared>, target: WakeTarget) -> Waker {
+        Waker::from(Arc::new(TaskWaker { shared: shared.clone(), target }))
+    }
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !context::wake_local(&self.shared, self.target) {
+            self.shared.push_remote_wake(self.target);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    generation: u32,
+    parent: Option<Waker>,
+    /// The parent has been woken since this group was last polled.
+    notified: bool,
+    ready: Vec<u32>,
+    queued: Vec<bool>,
+}
+
+/// Scheduling state of one run.
+#[derive(Debug, Default)]
+pub(crate) struct Sched {
+    groups: Slab<Group>,
+    next_generation: u32,
+    pub(crate) root_scheduled: bool,
+    spare: Vec<u32>,
+}
+
+impl Sched {
+    pub(crate) fn new() -> Self {
+        Sched { root_scheduled: true, ..Default::default() }
+    }
+
+    pub(crate) fn open_group(&mut self) -> (u32, u32) {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let key = self.groups.insert(Group {
+            generation,
+            parent: None,
+            notified: false,
+            ready: Vec::new(),
+            queued: Vec::new(),
+        });
+        (key as u32, generation)
+    }
+
+    pub(crate) fn close_group(&mut self, group: u32) -> Option<Waker> {
+        self.groups.remove(group as usize).and_then(|g| g.parent)
+    }
+
+    /// Queues `t`; returns the parent waker to wake, if the group must tell its parent.
+    pub(crate) fn wake(&mut self, t: WakeTarget) -> Option<Waker> {
+        if t.group == NIL {
+            self.root_scheduled = true;
+            return None;
+        }
+        let g = self.groups.get_mut(t.group as usize).filter(|g| g.generation == t.generation)?;
+        let i = t.index as usize;
+        if i >= g.queued.len() {
+            g.queued.resize(i + 1, false);
+        }
+        if g.queued[i] {
+            return None;
+        }
+        g.queued[i] = true;
+        g.ready.push(t.index);
+        if g.notified {
+            return None;
+        }
+        g.notified = true;
+        g.parent.clone()
+    }
+
+    /// Starts a poll of `group`: records its parent waker and hands out its ready list.
+    pub(crate) fn begin_poll(&mut self, group: u32, parent: &Waker) -> Vec<u32> {
+        let mut spare = std::mem::take(&mut self.spare);
+        let g = &mut self.groups[group as usize];
+        match &g.parent {
+            Some(w) if w.will_wake(parent) => {}
+            _ => g.parent = Some(parent.clone()),
+        }
+        g.notified = false;
+        spare.clear();
+        std::mem::swap(&mut spare, &mut g.ready);
+        spare
+    }
+
+    /// Clears the queued flag of `index` just before it is polled.
+    pub(crate) fn unqueue(&mut self, group: u32, index: u32) {
+        if let Some(q) = self.groups[group as usize].queued.get_mut(index as usize) {
+            *q = false;
+        }
+    }
+
+    /// Gives back a ready list's allocation.
+    pub(crate) fn recycle(&mut self, mut v: Vec<u32>) {
+        if v.capacity() > self.spare.capacity() {
+            v.clear();
+            self.spare = v;
+        }
+    }
+
+    pub(crate) fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+}

@@ -1,0 +1,299 @@
+//! The testing kit: virtual time, quiescence, forced orderings and checkpoint assertions.
+//!
+//! These are part of the product, as in Trio: code built on hatchery is tested with them.
+//! A typical test runs on a [`MockClock`] with autojump (so sleeps cost no real time and instants
+//! are exact), orders tasks with [`wait_all_tasks_blocked`] or a [`Sequencer`], and checks the
+//! checkpoint rule with [`assert_checkpoints`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+
+use crate::error::Cancelled;
+use crate::lowlevel::{Park, checkpoint_if_cancelled};
+use crate::runtime::context::{self, BlockedWaiter};
+
+pub use crate::runtime::clock::MockClock;
+
+/// A [`Builder`](crate::Builder) on a fresh [`MockClock`] that jumps as soon as every task is
+/// blocked, with a fixed seed: the usual set-up of a deterministic test.
+pub fn builder() -> crate::Builder {
+    crate::Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).seed(0x5eed)
+}
+
+/// Runs `future` with [`builder`]'s set-up.
+pub fn run<F: Future>(future: F) -> F::Output {
+    builder().run(future)
+}
+
+/// Waits until every other task is blocked (nothing runnable, no I/O ready). Takes precedence
+/// over autojump: the clock does not jump while a task waits here (S8.4). Cancellable.
+///
+/// # Errors
+///
+/// [`Cancelled`] if the calling code is cancelled.
+pub fn wait_all_tasks_blocked() -> WaitAllBlocked {
+    wait_all_tasks_blocked_cushion(Duration::ZERO)
+}
+
+/// Like [`wait_all_tasks_blocked`], once every other task has been blocked for `cushion` of
+/// real time. Among several waiters, the smallest cushion wakes first; equal cushions wake
+/// together.
+pub fn wait_all_tasks_blocked_cushion(cushion: Duration) -> WaitAllBlocked {
+    WaitAllBlocked { cushion, id: None, park: Park::new() }
+}
+
+/// Future of [`wait_all_tasks_blocked`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct WaitAllBlocked {
+    cushion: Duration,
+    id: Option<(u64, u64)>,
+    park: Park,
+}
+
+impl Future for WaitAllBlocked {
+    type Output = Result<(), Cancelled>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let core = context::core();
+        match self.id {
+            None => {
+                checkpoint_if_cancelled()?;
+                let id = core.fresh_id();
+                core.blocked.borrow_mut().push(BlockedWaiter {
+                    id,
+                    cushion: self.cushion,
+                    waker: cx.waker().clone(),
+                    woken: false,
+                });
+                self.id = Some((core.id, id));
+            }
+            Some((_, id)) => {
+                let mut blocked = core.blocked.borrow_mut();
+                if let Some(pos) = blocked.iter().position(|b| b.id == id) {
+                    if blocked[pos].woken {
+                        blocked.remove(pos);
+                        drop(blocked);
+                        self.id = None;
+                        self.park.unpark();
+                        return Poll::Ready(Ok(()));
+                    }
+                    if !blocked[pos].waker.will_wake(cx.waker()) {
+                        blocked[pos].waker = cx.waker().clone();
+                    }
+                }
+            }
+        }
+        match self.park.poll_cancel(cx) {
+            Poll::Ready(c) => {
+                self.remove();
+                Poll::Ready(Err(c))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl WaitAllBlocked {
+    fn remove(&mut self) {
+        if let Some((run, id)) = self.id.take() {
+            if let Some(core) = context::try_core().filter(|c| c.id == run) {
+                core.blocked.borrow_mut().retain(|b| b.id != id);
+            }
+        }
+    }
+}
+
+impl Drop for WaitAllBlocked {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Forces an order on code in different tasks (Trio's `Sequencer`): the code holding the guard
+/// for step `i` runs only after the guard of step `i - 1` was dropped.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use hatchery::{nursery, testing::{self, Sequencer}, Cancelled};
+/// let log = RefCell::new(Vec::new());
+/// testing::run(async {
+///     let seq = Sequencer::new();
+///     nursery(async |n| {
+///         n.start_soon(async { let _g = seq.step(1).await?; log.borrow_mut().push("b"); Ok(()) })?;
+///         n.start_soon(async { let _g = seq.step(0).await?; log.borrow_mut().push("a"); Ok(()) })?;
+///         Ok::<_, hatchery::Error>(())
+///     }).await.unwrap();
+/// });
+/// assert_eq!(*log.borrow(), ["a", "b"]);
+/// ```
+#[derive(Default)]
+pub struct Sequencer {
+    next: Cell<usize>,
+    claimed: RefCell<std::collections::BTreeSet<usize>>,
+    waiting: RefCell<BTreeMap<usize, Waker>>,
+}
+
+impl fmt::Debug for Sequencer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sequencer").field("next", &self.next.get()).finish()
+    }
+}
+
+impl Sequencer {
+    /// A sequencer at step 0.
+    pub fn new() -> Sequencer {
+        Sequencer::default()
+    }
+
+    /// Waits for step `i`. A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`] if the calling code is cancelled while waiting.
+    ///
+    /// # Panics
+    ///
+    /// If step `i` was already claimed: each step is used once.
+    pub async fn step(&self, i: usize) -> Result<SequencerGuard<'_>, Cancelled> {
+        assert!(self.claimed.borrow_mut().insert(i), "Sequencer step {i} used twice");
+        checkpoint_if_cancelled()?;
+        let mut park = Park::new();
+        std::future::poll_fn(|cx| {
+            if self.next.get() == i {
+                self.waiting.borrow_mut().remove(&i);
+                park.unpark();
+                return Poll::Ready(Ok(()));
+            }
+            if let Poll::Ready(c) = park.poll_cancel(cx) {
+                self.waiting.borrow_mut().remove(&i);
+                return Poll::Ready(Err(c));
+            }
+            self.waiting.borrow_mut().insert(i, cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        crate::lowlevel::cancel_shielded_checkpoint().await;
+        Ok(SequencerGuard { seq: self })
+    }
+}
+
+/// Held while a [`Sequencer`] step runs; dropping it lets the next step go.
+#[derive(Debug)]
+pub struct SequencerGuard<'a> {
+    seq: &'a Sequencer,
+}
+
+impl Drop for SequencerGuard<'_> {
+    fn drop(&mut self) {
+        let next = self.seq.next.get() + 1;
+        self.seq.next.set(next);
+        let w = self.seq.waiting.borrow_mut().remove(&next);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`assert_checkpoints`] and [`assert_no_checkpoints`].
+    #[must_use = "futures do nothing unless awaited"]
+    #[derive(Debug)]
+    pub struct CheckpointCount<F> {
+        #[pin]
+        fut: F,
+        cancel_points: u64,
+        schedule_points: u64,
+        expect: bool,
+    }
+}
+
+impl<F: Future> Future for CheckpointCount<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let core = context::core();
+        let before = (core.cancel_points.get(), core.schedule_points.get());
+        let res = this.fut.poll(cx);
+        *this.cancel_points += core.cancel_points.get() - before.0;
+        *this.schedule_points += core.schedule_points.get() - before.1;
+        if res.is_ready() {
+            let (c, s) = (*this.cancel_points, *this.schedule_points);
+            if *this.expect {
+                assert!(
+                    c > 0 && s > 0,
+                    "assert_checkpoints: the future passed {c} cancel point(s) and {s} schedule point(s); a checkpoint needs both"
+                );
+            } else {
+                assert!(
+                    c == 0 && s == 0,
+                    "assert_no_checkpoints: the future passed {c} cancel point(s) and {s} schedule point(s)"
+                );
+            }
+        }
+        res
+    }
+}
+
+/// Runs `future` and panics if it did not pass a checkpoint (a cancel point and a schedule
+/// point) of the task polling it. Children of nurseries inside do not count (they are other
+/// tasks).
+pub fn assert_checkpoints<F: Future>(future: F) -> CheckpointCount<F> {
+    CheckpointCount { fut: future, cancel_points: 0, schedule_points: 0, expect: true }
+}
+
+/// Runs `future` and panics if it passed any cancel point or schedule point.
+pub fn assert_no_checkpoints<F: Future>(future: F) -> CheckpointCount<F> {
+    CheckpointCount { fut: future, cancel_points: 0, schedule_points: 0, expect: false }
+}
+
+/// Number of tasks alive in the current run (the root task and every nursery child), for leak
+/// checks in tests.
+///
+/// # Panics
+///
+/// Outside a run.
+pub fn live_tasks() -> usize {
+    context::core().live_tasks.get()
+}
+
+/// Counts of the run's internal registrations, for leak checks in tests: entered cancel-status
+/// nodes (the run's root included), parked waiters, timers and I/O sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registrations {
+    /// Entered cancel scopes, nursery scopes and per-child nodes, plus the run's root.
+    pub cancel_nodes: usize,
+    /// Operations parked for cancellation.
+    pub parked: usize,
+    /// Timer and deadline entries.
+    pub timers: usize,
+    /// Registered I/O sources.
+    pub io_sources: usize,
+    /// Open nursery groups.
+    pub nurseries: usize,
+}
+
+/// The current [`Registrations`].
+///
+/// # Panics
+///
+/// Outside a run.
+pub fn registrations() -> Registrations {
+    let core = context::core();
+    let tree = core.cancel.borrow();
+    Registrations {
+        cancel_nodes: tree.node_count(),
+        parked: tree.waiter_count(),
+        timers: core.timers.borrow().len(),
+        io_sources: core.reactor.source_count(),
+        nurseries: core.sched.borrow().group_count(),
+    }
+}

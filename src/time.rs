@@ -1,0 +1,147 @@
+//! Sleeping, on the run's clock. Written only against `lowlevel`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::error::Cancelled;
+use crate::lowlevel::{Instant, Park, Timer, checkpoint_if_cancelled, current_time};
+
+/// The current time on the run's clock.
+///
+/// # Panics
+///
+/// Outside a run.
+pub fn now() -> Instant {
+    current_time()
+}
+
+/// Sleeps for `duration`. A checkpoint: `sleep(Duration::ZERO)` behaves as
+/// [`checkpoint`](crate::lowlevel::checkpoint).
+///
+/// # Errors
+///
+/// [`Cancelled`] if the enclosing scopes are cancelled, on entry or while sleeping.
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::{testing::MockClock, Builder, Instant};
+/// let t = Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
+///     hatchery::sleep(Duration::from_secs(90)).await.unwrap();
+///     hatchery::now()
+/// });
+/// assert_eq!(t, Instant::ZERO + Duration::from_secs(90));
+/// ```
+pub fn sleep(duration: Duration) -> Sleep {
+    Sleep::new(Until::After(duration))
+}
+
+/// Sleeps until `deadline`. A checkpoint even when the deadline has passed (S2.4).
+///
+/// # Errors
+///
+/// [`Cancelled`] if the enclosing scopes are cancelled, on entry or while sleeping.
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep::new(Until::At(deadline))
+}
+
+/// Sleeps until cancelled. Only ever ends with `Err(Cancelled)`, which `?` propagates.
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::{testing::MockClock, Builder, move_on_after, sleep_forever};
+/// Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
+///     let r = move_on_after(Duration::from_secs(3), async {
+///         sleep_forever().await?;
+///         Ok(())
+///     }).await;
+///     assert_eq!(r, Ok(None));
+/// });
+/// ```
+pub fn sleep_forever() -> Sleep<Infallible> {
+    Sleep::new(Until::Forever)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    After(Duration),
+    At(Instant),
+    Forever,
+    Fixed(Instant),
+}
+
+/// Future of [`sleep`], [`sleep_until`] and [`sleep_forever`]. Dropping it removes its timer.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct Sleep<T = ()> {
+    until: Until,
+    timer: Timer,
+    park: Park,
+    _out: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Sleep<T> {
+    fn new(until: Until) -> Sleep<T> {
+        Sleep { until, timer: Timer::new(), park: Park::new(), _out: std::marker::PhantomData }
+    }
+}
+
+/// What a finished sleep returns: `()` for timed sleeps; `sleep_forever` never finishes.
+pub trait SleepOutput: Sized + sealed::Sealed {
+    #[doc(hidden)]
+    fn finished() -> Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl Sealed for std::convert::Infallible {}
+}
+
+impl SleepOutput for () {
+    fn finished() {}
+}
+
+impl SleepOutput for Infallible {
+    fn finished() -> Infallible {
+        unreachable!("hatchery internal error: sleep_forever has no deadline and cannot finish")
+    }
+}
+
+impl<T: SleepOutput> Future for Sleep<T> {
+    type Output = Result<T, Cancelled>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let deadline = match this.until {
+            Until::Fixed(t) => Some(t),
+            Until::Forever => None,
+            first => {
+                // First poll: the cancel point, then fix the deadline.
+                checkpoint_if_cancelled()?;
+                let t = match first {
+                    Until::After(d) => now() + d,
+                    Until::At(t) => t,
+                    _ => unreachable!(),
+                };
+                this.until = Until::Fixed(t);
+                Some(t)
+            }
+        };
+        if let Some(t) = deadline {
+            if this.timer.poll_at(t, cx).is_ready() {
+                this.park.unpark();
+                return Poll::Ready(Ok(T::finished()));
+            }
+        }
+        match this.park.poll_cancel(cx) {
+            Poll::Ready(c) => {
+                this.timer.reset();
+                Poll::Ready(Err(c))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
