@@ -352,10 +352,24 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// Spawns a child whose value nobody awaits (Trio's `start_soon`). Cheaper than
     /// [`spawn`](Nursery::spawn): no handle, no per-child scope.
     ///
+    /// A closed nursery can only be reached from a child's destructor while the nursery is
+    /// being torn down; there the future is dropped without running (use
+    /// [`try_start_soon`](Nursery::try_start_soon) to find out).
+    pub fn start_soon<F, T>(&'n self, future: F)
+    where
+        F: Future<Output = Result<T, E>> + 'n,
+        T: 'n,
+        E: 'n,
+    {
+        let _ = self.try_start_soon(future);
+    }
+
+    /// Like [`start_soon`](Nursery::start_soon), but reports a closed nursery.
+    ///
     /// # Errors
     ///
-    /// [`StartError::Closed`], with the future dropped, if the nursery is closed (see `spawn`).
-    pub fn start_soon<F, T>(&'n self, future: F) -> Result<(), StartError>
+    /// [`StartError::Closed`], with the future dropped, if the nursery is closed.
+    pub fn try_start_soon<F, T>(&'n self, future: F) -> Result<(), StartError>
     where
         F: Future<Output = Result<T, E>> + 'n,
         T: 'n,

@@ -1,0 +1,595 @@
+//! Nursery lifetime, errors, panics, `spawn` handles and the `start` handshake (S3.x, ST.x).
+
+mod support;
+
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use hatchery::testing::{self, wait_all_tasks_blocked};
+use hatchery::{
+    CancelError, CancelSource, Cancelled, Error, NurseryError, StartError, TaskStatus, now, nursery, sleep,
+    sleep_forever,
+};
+use support::{DropCounter, Log, TestError, at, secs};
+
+#[test]
+fn body_return_does_not_cancel_children_s3_1() {
+    let (value, t) = testing::run(async {
+        let v = nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(5)).await?;
+                Ok::<_, Cancelled>(())
+            });
+            Ok(7)
+        })
+        .await
+        .unwrap();
+        (v, now())
+    });
+    assert_eq!(value, Some(7));
+    assert_eq!(t, at(5), "the nursery waited for its child");
+}
+
+#[test]
+fn children_borrow_and_spawn_siblings() {
+    let data = vec![1, 2, 3];
+    let total = Cell::new(0);
+    testing::run(async {
+        nursery(async |n| {
+            for x in &data {
+                let total = &total;
+                n.start_soon(async move {
+                    sleep(secs(*x)).await?;
+                    total.set(total.get() + x);
+                    // A child spawns a sibling through the handle.
+                    n.start_soon(async move {
+                        total.set(total.get() + 100);
+                        Ok(())
+                    });
+                    Ok::<_, Error>(())
+                });
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(total.get(), 306);
+}
+
+#[test]
+fn child_error_cancels_siblings_and_body_and_is_returned_s3_4() {
+    let log = Log::new();
+    let (res, t) = testing::run(async {
+        let res = nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(1)).await?;
+                Err::<(), _>(TestError::Boom(1))
+            });
+            n.start_soon(async {
+                match sleep(secs(10)).await {
+                    Err(c) => {
+                        log.push(format!("sibling: {c}"));
+                        Err(c.into())
+                    }
+                    Ok(()) => Ok(()),
+                }
+            });
+            let r = sleep_forever().await;
+            log.push(format!("body: {}", r.unwrap_err().source()));
+            Ok::<_, TestError>(())
+        })
+        .await;
+        (res, now())
+    });
+    let err = res.unwrap_err();
+    assert_eq!(err.errors(), &[TestError::Boom(1)], "only the real error is left");
+    assert_eq!(t, at(1), "siblings were cancelled at once");
+    let mut l = log.take();
+    l.sort();
+    assert_eq!(l, ["body: nursery", "sibling: cancelled due to nursery with reason 'a child task failed'"]);
+}
+
+#[test]
+fn every_error_is_kept_in_order() {
+    let res = testing::run(async {
+        nursery(async |n| {
+            for i in 0..3u32 {
+                n.start_soon(async move {
+                    // All fail in the same batch; none is a checkpoint-cancelled one.
+                    sleep(secs(1)).await.ok();
+                    Err::<(), _>(TestError::Boom(i))
+                });
+            }
+            Ok::<_, TestError>(())
+        })
+        .await
+    });
+    let mut errs = res.unwrap_err().into_errors();
+    errs.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(errs, [TestError::Boom(0), TestError::Boom(1), TestError::Boom(2)]);
+}
+
+#[test]
+fn body_error_cancels_children_s3_5() {
+    let (res, t) = testing::run(async {
+        let res = nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(100)).await?;
+                Ok::<_, TestError>(())
+            });
+            sleep(secs(2)).await?;
+            Err::<(), _>(TestError::Boom(5))
+        })
+        .await;
+        (res, now())
+    });
+    assert_eq!(res.unwrap_err().into_errors(), [TestError::Boom(5)]);
+    assert_eq!(t, at(2));
+}
+
+#[test]
+fn child_panic_cancels_and_is_resumed_after_everyone_finished() {
+    let dropped = DropCounter::new();
+    let finished = &Cell::new(false);
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let _ = nursery(async |n| {
+                n.start_soon(async {
+                    sleep(secs(1)).await?;
+                    panic!("child exploded");
+                    #[allow(unreachable_code)]
+                    Ok::<_, Cancelled>(())
+                });
+
+                let token = dropped.token();
+                n.start_soon(async move {
+                    let _t = token;
+                    // Cleanup that must run before the panic is resumed.
+                    let _ = sleep(secs(10)).await;
+                    finished.set(true);
+                    Ok::<_, Cancelled>(())
+                });
+
+                Ok(())
+            })
+            .await;
+        })
+    }));
+    let payload = r.unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"child exploded"));
+    assert!(finished.get(), "the sibling ran its cleanup before the panic was resumed");
+    assert_eq!(dropped.count(), 1);
+}
+
+#[test]
+fn cancelled_nursery_absorbs_its_own_cancellation() {
+    let (res, caught, t) = testing::run(async {
+        let mut scope = None;
+        let res = nursery(async |n| {
+            scope = Some(n.cancel_scope());
+            n.start_soon(async {
+                sleep_forever().await?;
+                Ok::<_, Cancelled>(())
+            });
+            n.start_soon(async {
+                sleep(secs(3)).await?;
+                n.cancel_scope().cancel();
+                Ok(())
+            });
+            Ok::<_, Cancelled>("body value")
+        })
+        .await;
+        (res, scope.unwrap().cancelled_caught(), now())
+    });
+    assert_eq!(res.unwrap(), Some("body value"), "the body's value is kept");
+    assert!(caught);
+    assert_eq!(t, at(3));
+}
+
+#[test]
+fn body_cancelled_by_own_scope_gives_no_value() {
+    let res = testing::run(async {
+        nursery(async |n| {
+            n.cancel_scope().cancel();
+            sleep(secs(1)).await?;
+            Ok::<_, Cancelled>(1)
+        })
+        .await
+    });
+    assert_eq!(res.unwrap(), None);
+}
+
+#[test]
+fn outer_cancellation_passes_through_the_nursery_s3_6() {
+    let res = testing::run(async {
+        hatchery::move_on_after(secs(2), async {
+            let r: Result<Option<()>, NurseryError<Cancelled>> = nursery(async |n| {
+                n.start_soon(async { sleep_forever().await.map(|_| ()) });
+                sleep_forever().await?;
+                Ok(())
+            })
+            .await;
+            let err = r.unwrap_err();
+            assert_eq!(err.len(), 2, "both Cancelled stay in the group: {err:?}");
+            assert_eq!(err.cancelled().map(|c| c.source()), Some(CancelSource::Deadline));
+            Err::<(), _>(err)
+        })
+        .await
+        .map(|o| (o, now()))
+    });
+    assert_eq!(res.unwrap(), (None, at(2)), "the outer scope absorbed the whole group");
+}
+
+#[test]
+fn empty_nursery_in_cancelled_scope_does_not_raise_s3_9() {
+    testing::run(async {
+        let scope = hatchery::CancelScope::new();
+        let h = scope.handle();
+        h.cancel();
+        let r = scope
+            .run(async {
+                let v = nursery(async |_n| Ok::<_, Cancelled>(3)).await.map_err(Cancelled::from)?;
+                Ok::<_, Cancelled>(v)
+            })
+            .await;
+        assert_eq!(r, Ok(Some(Some(3))));
+        assert!(!h.cancelled_caught());
+    });
+}
+
+#[test]
+fn spawned_child_into_cancelled_nursery_starts_then_sees_cancel_s3_2() {
+    let log = Log::new();
+    testing::run(async {
+        nursery(async |n| {
+            n.cancel_scope().cancel();
+            n.start_soon(async {
+                log.push("child ran");
+                let r = sleep(secs(1)).await;
+                log.push(format!("child: {}", r.is_err()));
+                r
+            });
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(log.take(), ["child ran", "child: true"]);
+}
+
+#[test]
+fn join_handle_value_and_cancel_one_child() {
+    let (a, b, t) = testing::run(async {
+        let out = nursery(async |n| {
+            let slow = n.spawn(async {
+                sleep(secs(100)).await?;
+                Ok::<_, Cancelled>("slow")
+            });
+            let fast = n.spawn(async {
+                sleep(secs(1)).await?;
+                Ok("fast")
+            });
+            let a = fast.await;
+            slow.cancel_with_reason("not needed");
+            let b = slow.await;
+            Ok((a, b))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        (out.0, out.1, now())
+    });
+    assert_eq!(a, Ok("fast"));
+    let b = b.unwrap_err();
+    assert_eq!((b.source(), b.reason()), (CancelSource::Explicit, Some("not needed")));
+    assert_eq!(t, at(1), "cancelling one child did not fail the nursery");
+}
+
+#[test]
+fn cancelled_join_keeps_the_value_for_later() {
+    testing::run(async {
+        nursery(async |n| {
+            let mut h = n.spawn(async {
+                sleep(secs(5)).await?;
+                Ok::<_, Cancelled>(42)
+            });
+            let r = hatchery::move_on_after(secs(1), async { (&mut h).await }).await;
+            assert_eq!(r, Ok(None));
+            assert_eq!((&mut h).await, Ok(42));
+            assert_eq!(now(), at(5));
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn drop_counts_every_child_exactly_once() {
+    let counter = DropCounter::new();
+    testing::run(async {
+        let _ = hatchery::move_on_after(secs(5), async {
+            nursery(async |n| {
+                for i in 0..50u64 {
+                    let t = counter.token();
+                    n.start_soon(async move {
+                        let _t = t;
+                        sleep(secs(i % 10)).await?;
+                        Ok::<_, Cancelled>(())
+                    });
+                }
+                Ok::<_, Cancelled>(())
+            })
+            .await
+            .map_err(Cancelled::from)
+        })
+        .await;
+        assert_eq!(testing::live_tasks(), 1);
+    });
+    assert_eq!(counter.count(), 50);
+}
+
+#[test]
+fn dropping_the_nursery_future_drops_children_once() {
+    let counter = DropCounter::new();
+    testing::run(async {
+        let before = testing::registrations();
+        {
+            let mut fut = Box::pin(nursery(async |n| {
+                for _ in 0..10 {
+                    let t = counter.token();
+                    n.start_soon(async move {
+                        let _t = t;
+                        sleep_forever().await?;
+                        Ok::<_, Cancelled>(())
+                    });
+                }
+                sleep_forever().await?;
+                Ok::<_, Cancelled>(())
+            }));
+            // Poll it twice by hand so the children park, then drop it.
+            let _ = std::future::poll_fn(|cx| {
+                let _ = fut.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+            hatchery::lowlevel::checkpoint().await.unwrap();
+            let _ = std::future::poll_fn(|cx| {
+                let _ = fut.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+            assert_eq!(counter.count(), 0);
+        }
+        assert_eq!(counter.count(), 10);
+        assert_eq!(testing::registrations(), before, "nothing left registered");
+        assert_eq!(testing::live_tasks(), 1);
+    });
+}
+
+#[test]
+fn forgetting_the_nursery_future_is_sound() {
+    let counter = DropCounter::new();
+    let data = String::from("borrowed");
+    testing::run(async {
+        let fut = Box::pin(nursery(async |n| {
+            let t = counter.token();
+            let d = &data;
+            n.start_soon(async move {
+                let _t = t;
+                sleep(secs(1)).await?;
+                assert_eq!(d, "borrowed");
+                Ok::<_, Cancelled>(())
+            });
+            Ok::<_, Cancelled>(())
+        }));
+        // Leak it: its children are never polled again, so nothing can touch `data` later.
+        std::mem::forget(fut);
+        sleep(secs(2)).await.unwrap();
+    });
+    drop(data);
+    assert_eq!(counter.count(), 0, "leaked, not dropped");
+}
+
+async fn service(status: TaskStatus<&'static str>, log: &Log) -> Result<(), TestError> {
+    log.push("setting up");
+    sleep(secs(1)).await?;
+    status.started("ready");
+    log.push("serving");
+    sleep(secs(5)).await?;
+    log.push("done");
+    Ok(())
+}
+
+#[test]
+fn start_returns_started_value_and_child_moves_to_nursery_st_1() {
+    let log = Log::new();
+    let t = testing::run(async {
+        nursery(async |n| {
+            let v = n.start(|s| service(s, &log)).await?;
+            assert_eq!(v, "ready");
+            assert_eq!(now(), at(1));
+            Ok::<_, TestError>(())
+        })
+        .await
+        .unwrap();
+        now()
+    });
+    assert_eq!(t, at(6));
+    assert_eq!(log.take(), ["setting up", "serving", "done"]);
+}
+
+#[test]
+fn start_error_before_started_is_unwrapped_st_2() {
+    testing::run(async {
+        let r = nursery(async |n| {
+            let e = n
+                .start(|_s: TaskStatus<()>| async {
+                    sleep(secs(1)).await?;
+                    Err::<(), _>(TestError::Boom(3))
+                })
+                .await;
+            assert_eq!(e, Err(TestError::Boom(3)));
+            // The nursery itself was not crashed.
+            Ok::<_, TestError>("fine")
+        })
+        .await;
+        assert_eq!(r.unwrap(), Some("fine"));
+    });
+}
+
+#[test]
+fn start_without_started_is_an_error_st_3() {
+    testing::run(async {
+        let r = nursery(async |n| {
+            let e = n.start(|_s: TaskStatus<u8>| async { Ok::<_, TestError>(()) }).await;
+            assert_eq!(e, Err(TestError::Start(StartError::NotStarted)));
+            Ok::<_, TestError>(())
+        })
+        .await;
+        assert!(r.is_ok());
+    });
+}
+
+#[test]
+fn cancelling_start_caller_cancels_child_st_4() {
+    let log = Log::new();
+    testing::run(async {
+        let r = nursery(async |n| {
+            let r = hatchery::move_on_after(secs(1), async {
+                n.start(|s: TaskStatus<()>| async {
+                    let r = sleep(secs(10)).await;
+                    log.push(format!("child cancelled: {}", r.is_err()));
+                    r?;
+                    s.started(());
+                    Ok::<_, TestError>(())
+                })
+                .await
+            })
+            .await;
+            assert_eq!(r, Ok(None));
+            assert_eq!(now(), at(1));
+            Ok::<_, TestError>(n.child_count())
+        })
+        .await;
+        assert_eq!(r.unwrap(), Some(0));
+    });
+    assert_eq!(log.take(), ["child cancelled: true"]);
+}
+
+#[test]
+fn started_child_gets_target_nursery_cancellation_st_7() {
+    let log = Log::new();
+    testing::run(async {
+        nursery(async |n| {
+            n.cancel_scope().cancel_with_reason("target cancelled");
+            let r = hatchery::CancelScope::new()
+                .shielded()
+                .run(async {
+                    n.start(|s: TaskStatus<()>| async {
+                        s.started(());
+                        let r = sleep(secs(10)).await;
+                        log.push(format!("{:?}", r.map_err(|c| c.reason().map(str::to_owned))));
+                        Ok::<_, TestError>(())
+                    })
+                    .await
+                })
+                .await;
+            assert_eq!(r, Ok(Some(())));
+            Ok::<_, TestError>(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(log.take(), ["Err(Some(\"target cancelled\"))"]);
+}
+
+#[test]
+fn task_status_ignored_lets_a_service_be_awaited_directly_st_8() {
+    let log = Log::new();
+    let t = testing::run(async {
+        service(TaskStatus::ignored(), &log).await.unwrap();
+        now()
+    });
+    assert_eq!(t, at(6));
+}
+
+#[test]
+fn wait_all_tasks_blocked_orders_tasks() {
+    let log = Log::new();
+    testing::run(async {
+        nursery(async |n| {
+            n.start_soon(async {
+                log.push("child parks");
+                sleep_forever().await?;
+                Ok::<_, Cancelled>(())
+            });
+            wait_all_tasks_blocked().await?;
+            log.push("everyone blocked");
+            n.cancel_scope().cancel();
+            Ok(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(log.take(), ["child parks", "everyone blocked"]);
+}
+
+#[test]
+fn deep_nesting_does_not_overflow() {
+    fn nest(depth: u32) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, Cancelled>>>> {
+        Box::pin(async move {
+            if depth == 0 {
+                sleep(secs(1)).await?;
+                return Ok(0);
+            }
+            let v = nursery(async |n| {
+                let h = n.spawn(nest(depth - 1));
+                h.await
+            })
+            .await
+            .map_err(Cancelled::from)?;
+            Ok(v.unwrap() + 1)
+        })
+    }
+    let v = testing::run(async { nest(200).await });
+    assert_eq!(v, Ok(200));
+}
+
+#[test]
+fn a_closed_nursery_refuses_new_children_from_destructors() {
+    struct SpawnOnDrop<'n, 'env>(&'n hatchery::Nursery<'n, 'env, Cancelled>, &'n RefCell<Option<bool>>);
+    impl Drop for SpawnOnDrop<'_, '_> {
+        fn drop(&mut self) {
+            let r = self.0.try_start_soon(async { Ok::<_, Cancelled>(()) });
+            *self.1.borrow_mut() = Some(r == Err(StartError::Closed));
+        }
+    }
+    let seen = RefCell::new(None);
+    testing::run(async {
+        let mut fut = Box::pin(nursery(async |n| {
+            let guard = SpawnOnDrop(n, &seen);
+            n.start_soon(async move {
+                let _g = guard;
+                sleep_forever().await?;
+                Ok(())
+            });
+            sleep_forever().await?;
+            Ok::<_, Cancelled>(())
+        }));
+        let _ = std::future::poll_fn(|cx| {
+            let _ = fut.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        hatchery::lowlevel::checkpoint().await.unwrap();
+        let _ = std::future::poll_fn(|cx| {
+            let _ = fut.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        drop(fut);
+    });
+    assert_eq!(*seen.borrow(), Some(true));
+}

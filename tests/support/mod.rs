@@ -1,0 +1,92 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use hatchery::Instant;
+
+/// Seconds after the virtual clock's origin.
+pub fn at(secs: u64) -> Instant {
+    Instant::ZERO + Duration::from_secs(secs)
+}
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Counts how many times values it handed out were dropped.
+#[derive(Clone, Default)]
+pub struct DropCounter(Rc<Cell<usize>>);
+
+impl DropCounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn token(&self) -> DropToken {
+        DropToken(self.0.clone())
+    }
+    pub fn count(&self) -> usize {
+        self.0.get()
+    }
+}
+
+pub struct DropToken(Rc<Cell<usize>>);
+
+impl Drop for DropToken {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+/// An append-only event log.
+#[derive(Clone, Default)]
+pub struct Log(Rc<RefCell<Vec<String>>>);
+
+impl Log {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn push(&self, s: impl Into<String>) {
+        self.0.borrow_mut().push(s.into());
+    }
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.borrow_mut())
+    }
+}
+
+/// A custom error type used to check that errors travel unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestError {
+    Cancelled(hatchery::Cancelled),
+    Boom(u32),
+    Start(hatchery::StartError),
+}
+
+impl From<hatchery::Cancelled> for TestError {
+    fn from(c: hatchery::Cancelled) -> Self {
+        TestError::Cancelled(c)
+    }
+}
+
+impl From<hatchery::StartError> for TestError {
+    fn from(e: hatchery::StartError) -> Self {
+        TestError::Start(e)
+    }
+}
+
+impl From<hatchery::TooSlow> for TestError {
+    fn from(_: hatchery::TooSlow) -> Self {
+        TestError::Boom(999)
+    }
+}
+
+impl hatchery::CancelError for TestError {
+    fn cancelled(&self) -> Option<&hatchery::Cancelled> {
+        match self {
+            TestError::Cancelled(c) => Some(c),
+            _ => None,
+        }
+    }
+}
