@@ -179,10 +179,10 @@ impl CancelHandle {
     pub fn set_deadline(&self, deadline: Instant) {
         self.state.relative.set(None);
         self.state.deadline.set(deadline);
-        if let Phase::Entered(node) = self.state.phase.get() {
-            if let Some(core) = context::try_core() {
-                arm_deadline(&core, &self.state, node);
-            }
+        if let Phase::Entered(node) = self.state.phase.get()
+            && let Some(core) = context::try_core()
+        {
+            arm_deadline(&core, &self.state, node);
         }
     }
 
@@ -209,18 +209,19 @@ impl CancelHandle {
     /// scope is cancelled wakes the tasks blocked inside with [`Cancelled`].
     pub fn set_shield(&self, shield: bool) {
         let was = self.state.shield.replace(shield);
-        if was && !shield {
-            if let (Phase::Entered(node), Some(core)) = (self.state.phase.get(), context::try_core()) {
-                let mut wakers = Vec::new();
-                {
-                    let tree = core.cancel.borrow();
-                    let parent = tree.parent(node);
-                    if parent != crate::runtime::cancel_tree::NIL && tree.is_effectively_cancelled(parent) {
-                        tree.collect_wakers(node, &mut wakers);
-                    }
+        if was
+            && !shield
+            && let (Phase::Entered(node), Some(core)) = (self.state.phase.get(), context::try_core())
+        {
+            let mut wakers = Vec::new();
+            {
+                let tree = core.cancel.borrow();
+                let parent = tree.parent(node);
+                if parent != crate::runtime::cancel_tree::NIL && tree.is_effectively_cancelled(parent) {
+                    tree.collect_wakers(node, &mut wakers);
                 }
-                wakers.into_iter().for_each(Waker::wake);
             }
+            wakers.into_iter().for_each(Waker::wake);
         }
     }
 

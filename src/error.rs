@@ -95,6 +95,42 @@ impl From<Cancelled> for io::Error {
     }
 }
 
+/// Why awaiting a [`JoinHandle`](crate::JoinHandle) gave no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The code awaiting the handle is cancelled. This is the only variant that is a
+    /// cancellation of the awaiting code, so scopes and nurseries absorb it as such.
+    #[error(transparent)]
+    Cancelled(Cancelled),
+    /// The child failed or panicked; its error went to the nursery, which is now cancelling its
+    /// other tasks.
+    #[error("the child task failed; its error went to its nursery")]
+    Failed,
+    /// The child was cancelled (through its handle, or with its nursery) before it produced a
+    /// value. Not a cancellation of the awaiting code: propagating it with `?` is an error.
+    #[error("the child task was cancelled before it produced a value ({0})")]
+    ChildCancelled(Cancelled),
+}
+
+impl CancelError for JoinError {
+    fn cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            JoinError::Cancelled(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl From<JoinError> for io::Error {
+    fn from(e: JoinError) -> io::Error {
+        match e {
+            JoinError::Cancelled(c) => c.into(),
+            other => io::Error::other(other),
+        }
+    }
+}
+
 /// Returned by [`fail_after`](crate::fail_after) and [`fail_at`](crate::fail_at) when their
 /// deadline interrupted the work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -291,6 +327,9 @@ pub enum Error {
     /// A `fail_after`/`fail_at` deadline fired.
     #[error(transparent)]
     TooSlow(#[from] TooSlow),
+    /// Awaiting a child's handle gave no value.
+    #[error(transparent)]
+    Join(#[from] JoinError),
     /// `Nursery::start` was misused.
     #[error(transparent)]
     Start(#[from] StartError),
@@ -324,6 +363,7 @@ impl CancelError for Error {
             Error::Cancelled(c) => Some(c),
             Error::Io(e) => e.cancelled(),
             Error::Nursery(n) => n.cancelled(),
+            Error::Join(j) => j.cancelled(),
             _ => None,
         }
     }

@@ -18,8 +18,16 @@
 //! hatchery::run(async {
 //!     let greeting = String::from("hello");
 //!     nursery(async |n| {
-//!         n.start_soon(async { sleep(Duration::from_millis(2)).await?; println!("{greeting}, alice"); Ok(()) })?;
-//!         n.start_soon(async { sleep(Duration::from_millis(1)).await?; println!("{greeting}, bob"); Ok(()) })?;
+//!         n.start_soon(async {
+//!             sleep(Duration::from_millis(2)).await?;
+//!             println!("{greeting}, alice");
+//!             Ok(())
+//!         });
+//!         n.start_soon(async {
+//!             sleep(Duration::from_millis(1)).await?;
+//!             println!("{greeting}, bob");
+//!             Ok(())
+//!         });
 //!         Ok::<_, Error>(())
 //!     })
 //!     .await?;
@@ -53,8 +61,8 @@ pub use cancel::{
     move_on_after, move_on_at,
 };
 pub use error::{
-    BusyResource, CancelError, CancelSource, Cancelled, ClosedResource, Error, NurseryError, Result,
-    RunError, RunFinished, StartError, TooSlow,
+    BusyResource, CancelError, CancelSource, Cancelled, ClosedResource, Error, JoinError, NurseryError,
+    Result, RunError, RunFinished, StartError, TooSlow,
 };
 pub use nursery::{JoinHandle, Nursery, TaskStatus, nursery};
 pub use runtime::clock::Instant;

@@ -357,10 +357,10 @@ impl Timer {
     /// Removes the entry; the timer can be armed again.
     pub fn reset(&mut self) {
         self.fired = false;
-        if let Some((run, key)) = self.entry.take() {
-            if let Some(core) = context::try_core().filter(|c| c.id == run) {
-                core.timers.borrow_mut().remove(key);
-            }
+        if let Some((run, key)) = self.entry.take()
+            && let Some(core) = context::try_core().filter(|c| c.id == run)
+        {
+            core.timers.borrow_mut().remove(key);
         }
     }
 }

@@ -43,7 +43,7 @@ use std::task::{Context, Poll, Waker};
 use pin_project_lite::pin_project;
 
 use crate::cancel::{self, CancelHandle, StatusGuard};
-use crate::error::{CancelError, CancelSource, Cancelled, NurseryError, StartError};
+use crate::error::{CancelError, CancelSource, Cancelled, JoinError, NurseryError, StartError};
 use crate::runtime::cancel_tree::{NIL, ScopeState};
 use crate::runtime::context::{self, Core};
 use crate::runtime::sched::{BODY, TaskWaker, WakeTarget};
@@ -79,7 +79,7 @@ pub use start::TaskStatus;
 ///
 /// ```
 /// use std::time::Duration;
-/// use hatchery::{nursery, sleep, testing::MockClock, Builder, Cancelled, Instant};
+/// use hatchery::{nursery, sleep, testing::MockClock, Builder, Error};
 ///
 /// let names = vec!["alice".to_string(), "bob".to_string()];
 /// let out = Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
@@ -89,7 +89,7 @@ pub use start::TaskStatus;
 ///             .enumerate()
 ///             .map(|(i, name)| n.spawn(async move {
 ///                 sleep(Duration::from_secs(i as u64 + 1)).await?;
-///                 Ok::<_, Cancelled>(name.len())
+///                 Ok::<_, Error>(name.len())
 ///             }))
 ///             .collect();
 ///         let mut total = 0;
@@ -189,7 +189,7 @@ impl<E> fmt::Debug for Nursery<'_, '_, E> {
 trait Child<E> {
     fn poll_child(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>>;
     /// The child ended without a value (failed, panicked, cancelled): tell its handle why.
-    fn no_value(self: Pin<&mut Self>, why: Cancelled);
+    fn no_value(self: Pin<&mut Self>, why: JoinError);
 }
 
 pin_project! {
@@ -218,7 +218,7 @@ where
         }
     }
 
-    fn no_value(self: Pin<&mut Self>, why: Cancelled) {
+    fn no_value(self: Pin<&mut Self>, why: JoinError) {
         if let Some(out) = self.project().out {
             out.set_no_value(why);
         }
@@ -327,7 +327,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// The child starts in the next batch, under the nursery's cancel scope (not under the
     /// scopes around this call, S3.3). It may borrow anything that outlives the nursery. If it
     /// fails, its error goes to the nursery (which cancels its other tasks) and its handle
-    /// resolves to a [`Cancelled`] with source [`CancelSource::Nursery`].
+    /// resolves to [`JoinError::Failed`] (or to the awaiter's own cancellation).
     ///
     /// Spawning into a closed nursery (only possible from a child's destructor while the nursery
     /// is being torn down) runs nothing: the future is dropped and the handle reports it.
@@ -343,7 +343,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             Ok(index) => JoinHandle::new(self, index, out),
             Err(task) => {
                 drop(task);
-                out.set_no_value(closed_cancelled());
+                out.set_no_value(JoinError::ChildCancelled(closed_cancelled()));
                 JoinHandle::new(self, 0, out)
             }
         }
@@ -545,15 +545,13 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 match absorbed {
                     None => {
                         let why = core.cancel.borrow().state(node).cause();
-                        task.as_mut().no_value(why);
+                        task.as_mut().no_value(JoinError::ChildCancelled(why));
                     }
                     Some(e) => {
-                        let why = e.cancelled().cloned().unwrap_or_else(|| {
-                            Cancelled::new(
-                                CancelSource::Nursery,
-                                Some(Arc::from("the child failed; its error went to the nursery")),
-                            )
-                        });
+                        let why = match e.cancelled() {
+                            Some(c) => JoinError::ChildCancelled(c.clone()),
+                            None => JoinError::Failed,
+                        };
                         task.as_mut().no_value(why);
                         self.record_error(e, "a child task failed");
                     }
@@ -561,8 +559,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 self.finish_child(index, task, node);
             }
             Err(p) => {
-                task.as_mut()
-                    .no_value(Cancelled::new(CancelSource::Nursery, Some(Arc::from("the child panicked"))));
+                task.as_mut().no_value(JoinError::Failed);
                 self.record_panic(p);
                 self.finish_child(index, task, node);
             }

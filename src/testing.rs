@@ -103,10 +103,10 @@ impl Future for WaitAllBlocked {
 
 impl WaitAllBlocked {
     fn remove(&mut self) {
-        if let Some((run, id)) = self.id.take() {
-            if let Some(core) = context::try_core().filter(|c| c.id == run) {
-                core.blocked.borrow_mut().retain(|b| b.id != id);
-            }
+        if let Some((run, id)) = self.id.take()
+            && let Some(core) = context::try_core().filter(|c| c.id == run)
+        {
+            core.blocked.borrow_mut().retain(|b| b.id != id);
         }
     }
 }
@@ -127,9 +127,17 @@ impl Drop for WaitAllBlocked {
 /// testing::run(async {
 ///     let seq = Sequencer::new();
 ///     nursery(async |n| {
-///         n.start_soon(async { let _g = seq.step(1).await?; log.borrow_mut().push("b"); Ok(()) })?;
-///         n.start_soon(async { let _g = seq.step(0).await?; log.borrow_mut().push("a"); Ok(()) })?;
-///         Ok::<_, hatchery::Error>(())
+///         n.start_soon(async {
+///             let _g = seq.step(1).await?;
+///             log.borrow_mut().push("b");
+///             Ok(())
+///         });
+///         n.start_soon(async {
+///             let _g = seq.step(0).await?;
+///             log.borrow_mut().push("a");
+///             Ok(())
+///         });
+///         Ok::<_, Cancelled>(())
 ///     }).await.unwrap();
 /// });
 /// assert_eq!(*log.borrow(), ["a", "b"]);

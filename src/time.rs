@@ -55,7 +55,7 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
 /// Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
 ///     let r = move_on_after(Duration::from_secs(3), async {
 ///         sleep_forever().await?;
-///         Ok(())
+///         Ok::<(), hatchery::Cancelled>(())
 ///     }).await;
 ///     assert_eq!(r, Ok(None));
 /// });
@@ -130,11 +130,11 @@ impl<T: SleepOutput> Future for Sleep<T> {
                 Some(t)
             }
         };
-        if let Some(t) = deadline {
-            if this.timer.poll_at(t, cx).is_ready() {
-                this.park.unpark();
-                return Poll::Ready(Ok(T::finished()));
-            }
+        if let Some(t) = deadline
+            && this.timer.poll_at(t, cx).is_ready()
+        {
+            this.park.unpark();
+            return Poll::Ready(Ok(T::finished()));
         }
         match this.park.poll_cancel(cx) {
             Poll::Ready(c) => {

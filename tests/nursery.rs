@@ -7,8 +7,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use hatchery::testing::{self, wait_all_tasks_blocked};
 use hatchery::{
-    CancelError, CancelSource, Cancelled, Error, NurseryError, StartError, TaskStatus, now, nursery, sleep,
-    sleep_forever,
+    CancelError, CancelSource, Cancelled, Error, JoinError, NurseryError, StartError, TaskStatus, now,
+    nursery, sleep, sleep_forever,
 };
 use support::{DropCounter, Log, TestError, at, secs};
 
@@ -281,7 +281,7 @@ fn join_handle_value_and_cancel_one_child() {
         (out.0, out.1, now())
     });
     assert_eq!(a, Ok("fast"));
-    let b = b.unwrap_err();
+    let Err(JoinError::ChildCancelled(b)) = b else { panic!("expected ChildCancelled, got {b:?}") };
     assert_eq!((b.source(), b.reason()), (CancelSource::Explicit, Some("not needed")));
     assert_eq!(t, at(1), "cancelling one child did not fail the nursery");
 }
@@ -546,7 +546,10 @@ fn deep_nesting_does_not_overflow() {
             }
             let v = nursery(async |n| {
                 let h = n.spawn(nest(depth - 1));
-                h.await
+                h.await.map_err(|e| match e {
+                    JoinError::Cancelled(c) | JoinError::ChildCancelled(c) => c,
+                    other => panic!("{other}"),
+                })
             })
             .await
             .map_err(Cancelled::from)?;
@@ -592,4 +595,61 @@ fn a_closed_nursery_refuses_new_children_from_destructors() {
         drop(fut);
     });
     assert_eq!(*seen.borrow(), Some(true));
+}
+
+#[test]
+fn awaiting_a_child_you_cancelled_is_an_error_not_a_silent_cancel() {
+    // Regression: `kid.cancel(); kid.await?` used to send a Cancelled out of the body, which the
+    // nursery then absorbed, losing the body's value silently.
+    let log = Log::new();
+    let r = testing::run(async {
+        nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(5)).await?;
+                log.push("sibling finished normally");
+                Ok::<_, Error>(())
+            });
+            let kid = n.spawn(async {
+                sleep(secs(100)).await?;
+                Ok::<_, Error>(())
+            });
+            sleep(secs(1)).await?;
+            kid.cancel();
+            kid.await?;
+            Ok::<_, Error>("body value")
+        })
+        .await
+    });
+    let err = r.unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert!(matches!(err.first(), Error::Join(JoinError::ChildCancelled(_))), "{err:?}");
+    assert!(log.take().is_empty(), "the sibling was cancelled because the body failed");
+}
+
+#[test]
+fn awaiting_a_failed_child_reports_the_awaiters_cancellation() {
+    testing::run(async {
+        let r = nursery(async |n| {
+            let bad = n.spawn(async {
+                sleep(secs(1)).await?;
+                Err::<(), _>(TestError::Boom(9))
+            });
+            let j = bad.await;
+            // The awaiter is inside the failing nursery: it is told it is cancelled.
+            assert!(
+                matches!(&j, Err(JoinError::Cancelled(c)) if c.source() == CancelSource::Nursery),
+                "{j:?}"
+            );
+            j.map_err(|e| match e {
+                JoinError::Cancelled(c) => TestError::Cancelled(c),
+                other => panic!("{other}"),
+            })
+        })
+        .await;
+        assert_eq!(
+            r.unwrap_err().into_errors(),
+            [TestError::Boom(9)],
+            "the awaiter's Cancelled was absorbed"
+        );
+    });
 }

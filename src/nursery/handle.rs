@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::ChildControl;
-use crate::error::Cancelled;
+use crate::error::JoinError;
 use crate::lowlevel::{Park, checkpoint_if_cancelled};
 use crate::runtime::context;
 
 enum Out<T> {
     Running,
     Value(T),
-    NoValue(Cancelled),
+    NoValue(JoinError),
     Taken,
 }
 
@@ -42,7 +42,7 @@ impl<T> OutCell<T> {
         self.finish(Out::Value(v));
     }
 
-    pub(crate) fn set_no_value(&self, why: Cancelled) {
+    pub(crate) fn set_no_value(&self, why: JoinError) {
         self.finish(Out::NoValue(why));
     }
 
@@ -50,7 +50,7 @@ impl<T> OutCell<T> {
         !matches!(*self.out.borrow(), Out::Running)
     }
 
-    fn take(&self) -> Option<Result<T, Cancelled>> {
+    fn take(&self) -> Option<Result<T, JoinError>> {
         let mut out = self.out.borrow_mut();
         match std::mem::replace(&mut *out, Out::Taken) {
             Out::Running => {
@@ -58,9 +58,14 @@ impl<T> OutCell<T> {
                 None
             }
             Out::Value(v) => Some(Ok(v)),
-            Out::NoValue(c) => {
-                *out = Out::NoValue(c.clone());
-                Some(Err(c))
+            Out::NoValue(why) => {
+                *out = Out::NoValue(why.clone());
+                // If the awaiting code is itself cancelled (typically: the child failed, and its
+                // nursery, which the awaiter is in, is cancelling), say so: that is the error the
+                // awaiter's scopes know how to absorb.
+                let core = context::core();
+                let mine = core.cancel.borrow().effective(core.current_status.get());
+                Some(Err(mine.map(JoinError::Cancelled).unwrap_or(why)))
             }
             Out::Taken => panic!("a hatchery JoinHandle was polled after it returned the child's value"),
         }
@@ -71,11 +76,14 @@ impl<T> OutCell<T> {
 ///
 /// Await it (or a `&mut` to it) for the child's value. Awaiting is a checkpoint. It resolves to:
 /// - `Ok(value)` when the child returned `Ok(value)`;
-/// - `Err(Cancelled)` when the awaiting code itself was cancelled (the value, if it comes, stays
-///   in the handle: await it again later);
-/// - `Err(Cancelled)` when the child produced no value: it failed or panicked (its error went to
-///   the nursery, which is now cancelling its tasks; source [`Nursery`](crate::CancelSource::Nursery)),
-///   or it was cancelled (through this handle, or with the nursery).
+/// - `Err(JoinError::Cancelled)` when the awaiting code itself is cancelled (the value, if it
+///   comes, stays in the handle: await it again later);
+/// - `Err(JoinError::Failed)` when the child failed or panicked (its error went to the nursery);
+/// - `Err(JoinError::ChildCancelled)` when the child was cancelled before producing a value.
+///
+/// Only the first is a cancellation of the awaiting code. A child you cancelled yourself gives
+/// `ChildCancelled`, which `?` propagates as an ordinary error, never as a silent cancellation of
+/// the nursery.
 ///
 /// Dropping the handle does not affect the child. The handle cannot outlive its nursery.
 pub struct JoinHandle<'n, T> {
@@ -125,7 +133,7 @@ impl<'n, T> JoinHandle<'n, T> {
     }
 
     /// The child's result if it has finished, without waiting (not a checkpoint).
-    pub fn try_take(&mut self) -> Option<Result<T, Cancelled>> {
+    pub fn try_take(&mut self) -> Option<Result<T, JoinError>> {
         self.out.take()
     }
 }
@@ -133,14 +141,14 @@ impl<'n, T> JoinHandle<'n, T> {
 impl<T> Unpin for JoinHandle<'_, T> {}
 
 impl<T> Future for JoinHandle<'_, T> {
-    type Output = Result<T, Cancelled>;
+    type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         loop {
             match this.state {
                 JoinState::Start => {
-                    checkpoint_if_cancelled()?;
+                    checkpoint_if_cancelled().map_err(JoinError::Cancelled)?;
                     this.state =
                         if this.out.is_finished() { JoinState::Yielding } else { JoinState::Waiting };
                     if let JoinState::Yielding = this.state {
@@ -164,7 +172,7 @@ impl<T> Future for JoinHandle<'_, T> {
                     if let Poll::Ready(c) = this.park.poll_cancel(cx) {
                         this.out.waiter.set(None);
                         this.state = JoinState::Start;
-                        return Poll::Ready(Err(c));
+                        return Poll::Ready(Err(JoinError::Cancelled(c)));
                     }
                     this.out.waiter.set(Some(cx.waker().clone()));
                     return Poll::Pending;

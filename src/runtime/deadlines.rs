@@ -119,6 +119,7 @@ impl<T> Deadlines<T> {
         self.heap.pop();
         self.entries[key].when = None;
         self.armed -= 1;
+        self.prune();
         Some(key)
     }
 
@@ -192,7 +193,7 @@ mod tests {
                         seq += 1;
                         keys.push(k);
                     }
-                    Op::Reset(i, t) | Op::Disarm(i) if keys.is_empty() => { let _ = (i, t); }
+                    Op::Reset(..) | Op::Disarm(..) if keys.is_empty() => {}
                     Op::Reset(i, t) => {
                         let k = keys[i % keys.len()];
                         d.reset(k, at(t));

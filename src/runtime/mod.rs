@@ -213,15 +213,15 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
 
         // 5. Idle: quiescence waiters first, then autojump.
         let idle = !core.sched.borrow().root_scheduled && !core.shared.has_remote();
-        if idle && !wake_blocked_waiters(core, timeout) {
-            if let Clock::Mock(m) = &core.clock {
-                if m.autojump_threshold().is_some() {
-                    if let Some(d) = core.timers.borrow_mut().next_deadline() {
-                        m.jump_to(d);
-                    }
-                    expire_deadlines(core, &mut wakers);
-                }
+        if idle
+            && !wake_blocked_waiters(core, timeout)
+            && let Clock::Mock(m) = &core.clock
+            && m.autojump_threshold().is_some()
+        {
+            if let Some(d) = core.timers.borrow_mut().next_deadline() {
+                m.jump_to(d);
             }
+            expire_deadlines(core, &mut wakers);
         }
 
         // 6. One batch.
@@ -270,12 +270,12 @@ fn wake_blocked_waiters(core: &Core, waited: Option<Duration>) -> bool {
     let waited = waited.unwrap_or(Duration::MAX);
     let min = blocked.iter().filter(|b| !b.woken).map(|b| b.cushion).min();
     let mut to_wake = Vec::new();
-    if let Some(min) = min {
-        if min <= waited {
-            for b in blocked.iter_mut().filter(|b| !b.woken && b.cushion == min) {
-                b.woken = true;
-                to_wake.push(b.waker.clone());
-            }
+    if let Some(min) = min
+        && min <= waited
+    {
+        for b in blocked.iter_mut().filter(|b| !b.woken && b.cushion == min) {
+            b.woken = true;
+            to_wake.push(b.waker.clone());
         }
     }
     drop(blocked);

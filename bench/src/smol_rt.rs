@@ -1,0 +1,156 @@
+//! The workloads on smol's single-threaded stack: an `async_executor::LocalExecutor` driven by
+//! `async_io::block_on`, with `async_io::Timer` for time.
+//!
+//! Tasks that spawn tasks reach the executor through an `Rc`, as smol users do.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_executor::{LocalExecutor, Task};
+use async_io::Timer;
+use futures_lite::future;
+
+use crate::common::{LONG_SLEEP, SHORT_TIMEOUT, check, sum_below};
+
+/// The executor, shared by the tasks that spawn.
+type Executor = Rc<LocalExecutor<'static>>;
+
+/// Runs `main(executor)` on a fresh `LocalExecutor` under `async_io::block_on`.
+fn block_on<F, Fut>(main: F) -> Fut::Output
+where
+    F: FnOnce(Executor) -> Fut,
+    Fut: Future,
+{
+    let ex: Executor = Rc::new(LocalExecutor::new());
+    async_io::block_on(ex.run(main(ex.clone())))
+}
+
+/// Awaits every task in order and sums the values.
+async fn join_sum(tasks: Vec<Task<u64>>) -> u64 {
+    let mut sum = 0;
+    for t in tasks {
+        sum += t.await;
+    }
+    sum
+}
+
+/// Counts its own drops: proves that every child was dropped.
+struct DropCount(Rc<Cell<u64>>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+/// `spawn_join`: wall time of spawning `n` tasks returning `i` and awaiting them in order.
+pub fn spawn_join(n: u64) -> Duration {
+    let (elapsed, sum) = block_on(|ex| async move {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..n).map(|i| ex.spawn(async move { i })).collect();
+        let sum = join_sum(tasks).await;
+        (t0.elapsed(), sum)
+    });
+    check("smol spawn_join", sum, sum_below(n));
+    elapsed
+}
+
+/// `spawn_nested`: `parents` tasks each spawn `children` tasks and await them.
+pub fn spawn_nested(parents: u64, children: u64) -> Duration {
+    let (elapsed, sum) = block_on(|ex| async move {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..parents)
+            .map(|p| {
+                let inner = ex.clone();
+                ex.spawn(async move {
+                    let tasks: Vec<_> =
+                        (0..children).map(|c| inner.spawn(async move { p * children + c })).collect();
+                    join_sum(tasks).await
+                })
+            })
+            .collect();
+        let sum = join_sum(tasks).await;
+        (t0.elapsed(), sum)
+    });
+    check("smol spawn_nested", sum, sum_below(parents * children));
+    elapsed
+}
+
+/// `timers`: wall time of `n` concurrent tasks each sleeping `duration` on an `async_io::Timer`.
+pub fn timers(n: u64, duration: Duration) -> Duration {
+    let (elapsed, sum) = block_on(|ex| async move {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                ex.spawn(async move {
+                    Timer::after(duration).await;
+                    i
+                })
+            })
+            .collect();
+        let sum = join_sum(tasks).await;
+        (t0.elapsed(), sum)
+    });
+    check("smol timers", sum, sum_below(n));
+    elapsed
+}
+
+/// `timeout_cancel`: wall time of `n` tasks each racing a long sleep against a 1 ms timer
+/// (`future::or`, the composition of the `smol-timeout` crate).
+pub fn timeout_cancel(n: u64) -> Duration {
+    let (elapsed, timed_out) = block_on(|ex| async move {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                ex.spawn(future::or(
+                    async {
+                        Timer::after(LONG_SLEEP).await;
+                        0
+                    },
+                    async {
+                        Timer::after(SHORT_TIMEOUT).await;
+                        1
+                    },
+                ))
+            })
+            .collect();
+        let timed_out = join_sum(tasks).await;
+        (t0.elapsed(), timed_out)
+    });
+    check("smol timeout_cancel", timed_out, n);
+    elapsed
+}
+
+/// `cancel_nursery` peer: `n` tasks sleep for an hour; once all are parked, drop their `Task`
+/// handles (which cancels them). Measures from the drop to the executor having dropped every
+/// child's future.
+pub fn cancel_nursery(n: u64) -> Duration {
+    let (elapsed, dropped) = block_on(|ex| async move {
+        let parked = Rc::new(Cell::new(0));
+        let dropped = Rc::new(Cell::new(0));
+        let tasks: Vec<Task<()>> = (0..n)
+            .map(|_| {
+                let guard = DropCount(dropped.clone());
+                let parked = parked.clone();
+                ex.spawn(async move {
+                    let _guard = guard;
+                    parked.set(parked.get() + 1);
+                    Timer::after(LONG_SLEEP).await;
+                })
+            })
+            .collect();
+        while parked.get() < n {
+            future::yield_now().await;
+        }
+        let t0 = Instant::now();
+        drop(tasks);
+        while dropped.get() < n {
+            future::yield_now().await;
+        }
+        (t0.elapsed(), dropped.get())
+    });
+    check("smol cancel_nursery (children dropped)", dropped, n);
+    elapsed
+}

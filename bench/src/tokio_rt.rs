@@ -1,0 +1,153 @@
+//! The workloads on tokio's current_thread runtime, in two modes: `tokio::spawn` on the runtime
+//! itself (`local == false`) and `spawn_local` inside a `LocalSet` (`local == true`).
+//!
+//! Every future here is `Send`, so one code path serves both modes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::task::{JoinHandle, JoinSet, LocalSet};
+use tokio::time::{sleep, timeout};
+
+use crate::common::{LONG_SLEEP, SHORT_TIMEOUT, check, sum_below};
+
+/// Runs `future` on a fresh current_thread runtime (time driver on), inside a `LocalSet` if
+/// `local`.
+fn block_on<F: Future>(local: bool, future: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
+    if local { LocalSet::new().block_on(&rt, future) } else { rt.block_on(future) }
+}
+
+/// Spawns with `spawn_local` if `local`, else with `tokio::spawn`.
+fn spawn<F>(local: bool, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if local { tokio::task::spawn_local(future) } else { tokio::spawn(future) }
+}
+
+/// Awaits every handle in order and sums the values.
+async fn join_sum(handles: Vec<JoinHandle<u64>>) -> u64 {
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.expect("task failed");
+    }
+    sum
+}
+
+/// Counts its own drops: proves that every child was dropped.
+struct DropCount(Arc<AtomicU64>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
+/// `spawn_join`: wall time of spawning `n` tasks returning `i` and awaiting their handles.
+pub fn spawn_join(local: bool, n: u64) -> Duration {
+    let (elapsed, sum) = block_on(local, async move {
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..n).map(|i| spawn(local, async move { i })).collect();
+        let sum = join_sum(handles).await;
+        (t0.elapsed(), sum)
+    });
+    check("tokio spawn_join", sum, sum_below(n));
+    elapsed
+}
+
+/// `spawn_nested`: `parents` tasks each spawn `children` tasks and await them.
+pub fn spawn_nested(local: bool, parents: u64, children: u64) -> Duration {
+    let (elapsed, sum) = block_on(local, async move {
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..parents)
+            .map(|p| {
+                spawn(local, async move {
+                    let handles: Vec<_> =
+                        (0..children).map(|c| spawn(local, async move { p * children + c })).collect();
+                    join_sum(handles).await
+                })
+            })
+            .collect();
+        let sum = join_sum(handles).await;
+        (t0.elapsed(), sum)
+    });
+    check("tokio spawn_nested", sum, sum_below(parents * children));
+    elapsed
+}
+
+/// `timers`: wall time of `n` concurrent tasks each sleeping `duration`.
+pub fn timers(local: bool, n: u64, duration: Duration) -> Duration {
+    let (elapsed, sum) = block_on(local, async move {
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                spawn(local, async move {
+                    sleep(duration).await;
+                    i
+                })
+            })
+            .collect();
+        let sum = join_sum(handles).await;
+        (t0.elapsed(), sum)
+    });
+    check("tokio timers", sum, sum_below(n));
+    elapsed
+}
+
+/// `timeout_cancel`: wall time of `n` tasks each running `tokio::time::timeout(1 ms)` around a
+/// long sleep.
+pub fn timeout_cancel(local: bool, n: u64) -> Duration {
+    let (elapsed, timed_out) = block_on(local, async move {
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                spawn(local, async { u64::from(timeout(SHORT_TIMEOUT, sleep(LONG_SLEEP)).await.is_err()) })
+            })
+            .collect();
+        let timed_out = join_sum(handles).await;
+        (t0.elapsed(), timed_out)
+    });
+    check("tokio timeout_cancel", timed_out, n);
+    elapsed
+}
+
+/// `cancel_nursery` peer: `n` tasks in a `JoinSet` sleep for an hour; once all are parked,
+/// `abort_all` and drain the set. Measures from `abort_all` to the set being empty.
+pub fn cancel_nursery(local: bool, n: u64) -> Duration {
+    let (elapsed, cancelled, dropped) = block_on(local, async move {
+        let parked = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut set = JoinSet::new();
+        for _ in 0..n {
+            let guard = DropCount(dropped.clone());
+            let parked = parked.clone();
+            let child = async move {
+                let _guard = guard;
+                parked.fetch_add(1, Relaxed);
+                sleep(LONG_SLEEP).await;
+            };
+            if local {
+                set.spawn_local(child);
+            } else {
+                set.spawn(child);
+            }
+        }
+        while parked.load(Relaxed) < n {
+            tokio::task::yield_now().await;
+        }
+        let t0 = Instant::now();
+        set.abort_all();
+        let mut cancelled = 0;
+        while let Some(r) = set.join_next().await {
+            cancelled += u64::from(r.is_err_and(|e| e.is_cancelled()));
+        }
+        (t0.elapsed(), cancelled, dropped.load(Relaxed))
+    });
+    check("tokio cancel_nursery (tasks cancelled)", cancelled, n);
+    check("tokio cancel_nursery (children dropped)", dropped, n);
+    elapsed
+}

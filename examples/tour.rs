@@ -1,0 +1,279 @@
+//! A guided tour of hatchery, one short section per idea: nurseries, the `start` handshake,
+//! cancel scopes and deadlines, error propagation, and virtual time.
+//!
+//! Each section is a plain function that starts its own `hatchery::run`, so sections are
+//! independent and new ones slot into the list in `main`. The whole tour takes well under
+//! three seconds of real time: the section that waits for minutes uses the virtual clock.
+//!
+//! ```text
+//! cargo run --example tour
+//! ```
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use hatchery::testing::MockClock;
+use hatchery::{
+    Builder, CancelScope, Error, TaskStatus, fail_after, move_on_after, nursery, sleep, sleep_forever,
+};
+
+thread_local! {
+    /// When the current section started (real time), for the log lines.
+    static SECTION_START: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// Prints a line stamped with the real time since the section started.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("  [{:4.2}s] {}", section_elapsed().as_secs_f64(), format_args!($($arg)*))
+    };
+}
+
+fn section_elapsed() -> Duration {
+    SECTION_START.get().map_or(Duration::ZERO, |t0| t0.elapsed())
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A section of the tour: its heading, and a function that runs it in a runtime of its own.
+type Section = (&'static str, fn() -> Result<(), Error>);
+
+fn main() -> Result<(), Error> {
+    // Later sections (channels, networking) go at the end of this list.
+    let sections: [Section; 5] = [
+        ("1. nurseries", nurseries),
+        ("2. start handshake", start_handshake),
+        ("3. cancel scopes and deadlines", cancel_scopes),
+        ("4. errors propagate", errors_propagate),
+        ("5. virtual time", virtual_time),
+    ];
+    let tour_start = std::time::Instant::now();
+    for (title, section) in sections {
+        println!("\n{title}");
+        SECTION_START.set(Some(std::time::Instant::now()));
+        section()?;
+    }
+    println!("\nTour finished in {:.2?} of real time.", tour_start.elapsed());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A nursery runs children concurrently and does not return before all of them have finished.
+/// Children may borrow from the code around the nursery, and their handles give their values.
+fn nurseries() -> Result<(), Error> {
+    let documents = ["the quick brown fox", "jumps over", "the lazy dog"];
+    hatchery::run(async {
+        let words = nursery(async |n| {
+            // Each child borrows its document; none of them needs to own anything.
+            let handles: Vec<_> = documents
+                .iter()
+                .enumerate()
+                .map(|(i, doc)| {
+                    n.spawn(async move {
+                        sleep(ms(100) * (3 - i as u32)).await?; // pretend to download it
+                        say!("child {i}: counted {doc:?}");
+                        Ok(doc.split_whitespace().count())
+                    })
+                })
+                .collect();
+            let mut words = 0;
+            for handle in handles {
+                words += handle.await?;
+            }
+            Ok(words)
+        })
+        .await?
+        // `None` would mean that the nursery's own scope was cancelled before the body could
+        // produce its value; nothing cancels it here.
+        .expect("nothing cancels this nursery");
+        say!("{words} words; three downloads of up to 0.3 s took 0.3 s together");
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A service that needs setting up before it is usable: it tells its starter when it is ready.
+async fn server(port: u16, status: TaskStatus<u16>) -> Result<(), Error> {
+    if port < 1024 {
+        // An error before `started` goes back to the caller of `start`, not to the nursery.
+        return Err(Error::other(format!("cannot bind port {port}: permission denied")));
+    }
+    say!("server: binding port {port}...");
+    sleep(ms(100)).await?;
+    status.started(port); // from here on, the task belongs to the nursery
+    say!("server: listening");
+    let Err(cancelled) = sleep_forever().await; // serve until cancelled
+    say!("server: shutting down ({cancelled})");
+    Err(cancelled.into())
+}
+
+/// `start` runs a task until it calls `status.started(value)` and returns that value: when it
+/// returns, the service is ready, and it keeps running in the nursery.
+fn start_handshake() -> Result<(), Error> {
+    hatchery::run(async {
+        nursery(async |n| {
+            if let Err(e) = n.start(|status| server(80, status)).await {
+                say!("start failed: {e}; the nursery carries on");
+            }
+            let port = n.start(|status| server(8080, status)).await?;
+            say!("parent: the server is ready on port {port}");
+            sleep(ms(50)).await?; // use the service
+            // Done with it: cancel everything in this nursery. The nursery absorbs its own
+            // cancellation, so this is a clean shutdown, not an error.
+            n.cancel_scope().cancel();
+            Ok(())
+        })
+        .await?;
+        say!("parent: nursery closed");
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn slow_query() -> Result<&'static str, Error> {
+    sleep(Duration::from_secs(10)).await?;
+    Ok("result")
+}
+
+/// Cancel scopes put a deadline (or a cancel button) on any piece of code; the scope that was
+/// cancelled absorbs the cancellation. See the `timeouts` example for shields and moving
+/// deadlines.
+fn cancel_scopes() -> Result<(), Error> {
+    hatchery::run(async {
+        // Give up quietly: `None` means the deadline fired.
+        let r = move_on_after(ms(100), slow_query()).await?;
+        say!("move_on_after(100 ms, slow query) -> {r:?}");
+
+        // Or treat the deadline as an error.
+        match fail_after(ms(100), slow_query()).await {
+            Ok(r) => say!("fail_after(100 ms, slow query) -> {r}"),
+            Err(e) => say!("fail_after(100 ms, slow query) -> error: {e}"),
+        }
+
+        // A scope can also be cancelled from elsewhere through its handle: a stop button.
+        let scope = CancelScope::new();
+        let stop = scope.handle();
+        nursery(async |n| {
+            n.start_soon(async {
+                sleep(ms(150)).await?;
+                say!("stop button pressed");
+                stop.cancel();
+                Ok(())
+            });
+            let r = scope
+                .run(async {
+                    for step in 1.. {
+                        sleep(ms(60)).await?;
+                        say!("worker: step {step}");
+                    }
+                    Ok::<_, Error>(())
+                })
+                .await?;
+            say!("worker scope -> {r:?}, cancelled_caught = {}", stop.cancelled_caught());
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn writer() -> Result<(), Error> {
+    sleep(ms(100)).await?;
+    say!("writer: disk full!");
+    Err(Error::other("writer: disk full"))
+}
+
+async fn replica(name: &str, loses_data: bool) -> Result<(), Error> {
+    let Err(cancelled) = sleep(Duration::from_secs(10)).await else {
+        return Ok(());
+    };
+    say!("{name}: {cancelled}");
+    if loses_data {
+        // A real error while handling the cancellation is kept, not swallowed.
+        return Err(Error::other(format!("{name}: 3 writes were not flushed")));
+    }
+    // The cancellation itself is absorbed by the nursery that caused it.
+    Err(cancelled.into())
+}
+
+/// When a child fails, the nursery cancels its other children, waits for them, and returns
+/// every real error it collected: nothing runs on unsupervised, nothing is lost.
+fn errors_propagate() -> Result<(), Error> {
+    hatchery::run(async {
+        let outcome = nursery(async |n| {
+            n.start_soon(replica("replica-a", false));
+            n.start_soon(replica("replica-b", true));
+            n.start_soon(writer());
+            Ok(())
+        })
+        .await;
+        match outcome {
+            Ok(_) => say!("no errors?"),
+            Err(errors) => {
+                say!("the nursery failed with {} error(s):", errors.len());
+                for e in errors.errors() {
+                    say!("  - {e}");
+                }
+                // With `?` it becomes one `hatchery::Error`, whose message starts with the first.
+                say!("as one error: {}", Error::from(errors));
+            }
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A service that hangs on its first three attempts, then answers.
+async fn flaky_service(attempt: u32) -> Result<&'static str, Error> {
+    let latency = if attempt <= 3 { Duration::from_secs(3600) } else { Duration::from_secs(2) };
+    sleep(latency).await?;
+    Ok("pong")
+}
+
+/// Prints a line stamped with the virtual time, in minutes and seconds.
+macro_rules! say_virtual {
+    ($($arg:tt)*) => {{
+        let t = hatchery::now().since_origin().as_secs();
+        println!("  [virtual {:02}:{:02}] {}", t / 60, t % 60, format_args!($($arg)*))
+    }};
+}
+
+/// Retries with exponential backoff: minutes of waiting, which on the virtual clock take no
+/// real time at all. Tests of code like this run the same way, with exact timestamps.
+fn virtual_time() -> Result<(), Error> {
+    let real = std::time::Instant::now();
+    let virtual_clock = MockClock::with_autojump(Duration::ZERO);
+    Builder::new().clock(virtual_clock.clone()).run(async {
+        let mut backoff = Duration::from_secs(60);
+        for attempt in 1.. {
+            match fail_after(Duration::from_secs(30), flaky_service(attempt)).await {
+                Ok(reply) => {
+                    say_virtual!("attempt {attempt} -> {reply:?}");
+                    break;
+                }
+                Err(Error::TooSlow(_)) => {
+                    say_virtual!("attempt {attempt} timed out; retrying in {backoff:?}")
+                }
+                Err(e) => return Err(e),
+            }
+            sleep(backoff).await?;
+            backoff *= 2;
+        }
+        Ok(())
+    })?;
+    let waited = virtual_clock.now().since_origin();
+    println!(
+        "  {:.1} minutes of virtual time took {:.2?} of real time",
+        waited.as_secs_f64() / 60.0,
+        real.elapsed()
+    );
+    Ok(())
+}
