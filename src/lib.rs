@@ -69,3 +69,8 @@ pub use runtime::clock::Instant;
 pub use runtime::context::SchedulePolicy;
 pub use runtime::{Builder, RunHandle, run};
 pub use time::{Sleep, SleepOutput, now, sleep, sleep_forever, sleep_until};
+
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
