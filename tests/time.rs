@@ -1,0 +1,453 @@
+//! Sleeps, the virtual clock, autojump and quiescence (S2.4, S8.x), plus the system clock's offset (S1.8).
+
+mod support;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use hatchery::testing::{self, MockClock, registrations, wait_all_tasks_blocked};
+use hatchery::{
+    Builder, CancelScope, CancelSource, Cancelled, Instant, move_on_after, now, nursery, sleep, sleep_forever,
+    sleep_until,
+};
+use support::{Log, at, secs};
+
+/// Polls `fut` exactly once from inside the current task and reports whether it was pending.
+async fn poll_once<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_pending())).await
+}
+
+#[test]
+fn sleep_ends_at_its_exact_instant() {
+    let (a, b, c) = testing::run(async {
+        sleep(secs(3)).await.unwrap();
+        let a = now();
+        sleep(Duration::from_nanos(1)).await.unwrap();
+        let b = now();
+        sleep(Duration::from_millis(1500)).await.unwrap();
+        (a, b, now())
+    });
+    assert_eq!(a, at(3));
+    assert_eq!(b, at(3) + Duration::from_nanos(1));
+    assert_eq!(c, at(3) + Duration::from_nanos(1) + Duration::from_millis(1500));
+}
+
+#[test]
+fn sleep_until_ends_at_the_deadline() {
+    let t = testing::run(async {
+        sleep_until(at(42)).await.unwrap();
+        now()
+    });
+    assert_eq!(t, at(42));
+}
+
+#[test]
+fn sleep_zero_is_a_checkpoint_s2_4() {
+    testing::run(async {
+        // A schedule point: two tasks doing "record; sleep(0)" advance in lock-step.
+        let log = Log::new();
+        nursery(async |n| {
+            for _ in 0..2 {
+                let log = &log;
+                n.start_soon(async move {
+                    for k in 0..3 {
+                        log.push(format!("{k}"));
+                        sleep(Duration::ZERO).await?;
+                    }
+                    Ok::<_, Cancelled>(())
+                });
+            }
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(log.take(), ["0", "0", "1", "1", "2", "2"]);
+        assert_eq!(now(), at(0), "sleep(0) does not move the clock");
+
+        // A cancel point: in a cancelled scope it fails.
+        let scope = CancelScope::new();
+        scope.handle().cancel();
+        let r = scope
+            .run(async {
+                let e = sleep(Duration::ZERO).await.unwrap_err();
+                assert_eq!(e.source(), CancelSource::Explicit);
+                Err::<(), _>(e)
+            })
+            .await;
+        assert_eq!(r, Ok(None));
+
+        // And a full checkpoint.
+        testing::assert_checkpoints(sleep(Duration::ZERO)).await.unwrap();
+    });
+}
+
+#[test]
+fn sleep_until_in_the_past_checkpoints_and_returns_ok_s2_4() {
+    testing::run(async {
+        sleep(secs(5)).await.unwrap();
+        testing::assert_checkpoints(sleep_until(at(1))).await.unwrap();
+        testing::assert_checkpoints(sleep_until(Instant::ZERO)).await.unwrap();
+        testing::assert_checkpoints(sleep_until(now())).await.unwrap();
+        assert_eq!(now(), at(5), "a past deadline does not move the clock");
+
+        // Still a cancel point.
+        let scope = CancelScope::new();
+        scope.handle().cancel();
+        let r = scope.run(async { sleep_until(at(1)).await }).await;
+        assert_eq!(r, Ok(None));
+    });
+}
+
+#[test]
+fn sleep_forever_only_ends_with_cancelled_s2_4() {
+    testing::run(async {
+        // By a deadline.
+        let r = move_on_after(secs(3), async {
+            sleep_forever().await?;
+            Ok::<(), Cancelled>(())
+        })
+        .await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(now(), at(3));
+
+        // By an explicit cancel from a sibling, after all timers are gone: autojump has nothing
+        // to jump to, so the cancel is the only way out.
+        let scope = CancelScope::new();
+        let h = scope.handle();
+        let got = RefCell::new(None);
+        nursery(async |n| {
+            n.start_soon(async {
+                let r = scope
+                    .run(async {
+                        sleep_forever().await?;
+                        Ok::<(), Cancelled>(())
+                    })
+                    .await;
+                *got.borrow_mut() = Some(r);
+                Ok::<_, Cancelled>(())
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(now(), at(3), "nothing to jump to");
+            h.cancel();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.take(), Some(Ok(None)));
+        assert!(h.cancelled_caught());
+
+        // The error itself, seen from inside.
+        let scope = CancelScope::new();
+        scope.handle().cancel_with_reason("stop");
+        let r = scope
+            .run(async {
+                let Err(c) = sleep_forever().await;
+                assert_eq!(c.source(), CancelSource::Explicit);
+                assert_eq!(c.reason(), Some("stop"));
+                Err::<(), _>(c)
+            })
+            .await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(now(), at(3));
+    });
+}
+
+#[test]
+fn mock_clock_jump_moves_time_and_wakes_due_sleepers_s8_1() {
+    let clock = MockClock::new();
+    assert_eq!(clock.now(), Instant::ZERO);
+    clock.jump(secs(2));
+    assert_eq!(clock.now(), at(2), "jump works before the run too");
+    let c = clock.clone();
+    let woke = Cell::new(None);
+    Builder::new().clock(clock.clone()).seed(1).run(async {
+        assert_eq!(now(), at(2));
+        nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(10)).await?;
+                woke.set(Some(now()));
+                Ok::<_, Cancelled>(())
+            });
+            wait_all_tasks_blocked().await?;
+            c.jump(secs(4));
+            assert_eq!(now(), at(6));
+            // Not due yet: the sleeper stays asleep.
+            wait_all_tasks_blocked().await?;
+            assert_eq!(woke.get(), None);
+            assert_eq!(now(), at(6));
+            // Exactly due.
+            c.jump(secs(6));
+            wait_all_tasks_blocked().await?;
+            assert_eq!(woke.get(), Some(at(12)));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(woke.get(), Some(at(12)));
+    assert_eq!(clock.now(), at(12));
+}
+
+#[test]
+fn jump_past_a_deadline_wakes_at_the_jumped_time_s8_1() {
+    let clock = MockClock::new();
+    let c = clock.clone();
+    let (woke, end) = Builder::new().clock(clock).seed(1).run(async {
+        let woke = Cell::new(None);
+        nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(10)).await?;
+                woke.set(Some(now()));
+                Ok::<_, Cancelled>(())
+            });
+            wait_all_tasks_blocked().await?;
+            c.jump(secs(25));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        (woke.get(), now())
+    });
+    assert_eq!(woke, Some(at(25)), "a virtual clock cannot stop at the deadline it jumped over");
+    assert_eq!(end, at(25));
+}
+
+#[test]
+fn autojump_zero_jumps_straight_to_each_deadline_s8_3() {
+    let clock = MockClock::with_autojump(Duration::ZERO);
+    let log = Builder::new().clock(clock.clone()).seed(3).run(async {
+        let mut log = Vec::new();
+        sleep(secs(3600)).await.unwrap();
+        log.push(now());
+        sleep(secs(1)).await.unwrap();
+        log.push(now());
+        log
+    });
+    assert_eq!(log, [at(3600), at(3601)]);
+    assert_eq!(clock.now(), at(3601));
+}
+
+#[test]
+fn autojump_none_needs_a_manual_jump_s8_3() {
+    let clock = MockClock::new();
+    assert_eq!(clock.autojump_threshold(), None);
+    let c = clock.clone();
+    let (woke, blocked_at) = Builder::new().clock(clock).seed(3).run(async {
+        let woke = Cell::new(None);
+        let mut blocked_at = None;
+        nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(100)).await?;
+                woke.set(Some(now()));
+                Ok::<_, Cancelled>(())
+            });
+            // Everything else is blocked, yet the clock did not move.
+            wait_all_tasks_blocked().await?;
+            blocked_at = Some(now());
+            assert_eq!(woke.get(), None);
+            c.jump(secs(100));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        (woke.get(), blocked_at)
+    });
+    assert_eq!(blocked_at, Some(Instant::ZERO));
+    assert_eq!(woke, Some(at(100)));
+}
+
+#[test]
+fn autojump_threshold_change_takes_effect_during_the_run_s8_3() {
+    let clock = MockClock::new();
+    let c = clock.clone();
+    let woke = Builder::new().clock(clock).seed(4).run(async {
+        let woke = Cell::new(None);
+        nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(100)).await?;
+                woke.set(Some(now()));
+                Ok::<_, Cancelled>(())
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(now(), Instant::ZERO);
+            c.set_autojump_threshold(Some(Duration::ZERO));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        woke.get()
+    });
+    assert_eq!(woke, Some(at(100)));
+}
+
+#[test]
+fn autojump_with_a_small_real_threshold_still_lands_exactly_s8_3() {
+    let clock = MockClock::with_autojump(Duration::from_millis(1));
+    let t = Builder::new().clock(clock).seed(4).run(async {
+        sleep(secs(7)).await.unwrap();
+        sleep(secs(7)).await.unwrap();
+        now()
+    });
+    assert_eq!(t, at(14));
+}
+
+#[test]
+fn sleeps_of_ten_i_seconds_end_on_their_deadlines_fast_s8_5() {
+    let started = std::time::Instant::now();
+    let ends = testing::run(async {
+        let mut ends = Vec::new();
+        for i in 0..10u64 {
+            let start = now();
+            sleep(secs(10 * i)).await.unwrap();
+            ends.push(now() - start);
+        }
+        assert_eq!(now(), at(450));
+        ends
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(ends, (0..10u64).map(|i| secs(10 * i)).collect::<Vec<_>>());
+    assert!(elapsed < Duration::from_secs(5), "450 virtual seconds took {elapsed:?} of real time");
+}
+
+#[test]
+fn wait_all_tasks_blocked_takes_precedence_over_autojump_s8_4() {
+    testing::run(async {
+        let log = Log::new();
+        nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(5)).await?;
+                log.push(format!("sleeper woke at {:?}", now()));
+                Ok::<_, Cancelled>(())
+            });
+            n.start_soon(async {
+                wait_all_tasks_blocked().await?;
+                log.push(format!("quiescent at {:?}", now()));
+                Ok(())
+            });
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            log.take(),
+            [format!("quiescent at {:?}", at(0)), format!("sleeper woke at {:?}", at(5))]
+        );
+    });
+}
+
+#[test]
+fn wait_all_tasks_blocked_smallest_cushion_first_and_cancellable_s8_4() {
+    testing::run(async {
+        let before = registrations();
+        let scope = CancelScope::new();
+        let h = scope.handle();
+        let r = nursery(async |n| {
+            // The zero cushion wakes first (the body's hour-long cushion holds autojump back, and
+            // is never reached in real time): it cancels the body's wait.
+            n.start_soon(async {
+                wait_all_tasks_blocked().await?;
+                h.cancel();
+                Ok::<_, Cancelled>(())
+            });
+            let r = scope.run(testing::wait_all_tasks_blocked_cushion(secs(3600))).await;
+            assert_eq!(r, Ok(None));
+            assert!(h.cancelled_caught());
+            // An already-cancelled scope fails at once too.
+            let r = CancelScope::new().with_deadline(Instant::ZERO).run(wait_all_tasks_blocked()).await;
+            assert_eq!(r, Ok(None));
+            Ok(())
+        })
+        .await;
+        assert_eq!(r.unwrap(), Some(()));
+        assert_eq!(now(), at(0));
+        assert_eq!(registrations(), before);
+    });
+}
+
+#[test]
+fn thousand_sleepers_wake_at_their_exact_instants_in_order() {
+    const N: u64 = 1000;
+    // A permutation of 1..=N milliseconds, so spawn order is not deadline order.
+    let deadline = |id: u64| at(0) + Duration::from_millis((id * 7919) % N + 1);
+    let log = RefCell::new(Vec::new());
+    testing::run(async {
+        nursery(async |n| {
+            for id in 0..N {
+                let log = &log;
+                n.start_soon(async move {
+                    sleep_until(deadline(id)).await?;
+                    log.borrow_mut().push((now(), id));
+                    Ok::<_, Cancelled>(())
+                });
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(now(), at(0) + Duration::from_millis(N));
+    });
+    let log = log.into_inner();
+    assert_eq!(log.len(), N as usize);
+    for &(t, id) in &log {
+        assert_eq!(t, deadline(id), "sleeper {id} woke at {t:?}");
+    }
+    assert!(log.windows(2).all(|w| w[0].0 < w[1].0), "wake order follows the deadlines");
+}
+
+#[test]
+fn dropping_a_pending_sleep_removes_its_timer() {
+    testing::run(async {
+        let before = registrations();
+        let mut s = Box::pin(sleep(secs(10)));
+        assert!(poll_once(s.as_mut()).await);
+        let armed = registrations();
+        assert_eq!(armed.timers, before.timers + 1);
+        assert_eq!(armed.parked, before.parked + 1);
+        drop(s);
+        assert_eq!(registrations(), before);
+
+        // With nothing left to wait for, the clock does not move to the dropped deadline.
+        sleep(secs(1)).await.unwrap();
+        assert_eq!(now(), at(1));
+
+        // The same for a sleep_until and for a sleep_forever.
+        let mut s = Box::pin(sleep_until(at(50)));
+        assert!(poll_once(s.as_mut()).await);
+        assert_eq!(registrations().timers, before.timers + 1);
+        drop(s);
+        let mut f = Box::pin(sleep_forever());
+        assert!(poll_once(f.as_mut()).await);
+        assert_eq!(registrations().parked, before.parked + 1);
+        drop(f);
+        assert_eq!(registrations(), before);
+    });
+}
+
+#[test]
+fn a_cancelled_sleep_leaves_no_registration() {
+    testing::run(async {
+        let before = registrations();
+        let r = move_on_after(secs(1), sleep(secs(10))).await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(now(), at(1));
+        assert_eq!(registrations(), before);
+        // A later sleep is not disturbed by a stale timer at t=10.
+        sleep(secs(20)).await.unwrap();
+        assert_eq!(now(), at(21));
+    });
+}
+
+#[test]
+fn system_clock_has_a_large_offset_s1_8() {
+    let (t0, t1) = hatchery::run(async {
+        let t0 = now();
+        sleep(Duration::from_millis(1)).await.unwrap();
+        (t0, now())
+    });
+    assert!(t0 >= at(10_000), "system clock starts at {t0:?}");
+    assert!(t0 <= at(200_001), "system clock starts at {t0:?}");
+    assert!(t1 >= t0 + Duration::from_millis(1), "a real sleep moved the clock: {t0:?} -> {t1:?}");
+}
