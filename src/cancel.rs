@@ -272,7 +272,8 @@ fn arm_deadline(core: &Core, state: &ScopeState, node: u32) {
 
 /// Enters `state` under the current status; returns its node.
 pub(crate) fn enter(core: &Core, state: &Rc<ScopeState>) -> u32 {
-    enter_under(core, state, core.current_status.get())
+    let parent = core.registration_status();
+    enter_under(core, state, parent)
 }
 
 /// Enters `state` under `parent`; returns its node.
@@ -320,18 +321,26 @@ pub(crate) fn absorb<E: CancelError>(core: &Core, state: &ScopeState, node: u32,
 pub(crate) struct StatusGuard<'a> {
     core: &'a Core,
     prev: u32,
+    prev_lazy: bool,
 }
 
 impl<'a> StatusGuard<'a> {
     pub(crate) fn enter(core: &'a Core, node: u32) -> StatusGuard<'a> {
+        Self::enter_lazy(core, node, false)
+    }
+
+    /// With `lazy`, `node` is the parent of the polled child's own node, created on demand.
+    pub(crate) fn enter_lazy(core: &'a Core, node: u32, lazy: bool) -> StatusGuard<'a> {
         let prev = core.current_status.replace(node);
-        StatusGuard { core, prev }
+        let prev_lazy = core.lazy_status.replace(lazy);
+        StatusGuard { core, prev, prev_lazy }
     }
 }
 
 impl Drop for StatusGuard<'_> {
     fn drop(&mut self) {
         self.core.current_status.set(self.prev);
+        self.core.lazy_status.set(self.prev_lazy);
     }
 }
 

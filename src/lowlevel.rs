@@ -139,14 +139,16 @@ impl Park {
         let core = context::core();
         core.cancel_points.set(core.cancel_points.get() + 1);
         let node = core.current_status.get();
-        let mut tree = core.cancel.borrow_mut();
-        if let Some(c) = tree.effective(node) {
+        let cancelled = core.cancel.borrow().effective(node);
+        if let Some(c) = cancelled {
             if self.run_id == core.id {
-                tree.unregister(self.waiter);
+                core.cancel.borrow_mut().unregister(self.waiter);
             }
             self.waiter = NIL;
             return Poll::Ready(c);
         }
+        let node = core.registration_status();
+        let mut tree = core.cancel.borrow_mut();
         let existing = if self.run_id == core.id { self.waiter } else { NIL };
         self.waiter = tree.register(existing, node, cx.waker());
         self.run_id = core.id;

@@ -151,8 +151,6 @@ pub struct Nursery<'n, 'env, E> {
     body_waker: Waker,
     scope: Rc<ScopeState>,
     node: u32,
-    /// The origin shared by the children's own nodes until one is cancelled on its own.
-    inert: Rc<ScopeState>,
     inner: RefCell<Inner<'n, E>>,
     _marker: PhantomData<&'n mut &'env ()>,
 }
@@ -161,9 +159,15 @@ type BoxedChild<'n, E> = Pin<Box<dyn Child<E> + 'n>>;
 
 struct Slot<'n, E> {
     /// `None` while the child is being polled.
-    task: Option<(ManuallyDrop<BoxedChild<'n, E>>, Waker)>,
-    /// The child's own cancel-status node (`NIL` for children without a handle).
+    task: Option<ManuallyDrop<BoxedChild<'n, E>>>,
+    /// The child's waker, made at its first poll (from the run's pool) and kept until it ends.
+    waker: Option<(Arc<TaskWaker>, Waker)>,
+    /// The child's own cancel-status node, once it has one (`NIL` before).
     node: u32,
+    /// Whether the child may need a node of its own (it has a handle that can cancel it). The
+    /// node is created lazily: when the child first parks, enters a scope or opens a nursery, or
+    /// when its handle cancels it. Trivial children never get one.
+    wants_node: bool,
 }
 
 struct Inner<'n, E> {
@@ -244,7 +248,7 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
             };
             let Some(slot) = next else { break };
             n.core.live_tasks.set(n.core.live_tasks.get() - 1);
-            if let Some((task, _waker)) = slot.task {
+            if let Some(task) = slot.task {
                 drop(ManuallyDrop::into_inner(task));
             }
             if slot.node != NIL {
@@ -273,7 +277,6 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             body_waker,
             scope,
             node,
-            inert: ScopeState::new(),
             inner: RefCell::new(Inner {
                 children: Slab::new(),
                 errors: Vec::new(),
@@ -312,9 +315,12 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 return Err(task);
             }
             let index = inner.children.vacant_key() as u32 + 1;
-            let waker = TaskWaker::waker(&self.core.shared, self.target(index));
-            let node = if own_node { cancel::enter_under(&self.core, &self.inert, self.node) } else { NIL };
-            inner.children.insert(Slot { task: Some((ManuallyDrop::new(task), waker)), node });
+            inner.children.insert(Slot {
+                task: Some(ManuallyDrop::new(task)),
+                waker: None,
+                node: NIL,
+                wants_node: own_node,
+            });
             index
         };
         self.core.live_tasks.set(self.core.live_tasks.get() + 1);
@@ -409,13 +415,23 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
 
     /// Cancels one child (from its handle).
     fn cancel_child(&self, index: u32, reason: Option<Arc<str>>) {
-        let node = match self.inner.borrow().children.get(index as usize - 1) {
-            Some(slot) if slot.node != NIL => slot.node,
-            _ => return,
+        let node = {
+            let mut inner = self.inner.borrow_mut();
+            match inner.children.get_mut(index as usize - 1) {
+                Some(slot) if slot.node != NIL => slot.node,
+                Some(slot) if slot.wants_node => {
+                    // The child has not needed a node yet: it has nothing registered, so a fresh
+                    // node under the nursery's is all it takes.
+                    let node = self.core.cancel.borrow_mut().enter(self.node, self.core.inert.clone());
+                    slot.node = node;
+                    node
+                }
+                _ => return,
+            }
         };
         let state = {
             let mut tree = self.core.cancel.borrow_mut();
-            if Rc::ptr_eq(tree.state(node), &self.inert) {
+            if Rc::ptr_eq(tree.state(node), &self.core.inert) {
                 let own = ScopeState::new();
                 tree.replace_state(node, own.clone());
                 own
@@ -443,7 +459,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     {
         let core = &self.core;
         if !st.closing {
-            let mut batch = core.sched.borrow_mut().begin_poll(self.group, cx.waker());
+            let mut batch = core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());
             core.order_batch(&mut batch);
             {
                 let _status = StatusGuard::enter(core, self.node);
@@ -452,7 +468,11 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                     if index == BODY {
                         if let BodyState::Running = st.body {
                             let mut bcx = Context::from_waker(&self.body_waker);
-                            match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(&mut bcx))) {
+                            let (data, vtable) = context::waker_id(&self.body_waker);
+                            let prev = core.entity.replace((self.target(BODY), data, vtable));
+                            let res = catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(&mut bcx)));
+                            core.entity.set(prev);
+                            match res {
                                 Ok(Poll::Pending) => {}
                                 Ok(Poll::Ready(Ok(v))) => st.body = BodyState::Done(Some(v)),
                                 Ok(Poll::Ready(Err(e))) => {
@@ -515,24 +535,42 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let taken = {
             let mut inner = self.inner.borrow_mut();
             match inner.children.get_mut(index as usize - 1) {
-                Some(slot) => slot.task.take().map(|t| (t, slot.node)),
+                Some(slot) => match slot.task.take() {
+                    Some(t) => {
+                        let waker = match slot.waker.take() {
+                            Some(w) => w,
+                            None => core.wakers.borrow_mut().get(&core.shared, self.target(index)),
+                        };
+                        Some((t, waker, slot.node, slot.wants_node))
+                    }
+                    None => None,
+                },
                 None => None,
             }
         };
-        let Some(((mut task, waker), node)) = taken else { return };
-        let status = if node != NIL { node } else { self.node };
-        let saved = (core.cancel_points.get(), core.schedule_points.get());
+        let Some((mut task, waker, node, wants_node)) = taken else { return };
+        let (status, lazy) = if node != NIL { (node, false) } else { (self.node, wants_node) };
+        let saved = (core.cancel_points.get(), core.schedule_points.get(), core.materialized.replace(NIL));
+        let (data, vtable) = context::waker_id(&waker.1);
+        let prev_entity = core.entity.replace((self.target(index), data, vtable));
         let res = {
-            let _status = StatusGuard::enter(core, status);
-            let mut cx = Context::from_waker(&waker);
+            let _status = StatusGuard::enter_lazy(core, status, lazy);
+            let mut cx = Context::from_waker(&waker.1);
             catch_unwind(AssertUnwindSafe(|| task.as_mut().poll_child(&mut cx)))
         };
+        core.entity.set(prev_entity);
         core.cancel_points.set(saved.0);
         core.schedule_points.set(saved.1);
+        let made = core.materialized.replace(saved.2);
+        let node = if made != NIL { made } else { node };
         match res {
             Ok(Poll::Pending) => {
                 let mut inner = self.inner.borrow_mut();
-                inner.children[index as usize - 1].task = Some((task, waker));
+                let slot = &mut inner.children[index as usize - 1];
+                slot.task = Some(task);
+                slot.waker = Some(waker);
+                slot.node = node;
+                return;
             }
             Ok(Poll::Ready(Ok(()))) => self.finish_child(index, task, node),
             Ok(Poll::Ready(Err(e))) => {
@@ -564,6 +602,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 self.finish_child(index, task, node);
             }
         }
+        core.wakers.borrow_mut().put(waker.0, waker.1);
     }
 
     fn finish_child(&self, index: u32, task: ManuallyDrop<BoxedChild<'n, E>>, node: u32) {

@@ -653,3 +653,56 @@ fn awaiting_a_failed_child_reports_the_awaiters_cancellation() {
         );
     });
 }
+
+#[test]
+fn cancelling_a_child_reaches_scopes_it_entered_before_the_cancel() {
+    // The child's own cancel node is created lazily; scopes it entered earlier must hang below it.
+    let log = Log::new();
+    testing::run(async {
+        nursery(async |n| {
+            let h = n.spawn(async {
+                let r = hatchery::move_on_after(secs(100), async {
+                    let r = sleep(secs(50)).await;
+                    log.push(format!("inner sleep: {:?}", r.as_ref().map_err(|c| c.reason())));
+                    r
+                })
+                .await;
+                log.push(format!("scope: {r:?}"));
+                r.map(|_| ())
+            });
+            sleep(secs(2)).await?;
+            h.cancel_with_reason("stop that");
+            let j = h.await;
+            assert!(
+                matches!(j, Err(JoinError::ChildCancelled(ref c)) if c.reason() == Some("stop that")),
+                "{j:?}"
+            );
+            assert_eq!(now(), at(2));
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(testing::registrations().cancel_nodes, 1, "only the run's root node is left");
+    });
+    assert_eq!(log.take()[0], "inner sleep: Err(Some(\"stop that\"))");
+}
+
+#[test]
+fn trivial_spawned_children_leave_no_cancel_nodes() {
+    testing::run(async {
+        nursery(async |n| {
+            let hs: Vec<_> = (0..100u32).map(|i| n.spawn(async move { Ok::<_, Cancelled>(i) })).collect();
+            hatchery::lowlevel::checkpoint().await?;
+            // nursery node + root only: children that never parked never needed a node.
+            assert_eq!(testing::registrations().cancel_nodes, 2);
+            let mut s = 0;
+            for h in hs {
+                s += h.await.unwrap();
+            }
+            assert_eq!(s, 4950);
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+}

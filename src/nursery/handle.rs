@@ -16,7 +16,8 @@ use crate::runtime::context;
 enum Out<T> {
     Running,
     Value(T),
-    NoValue(JoinError),
+    /// Boxed: rare, and it keeps the cell small for every child.
+    NoValue(Box<JoinError>),
     Taken,
 }
 
@@ -43,7 +44,7 @@ impl<T> OutCell<T> {
     }
 
     pub(crate) fn set_no_value(&self, why: JoinError) {
-        self.finish(Out::NoValue(why));
+        self.finish(Out::NoValue(Box::new(why)));
     }
 
     fn is_finished(&self) -> bool {
@@ -65,7 +66,7 @@ impl<T> OutCell<T> {
                 // awaiter's scopes know how to absorb.
                 let core = context::core();
                 let mine = core.cancel.borrow().effective(core.current_status.get());
-                Some(Err(mine.map(JoinError::Cancelled).unwrap_or(why)))
+                Some(Err(mine.map(JoinError::Cancelled).unwrap_or(*why)))
             }
             Out::Taken => panic!("a hatchery JoinHandle was polled after it returned the child's value"),
         }

@@ -46,6 +46,11 @@ pub(crate) struct BlockedWaiter {
     pub(crate) woken: bool,
 }
 
+/// The identity of a waker: data address and vtable address.
+pub(crate) fn waker_id(w: &Waker) -> (usize, usize) {
+    (w.data() as usize, w.vtable() as *const std::task::RawWakerVTable as usize)
+}
+
 pub(crate) struct Core {
     pub(crate) id: u64,
     pub(crate) shared: Arc<Shared>,
@@ -56,12 +61,24 @@ pub(crate) struct Core {
     pub(crate) clock: Clock,
     /// The cancel-status node of the code being polled right now.
     pub(crate) current_status: Cell<u32>,
+    /// True while a child that may need a node of its own (it has a `JoinHandle`) runs without
+    /// one: `current_status` is then its nursery's node, and the child's node is created under it
+    /// the first time the child needs a precise status ([`Core::registration_status`]).
+    pub(crate) lazy_status: Cell<bool>,
+    /// The node [`Core::registration_status`] created during the current child poll, if any.
+    pub(crate) materialized: Cell<u32>,
+    /// The origin shared by children's nodes until one is cancelled on its own.
+    pub(crate) inert: std::rc::Rc<super::cancel_tree::ScopeState>,
+    /// The task being polled, and the address and vtable of its waker: lets a nursery recognise
+    /// that its parent waker is a hatchery task of this run, and route wake-ups without it.
+    pub(crate) entity: Cell<(WakeTarget, usize, usize)>,
     /// Checkpoint counters of the task being polled (saved and restored around each child).
     pub(crate) cancel_points: Cell<u64>,
     pub(crate) schedule_points: Cell<u64>,
     rng: Cell<u64>,
     pub(crate) policy: SchedulePolicy,
     pub(crate) blocked: RefCell<Vec<BlockedWaiter>>,
+    pub(crate) wakers: RefCell<super::sched::WakerPool>,
     pub(crate) next_id: Cell<u64>,
     /// Tasks alive in this run (root and nursery children), for introspection and leak tests.
     pub(crate) live_tasks: Cell<usize>,
@@ -97,11 +114,16 @@ impl Core {
             timers: RefCell::new(Deadlines::new()),
             clock: parts.clock,
             current_status: Cell::new(root_status),
+            lazy_status: Cell::new(false),
+            materialized: Cell::new(super::cancel_tree::NIL),
+            inert: super::cancel_tree::ScopeState::new(),
+            entity: Cell::new((WakeTarget::ROOT, 0, 0)),
             cancel_points: Cell::new(0),
             schedule_points: Cell::new(0),
             rng: Cell::new(parts.seed | 1),
             policy: parts.policy,
             blocked: RefCell::new(Vec::new()),
+            wakers: RefCell::new(Default::default()),
             next_id: Cell::new(1),
             live_tasks: Cell::new(1),
         }
@@ -146,6 +168,19 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The status a registration (a parked operation, a new scope) must use: creates the
+    /// current child's own node first if it is still lazy.
+    pub(crate) fn registration_status(&self) -> u32 {
+        if self.lazy_status.get() {
+            let parent = self.current_status.get();
+            let node = self.cancel.borrow_mut().enter(parent, self.inert.clone());
+            self.current_status.set(node);
+            self.lazy_status.set(false);
+            self.materialized.set(node);
+        }
+        self.current_status.get()
     }
 
     /// Routes a wake-up that happened on this thread.

@@ -227,7 +227,8 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         // 6. One batch.
         if core.sched.borrow().root_scheduled {
             core.sched.borrow_mut().root_scheduled = false;
-            core.schedule_points.set(core.schedule_points.get());
+            let (data, vtable) = context::waker_id(&root_waker);
+            core.entity.set((WakeTarget::ROOT, data, vtable));
             let mut cx = Context::from_waker(&root_waker);
             if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                 return out;
@@ -237,7 +238,12 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
 }
 
 fn expire_deadlines(core: &Core, wakers: &mut Vec<Waker>) {
+    // No deadline, no clock read: this runs once per pass.
+    let Some(next) = core.timers.borrow_mut().next_deadline() else { return };
     let now = core.now();
+    if next > now {
+        return;
+    }
     let mut scopes = Vec::new();
     {
         let mut timers = core.timers.borrow_mut();

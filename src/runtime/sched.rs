@@ -131,6 +131,41 @@ impl TaskWaker {
     }
 }
 
+/// Recycles the wakers of finished children, so that short-lived children cost no allocation
+/// for their waker. Only uniquely owned wakers come back, so no one else can still hold one.
+#[derive(Default)]
+pub(crate) struct WakerPool {
+    free: Vec<Arc<TaskWaker>>,
+}
+
+const WAKER_POOL_MAX: usize = 1024;
+
+impl WakerPool {
+    /// A waker for `target`, and the handle to give back to [`WakerPool::put`] later.
+    pub(crate) fn get(&mut self, shared: &Arc<Shared>, target: WakeTarget) -> (Arc<TaskWaker>, Waker) {
+        let arc = match self.free.pop() {
+            Some(mut arc) => {
+                match Arc::get_mut(&mut arc) {
+                    Some(w) => w.target = target,
+                    None => unreachable!("hatchery internal error: a pooled waker is shared"),
+                }
+                arc
+            }
+            None => Arc::new(TaskWaker { shared: shared.clone(), target }),
+        };
+        let waker = Waker::from(arc.clone());
+        (arc, waker)
+    }
+
+    /// Takes back a child's waker once the child has finished.
+    pub(crate) fn put(&mut self, arc: Arc<TaskWaker>, waker: Waker) {
+        drop(waker);
+        if self.free.len() < WAKER_POOL_MAX && Arc::strong_count(&arc) == 1 {
+            self.free.push(arc);
+        }
+    }
+}
+
 impl Wake for TaskWaker {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref()
@@ -143,10 +178,20 @@ impl Wake for TaskWaker {
     }
 }
 
+/// Who polls a group, and so must hear when it has work.
+#[derive(Debug)]
+enum Parent {
+    None,
+    /// A hatchery task of this run: wake-ups are routed inside [`Sched`], no waker call.
+    Local(WakeTarget),
+    /// Anything else (a combinator of another crate): its waker is woken.
+    Foreign(Waker),
+}
+
 #[derive(Debug)]
 struct Group {
     generation: u32,
-    parent: Option<Waker>,
+    parent: Parent,
     /// The parent has been woken since this group was last polled.
     notified: bool,
     ready: Vec<u32>,
@@ -172,7 +217,7 @@ impl Sched {
         let generation = self.next_generation;
         let key = self.groups.insert(Group {
             generation,
-            parent: None,
+            parent: Parent::None,
             notified: false,
             ready: Vec::new(),
             queued: Vec::new(),
@@ -181,39 +226,63 @@ impl Sched {
     }
 
     pub(crate) fn close_group(&mut self, group: u32) -> Option<Waker> {
-        self.groups.remove(group as usize).and_then(|g| g.parent)
+        match self.groups.remove(group as usize)?.parent {
+            Parent::Foreign(w) => Some(w),
+            _ => None,
+        }
     }
 
-    /// Queues `t`; returns the parent waker to wake, if the group must tell its parent.
-    pub(crate) fn wake(&mut self, t: WakeTarget) -> Option<Waker> {
-        if t.group == NIL {
-            self.root_scheduled = true;
-            return None;
+    /// Queues `t` and tells the parents up the tree, as far as they are hatchery tasks of this
+    /// run; returns a foreign parent waker to wake, if the chain ends at one.
+    pub(crate) fn wake(&mut self, mut t: WakeTarget) -> Option<Waker> {
+        loop {
+            if t.group == NIL {
+                self.root_scheduled = true;
+                return None;
+            }
+            let g = self.groups.get_mut(t.group as usize).filter(|g| g.generation == t.generation)?;
+            let i = t.index as usize;
+            if i >= g.queued.len() {
+                g.queued.resize((i + 1).next_power_of_two(), false);
+            }
+            if g.queued[i] {
+                return None;
+            }
+            g.queued[i] = true;
+            g.ready.push(t.index);
+            if g.notified {
+                return None;
+            }
+            g.notified = true;
+            match &g.parent {
+                Parent::None => return None,
+                Parent::Local(p) => t = *p,
+                Parent::Foreign(w) => return Some(w.clone()),
+            }
         }
-        let g = self.groups.get_mut(t.group as usize).filter(|g| g.generation == t.generation)?;
-        let i = t.index as usize;
-        if i >= g.queued.len() {
-            g.queued.resize(i + 1, false);
-        }
-        if g.queued[i] {
-            return None;
-        }
-        g.queued[i] = true;
-        g.ready.push(t.index);
-        if g.notified {
-            return None;
-        }
-        g.notified = true;
-        g.parent.clone()
     }
 
-    /// Starts a poll of `group`: records its parent waker and hands out its ready list.
-    pub(crate) fn begin_poll(&mut self, group: u32, parent: &Waker) -> Vec<u32> {
+    /// Starts a poll of `group`: records who polls it and hands out its ready list. `entity` is
+    /// the task being polled and its waker's identity: if `parent` is that waker, the group's
+    /// parent is recorded as that task, so wake-ups need no waker call.
+    pub(crate) fn begin_poll(
+        &mut self,
+        group: u32,
+        parent: &Waker,
+        entity: (WakeTarget, usize, usize),
+    ) -> Vec<u32> {
         let mut spare = std::mem::take(&mut self.spare);
         let g = &mut self.groups[group as usize];
-        match &g.parent {
-            Some(w) if w.will_wake(parent) => {}
-            _ => g.parent = Some(parent.clone()),
+        let (target, data, vtable) = entity;
+        if super::context::waker_id(parent) == (data, vtable) {
+            if !matches!(&g.parent, Parent::Local(t) if *t == target) {
+                g.parent = Parent::Local(target);
+            }
+        } else {
+            match &g.parent {
+                Parent::Foreign(w) if w.will_wake(parent) => {}
+                _ => g.parent = Parent::Foreign(parent.clone()),
+            }
         }
         g.notified = false;
         spare.clear();
