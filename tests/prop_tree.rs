@@ -26,8 +26,11 @@ enum Task {
 /// after shallower ones, so a failure at 0 s may or may not reach a deeper zero-length sleep
 /// before its entry check: an order the model would have to simulate pass by pass.)
 fn shape() -> impl Strategy<Value = Task> {
-    let leaf = (0..10u64, prop::bool::weighted(0.15))
-        .prop_map(|(sleep, fail)| Task::Leaf { id: 0, sleep: if fail { sleep.max(1) } else { sleep }, fail });
+    let leaf = (0..10u64, prop::bool::weighted(0.15)).prop_map(|(sleep, fail)| Task::Leaf {
+        id: 0,
+        sleep: if fail { sleep.max(1) } else { sleep },
+        fail,
+    });
     leaf.prop_recursive(5, 64, 6, |inner| {
         (
             prop::option::weighted(0.3, 0..12u64),
@@ -94,20 +97,26 @@ fn model(t: &Task, t0: u64, c: u64, c_now: bool) -> (u64, Out) {
             let e_now = c_now || d == t0;
             let body = Task::Leaf { id: usize::MAX, sleep: *body_sleep, fail: *body_fail };
             let items: Vec<&Task> = children.iter().chain(std::iter::once(&body)).collect();
-            let sim = |cancel: u64| -> Vec<(u64, Out)> { items.iter().map(|t| model(t, t0, cancel, e_now)).collect() };
+            let sim = |cancel: u64| -> Vec<(u64, Out)> {
+                items.iter().map(|t| model(t, t0, cancel, e_now)).collect()
+            };
             let mut res = sim(e);
             // The first failure cancels the nursery's scope at that instant.
-            let first_failure = res.iter().filter(|(_, o)| matches!(o, Out::Errors(_))).map(|(end, _)| *end).min();
-            if let Some(f) = first_failure {
-                if f < e {
-                    res = sim(f);
-                }
+            let first_failure =
+                res.iter().filter(|(_, o)| matches!(o, Out::Errors(_))).map(|(end, _)| *end).min();
+            if let Some(f) = first_failure
+                && f < e
+            {
+                res = sim(f);
             }
             let end = res.iter().map(|(end, _)| *end).max().unwrap_or(t0).max(t0);
             let mut errors = BTreeSet::new();
             for (_, o) in &res {
                 if let Out::Errors(es) = o {
-                    errors.extend(es.iter().map(|s| if s == &usize::MAX.to_string() { format!("{id}b") } else { s.clone() }));
+                    errors
+                        .extend(es.iter().map(|s| {
+                            if s == &usize::MAX.to_string() { format!("{id}b") } else { s.clone() }
+                        }));
                 }
             }
             let cancelled = res.iter().any(|(_, o)| *o == Out::Cancelled);
