@@ -161,7 +161,9 @@ struct Slot<'n, E> {
     /// `None` while the child is being polled.
     task: Option<ManuallyDrop<BoxedChild<'n, E>>>,
     /// The child's waker, made at its first poll (from the run's pool) and kept until it ends.
-    waker: Option<(Arc<TaskWaker>, Waker)>,
+    /// Kept as the `Arc` (8 bytes; a `Waker` is made from a clone for each poll) so that it can go
+    /// back to the pool.
+    waker: Option<Arc<TaskWaker>>,
     /// The child's own cancel-status node, once it has one (`NIL` before).
     node: u32,
     /// Whether the child may need a node of its own (it has a handle that can cancel it). The
@@ -551,11 +553,12 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let Some((mut task, waker, node, wants_node)) = taken else { return };
         let (status, lazy) = if node != NIL { (node, false) } else { (self.node, wants_node) };
         let saved = (core.cancel_points.get(), core.schedule_points.get(), core.materialized.replace(NIL));
-        let (data, vtable) = context::waker_id(&waker.1);
+        let task_waker = Waker::from(waker.clone());
+        let (data, vtable) = context::waker_id(&task_waker);
         let prev_entity = core.entity.replace((self.target(index), data, vtable));
         let res = {
             let _status = StatusGuard::enter_lazy(core, status, lazy);
-            let mut cx = Context::from_waker(&waker.1);
+            let mut cx = Context::from_waker(&task_waker);
             catch_unwind(AssertUnwindSafe(|| task.as_mut().poll_child(&mut cx)))
         };
         core.entity.set(prev_entity);
@@ -602,7 +605,8 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 self.finish_child(index, task, node);
             }
         }
-        core.wakers.borrow_mut().put(waker.0, waker.1);
+        drop(task_waker);
+        core.wakers.borrow_mut().put(waker);
     }
 
     fn finish_child(&self, index: u32, task: ManuallyDrop<BoxedChild<'n, E>>, node: u32) {

@@ -1,6 +1,6 @@
 //! [`JoinHandle`]: await a child's value, or cancel that one child.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,17 +23,17 @@ enum Out<T> {
 
 /// Where a child leaves its value for its handle.
 pub(crate) struct OutCell<T> {
-    out: RefCell<Out<T>>,
+    out: Cell<Out<T>>,
     waiter: Cell<Option<Waker>>,
 }
 
 impl<T> OutCell<T> {
     pub(crate) fn new() -> Self {
-        OutCell { out: RefCell::new(Out::Running), waiter: Cell::new(None) }
+        OutCell { out: Cell::new(Out::Running), waiter: Cell::new(None) }
     }
 
     fn finish(&self, out: Out<T>) {
-        *self.out.borrow_mut() = out;
+        self.out.set(out);
         if let Some(w) = self.waiter.take() {
             w.wake();
         }
@@ -48,19 +48,21 @@ impl<T> OutCell<T> {
     }
 
     fn is_finished(&self) -> bool {
-        !matches!(*self.out.borrow(), Out::Running)
+        let out = self.out.replace(Out::Running);
+        let finished = !matches!(out, Out::Running);
+        self.out.set(out);
+        finished
     }
 
     fn take(&self) -> Option<Result<T, JoinError>> {
-        let mut out = self.out.borrow_mut();
-        match std::mem::replace(&mut *out, Out::Taken) {
+        match self.out.replace(Out::Taken) {
             Out::Running => {
-                *out = Out::Running;
+                self.out.set(Out::Running);
                 None
             }
             Out::Value(v) => Some(Ok(v)),
             Out::NoValue(why) => {
-                *out = Out::NoValue(why.clone());
+                self.out.set(Out::NoValue(why.clone()));
                 // If the awaiting code is itself cancelled (typically: the child failed, and its
                 // nursery, which the awaiter is in, is cancelling), say so: that is the error the
                 // awaiter's scopes know how to absorb.

@@ -141,9 +141,9 @@ pub(crate) struct WakerPool {
 const WAKER_POOL_MAX: usize = 1024;
 
 impl WakerPool {
-    /// A waker for `target`, and the handle to give back to [`WakerPool::put`] later.
-    pub(crate) fn get(&mut self, shared: &Arc<Shared>, target: WakeTarget) -> (Arc<TaskWaker>, Waker) {
-        let arc = match self.free.pop() {
+    /// A waker for `target`, to give back to [`WakerPool::put`] when the child ends.
+    pub(crate) fn get(&mut self, shared: &Arc<Shared>, target: WakeTarget) -> Arc<TaskWaker> {
+        match self.free.pop() {
             Some(mut arc) => {
                 match Arc::get_mut(&mut arc) {
                     Some(w) => w.target = target,
@@ -152,14 +152,11 @@ impl WakerPool {
                 arc
             }
             None => Arc::new(TaskWaker { shared: shared.clone(), target }),
-        };
-        let waker = Waker::from(arc.clone());
-        (arc, waker)
+        }
     }
 
     /// Takes back a child's waker once the child has finished.
-    pub(crate) fn put(&mut self, arc: Arc<TaskWaker>, waker: Waker) {
-        drop(waker);
+    pub(crate) fn put(&mut self, arc: Arc<TaskWaker>) {
         if self.free.len() < WAKER_POOL_MAX && Arc::strong_count(&arc) == 1 {
             self.free.push(arc);
         }
