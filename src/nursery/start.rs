@@ -13,8 +13,16 @@ use crate::runtime::context;
 /// Given to a task started with [`Nursery::start`]: call [`started`](TaskStatus::started) once
 /// the task is ready (for example, once a socket is listening), handing a value to the starter.
 ///
-/// `started` consumes the status, so it cannot be called twice. A task that can also be awaited
-/// directly takes a [`TaskStatus::ignored`] then (S8 of `start`).
+/// `started` consumes the status, so it cannot be called twice (Trio raises at run time; here it
+/// does not compile). A task that can also be awaited directly takes a
+/// [`TaskStatus::ignored`] then (ST.8).
+///
+/// ```compile_fail
+/// fn twice(status: hatchery::TaskStatus<u8>) {
+///     status.started(1);
+///     status.started(2); // error: use of moved value
+/// }
+/// ```
 pub struct TaskStatus<V> {
     cell: Option<Rc<RefCell<Option<V>>>>,
 }

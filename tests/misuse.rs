@@ -1,0 +1,89 @@
+//! Misuse and foreign failures: a panicking waker, a panicking child destructor, a panic in the
+//! main future. Each surfaces as a propagated panic with its own message, and the thread can run
+//! again afterwards: nothing corrupts the loop.
+
+mod support;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use hatchery::{Cancelled, Error, nursery, sleep, testing};
+use support::{DropCounter, secs};
+
+struct PanickyWaker;
+
+impl Wake for PanickyWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("this waker refuses to wake");
+    }
+}
+
+#[test]
+fn a_panicking_foreign_waker_propagates_out_of_run() {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let mut s = Box::pin(sleep(secs(1)));
+            // Register the sleep with a foreign waker that panics when the timer fires.
+            let waker = Waker::from(Arc::new(PanickyWaker));
+            assert!(s.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+            sleep(secs(2)).await.unwrap();
+            unreachable!("the loop calls the panicking waker at 1 s");
+        })
+    }));
+    let p = r.unwrap_err();
+    assert_eq!(p.downcast_ref::<&str>(), Some(&"this waker refuses to wake"));
+    // The thread is clean: a new run works.
+    assert_eq!(testing::run(async { sleep(secs(1)).await.map(|_| 5) }), Ok(5));
+}
+
+#[test]
+fn a_panicking_child_destructor_counts_as_the_childs_panic() {
+    struct BoomOnDrop(#[allow(dead_code)] support::DropToken);
+    impl Drop for BoomOnDrop {
+        fn drop(&mut self) {
+            panic!("destructor exploded");
+        }
+    }
+    let drops = DropCounter::new();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let _ = nursery(async |n| {
+                let guard = BoomOnDrop(drops.token());
+                n.start_soon(async move {
+                    let _g = guard;
+                    sleep(secs(1)).await?;
+                    Ok::<_, Cancelled>(())
+                });
+                Ok(())
+            })
+            .await;
+        })
+    }));
+    assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"destructor exploded"));
+    assert_eq!(drops.count(), 1);
+}
+
+#[test]
+fn a_panic_in_the_main_future_propagates_and_cleans_up() {
+    let drops = DropCounter::new();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            nursery(async |n| {
+                let t = drops.token();
+                n.start_soon(async move {
+                    let _t = t;
+                    sleep(secs(10)).await?;
+                    Ok::<_, Error>(())
+                });
+                sleep(secs(1)).await?;
+                panic!("main exploded");
+                #[allow(unreachable_code)]
+                Ok::<_, Error>(())
+            })
+            .await
+        })
+    }));
+    assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"main exploded"));
+    assert_eq!(drops.count(), 1, "the sibling was cancelled and dropped before the panic was resumed");
+}
