@@ -57,6 +57,8 @@ struct DirState {
 
 #[derive(Debug)]
 struct Source {
+    /// The registered descriptor; open while the source exists (the `Registration` invariant).
+    fd: std::os::fd::RawFd,
     generation: u32,
     read: DirState,
     write: DirState,
@@ -218,6 +220,7 @@ impl Reactor {
         events.clear();
         self.shared.poller.wait(&mut events, timeout)?;
         let mut sources = self.sources.borrow_mut();
+        let mut rearm = Vec::new();
         for ev in events.iter() {
             let (index, generation) = unpack(ev.key);
             let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) else { continue };
@@ -231,6 +234,19 @@ impl Reactor {
                 s.write.ready = true;
                 wakers.extend(s.write.waiter.take().map(|(_, w)| w));
             }
+            // In oneshot mode any event disarms the whole registration: re-arm the direction
+            // that still has a waiter (a reader must not lose its interest to a writer's event).
+            if !self.edge && (s.read.waiter.is_some() || s.write.waiter.is_some()) {
+                rearm.push((s.fd, ev.key));
+            }
+        }
+        drop(sources);
+        for (fd, key) in rearm {
+            // SAFETY: the source is still registered (we hold no borrow that could have removed
+            // it, and only a `Registration` drop removes it), so by the `Registration` invariant
+            // its descriptor is open.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            self.shared.poller.modify(fd, self.interest(key))?;
         }
         Ok(())
     }
@@ -268,6 +284,7 @@ impl Registration {
         let r = &core.reactor;
         let generation = r.alloc_generation();
         let index = r.sources.borrow_mut().insert(Source {
+            fd: fd.as_raw_fd(),
             generation,
             read: DirState::default(),
             write: DirState::default(),
