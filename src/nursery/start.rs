@@ -116,7 +116,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let status = TaskStatus { cell: Some(cell.clone()) };
         let mut task: Option<BoxedChild<'n, E>> =
             Some(Box::pin(ChildTask { fut: f(status), out: None::<Rc<OutCell<T>>> }));
-        poll_fn(|cx| {
+        // The caller's own checkpoint (S2.1): the task's checkpoints are its own, so `start`
+        // counts its cancel point (the check below) and its schedule point (a wait, or one yield).
+        let mut yielded = false;
+        let value = poll_fn(|cx| {
             let core = context::core();
             let t = task.as_mut().expect("start polled after completion");
             // Before `started` the task is the caller's business, but its checkpoints are its own.
@@ -124,6 +127,13 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             let res = t.as_mut().poll_child(cx);
             core.cancel_points.set(saved.0);
             core.schedule_points.set(saved.1);
+            let pending = |yielded: &mut bool| {
+                if !*yielded {
+                    *yielded = true;
+                    core.schedule_points.set(core.schedule_points.get() + 1);
+                }
+                Poll::Pending
+            };
             match res {
                 Poll::Ready(Ok(())) => {
                     task = None;
@@ -135,13 +145,14 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 }
                 Poll::Pending => {
                     if cell.borrow().is_none() {
-                        return Poll::Pending;
+                        return pending(&mut yielded);
                     }
                     // `started` was called. If the caller is already cancelled, the task stays
                     // here (ST.4); otherwise it moves into the nursery.
                     let node = core.current_status.get();
+                    core.cancel_points.set(core.cancel_points.get() + 1);
                     if core.cancel.borrow().is_effectively_cancelled(node) {
-                        return Poll::Pending;
+                        return pending(&mut yielded);
                     }
                     let moved = task.take().expect("task present while pending");
                     match self.insert_child(moved, false) {
@@ -154,6 +165,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 }
             }
         })
-        .await
+        .await?;
+        if !yielded {
+            crate::lowlevel::cancel_shielded_checkpoint().await;
+        }
+        Ok(value)
     }
 }
