@@ -94,7 +94,9 @@ fn run_one(c: ChildOutcome, t: Timing, b: BodyOutcome, shield: bool) -> (Expect,
                     }
                 };
                 let h = if shield {
-                    n.spawn(async move { CancelScope::new().shielded().run(work).await.map(|v| v.unwrap_or(0)) })
+                    n.spawn(
+                        async move { CancelScope::new().shielded().run(work).await.map(|v| v.unwrap_or(0)) },
+                    )
                 } else {
                     n.spawn(work)
                 };

@@ -6,7 +6,7 @@ mod support;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Wake, Waker};
 
 use hatchery::{Cancelled, Error, nursery, sleep, testing};
 use support::{DropCounter, secs};

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use hatchery::testing::{self, MockClock, registrations, wait_all_tasks_blocked};
 use hatchery::{
-    Builder, CancelScope, CancelSource, Cancelled, Instant, move_on_after, now, nursery, sleep, sleep_forever,
-    sleep_until,
+    Builder, CancelScope, CancelSource, Cancelled, Instant, move_on_after, now, nursery, sleep,
+    sleep_forever, sleep_until,
 };
 use support::{Log, at, secs};
 
@@ -331,10 +331,7 @@ fn wait_all_tasks_blocked_takes_precedence_over_autojump_s8_4() {
         })
         .await
         .unwrap();
-        assert_eq!(
-            log.take(),
-            [format!("quiescent at {:?}", at(0)), format!("sleeper woke at {:?}", at(5))]
-        );
+        assert_eq!(log.take(), [format!("quiescent at {:?}", at(0)), format!("sleeper woke at {:?}", at(5))]);
     });
 }
 
