@@ -1,7 +1,7 @@
 //! Cancel scopes: cancellation you can aim, with deadlines and shields.
 //!
 //! A [`CancelScope`] wraps a future ([`CancelScope::run`]). While the scope is cancelled, every
-//! checkpoint inside it fails with [`Cancelled`], again and again (level-triggered), until
+//! checkpoint inside it fails with [`Cancelled`](crate::Cancelled), again and again (level-triggered), until
 //! control leaves the scope. When the `Cancelled` comes out of the scope, the scope absorbs it
 //! if it is the outermost cancelled scope visible from inside (S4.8): the future then resolves to
 //! `Ok(None)`. A value the body produced is never thrown away: a body that finishes with `Ok` is
@@ -143,7 +143,7 @@ impl CancelHandle {
         cancel_state(&self.state, CancelSource::Explicit, None);
     }
 
-    /// Cancels the scope with a reason that the resulting [`Cancelled`] carries. The first
+    /// Cancels the scope with a reason that the resulting [`Cancelled`](crate::Cancelled) carries. The first
     /// reason recorded wins.
     pub fn cancel_with_reason(&self, reason: impl Into<String>) {
         let reason: Arc<str> = Arc::from(reason.into());
@@ -206,7 +206,7 @@ impl CancelHandle {
     }
 
     /// Turns the shield on or off. Takes effect at once: turning it off while an enclosing
-    /// scope is cancelled wakes the tasks blocked inside with [`Cancelled`].
+    /// scope is cancelled wakes the tasks blocked inside with [`Cancelled`](crate::Cancelled).
     pub fn set_shield(&self, shield: bool) {
         let was = self.state.shield.replace(shield);
         if was

@@ -2,7 +2,7 @@
 //!
 //! A structured-concurrency async runtime in the tradition of Python's Trio and Curio.
 //!
-//! - **Nurseries own their tasks.** [`nursery`] returns only when its body and every child have
+//! - **Nurseries own their tasks.** [`nursery()`] returns only when its body and every child have
 //!   finished; children may borrow from the code that opened it; errors and panics always reach
 //!   the nursery.
 //! - **Cancel scopes with deadlines and shields.** [`CancelScope`], [`move_on_after`],
@@ -67,7 +67,7 @@ pub use error::{
 pub use nursery::{JoinHandle, Nursery, TaskStatus, nursery};
 pub use runtime::clock::Instant;
 pub use runtime::context::SchedulePolicy;
-pub use runtime::{Builder, RunHandle, run};
+pub use runtime::{Builder, Rejected, RunHandle, run};
 pub use time::{Sleep, SleepOutput, now, sleep, sleep_forever, sleep_until};
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -123,7 +123,7 @@ impl<'n, T> JoinHandle<'n, T> {
         }
     }
 
-    /// Like [`cancel`](JoinHandle::cancel), with a reason the child's [`Cancelled`] carries.
+    /// Like [`cancel`](JoinHandle::cancel), with a reason the child's [`Cancelled`](crate::Cancelled) carries.
     pub fn cancel_with_reason(&self, reason: impl Into<String>) {
         if !self.out.is_finished() && self.index != 0 {
             self.ctl.cancel_child(self.index, Some(Arc::from(reason.into())));
