@@ -253,8 +253,8 @@ pub(crate) fn cancel_node(
     reason: Option<Arc<str>>,
     wakers: &mut Vec<Waker>,
 ) {
-    let tree = core.cancel.borrow();
-    if tree.state(node).mark_cancelled(source, reason) {
+    let mut tree = core.cancel.borrow_mut();
+    if tree.mark_cancelled(node, source, reason) {
         tree.collect_wakers(node, wakers);
     }
 }
@@ -287,7 +287,7 @@ pub(crate) fn enter_under(core: &Core, state: &Rc<ScopeState>, parent: u32) -> u
     if d != Instant::MAX {
         if d <= core.now() {
             // Already past: cancelled at entry (S4.4); nothing is parked inside yet.
-            state.mark_cancelled(CancelSource::Deadline, None);
+            core.cancel.borrow_mut().mark_cancelled(node, CancelSource::Deadline, None);
         } else {
             arm_deadline(core, state, node);
         }

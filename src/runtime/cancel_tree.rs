@@ -108,6 +108,9 @@ struct Waiter {
 pub(crate) struct CancelTree {
     nodes: Slab<Node>,
     waiters: Slab<Waiter>,
+    /// Entered nodes whose scope is cancelled. While it is zero (the common case) nothing can be
+    /// effectively cancelled, and checkpoints skip the walk up the tree.
+    cancelled: usize,
 }
 
 impl CancelTree {
@@ -121,7 +124,13 @@ impl CancelTree {
 
     /// Gives `node` a new origin (used to cancel one nursery child on its own).
     pub(crate) fn replace_state(&mut self, node: u32, state: Rc<ScopeState>) {
-        self.nodes[node as usize].state = state;
+        let old = std::mem::replace(&mut self.nodes[node as usize].state, state);
+        if old.cancel_called.get() {
+            self.cancelled -= 1;
+        }
+        if self.nodes[node as usize].state.cancel_called.get() {
+            self.cancelled += 1;
+        }
     }
 
     pub(crate) fn parent(&self, node: u32) -> u32 {
@@ -136,8 +145,20 @@ impl CancelTree {
         self.waiters.len()
     }
 
+    /// Marks the scope of an entered node cancelled; true if this call cancelled it.
+    pub(crate) fn mark_cancelled(&mut self, node: u32, source: CancelSource, reason: Option<Arc<str>>) -> bool {
+        let newly = self.nodes[node as usize].state.mark_cancelled(source, reason);
+        if newly {
+            self.cancelled += 1;
+        }
+        newly
+    }
+
     /// Adds a node for `state` under `parent` (`NIL` for a root).
     pub(crate) fn enter(&mut self, parent: u32, state: Rc<ScopeState>) -> u32 {
+        if state.cancel_called.get() {
+            self.cancelled += 1;
+        }
         let first_sibling = if parent == NIL { NIL } else { self.nodes[parent as usize].first_child };
         let key = self.nodes.insert(Node {
             parent,
@@ -181,7 +202,11 @@ impl CancelTree {
             w = next;
         }
         self.unlink_child(key);
-        self.nodes.remove(key as usize);
+        if let Some(n) = self.nodes.remove(key as usize)
+            && n.state.cancel_called.get()
+        {
+            self.cancelled -= 1;
+        }
     }
 
     fn link_child(&mut self, parent: u32, c: u32) {
@@ -214,6 +239,9 @@ impl CancelTree {
     /// The cancellation a checkpoint at `node` must deliver, if any: the cause of the outermost
     /// cancelled scope visible from `node` (scopes above a shield are not visible).
     pub(crate) fn effective(&self, mut node: u32) -> Option<Cancelled> {
+        if self.cancelled == 0 {
+            return None;
+        }
         let mut found: Option<&Rc<ScopeState>> = None;
         while node != NIL {
             let n = &self.nodes[node as usize];
@@ -229,6 +257,9 @@ impl CancelTree {
     }
 
     pub(crate) fn is_effectively_cancelled(&self, mut node: u32) -> bool {
+        if self.cancelled == 0 {
+            return false;
+        }
         while node != NIL {
             let n = &self.nodes[node as usize];
             if n.state.cancel_called.get() {
