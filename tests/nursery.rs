@@ -349,17 +349,7 @@ fn dropping_the_nursery_future_drops_children_once() {
                 Ok::<_, Cancelled>(())
             }));
             // Poll it twice by hand so the children park, then drop it.
-            let _ = std::future::poll_fn(|cx| {
-                let _ = fut.as_mut().poll(cx);
-                std::task::Poll::Ready(())
-            })
-            .await;
-            hatchery::lowlevel::checkpoint().await.unwrap();
-            let _ = std::future::poll_fn(|cx| {
-                let _ = fut.as_mut().poll(cx);
-                std::task::Poll::Ready(())
-            })
-            .await;
+            support::poll_twice(fut.as_mut()).await;
             assert_eq!(counter.count(), 0);
         }
         assert_eq!(counter.count(), 10);
@@ -581,17 +571,7 @@ fn a_closed_nursery_refuses_new_children_from_destructors() {
             sleep_forever().await?;
             Ok::<_, Cancelled>(())
         }));
-        let _ = std::future::poll_fn(|cx| {
-            let _ = fut.as_mut().poll(cx);
-            std::task::Poll::Ready(())
-        })
-        .await;
-        hatchery::lowlevel::checkpoint().await.unwrap();
-        let _ = std::future::poll_fn(|cx| {
-            let _ = fut.as_mut().poll(cx);
-            std::task::Poll::Ready(())
-        })
-        .await;
+        support::poll_twice(fut.as_mut()).await;
         drop(fut);
     });
     assert_eq!(*seen.borrow(), Some(true));

@@ -90,3 +90,19 @@ impl hatchery::CancelError for TestError {
         }
     }
 }
+
+/// Polls `fut` once with the current task's waker, then lets one batch pass and polls it once
+/// more: enough for a nursery future to start its children and let them park, without driving
+/// it to completion.
+pub async fn poll_twice<F: std::future::Future + ?Sized>(mut fut: std::pin::Pin<&mut F>) {
+    for round in 0..2 {
+        std::future::poll_fn(|cx| {
+            let _ = fut.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        if round == 0 {
+            hatchery::lowlevel::checkpoint().await.unwrap();
+        }
+    }
+}
