@@ -146,7 +146,12 @@ impl CancelTree {
     }
 
     /// Marks the scope of an entered node cancelled; true if this call cancelled it.
-    pub(crate) fn mark_cancelled(&mut self, node: u32, source: CancelSource, reason: Option<Arc<str>>) -> bool {
+    pub(crate) fn mark_cancelled(
+        &mut self,
+        node: u32,
+        source: CancelSource,
+        reason: Option<Arc<str>>,
+    ) -> bool {
         let newly = self.nodes[node as usize].state.mark_cancelled(source, reason);
         if newly {
             self.cancelled += 1;
@@ -302,10 +307,25 @@ impl CancelTree {
     /// Wakers of every waiter in the subtree of `root` that cancellation reaches (not below a
     /// shield). Uses an explicit stack.
     pub(crate) fn collect_wakers(&self, root: u32, out: &mut Vec<Waker>) {
-        let mut stack = vec![root];
+        let mut w = self.nodes[root as usize].first_waiter;
+        while w != NIL {
+            out.push(self.waiters[w as usize].waker.clone());
+            w = self.waiters[w as usize].next;
+        }
+        let first_child = self.nodes[root as usize].first_child;
+        if first_child == NIL {
+            // The common case (a timeout around a leaf operation): no allocation.
+            return;
+        }
+        let mut stack = Vec::new();
+        let mut c = first_child;
+        while c != NIL {
+            stack.push(c);
+            c = self.nodes[c as usize].next_sibling;
+        }
         while let Some(n) = stack.pop() {
             let node = &self.nodes[n as usize];
-            if n != root && node.state.shield.get() {
+            if node.state.shield.get() {
                 continue;
             }
             let mut w = node.first_waiter;

@@ -244,7 +244,6 @@ fn expire_deadlines(core: &Core, wakers: &mut Vec<Waker>) {
     if next > now {
         return;
     }
-    let mut scopes = Vec::new();
     {
         let mut timers = core.timers.borrow_mut();
         while let Some(key) = timers.pop_expired(now) {
@@ -253,13 +252,13 @@ fn expire_deadlines(core: &Core, wakers: &mut Vec<Waker>) {
                     *fired = true;
                     wakers.extend(waker.take());
                 }
-                Some(TimerTarget::Scope(node)) => scopes.push(*node),
+                // Cancelling only touches the cancel tree, not the timers, so it can happen here.
+                Some(TimerTarget::Scope(node)) => {
+                    crate::cancel::cancel_node(core, *node, crate::CancelSource::Deadline, None, wakers)
+                }
                 None => {}
             }
         }
-    }
-    for node in scopes {
-        crate::cancel::cancel_node(core, node, crate::CancelSource::Deadline, None, wakers);
     }
     for w in wakers.drain(..) {
         w.wake();
