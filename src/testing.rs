@@ -145,6 +145,8 @@ impl Drop for WaitAllBlocked {
 #[derive(Default)]
 pub struct Sequencer {
     next: Cell<usize>,
+    /// Set when a step was cancelled while waiting: the order can no longer be kept.
+    broken: Cell<Option<usize>>,
     claimed: RefCell<std::collections::BTreeSet<usize>>,
     waiting: RefCell<BTreeMap<usize, Waker>>,
 }
@@ -169,12 +171,17 @@ impl Sequencer {
     ///
     /// # Panics
     ///
-    /// If step `i` was already claimed: each step is used once.
+    /// If step `i` was already claimed (each step is used once), or if an earlier step was
+    /// cancelled while it waited (as Trio's, the sequencer is then broken: a later step could
+    /// never run, and a panic says why instead of a hang).
     pub async fn step(&self, i: usize) -> Result<SequencerGuard<'_>, Cancelled> {
         assert!(self.claimed.borrow_mut().insert(i), "Sequencer step {i} used twice");
         checkpoint_if_cancelled()?;
         let mut park = Park::new();
         std::future::poll_fn(|cx| {
+            if let Some(b) = self.broken.get() {
+                panic!("Sequencer broken: step {b} was cancelled while waiting, so step {i} can never run");
+            }
             if self.next.get() == i {
                 self.waiting.borrow_mut().remove(&i);
                 park.unpark();
@@ -182,6 +189,9 @@ impl Sequencer {
             }
             if let Poll::Ready(c) = park.poll_cancel(cx) {
                 self.waiting.borrow_mut().remove(&i);
+                self.broken.set(Some(i));
+                let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+                waiting.into_values().for_each(Waker::wake);
                 return Poll::Ready(Err(c));
             }
             self.waiting.borrow_mut().insert(i, cx.waker().clone());

@@ -448,3 +448,30 @@ fn system_clock_has_a_large_offset_s1_8() {
     assert!(t0 <= at(200_001), "system clock starts at {t0:?}");
     assert!(t1 >= t0 + Duration::from_millis(1), "a real sleep moved the clock: {t0:?} -> {t1:?}");
 }
+
+#[test]
+fn a_sequencer_step_cancelled_while_waiting_breaks_the_sequence() {
+    use hatchery::testing::Sequencer;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        testing::run(async {
+            let seq = Sequencer::new();
+            nursery(async |n| {
+                n.start_soon(async {
+                    // Step 1 waits for step 0, which is cancelled instead.
+                    let _g = seq.step(1).await?;
+                    Ok::<_, Cancelled>(())
+                });
+                let r =
+                    hatchery::move_on_after(Duration::from_secs(1), async { seq.step(2).await.map(|_| ()) })
+                        .await;
+                assert_eq!(r, Ok(None));
+                Ok::<_, Cancelled>(())
+            })
+            .await
+            .unwrap();
+        })
+    }));
+    let p = r.unwrap_err();
+    let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("Sequencer broken: step 2 was cancelled"), "{msg}");
+}
