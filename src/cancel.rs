@@ -155,9 +155,12 @@ impl CancelHandle {
         if self.state.cancel_called.get() {
             return true;
         }
-        // An unentered or running scope whose deadline has passed already counts (S4.4).
+        // An unentered or running scope whose deadline has passed already counts (S4.4); a
+        // scope that exited before its deadline was not cancelled.
         let d = self.state.deadline.get();
-        d != Instant::MAX && context::try_core().is_some_and(|c| c.now() >= d)
+        self.state.phase.get() != Phase::Exited
+            && d != Instant::MAX
+            && context::try_core().is_some_and(|c| c.now() >= d)
     }
 
     /// Whether this scope absorbed a cancellation.
@@ -179,9 +182,7 @@ impl CancelHandle {
     pub fn set_deadline(&self, deadline: Instant) {
         self.state.relative.set(None);
         self.state.deadline.set(deadline);
-        if let Phase::Entered(node) = self.state.phase.get()
-            && let Some(core) = context::try_core()
-        {
+        if let Some((core, node)) = entered_here(&self.state) {
             arm_deadline(&core, &self.state, node);
         }
     }
@@ -211,7 +212,7 @@ impl CancelHandle {
         let was = self.state.shield.replace(shield);
         if was
             && !shield
-            && let (Phase::Entered(node), Some(core)) = (self.state.phase.get(), context::try_core())
+            && let Some((core, node)) = entered_here(&self.state)
         {
             let mut wakers = Vec::new();
             {
@@ -231,10 +232,19 @@ impl CancelHandle {
     }
 }
 
+/// The run's core and the scope's node, if the scope is entered in the run active on this
+/// thread (a handle kept from an earlier run must not touch this run's tree).
+fn entered_here(state: &ScopeState) -> Option<(Rc<Core>, u32)> {
+    match state.phase.get() {
+        Phase::Entered(node) => context::try_core().filter(|c| c.id == state.run.get()).map(|c| (c, node)),
+        _ => None,
+    }
+}
+
 /// Cancels a scope's state, waking what it reaches if it is entered.
 pub(crate) fn cancel_state(state: &Rc<ScopeState>, source: CancelSource, reason: Option<Arc<str>>) {
-    match (state.phase.get(), context::try_core()) {
-        (Phase::Entered(node), Some(core)) => {
+    match entered_here(state) {
+        Some((core, node)) => {
             let mut wakers = Vec::new();
             cancel_node(&core, node, source, reason, &mut wakers);
             wakers.into_iter().for_each(Waker::wake);
@@ -280,6 +290,7 @@ pub(crate) fn enter(core: &Core, state: &Rc<ScopeState>) -> u32 {
 pub(crate) fn enter_under(core: &Core, state: &Rc<ScopeState>, parent: u32) -> u32 {
     let node = core.cancel.borrow_mut().enter(parent, state.clone());
     state.phase.set(Phase::Entered(node));
+    state.run.set(core.id);
     if let Some(rel) = state.relative.take() {
         state.deadline.set(core.now() + rel);
     }

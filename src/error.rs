@@ -285,6 +285,26 @@ impl CancelError for io::Error {
         }
         None
     }
+
+    fn has_cancelled(&self) -> bool {
+        match self.get_ref() {
+            Some(inner) => match inner.downcast_ref::<NurseryError<io::Error>>() {
+                Some(n) => n.has_cancelled(),
+                None => inner.is::<Cancelled>(),
+            },
+            None => false,
+        }
+    }
+
+    /// Looks into a group of errors wrapped in this `io::Error` and keeps the rest (S4.9).
+    fn strip_cancelled(self) -> Option<Self> {
+        if self.get_ref().is_some_and(|e| e.is::<NurseryError<io::Error>>()) {
+            let kind = self.kind();
+            let group = self.into_inner().and_then(|b| b.downcast::<NurseryError<io::Error>>().ok())?;
+            return group.strip_cancelled().map(|rest| io::Error::new(kind, rest));
+        }
+        if self.cancelled().is_some() { None } else { Some(self) }
+    }
 }
 
 impl<E: CancelError> CancelError for NurseryError<E> {
@@ -371,6 +391,7 @@ impl CancelError for Error {
     fn has_cancelled(&self) -> bool {
         match self {
             Error::Nursery(n) => n.has_cancelled(),
+            Error::Io(e) => e.has_cancelled(),
             other => other.cancelled().is_some(),
         }
     }
@@ -378,6 +399,7 @@ impl CancelError for Error {
     fn strip_cancelled(self) -> Option<Self> {
         match self {
             Error::Nursery(n) => n.strip_cancelled().map(|n| Error::Nursery(Box::new(n))),
+            Error::Io(e) => e.strip_cancelled().map(Error::Io),
             other => {
                 if other.cancelled().is_some() {
                     None

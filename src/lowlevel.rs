@@ -187,8 +187,23 @@ impl<T: AsFd> IoSource<T> {
         }
     }
 
+    /// Forgets that the descriptor was readable. Call it when your own non-blocking syscall
+    /// fails with `WouldBlock`, before waiting with [`readable`](IoSource::readable) again;
+    /// otherwise `readable` keeps returning at once (the reactor only learns about readiness
+    /// from the OS, and about its end from you). [`read_with`](IoSource::read_with) does this
+    /// for you.
+    pub fn clear_readable(&self) {
+        self.reg.reactor().clear_ready(self.reg.key, Dir::Read);
+    }
+
+    /// Like [`clear_readable`](IoSource::clear_readable), for writing.
+    pub fn clear_writable(&self) {
+        self.reg.reactor().clear_ready(self.reg.key, Dir::Write);
+    }
+
     /// Waits until the OS reports the descriptor readable (or it already had reported so and no
-    /// operation has failed with `WouldBlock` since). A checkpoint.
+    /// operation has failed with `WouldBlock` since: see
+    /// [`clear_readable`](IoSource::clear_readable)). A checkpoint.
     ///
     /// # Errors
     ///
@@ -226,7 +241,17 @@ impl<T: AsFd> IoSource<T> {
         self.op_with(Dir::Write, op).await
     }
 
+    fn check_run(&self) -> io::Result<()> {
+        if context::core().id != self.reg.run_id() {
+            return Err(io::Error::other(
+                "this IoSource was registered in a hatchery run that has ended; register the descriptor again",
+            ));
+        }
+        Ok(())
+    }
+
     async fn wait(&self, dir: Dir) -> io::Result<()> {
+        self.check_run()?;
         checkpoint_if_cancelled()?;
         let mut wait =
             ReadyWait { src: self, dir, id: context::core().fresh_id(), park: Park::new(), waited: false };
@@ -238,6 +263,7 @@ impl<T: AsFd> IoSource<T> {
     }
 
     async fn op_with<R>(&self, dir: Dir, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        self.check_run()?;
         checkpoint_if_cancelled()?;
         let mut waited = false;
         let id = context::core().fresh_id();

@@ -241,7 +241,9 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
         let n = self.n;
         n.inner.borrow_mut().closed = true;
         // Drop children one at a time, with nothing borrowed: a child's destructor may call back
-        // into the nursery (and is told it is closed).
+        // into the nursery (and is told it is closed). A destructor that panics does not stop
+        // the others from being dropped; the first panic is resumed at the end.
+        let mut panic = None;
         loop {
             let next = {
                 let mut inner = n.inner.borrow_mut();
@@ -250,16 +252,26 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
             };
             let Some(slot) = next else { break };
             n.core.live_tasks.set(n.core.live_tasks.get() - 1);
-            if let Some(task) = slot.task {
-                drop(ManuallyDrop::into_inner(task));
+            if let Some(task) = slot.task
+                && let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(ManuallyDrop::into_inner(task))))
+            {
+                panic.get_or_insert(p);
             }
             if slot.node != NIL {
                 n.core.cancel.borrow_mut().exit(slot.node);
+            }
+            if let Some(w) = slot.waker {
+                n.core.wakers.borrow_mut().put(w);
             }
         }
         let parent = n.core.sched.borrow_mut().close_group(n.group);
         drop(parent);
         cancel::exit(&n.core, &n.scope, n.node);
+        if let Some(p) = panic
+            && !std::thread::panicking()
+        {
+            resume_unwind(p);
+        }
     }
 }
 
@@ -311,6 +323,16 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
 
     /// Adds a child and schedules it. Returns its index, or gives the task back if closed.
     fn insert_child(&self, task: BoxedChild<'n, E>, own_node: bool) -> Result<u32, BoxedChild<'n, E>> {
+        self.insert_child_at(task, own_node, NIL)
+    }
+
+    /// Like `insert_child`, for a child that already has its own node (a started task).
+    fn insert_child_at(
+        &self,
+        task: BoxedChild<'n, E>,
+        own_node: bool,
+        node: u32,
+    ) -> Result<u32, BoxedChild<'n, E>> {
         let index = {
             let mut inner = self.inner.borrow_mut();
             if inner.closed {
@@ -320,7 +342,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             inner.children.insert(Slot {
                 task: Some(ManuallyDrop::new(task)),
                 waker: None,
-                node: NIL,
+                node,
                 wants_node: own_node,
             });
             index
@@ -442,6 +464,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             }
         };
         state.phase.set(crate::runtime::cancel_tree::Phase::Entered(node));
+        state.run.set(self.core.id);
         let mut wakers = Vec::new();
         cancel::cancel_node(&self.core, node, CancelSource::Explicit, reason, &mut wakers);
         wakers.into_iter().for_each(Waker::wake);
@@ -565,7 +588,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         core.cancel_points.set(saved.0);
         core.schedule_points.set(saved.1);
         let made = core.materialized.replace(saved.2);
-        let node = if made != NIL { made } else { node };
+        let node = self.reconcile_node(index, node, made);
         match res {
             Ok(Poll::Pending) => {
                 let mut inner = self.inner.borrow_mut();
@@ -607,6 +630,31 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         }
         drop(task_waker);
         core.wakers.borrow_mut().put(waker);
+    }
+
+    /// After a poll of child `index`, works out its node: `before` (its node before the poll),
+    /// `made` (created by the child during the poll, lazily) and whatever its handle created
+    /// meanwhile to cancel it (the child cancelled itself, or a task it polls did).
+    fn reconcile_node(&self, index: u32, before: u32, made: u32) -> u32 {
+        let during = self.inner.borrow().children.get(index as usize - 1).map_or(before, |s| s.node);
+        if during == before {
+            return if made != NIL { made } else { before };
+        }
+        if made == NIL {
+            return during;
+        }
+        // Both exist: the child's registrations are under `made`, the cancellation is on
+        // `during`. Give `made` the cancelled origin and wake what hangs below it.
+        let mut wakers = Vec::new();
+        {
+            let mut tree = self.core.cancel.borrow_mut();
+            let state = tree.state(during).clone();
+            tree.replace_state(made, state);
+            tree.exit(during);
+            tree.collect_wakers(made, &mut wakers);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+        made
     }
 
     fn finish_child(&self, index: u32, task: ManuallyDrop<BoxedChild<'n, E>>, node: u32) {

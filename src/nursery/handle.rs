@@ -47,6 +47,13 @@ impl<T> OutCell<T> {
         self.finish(Out::NoValue(Box::new(why)));
     }
 
+    fn is_taken(&self) -> bool {
+        let out = self.out.replace(Out::Taken);
+        let taken = matches!(out, Out::Taken);
+        self.out.set(out);
+        taken
+    }
+
     fn is_finished(&self) -> bool {
         let out = self.out.replace(Out::Running);
         let finished = !matches!(out, Out::Running);
@@ -70,7 +77,10 @@ impl<T> OutCell<T> {
                 let mine = core.cancel.borrow().effective(core.current_status.get());
                 Some(Err(mine.map(JoinError::Cancelled).unwrap_or(*why)))
             }
-            Out::Taken => panic!("a hatchery JoinHandle was polled after it returned the child's value"),
+            Out::Taken => {
+                self.out.set(Out::Taken);
+                None
+            }
         }
     }
 }
@@ -135,7 +145,8 @@ impl<'n, T> JoinHandle<'n, T> {
         self.out.is_finished()
     }
 
-    /// The child's result if it has finished, without waiting (not a checkpoint).
+    /// The child's result if it has finished and was not taken yet, without waiting (not a
+    /// checkpoint).
     pub fn try_take(&mut self) -> Option<Result<T, JoinError>> {
         self.out.take()
     }
@@ -148,6 +159,10 @@ impl<T> Future for JoinHandle<'_, T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        assert!(
+            !this.out.is_taken(),
+            "a hatchery JoinHandle was awaited after its value was taken (by an earlier await or try_take)"
+        );
         loop {
             match this.state {
                 JoinState::Start => {
@@ -164,7 +179,13 @@ impl<T> Future for JoinHandle<'_, T> {
                 }
                 JoinState::Yielding => {
                     this.state = JoinState::Start;
-                    return Poll::Ready(this.out.take().expect("a finished child keeps its result"));
+                    match this.out.take() {
+                        Some(r) => return Poll::Ready(r),
+                        // Taken meanwhile through `try_take` on another path: nothing to return.
+                        None => {
+                            unreachable!("the value of a finished child is taken only through its handle")
+                        }
+                    }
                 }
                 JoinState::Waiting => {
                     if let Some(r) = this.out.take() {

@@ -7,7 +7,9 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use super::{BoxedChild, ChildTask, Nursery, OutCell};
+use crate::cancel::StatusGuard;
 use crate::error::{CancelError, StartError};
+use crate::runtime::cancel_tree::NIL;
 use crate::runtime::context;
 
 /// Given to a task started with [`Nursery::start`]: call [`started`](TaskStatus::started) once
@@ -50,10 +52,16 @@ impl<V> TaskStatus<V> {
 
 struct PendingStart<'a, 'n, 'env, E> {
     n: &'a Nursery<'n, 'env, E>,
+    /// The task's own cancel node while it runs under the caller; `NIL` once it moved.
+    node: std::cell::Cell<u32>,
 }
 
 impl<E> Drop for PendingStart<'_, '_, '_, E> {
     fn drop(&mut self) {
+        let node = self.node.replace(NIL);
+        if node != NIL {
+            self.n.core.cancel.borrow_mut().exit(node);
+        }
         self.n.inner.borrow_mut().pending_starts -= 1;
         // The nursery may have been waiting only for this start: have it look again.
         self.n.core.wake(self.n.target(super::BODY));
@@ -111,7 +119,14 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             return Err(StartError::Closed.into());
         }
         self.inner.borrow_mut().pending_starts += 1;
-        let _pending = PendingStart { n: self };
+        // Until `started`, the task runs under the caller's scopes, inside a node of its own, so
+        // that everything it opens (scopes, nurseries) and parks on can move with it (ST.1).
+        let node = {
+            let core = &self.core;
+            let parent = core.registration_status();
+            core.cancel.borrow_mut().enter(parent, core.inert.clone())
+        };
+        let guard = PendingStart { n: self, node: std::cell::Cell::new(node) };
         let cell = Rc::new(RefCell::new(None));
         let status = TaskStatus { cell: Some(cell.clone()) };
         let mut task: Option<BoxedChild<'n, E>> =
@@ -124,7 +139,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             let t = task.as_mut().expect("start polled after completion");
             // Before `started` the task is the caller's business, but its checkpoints are its own.
             let saved = (core.cancel_points.get(), core.schedule_points.get());
-            let res = t.as_mut().poll_child(cx);
+            let res = {
+                let _status = StatusGuard::enter(&core, guard.node.get());
+                t.as_mut().poll_child(cx)
+            };
             core.cancel_points.set(saved.0);
             core.schedule_points.set(saved.1);
             let pending = |yielded: &mut bool| {
@@ -141,7 +159,17 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 }
                 Poll::Ready(Err(e)) => {
                     task = None;
-                    Poll::Ready(Err(e))
+                    // After `started` (and the caller not cancelled), the task belonged to the
+                    // nursery already: its error goes there, and `start` has its value.
+                    let node = core.current_status.get();
+                    let value = cell.borrow_mut().take();
+                    match value {
+                        Some(v) if !core.cancel.borrow().is_effectively_cancelled(node) => {
+                            self.record_error(e, "a child task failed");
+                            Poll::Ready(Ok(v))
+                        }
+                        _ => Poll::Ready(Err(e)),
+                    }
                 }
                 Poll::Pending => {
                     if cell.borrow().is_none() {
@@ -155,10 +183,16 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                         return pending(&mut yielded);
                     }
                     let moved = task.take().expect("task present while pending");
-                    match self.insert_child(moved, false) {
-                        Ok(_) => Poll::Ready(Ok(cell.borrow_mut().take().expect("started value"))),
+                    // The task's node (and all it holds) moves under the nursery's.
+                    let task_node = guard.node.get();
+                    core.cancel.borrow_mut().reparent(task_node, self.node);
+                    match self.insert_child_at(moved, false, task_node) {
+                        Ok(_) => {
+                            guard.node.set(NIL);
+                            Poll::Ready(Ok(cell.borrow_mut().take().expect("started value")))
+                        }
                         Err(moved) => {
-                            task = Some(moved);
+                            drop(moved);
                             Poll::Ready(Err(StartError::Closed.into()))
                         }
                     }

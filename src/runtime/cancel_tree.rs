@@ -54,6 +54,8 @@ pub(crate) struct ScopeState {
     pub(crate) phase: Cell<Phase>,
     /// Key of this scope's entry in the runtime's deadline structure, while entered.
     pub(crate) deadline_key: Cell<Option<usize>>,
+    /// The run the scope was entered in (its node key means nothing in another run).
+    pub(crate) run: Cell<u64>,
 }
 
 impl ScopeState {
@@ -67,6 +69,7 @@ impl ScopeState {
             relative: Cell::new(None),
             phase: Cell::new(Phase::Unentered),
             deadline_key: Cell::new(None),
+            run: Cell::new(0),
         })
     }
 
@@ -212,6 +215,13 @@ impl CancelTree {
         {
             self.cancelled -= 1;
         }
+    }
+
+    /// Moves `node` (with its subtree and waiters) under `parent`.
+    pub(crate) fn reparent(&mut self, node: u32, parent: u32) {
+        self.unlink_child(node);
+        self.nodes[node as usize].parent = parent;
+        self.link_child(parent, node);
     }
 
     fn link_child(&mut self, parent: u32, c: u32) {

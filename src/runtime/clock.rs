@@ -185,6 +185,12 @@ impl fmt::Debug for MockClock {
     }
 }
 
+/// Real time, for measuring how long the loop has been idle (quiescence cushions and the
+/// autojump threshold are in real time, S8.3, S8.4).
+pub(crate) fn real_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 /// The clock a run uses.
 #[derive(Clone, Debug)]
 pub(crate) enum Clock {

@@ -169,6 +169,8 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
     let mut wakers: Vec<Waker> = Vec::new();
     let mut remote_wakes: Vec<WakeTarget> = Vec::new();
     let mut callbacks: VecDeque<sched::Callback> = VecDeque::new();
+    // When the loop last found nothing runnable (real time), for cushions and autojump.
+    let mut idle_since: Option<std::time::Instant> = None;
     loop {
         // 1. Cross-thread entry.
         if core.shared.has_remote() {
@@ -176,8 +178,16 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             for t in remote_wakes.drain(..) {
                 core.wake(t);
             }
+            // A callback that panics does not stop the ones queued after it (S1.10); the first
+            // panic then leaves the run.
+            let mut panic = None;
             while let Some(cb) = callbacks.pop_front() {
-                cb();
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
+                    panic.get_or_insert(p);
+                }
+            }
+            if let Some(p) = panic {
+                std::panic::resume_unwind(p);
             }
         }
 
@@ -187,12 +197,18 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         let timeout = if runnable {
             Some(Duration::ZERO)
         } else {
+            let idle_for = idle_since.map_or(Duration::ZERO, |t| t.elapsed());
             let until_deadline = next_deadline.and_then(|d| core.clock.real_wait_until(d));
-            let blocked_cushion = core.blocked.borrow().iter().map(|b| b.cushion).min();
+            let blocked = core.blocked.borrow();
+            let blocked_cushion = blocked.iter().map(|b| b.cushion.saturating_sub(idle_for)).min();
+            // Quiescence waiters take precedence: no jump while one waits (S8.4).
             let autojump = match &core.clock {
-                Clock::Mock(m) if next_deadline.is_some() => m.autojump_threshold(),
+                Clock::Mock(m) if next_deadline.is_some() && blocked.is_empty() => {
+                    m.autojump_threshold().map(|t| t.saturating_sub(idle_for))
+                }
                 _ => None,
             };
+            drop(blocked);
             [until_deadline, blocked_cushion, autojump].into_iter().flatten().min().map(|d| d.min(MAX_WAIT))
         };
 
@@ -213,15 +229,19 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
 
         // 5. Idle: quiescence waiters first, then autojump.
         let idle = !core.sched.borrow().root_scheduled && !core.shared.has_remote();
-        if idle
-            && !wake_blocked_waiters(core, timeout)
-            && let Clock::Mock(m) = &core.clock
-            && m.autojump_threshold().is_some()
-        {
-            if let Some(d) = core.timers.borrow_mut().next_deadline() {
-                m.jump_to(d);
+        if !idle {
+            idle_since = None;
+        } else {
+            let idle_for = idle_since.get_or_insert_with(clock::real_now).elapsed();
+            if !wake_blocked_waiters(core, idle_for)
+                && let Clock::Mock(m) = &core.clock
+                && m.autojump_threshold().is_some_and(|t| t <= idle_for)
+            {
+                if let Some(d) = core.timers.borrow_mut().next_deadline() {
+                    m.jump_to(d);
+                }
+                expire_deadlines(core, &mut wakers);
             }
-            expire_deadlines(core, &mut wakers);
         }
 
         // 6. One batch.
@@ -265,14 +285,14 @@ fn expire_deadlines(core: &Core, wakers: &mut Vec<Waker>) {
     }
 }
 
-/// Wakes the `wait_all_tasks_blocked` waiters whose cushion has passed. Returns true if any
-/// are waiting (they take precedence over autojump, S8.4).
-fn wake_blocked_waiters(core: &Core, waited: Option<Duration>) -> bool {
+/// Wakes the `wait_all_tasks_blocked` waiters whose cushion the idle time has reached (the
+/// smallest cushion first, equal cushions together). Returns true if any are waiting: they take
+/// precedence over autojump (S8.4).
+fn wake_blocked_waiters(core: &Core, waited: Duration) -> bool {
     let mut blocked = core.blocked.borrow_mut();
     if blocked.is_empty() {
         return false;
     }
-    let waited = waited.unwrap_or(Duration::MAX);
     let min = blocked.iter().filter(|b| !b.woken).map(|b| b.cushion).min();
     let mut to_wake = Vec::new();
     if let Some(min) = min

@@ -97,13 +97,33 @@ pub(crate) enum Readiness {
     Closed,
 }
 
+/// A generation that matches any source: what 32-bit targets, whose keys have no room for one,
+/// read back. Never allocated.
+const ANY_GENERATION: u32 = u32::MAX;
+
+#[cfg(target_pointer_width = "64")]
 fn pack(index: usize, generation: u32) -> usize {
-    // Key usize::MAX is reserved by polling; index never reaches 2^32 - 1 with generation u32::MAX.
+    // Key usize::MAX is reserved by polling; generations never reach u32::MAX, so it never occurs.
     ((generation as u64) << 32 | index as u64) as usize
 }
 
+#[cfg(target_pointer_width = "64")]
 fn unpack(key: usize) -> (usize, u32) {
     ((key as u64 & 0xffff_ffff) as usize, ((key as u64) >> 32) as u32)
+}
+
+#[cfg(not(target_pointer_width = "64"))]
+fn pack(index: usize, _generation: u32) -> usize {
+    index
+}
+
+#[cfg(not(target_pointer_width = "64"))]
+fn unpack(key: usize) -> (usize, u32) {
+    (key, ANY_GENERATION)
+}
+
+fn same_source(s: &Source, generation: u32) -> bool {
+    generation == ANY_GENERATION || s.generation == generation
 }
 
 impl Reactor {
@@ -146,7 +166,7 @@ impl Reactor {
         let rearm = {
             let mut sources = self.sources.borrow_mut();
             let s = match sources.get_mut(index) {
-                Some(s) if s.generation == generation => s,
+                Some(s) if same_source(s, generation) => s,
                 _ => return Ok(Readiness::Closed),
             };
             if s.closed {
@@ -184,7 +204,7 @@ impl Reactor {
     pub(crate) fn forget_waiter(&self, key: usize, dir: Dir, op_id: u64) {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
-        if let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) {
+        if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
             let d = s.dir(dir);
             if matches!(d.waiter, Some((id, _)) if id == op_id) {
                 d.waiter = None;
@@ -196,7 +216,7 @@ impl Reactor {
     pub(crate) fn clear_ready(&self, key: usize, dir: Dir) {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
-        if let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) {
+        if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
             s.dir(dir).ready = false;
         }
     }
@@ -206,7 +226,7 @@ impl Reactor {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
         let mut out = Vec::new();
-        if let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) {
+        if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
             s.closed = true;
             out.extend(s.read.waiter.take().map(|(_, w)| w));
             out.extend(s.write.waiter.take().map(|(_, w)| w));
@@ -223,7 +243,7 @@ impl Reactor {
         let mut rearm = Vec::new();
         for ev in events.iter() {
             let (index, generation) = unpack(ev.key);
-            let Some(s) = sources.get_mut(index).filter(|s| s.generation == generation) else { continue };
+            let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) else { continue };
             // An error or hang-up is reported as readable and writable by polling's epoll backend;
             // either way the next syscall will report it.
             if ev.readable {
@@ -252,7 +272,10 @@ impl Reactor {
     }
 
     fn alloc_generation(&self) -> u32 {
-        let g = self.next_generation.get().wrapping_add(1);
+        let mut g = self.next_generation.get().wrapping_add(1);
+        if g == ANY_GENERATION {
+            g = 0;
+        }
         self.next_generation.set(g);
         g
     }
@@ -309,6 +332,11 @@ impl Registration {
     pub(crate) fn reactor(&self) -> &Reactor {
         &self.core.reactor
     }
+
+    /// The run this registration belongs to.
+    pub(crate) fn run_id(&self) -> u64 {
+        self.core.id
+    }
 }
 
 impl Drop for Registration {
@@ -360,8 +388,20 @@ pub struct IoSource<T: AsFd> {
     io: Option<T>,
 }
 
-impl<T: AsFd> IoSource<T> {
+impl<T: AsFd + 'static> IoSource<T> {
     /// Registers `io` with the current run's reactor.
+    ///
+    /// `T` is `'static` so that it owns its descriptor (or borrows one that is never closed):
+    /// a borrowed descriptor could be closed by its owner while the registration lives, if the
+    /// `IoSource` were leaked.
+    ///
+    /// ```compile_fail
+    /// # use std::os::unix::net::UnixStream;
+    /// let (a, _b) = UnixStream::pair().unwrap();
+    /// hatchery::run(async {
+    ///     let _src = hatchery::lowlevel::IoSource::new(&a); // error: `a` does not live long enough
+    /// });
+    /// ```
     ///
     /// # Errors
     ///
@@ -372,12 +412,16 @@ impl<T: AsFd> IoSource<T> {
     /// Outside a run.
     pub fn new(io: T) -> io::Result<IoSource<T>> {
         // SAFETY: `io` is stored in this IoSource next to the registration and is only dropped
-        // after it (field order, and `into_inner` drops the registration first), so the
-        // descriptor stays open while it is registered.
+        // after it (field order, and `into_inner` drops the registration first). `T: 'static`
+        // owns the descriptor or borrows one that lives for the rest of the program, so nothing
+        // else can close it first; if the IoSource is leaked, `io` leaks with the registration
+        // and the descriptor stays open. Either way it is open while registered.
         let reg = unsafe { Registration::new(io.as_fd())? };
         Ok(IoSource { reg, io: Some(io) })
     }
+}
 
+impl<T: AsFd> IoSource<T> {
     /// The I/O object.
     pub fn get_ref(&self) -> &T {
         self.io.as_ref().expect("IoSource holds its I/O object until into_inner")

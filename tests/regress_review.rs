@@ -1,0 +1,351 @@
+//! Regressions found by the first code review (see the issue note): each test pins one bug that
+//! was fixed, with the scenario that showed it.
+#![cfg(unix)]
+
+mod support;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hatchery::lowlevel::IoSource;
+use hatchery::{
+    CancelError, CancelScope, Cancelled, Error, JoinHandle, NurseryError, TaskStatus, move_on_after, now,
+    nursery, sleep, testing,
+};
+use support::{Log, TestError, at, secs};
+
+/// A child that cancels itself through its own handle, before its first park, is cancelled at its
+/// next checkpoint; the node the handle made is not leaked.
+#[test]
+fn self_cancel_through_own_handle_before_first_park() {
+    let (t, nodes_before, nodes_after) = testing::run(async {
+        let before = testing::registrations().cancel_nodes;
+        let r = nursery(async |n| {
+            let me: Rc<RefCell<Option<JoinHandle<'_, ()>>>> = Rc::new(RefCell::new(None));
+            let me2 = me.clone();
+            let h = n.spawn(async move {
+                me2.borrow_mut().take().unwrap().cancel();
+                sleep(secs(10)).await?;
+                Ok::<_, Cancelled>(())
+            });
+            *me.borrow_mut() = Some(h);
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(r.unwrap(), Some(()), "the child's own scope absorbed its cancellation");
+        (now(), before, testing::registrations().cancel_nodes)
+    });
+    assert_eq!(t, at(0));
+    assert_eq!(nodes_after, nodes_before);
+}
+
+/// The same, when the child's node is created lazily in the very poll that cancels it.
+#[test]
+fn self_cancel_in_the_poll_that_creates_the_childs_node() {
+    let t = testing::run(async {
+        nursery(async |n| {
+            let me: Rc<RefCell<Option<JoinHandle<'_, ()>>>> = Rc::new(RefCell::new(None));
+            let me2 = me.clone();
+            let h = n.spawn(async move {
+                CancelScope::new()
+                    .run(async {
+                        me2.borrow_mut().take().unwrap().cancel();
+                        sleep(secs(10)).await
+                    })
+                    .await?;
+                Ok::<_, Cancelled>(())
+            });
+            *me.borrow_mut() = Some(h);
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(testing::registrations().cancel_nodes, 1);
+        now()
+    });
+    assert_eq!(t, at(0));
+}
+
+/// A quiescence waiter with a real-time cushion, under an autojump clock with a pending deadline,
+/// is woken after its cushion (without a jump) instead of spinning forever (S8.4).
+#[test]
+fn cushion_waiter_under_autojump_wakes_instead_of_spinning() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t = testing::run(async {
+            nursery(async |n| {
+                n.start_soon(async {
+                    sleep(secs(5)).await?;
+                    Ok(())
+                });
+                testing::wait_all_tasks_blocked_cushion(Duration::from_millis(1)).await?;
+                Ok::<_, Cancelled>(now())
+            })
+            .await
+        });
+        let _ = tx.send(t.map_err(|e| e.to_string()));
+    });
+    // A hang guard, not a timing assertion: the run takes about a millisecond.
+    let woke_at = rx.recv_timeout(Duration::from_secs(30)).expect("the run livelocked");
+    assert_eq!(woke_at, Ok(Some(at(0))), "woken before the clock jumped");
+}
+
+/// A child destructor that panics while the nursery future is dropped does not stop the other
+/// children from being dropped, nor leak the nursery's registrations.
+#[test]
+fn panicking_destructor_during_nursery_drop_leaks_nothing() {
+    struct Boom(#[allow(dead_code)] support::DropToken);
+    impl Drop for Boom {
+        fn drop(&mut self) {
+            panic!("boom in drop");
+        }
+    }
+    let drops = support::DropCounter::new();
+    testing::run(async {
+        let before = testing::registrations();
+        {
+            let mut fut = Box::pin(nursery(async |n| {
+                for _ in 0..3 {
+                    let b = Boom(drops.token());
+                    n.spawn(async move {
+                        let _b = b;
+                        sleep(secs(10)).await?;
+                        Ok::<_, Cancelled>(())
+                    });
+                }
+                sleep(secs(10)).await?;
+                Ok::<_, Cancelled>(())
+            }));
+            support::poll_twice(fut.as_mut()).await;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(fut)));
+            assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"boom in drop"));
+        }
+        assert_eq!(testing::registrations(), before);
+        assert_eq!(testing::live_tasks(), 1);
+    });
+    assert_eq!(drops.count(), 3);
+}
+
+/// A service started into `outer` from a task of `inner` belongs to `outer` (ST.1): cancelling
+/// `inner` does not reach it, although it opened a nursery before `started`.
+#[test]
+fn started_service_leaves_the_callers_scopes() {
+    let log = Log::new();
+    let t = testing::run(async {
+        nursery(async |outer| {
+            nursery(async |inner| {
+                inner.start_soon(async {
+                    outer
+                        .start(|st: TaskStatus<()>| async {
+                            let r = nursery(async move |_svc| {
+                                st.started(());
+                                sleep(secs(100)).await?;
+                                Ok::<_, Error>(())
+                            })
+                            .await;
+                            log.push(format!("service ended at {:?}", now()));
+                            r?;
+                            Ok::<_, Error>(())
+                        })
+                        .await?;
+                    Ok(())
+                });
+                sleep(secs(1)).await?;
+                inner.cancel_scope().cancel();
+                Ok::<_, Error>(())
+            })
+            .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        now()
+    });
+    assert_eq!(t, at(100));
+    assert_eq!(log.take(), [format!("service ended at {:?}", at(100))]);
+}
+
+/// The caller's own timeout around `start` does not reach the service once it started, even if
+/// the service entered a scope before `started`.
+#[test]
+fn callers_timeout_does_not_reach_a_started_service() {
+    let t = testing::run(async {
+        nursery(async |n| {
+            let _ = move_on_after(secs(5), async {
+                n.start(|st: TaskStatus<()>| async {
+                    CancelScope::new()
+                        .run(async move {
+                            st.started(());
+                            sleep(secs(20)).await
+                        })
+                        .await?;
+                    Ok::<_, Error>(())
+                })
+                .await?;
+                CancelScope::new().shielded().run(sleep(secs(10))).await?;
+                Ok::<_, Error>(())
+            })
+            .await;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        now()
+    });
+    assert_eq!(t, at(20));
+}
+
+/// An error the task returns after `started`, in the same poll, goes to the nursery; `start`
+/// returns the value (Trio: `started` moves the task at once).
+#[test]
+fn error_right_after_started_goes_to_the_nursery() {
+    testing::run(async {
+        let r = nursery(async |n| {
+            let v = n
+                .start(|st: TaskStatus<u8>| async move {
+                    st.started(7);
+                    Err::<(), _>(TestError::Boom(1))
+                })
+                .await;
+            assert_eq!(v, Ok(7));
+            Ok::<_, TestError>(())
+        })
+        .await;
+        assert_eq!(r.unwrap_err().into_errors(), [TestError::Boom(1)]);
+    });
+}
+
+/// A handle kept from a finished run neither cancels nor re-times scopes of the next run.
+#[test]
+fn cancel_handle_from_an_earlier_run_does_not_touch_this_run() {
+    let h = testing::run(async {
+        let s = CancelScope::new();
+        let h = s.handle();
+        let mut fut = Box::pin(s.run(hatchery::sleep_forever()));
+        std::future::poll_fn(|cx| {
+            let _ = fut.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        std::mem::forget(fut);
+        h
+    });
+    let r = testing::run(async {
+        CancelScope::new()
+            .run(async {
+                h.cancel();
+                h.set_deadline(now());
+                h.set_shield(true);
+                h.set_shield(false);
+                sleep(secs(1)).await?;
+                Ok::<_, Cancelled>("innocent scope finished")
+            })
+            .await
+    });
+    assert_eq!(r, Ok(Some("innocent scope finished")));
+}
+
+/// After a syscall fails with `WouldBlock`, `clear_readable` makes `readable` wait again.
+#[test]
+fn readable_waits_again_after_clear_readable() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    testing::run(async {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let a = IoSource::new(a).unwrap();
+        b.write_all(b"hi").unwrap();
+        a.readable().await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(a.get_ref().read(&mut buf).unwrap(), 2);
+        let e = a.get_ref().read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        a.clear_readable();
+        let r = move_on_after(secs(10), async { a.readable().await.map_err(Error::from) }).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        assert_eq!(now(), at(10));
+    });
+}
+
+/// An IoSource registered in a run that has ended reports an error instead of waiting forever.
+#[test]
+fn io_source_from_an_earlier_run_is_an_error() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let (a, _b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let a = testing::run(async { IoSource::new(a).unwrap() });
+    let e = testing::run(async {
+        let mut buf = [0u8; 4];
+        a.read_with(|s| (&*s).read(&mut buf)).await.unwrap_err()
+    });
+    assert!(e.to_string().contains("has ended"), "{e}");
+}
+
+/// S4.9 through `io::Error`: a cancelled scope strips the cancellations out of a group that
+/// travels inside an `io::Error`, and keeps the rest.
+#[test]
+fn group_inside_io_error_is_stripped_s4_9() {
+    testing::run(async {
+        let outer = CancelScope::new();
+        let oh = outer.handle();
+        let r = outer
+            .run(async {
+                nursery(async |n| {
+                    n.start_soon(async { Err::<(), _>(std::io::Error::other("boom")) });
+                    oh.cancel();
+                    sleep(secs(1)).await?;
+                    Ok::<_, std::io::Error>(())
+                })
+                .await?;
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+        let e = r.unwrap_err();
+        assert!(oh.cancelled_caught());
+        assert!(e.cancelled().is_none());
+        let group = e.get_ref().unwrap().downcast_ref::<NurseryError<std::io::Error>>().unwrap();
+        assert_eq!(group.len(), 1, "{group:?}");
+        assert_eq!(group.first().to_string(), "boom");
+    });
+}
+
+/// A scope that exited before its deadline was not cancelled.
+#[test]
+fn cancel_called_is_false_after_exiting_before_the_deadline() {
+    testing::run(async {
+        let s = CancelScope::new().with_timeout(secs(5));
+        let h = s.handle();
+        s.run(async { sleep(secs(1)).await }).await.unwrap();
+        sleep(secs(10)).await.unwrap();
+        assert!(!h.cancel_called());
+    });
+}
+
+/// A cross-thread callback that panics does not stop the callbacks queued after it (S1.10); the
+/// panic then leaves the run.
+#[test]
+fn callbacks_after_a_panicking_one_still_run() {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        testing::run(async move {
+            let handle = hatchery::lowlevel::run_handle();
+            let (s1, s3) = (seen2.clone(), seen2.clone());
+            std::thread::spawn(move || {
+                handle.run_sync_soon(move || s1.lock().unwrap().push(1)).unwrap();
+                handle.run_sync_soon(|| panic!("callback two")).unwrap();
+                handle.run_sync_soon(move || s3.lock().unwrap().push(3)).unwrap();
+            })
+            .join()
+            .unwrap();
+            loop {
+                hatchery::lowlevel::checkpoint().await.unwrap();
+            }
+        })
+    }));
+    assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"callback two"));
+    assert_eq!(*seen.lock().unwrap(), [1, 3]);
+}
