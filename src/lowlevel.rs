@@ -142,7 +142,8 @@ impl Park {
         let cancelled = core.cancel.borrow().effective(node);
         if let Some(c) = cancelled {
             if self.run_id == core.id {
-                core.cancel.borrow_mut().unregister(self.waiter);
+                let old = core.cancel.borrow_mut().unregister(self.waiter);
+                drop(old);
             }
             self.waiter = NIL;
             return Poll::Ready(c);
@@ -150,7 +151,10 @@ impl Park {
         let node = core.registration_status();
         let mut tree = core.cancel.borrow_mut();
         let existing = if self.run_id == core.id { self.waiter } else { NIL };
-        self.waiter = tree.register(existing, node, cx.waker());
+        let (waiter, old) = tree.register(existing, node, cx.waker());
+        drop(tree);
+        drop(old);
+        self.waiter = waiter;
         self.run_id = core.id;
         if !self.parked {
             self.parked = true;
@@ -163,7 +167,8 @@ impl Park {
     pub fn unpark(&mut self) {
         if self.waiter != NIL {
             if let Some(core) = context::try_core().filter(|c| c.id == self.run_id) {
-                core.cancel.borrow_mut().unregister(self.waiter);
+                let old = core.cancel.borrow_mut().unregister(self.waiter);
+                drop(old);
             }
             self.waiter = NIL;
         }
@@ -358,6 +363,9 @@ impl Timer {
             return Poll::Ready(());
         }
         let core = context::core();
+        // Declared before the borrow so that it is dropped after it: a replaced waker's
+        // destructor may be foreign code.
+        let mut _replaced = None;
         let mut timers = core.timers.borrow_mut();
         match self.entry {
             Some((run, key)) if run == core.id => {
@@ -370,7 +378,7 @@ impl Timer {
                     }
                     match waker {
                         Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => *waker = Some(cx.waker().clone()),
+                        _ => _replaced = waker.replace(cx.waker().clone()),
                     }
                 }
             }

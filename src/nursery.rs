@@ -484,7 +484,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     {
         let core = &self.core;
         if !st.closing {
-            let mut batch = core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());
+            let (mut batch, old_parent) =
+                core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());
+            drop(old_parent);
             core.order_batch(&mut batch);
             {
                 let _status = StatusGuard::enter(core, self.node);
@@ -609,21 +611,21 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 match absorbed {
                     None => {
                         let why = core.cancel.borrow().state(node).cause();
-                        task.as_mut().no_value(JoinError::ChildCancelled(why));
+                        self.tell_handle(&mut task, JoinError::ChildCancelled(why));
                     }
                     Some(e) => {
                         let why = match e.cancelled() {
                             Some(c) => JoinError::ChildCancelled(c.clone()),
                             None => JoinError::Failed,
                         };
-                        task.as_mut().no_value(why);
+                        self.tell_handle(&mut task, why);
                         self.record_error(e, "a child task failed");
                     }
                 }
                 self.finish_child(index, task, node);
             }
             Err(p) => {
-                task.as_mut().no_value(JoinError::Failed);
+                self.tell_handle(&mut task, JoinError::Failed);
                 self.record_panic(p);
                 self.finish_child(index, task, node);
             }
@@ -655,6 +657,14 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         }
         wakers.into_iter().for_each(Waker::wake);
         made
+    }
+
+    /// Tells a child's handle why there is no value. Waking the awaiting task calls its waker,
+    /// which may be foreign code: a panic there counts as the child's.
+    fn tell_handle(&self, task: &mut ManuallyDrop<BoxedChild<'n, E>>, why: JoinError) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| task.as_mut().no_value(why))) {
+            self.record_panic(p);
+        }
     }
 
     fn finish_child(&self, index: u32, task: ManuallyDrop<BoxedChild<'n, E>>, node: u32) {

@@ -376,29 +376,33 @@ impl CancelTree {
     }
 
     /// Registers (or updates) a waiter at `node`. `existing` is the key this caller got last time.
-    pub(crate) fn register(&mut self, existing: u32, node: u32, waker: &Waker) -> u32 {
+    /// Returns the key and any waker it replaced, which the caller drops once the tree is no
+    /// longer borrowed (a waker's destructor may be foreign code).
+    pub(crate) fn register(&mut self, existing: u32, node: u32, waker: &Waker) -> (u32, Option<Waker>) {
+        let mut old = None;
         if existing != NIL {
             let w = &mut self.waiters[existing as usize];
             if w.node == node {
                 if !w.waker.will_wake(waker) {
-                    w.waker = waker.clone();
+                    old = Some(std::mem::replace(&mut w.waker, waker.clone()));
                 }
-                return existing;
+                return (existing, old);
             }
-            self.unregister(existing);
+            old = self.unregister(existing);
         }
         let w = self.waiters.insert(Waiter { node, waker: waker.clone(), prev: NIL, next: NIL }) as u32;
         if node != NIL {
             self.link_waiter(node, w);
         }
-        w
+        (w, old)
     }
 
-    pub(crate) fn unregister(&mut self, w: u32) {
+    /// Removes a waiter; returns its waker for the caller to drop outside the borrow.
+    pub(crate) fn unregister(&mut self, w: u32) -> Option<Waker> {
         if w == NIL {
-            return;
+            return None;
         }
         self.unlink_waiter(w);
-        self.waiters.remove(w as usize);
+        self.waiters.remove(w as usize).map(|w| w.waker)
     }
 }

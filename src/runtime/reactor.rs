@@ -163,6 +163,8 @@ impl Reactor {
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> io::Result<Readiness> {
         let (index, generation) = unpack(key);
+        // Dropped after the borrow below ends: a replaced waker's destructor may be foreign code.
+        let mut _replaced = None;
         let rearm = {
             let mut sources = self.sources.borrow_mut();
             let s = match sources.get_mut(index) {
@@ -181,7 +183,7 @@ impl Reactor {
                         return Ok(Readiness::Ready);
                     }
                     if !w.will_wake(waker) {
-                        *w = waker.clone();
+                        _replaced = Some(std::mem::replace(w, waker.clone()));
                     }
                     false
                 }

@@ -261,30 +261,38 @@ impl Sched {
 
     /// Starts a poll of `group`: records who polls it and hands out its ready list. `entity` is
     /// the task being polled and its waker's identity: if `parent` is that waker, the group's
-    /// parent is recorded as that task, so wake-ups need no waker call.
+    /// parent is recorded as that task, so wake-ups need no waker call. Also returns the
+    /// parent waker it replaced, for the caller to drop once `Sched` is no longer borrowed (a
+    /// foreign waker's destructor is foreign code).
     pub(crate) fn begin_poll(
         &mut self,
         group: u32,
         parent: &Waker,
         entity: (WakeTarget, usize, usize),
-    ) -> Vec<u32> {
+    ) -> (Vec<u32>, Option<Waker>) {
         let mut spare = std::mem::take(&mut self.spare);
         let g = &mut self.groups[group as usize];
         let (target, data, vtable) = entity;
-        if super::context::waker_id(parent) == (data, vtable) {
-            if !matches!(&g.parent, Parent::Local(t) if *t == target) {
-                g.parent = Parent::Local(target);
+        let replaced = if super::context::waker_id(parent) == (data, vtable) {
+            if matches!(&g.parent, Parent::Local(t) if *t == target) {
+                Parent::None
+            } else {
+                std::mem::replace(&mut g.parent, Parent::Local(target))
             }
         } else {
             match &g.parent {
-                Parent::Foreign(w) if w.will_wake(parent) => {}
-                _ => g.parent = Parent::Foreign(parent.clone()),
+                Parent::Foreign(w) if w.will_wake(parent) => Parent::None,
+                _ => std::mem::replace(&mut g.parent, Parent::Foreign(parent.clone())),
             }
-        }
+        };
         g.notified = false;
         spare.clear();
         std::mem::swap(&mut spare, &mut g.ready);
-        spare
+        let old = match replaced {
+            Parent::Foreign(w) => Some(w),
+            _ => None,
+        };
+        (spare, old)
     }
 
     /// Clears the queued flag of `index` just before it is polled.
