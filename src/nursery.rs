@@ -517,7 +517,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                     }
                 }
             }
-            core.sched.borrow_mut().recycle(batch);
+            core.sched.borrow_mut().recycle(self.group, batch);
             let inner = self.inner.borrow();
             let done = matches!(st.body, BodyState::Done(_))
                 && inner.children.len() == 0

@@ -192,6 +192,9 @@ struct Group {
     /// The parent has been woken since this group was last polled.
     notified: bool,
     ready: Vec<u32>,
+    /// The allocation of the batch being worked through, given back by [`Sched::recycle`]: each
+    /// group alternates between two vectors, so a steady state allocates nothing.
+    spare: Vec<u32>,
     queued: Vec<bool>,
 }
 
@@ -201,7 +204,6 @@ pub(crate) struct Sched {
     groups: Slab<Group>,
     next_generation: u32,
     pub(crate) root_scheduled: bool,
-    spare: Vec<u32>,
 }
 
 impl Sched {
@@ -217,6 +219,7 @@ impl Sched {
             parent: Parent::None,
             notified: false,
             ready: Vec::new(),
+            spare: Vec::new(),
             queued: Vec::new(),
         });
         (key as u32, generation)
@@ -270,8 +273,8 @@ impl Sched {
         parent: &Waker,
         entity: (WakeTarget, usize, usize),
     ) -> (Vec<u32>, Option<Waker>) {
-        let mut spare = std::mem::take(&mut self.spare);
         let g = &mut self.groups[group as usize];
+        let mut spare = std::mem::take(&mut g.spare);
         let (target, data, vtable) = entity;
         let replaced = if super::context::waker_id(parent) == (data, vtable) {
             if matches!(&g.parent, Parent::Local(t) if *t == target) {
@@ -303,10 +306,10 @@ impl Sched {
     }
 
     /// Gives back a ready list's allocation.
-    pub(crate) fn recycle(&mut self, mut v: Vec<u32>) {
-        if v.capacity() > self.spare.capacity() {
+    pub(crate) fn recycle(&mut self, group: u32, mut v: Vec<u32>) {
+        if let Some(g) = self.groups.get_mut(group as usize) {
             v.clear();
-            self.spare = v;
+            g.spare = v;
         }
     }
 
