@@ -81,7 +81,7 @@ async fn parent() -> Result<(), Error> {
             .map(|(i, name)| n.spawn(greet(name, TICK * (names.len() - i) as u32)))
             .collect();
         for greeter in greeters {
-            // A handle resolves to `Err(Cancelled)` if its child produced no value; `?` turns
+            // A handle resolves to `Err(JoinError)` if its child produced no value; `?` turns
             // that into an error of this body, which then cancels the nursery.
             let greeting = greeter.await?;
             log!("parent: {greeting}");
@@ -109,12 +109,12 @@ async fn parent() -> Result<(), Error> {
                 kid_task.cancel();
             }
         }
-        // The cancelled kid has no value, so its handle reports the cancellation. Do not `?` it:
-        // that `Cancelled` is the kid's. Returned from this body it would cancel the whole
-        // nursery (the packer too), which would then absorb it and return `Ok(None)`.
+        // The cancelled kid has no value, so its handle reports `JoinError::ChildCancelled`.
+        // That is the kid's cancellation, not ours: `?` would make it an error of this body
+        // (failing the nursery), so look at it instead.
         match kid_task.await {
             Ok(()) => log!("parent: kid done"),
-            Err(cancelled) => log!("parent: kid stopped: {cancelled}"),
+            Err(why) => log!("parent: kid stopped: {why}"),
         }
         log!("parent: Leaving (the nursery still waits for the packer)");
         Ok(())
