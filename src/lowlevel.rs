@@ -342,7 +342,8 @@ impl<T: AsFd> Drop for ReadyWait<'_, T> {
 /// yields once). Dropping it removes the entry.
 #[derive(Debug, Default)]
 pub struct Timer {
-    entry: Option<(u64, usize)>,
+    /// The run and the key of the armed entry.
+    entry: Option<(u64, u32)>,
     fired: bool,
 }
 
@@ -369,6 +370,7 @@ impl Timer {
         let mut timers = core.timers.borrow_mut();
         match self.entry {
             Some((run, key)) if run == core.id => {
+                let key = key as usize;
                 if let Some(context::TimerTarget::Sleep { waker, fired }) = timers.get_mut(key) {
                     if *fired {
                         timers.remove(key);
@@ -384,7 +386,7 @@ impl Timer {
             }
             _ => {
                 let target = context::TimerTarget::Sleep { waker: Some(cx.waker().clone()), fired: false };
-                self.entry = Some((core.id, timers.insert(deadline, target)));
+                self.entry = Some((core.id, timers.insert(deadline, target) as u32));
             }
         }
         Poll::Pending
@@ -396,7 +398,7 @@ impl Timer {
         if let Some((run, key)) = self.entry.take()
             && let Some(core) = context::try_core().filter(|c| c.id == run)
         {
-            core.timers.borrow_mut().remove(key);
+            core.timers.borrow_mut().remove(key as usize);
         }
     }
 }

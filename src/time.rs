@@ -35,7 +35,8 @@ pub fn now() -> Instant {
 /// assert_eq!(t, Instant::ZERO + Duration::from_secs(90));
 /// ```
 pub fn sleep(duration: Duration) -> Sleep {
-    Sleep::new(Until::After(duration))
+    // Nanoseconds, saturating at about 584 years: a smaller future per sleeping task.
+    Sleep::new(Until::After(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)))
 }
 
 /// Sleeps until `deadline`. A checkpoint even when the deadline has passed (S2.4).
@@ -66,7 +67,7 @@ pub fn sleep_forever() -> Sleep<Infallible> {
 
 #[derive(Debug, Clone, Copy)]
 enum Until {
-    After(Duration),
+    After(u64),
     At(Instant),
     Forever,
     Fixed(Instant),
@@ -122,7 +123,7 @@ impl<T: SleepOutput> Future for Sleep<T> {
                 // First poll: the cancel point, then fix the deadline.
                 checkpoint_if_cancelled()?;
                 let t = match first {
-                    Until::After(d) => now() + d,
+                    Until::After(nanos) => now() + Duration::from_nanos(nanos),
                     Until::At(t) => t,
                     _ => unreachable!(),
                 };

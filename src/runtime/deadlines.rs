@@ -20,17 +20,19 @@ const PRUNE_SLACK: usize = 64;
 
 #[derive(Debug)]
 struct Entry<T> {
-    /// `Some` while armed (in the heap), `None` once fired or disarmed.
-    when: Option<Instant>,
-    seq: u64,
+    /// When it is due while armed (in the heap); `Instant::MAX` once fired or disarmed.
+    when: Instant,
+    /// Matches the heap triple that is current for this entry. 32 bits: it only has to tell the
+    /// current triple from stale ones, which pruning keeps few.
+    seq: u32,
     data: T,
 }
 
 #[derive(Debug)]
 pub(crate) struct Deadlines<T> {
     entries: Slab<Entry<T>>,
-    heap: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    next_seq: u64,
+    heap: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    next_seq: u32,
     armed: usize,
 }
 
@@ -47,7 +49,8 @@ impl<T> Deadlines<T> {
 
     /// Adds an entry, armed at `when` (`Instant::MAX` adds it disarmed).
     pub(crate) fn insert(&mut self, when: Instant, data: T) -> usize {
-        let key = self.entries.insert(Entry { when: None, seq: 0, data });
+        let key = self.entries.insert(Entry { when: Instant::MAX, seq: 0, data });
+        assert!(key < u32::MAX as usize, "hatchery internal error: more than 2^32 timers");
         self.reset(key, when);
         key
     }
@@ -55,18 +58,16 @@ impl<T> Deadlines<T> {
     /// Re-arms `key` at `when`; `Instant::MAX` disarms it.
     pub(crate) fn reset(&mut self, key: usize, when: Instant) {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         let e = &mut self.entries[key];
-        if e.when.is_some() {
+        if e.when != Instant::MAX {
             self.armed -= 1;
         }
         e.seq = seq;
-        if when == Instant::MAX {
-            e.when = None;
-        } else {
-            e.when = Some(when);
+        e.when = when;
+        if when != Instant::MAX {
             self.armed += 1;
-            self.heap.push(Reverse((when, seq, key)));
+            self.heap.push(Reverse((when, seq, key as u32)));
         }
         self.prune();
     }
@@ -74,7 +75,7 @@ impl<T> Deadlines<T> {
     /// Removes `key` and returns its data.
     pub(crate) fn remove(&mut self, key: usize) -> Option<T> {
         let e = self.entries.remove(key)?;
-        if e.when.is_some() {
+        if e.when != Instant::MAX {
             self.armed -= 1;
         }
         self.prune();
@@ -87,16 +88,16 @@ impl<T> Deadlines<T> {
 
     #[cfg(test)]
     pub(crate) fn is_armed(&self, key: usize) -> bool {
-        self.entries.get(key).is_some_and(|e| e.when.is_some())
+        self.entries.get(key).is_some_and(|e| e.when != Instant::MAX)
     }
 
-    fn is_live(&self, when: Instant, seq: u64, key: usize) -> bool {
-        self.entries.get(key).is_some_and(|e| e.seq == seq && e.when == Some(when))
+    fn is_live(entries: &Slab<Entry<T>>, when: Instant, seq: u32, key: u32) -> bool {
+        entries.get(key as usize).is_some_and(|e| e.seq == seq && e.when == when)
     }
 
     fn drop_stale_top(&mut self) {
         while let Some(&Reverse((when, seq, key))) = self.heap.peek() {
-            if self.is_live(when, seq, key) {
+            if Self::is_live(&self.entries, when, seq, key) {
                 return;
             }
             self.heap.pop();
@@ -117,10 +118,10 @@ impl<T> Deadlines<T> {
             return None;
         }
         self.heap.pop();
-        self.entries[key].when = None;
+        self.entries[key as usize].when = Instant::MAX;
         self.armed -= 1;
         self.prune();
-        Some(key)
+        Some(key as usize)
     }
 
     /// Number of entries (armed or not).
@@ -137,9 +138,7 @@ impl<T> Deadlines<T> {
     fn prune(&mut self) {
         if self.heap.len() > 2 * self.armed + PRUNE_SLACK {
             let entries = &self.entries;
-            self.heap.retain(|Reverse((when, seq, key))| {
-                entries.get(*key).is_some_and(|e| e.seq == *seq && e.when == Some(*when))
-            });
+            self.heap.retain(|Reverse((when, seq, key))| Self::is_live(entries, *when, *seq, *key));
         }
     }
 }
