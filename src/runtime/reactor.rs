@@ -128,7 +128,7 @@ fn same_source(s: &Source, generation: u32) -> bool {
 
 impl Reactor {
     pub(crate) fn new(shared: Arc<Shared>) -> Reactor {
-        let edge = shared.poller.supports_edge() && !cfg!(hatchery_force_oneshot);
+        let edge = shared.poller.supports_edge();
         Reactor {
             shared,
             sources: RefCell::new(Slab::new()),
