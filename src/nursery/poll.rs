@@ -1,0 +1,228 @@
+//! The nursery's poll: one batch of its body and children, and what happens when a child ends.
+//!
+//! Ground rules: a child is taken out of its slot while it is polled, so the nursery's state is
+//! never borrowed while user code runs; its status, lazy flag, checkpoint counters, `entity` and
+//! `materialized` are set around the poll and restored after it.
+
+use std::future::Future;
+use std::mem::ManuallyDrop;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use super::{BodyState, BoxedChild, Nursery, RunState};
+use crate::cancel::{self, StatusGuard};
+use crate::error::{CancelError, JoinError, NurseryError};
+use crate::runtime::cancel_tree::NIL;
+use crate::runtime::context;
+use crate::runtime::sched::BODY;
+
+impl<'n, 'env, E> Nursery<'n, 'env, E> {
+    pub(super) fn poll_nursery<B, T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut body: Pin<&mut B>,
+        st: &mut RunState<T>,
+    ) -> Poll<Result<Option<T>, NurseryError<E>>>
+    where
+        B: Future<Output = Result<T, E>>,
+        E: CancelError,
+    {
+        let core = &self.core;
+        if !st.closing {
+            let (mut batch, old_parent) =
+                core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());
+            drop(old_parent);
+            core.order_batch(&mut batch);
+            {
+                let _status = StatusGuard::enter(core, self.node);
+                for &index in &batch {
+                    core.sched.borrow_mut().unqueue(self.group, index);
+                    if index == BODY {
+                        if let BodyState::Running = st.body {
+                            let mut bcx = Context::from_waker(&self.body_waker);
+                            let (data, vtable) = context::waker_id(&self.body_waker);
+                            let prev = core.entity.replace((self.target(BODY), data, vtable));
+                            let res = catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(&mut bcx)));
+                            core.entity.set(prev);
+                            match res {
+                                Ok(Poll::Pending) => {}
+                                Ok(Poll::Ready(Ok(v))) => st.body = BodyState::Done(Some(v)),
+                                Ok(Poll::Ready(Err(e))) => {
+                                    st.body = BodyState::Done(None);
+                                    self.record_error(e, "the nursery's body returned an error");
+                                }
+                                Err(p) => {
+                                    st.body = BodyState::Done(None);
+                                    self.record_panic(p);
+                                }
+                            }
+                        }
+                    } else {
+                        self.poll_child(index);
+                    }
+                }
+            }
+            core.sched.borrow_mut().recycle(self.group, batch);
+            let inner = self.inner.borrow();
+            let done = matches!(st.body, BodyState::Done(_))
+                && inner.children.len() == 0
+                && inner.pending_starts == 0;
+            drop(inner);
+            if !done {
+                return Poll::Pending;
+            }
+            // Closing is a schedule point, never a cancel point (S3.9).
+            st.closing = true;
+            core.schedule_points.set(core.schedule_points.get() + 1);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        // Finish.
+        let (panic, errors) = {
+            let mut inner = self.inner.borrow_mut();
+            inner.closed = true;
+            (inner.panic.take(), std::mem::take(&mut inner.errors))
+        };
+        if let Some(p) = panic {
+            resume_unwind(p);
+        }
+        let value = match std::mem::replace(&mut st.body, BodyState::Done(None)) {
+            BodyState::Done(v) => v,
+            BodyState::Running => None,
+        };
+        if errors.is_empty() {
+            return Poll::Ready(Ok(value));
+        }
+        match cancel::absorb(core, &self.scope, self.node, NurseryError::new(errors)) {
+            None => Poll::Ready(Ok(value)),
+            Some(rest) => Poll::Ready(Err(rest)),
+        }
+    }
+
+    fn poll_child(&self, index: u32)
+    where
+        E: CancelError,
+    {
+        let core = &self.core;
+        let taken = {
+            let mut inner = self.inner.borrow_mut();
+            match inner.children.get_mut(index as usize - 1) {
+                Some(slot) => match slot.task.take() {
+                    Some(t) => {
+                        let waker = match slot.waker.take() {
+                            Some(w) => w,
+                            None => core.wakers.borrow_mut().get(&core.shared, self.target(index)),
+                        };
+                        Some((t, waker, slot.node, slot.wants_node))
+                    }
+                    None => None,
+                },
+                None => None,
+            }
+        };
+        let Some((mut task, waker, node, wants_node)) = taken else { return };
+        let (status, lazy) = if node != NIL { (node, false) } else { (self.node, wants_node) };
+        let saved = (core.cancel_points.get(), core.schedule_points.get(), core.materialized.replace(NIL));
+        let task_waker = Waker::from(waker.clone());
+        let (data, vtable) = context::waker_id(&task_waker);
+        let prev_entity = core.entity.replace((self.target(index), data, vtable));
+        let res = {
+            let _status = StatusGuard::enter_lazy(core, status, lazy);
+            let mut cx = Context::from_waker(&task_waker);
+            catch_unwind(AssertUnwindSafe(|| task.as_mut().poll_child(&mut cx)))
+        };
+        core.entity.set(prev_entity);
+        core.cancel_points.set(saved.0);
+        core.schedule_points.set(saved.1);
+        let made = core.materialized.replace(saved.2);
+        let node = self.reconcile_node(index, node, made);
+        match res {
+            Ok(Poll::Pending) => {
+                let mut inner = self.inner.borrow_mut();
+                let slot = &mut inner.children[index as usize - 1];
+                slot.task = Some(task);
+                slot.waker = Some(waker);
+                slot.node = node;
+                return;
+            }
+            Ok(Poll::Ready(Ok(()))) => self.finish_child(index, task, node),
+            Ok(Poll::Ready(Err(e))) => {
+                let absorbed = if node != NIL {
+                    let state = core.cancel.borrow().state(node).clone();
+                    cancel::absorb(core, &state, node, e)
+                } else {
+                    Some(e)
+                };
+                match absorbed {
+                    None => {
+                        let why = core.cancel.borrow().state(node).cause();
+                        self.tell_handle(&mut task, JoinError::ChildCancelled(why));
+                    }
+                    Some(e) => {
+                        let why = match e.cancelled() {
+                            Some(c) => JoinError::ChildCancelled(c.clone()),
+                            None => JoinError::Failed,
+                        };
+                        self.tell_handle(&mut task, why);
+                        self.record_error(e, "a child task failed");
+                    }
+                }
+                self.finish_child(index, task, node);
+            }
+            Err(p) => {
+                self.tell_handle(&mut task, JoinError::Failed);
+                self.record_panic(p);
+                self.finish_child(index, task, node);
+            }
+        }
+        drop(task_waker);
+        core.wakers.borrow_mut().put(waker);
+    }
+
+    /// After a poll of child `index`, works out its node: `before` (its node before the poll),
+    /// `made` (created by the child during the poll, lazily) and whatever its handle created
+    /// meanwhile to cancel it (the child cancelled itself, or a task it polls did).
+    fn reconcile_node(&self, index: u32, before: u32, made: u32) -> u32 {
+        let during = self.inner.borrow().children.get(index as usize - 1).map_or(before, |s| s.node);
+        if during == before {
+            return if made != NIL { made } else { before };
+        }
+        if made == NIL {
+            return during;
+        }
+        // Both exist: the child's registrations are under `made`, the cancellation is on
+        // `during`. Give `made` the cancelled origin and wake what hangs below it.
+        let mut wakers = Vec::new();
+        {
+            let mut tree = self.core.cancel.borrow_mut();
+            let state = tree.state(during).clone();
+            tree.replace_state(made, state);
+            tree.exit(during);
+            tree.collect_wakers(made, &mut wakers);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+        made
+    }
+
+    /// Tells a child's handle why there is no value. Waking the awaiting task calls its waker,
+    /// which may be foreign code: a panic there counts as the child's.
+    fn tell_handle(&self, task: &mut ManuallyDrop<BoxedChild<'n, E>>, why: JoinError) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| task.as_mut().no_value(why))) {
+            self.record_panic(p);
+        }
+    }
+
+    fn finish_child(&self, index: u32, task: ManuallyDrop<BoxedChild<'n, E>>, node: u32) {
+        self.inner.borrow_mut().children.remove(index as usize - 1);
+        self.core.live_tasks.set(self.core.live_tasks.get() - 1);
+        // The child's destructor is user code: run it with nothing borrowed, and treat a panic
+        // in it like a panic of the child.
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(ManuallyDrop::into_inner(task)))) {
+            self.record_panic(p);
+        }
+        if node != NIL {
+            self.core.cancel.borrow_mut().exit(node);
+        }
+    }
+}
