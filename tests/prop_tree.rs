@@ -1,7 +1,9 @@
-//! Property test: random task trees (nested nurseries, sleeps, errors, deadlines) on the virtual
-//! clock, against a reference model of Trio's semantics. Checks that no nursery finishes before
-//! its children, every task is dropped exactly once, exactly the expected errors surface, and the
-//! run finishes at the model's virtual instant.
+//! Property test: random task trees on the virtual clock, against a reference model of Trio's
+//! semantics. Trees have up to 6 levels and 64 tasks; leaves sleep and then succeed, fail or
+//! panic; nurseries may have a deadline, a shield, and a child that cancels the nursery at some
+//! instant; bodies sleep and may fail. Checks that no nursery finishes before its children,
+//! every task is dropped exactly once, exactly the expected errors surface (or the run panics
+//! exactly when the model says so), and the run finishes at the model's virtual instant.
 //!
 //! Default 256 cases; set `PROPTEST_CASES` for more.
 
@@ -10,40 +12,69 @@ mod support;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 
-use hatchery::{Error, Instant, move_on_after, now, nursery, sleep};
+use hatchery::{CancelScope, Error, Instant, now, nursery, sleep};
 use proptest::prelude::*;
 use support::{DropCounter, secs};
 
-#[derive(Debug, Clone)]
-enum Task {
-    Leaf { id: usize, sleep: u64, fail: bool },
-    Nursery { id: usize, deadline: Option<u64>, body_sleep: u64, body_fail: bool, children: Vec<Task> },
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    No,
+    Error,
+    Panic,
 }
 
-/// Failures happen at 1 s or later. (At 0 s, tasks deeper in the tree start a few loop passes
-/// after shallower ones, so a failure at 0 s may or may not reach a deeper zero-length sleep
-/// before its entry check: an order the model would have to simulate pass by pass.)
+#[derive(Debug, Clone)]
+enum Task {
+    Leaf {
+        id: usize,
+        sleep: u64,
+        fail: Fail,
+    },
+    Nursery {
+        id: usize,
+        deadline: Option<u64>,
+        shield: bool,
+        /// A child that sleeps this long, then cancels the nursery's scope.
+        cancel_at: Option<u64>,
+        body_sleep: u64,
+        body_fail: bool,
+        children: Vec<Task>,
+    },
+}
+
+/// Failures, panics and explicit cancels happen at 1 s or later. (At 0 s, tasks deeper in the
+/// tree start a few loop passes after shallower ones, so an event at 0 s may or may not reach a
+/// deeper zero-length sleep before its entry check: an order the model would have to simulate
+/// pass by pass.)
 fn shape() -> impl Strategy<Value = Task> {
-    let leaf = (0..10u64, prop::bool::weighted(0.15)).prop_map(|(sleep, fail)| Task::Leaf {
+    let fail = prop_oneof![16 => Just(Fail::No), 3 => Just(Fail::Error), 1 => Just(Fail::Panic)];
+    let leaf = (0..10u64, fail).prop_map(|(sleep, fail)| Task::Leaf {
         id: 0,
-        sleep: if fail { sleep.max(1) } else { sleep },
+        sleep: if fail == Fail::No { sleep } else { sleep.max(1) },
         fail,
     });
     leaf.prop_recursive(5, 64, 6, |inner| {
         (
             prop::option::weighted(0.3, 0..12u64),
+            prop::bool::weighted(0.15),
+            prop::option::weighted(0.15, 1..12u64),
             0..10u64,
             prop::bool::weighted(0.1),
             prop::collection::vec(inner, 0..6),
         )
-            .prop_map(|(deadline, body_sleep, body_fail, children)| Task::Nursery {
-                id: 0,
-                deadline,
-                body_sleep: if body_fail { body_sleep.max(1) } else { body_sleep },
-                body_fail,
-                children,
+            .prop_map(|(deadline, shield, cancel_at, body_sleep, body_fail, children)| {
+                Task::Nursery {
+                    id: 0,
+                    deadline,
+                    shield,
+                    cancel_at,
+                    body_sleep: if body_fail { body_sleep.max(1) } else { body_sleep },
+                    body_fail,
+                    children,
+                }
             })
     })
 }
@@ -71,6 +102,13 @@ enum Out {
     Ok,
     Cancelled,
     Errors(BTreeSet<String>),
+    Panic,
+}
+
+impl Out {
+    fn is_failure(&self) -> bool {
+        matches!(self, Out::Errors(_) | Out::Panic)
+    }
 }
 
 const NEVER: u64 = u64::MAX;
@@ -78,38 +116,58 @@ const NEVER: u64 = u64::MAX;
 /// The model: when the task ends and what it returns, if it starts at `t0` and the scopes around
 /// it are cancelled at `c` (`NEVER` if not). `c_now`: the cancellation is already visible when the
 /// task starts (a deadline that had passed when its scope was entered), so even a zero sleep
-/// fails at its entry check (S2.3).
+/// fails at its entry check (S2.3). A sleep that ends at the instant of a cancellation completes:
+/// both are processed in the same pass, and a sleep whose timer fired returns its value.
 fn model(t: &Task, t0: u64, c: u64, c_now: bool) -> (u64, Out) {
     match t {
         Task::Leaf { .. } if c_now => (t0, Out::Cancelled),
         Task::Leaf { id, sleep, fail } => {
             let end = t0 + sleep;
-            // A sleep whose deadline is due in the same pass as the cancellation completes.
             if end <= c {
-                (end, if *fail { Out::Errors([id.to_string()].into()) } else { Out::Ok })
+                let out = match fail {
+                    Fail::No => Out::Ok,
+                    Fail::Error => Out::Errors([id.to_string()].into()),
+                    Fail::Panic => Out::Panic,
+                };
+                (end, out)
             } else {
                 (c, Out::Cancelled)
             }
         }
-        Task::Nursery { id, deadline, body_sleep, body_fail, children } => {
+        Task::Nursery { id, deadline, shield, cancel_at, body_sleep, body_fail, children } => {
             let d = deadline.map_or(NEVER, |d| t0 + d);
-            let e = c.min(d);
-            let e_now = c_now || d == t0;
-            let body = Task::Leaf { id: usize::MAX, sleep: *body_sleep, fail: *body_fail };
-            let items: Vec<&Task> = children.iter().chain(std::iter::once(&body)).collect();
+            // A shield hides the outer cancellation from everything inside (S4.7).
+            let (outer, outer_now) = if *shield { (NEVER, false) } else { (c, c_now) };
+            let e = outer.min(d);
+            let e_now = outer_now || d == t0;
+            let body = Task::Leaf {
+                id: usize::MAX,
+                sleep: *body_sleep,
+                fail: if *body_fail { Fail::Error } else { Fail::No },
+            };
+            let canceller = cancel_at.map(|k| Task::Leaf { id: usize::MAX - 1, sleep: k, fail: Fail::No });
+            let items: Vec<&Task> = children.iter().chain([&body]).chain(canceller.as_ref()).collect();
             let sim = |cancel: u64| -> Vec<(u64, Out)> {
                 items.iter().map(|t| model(t, t0, cancel, e_now)).collect()
             };
             let mut res = sim(e);
-            // The first failure cancels the nursery's scope at that instant.
-            let first_failure =
-                res.iter().filter(|(_, o)| matches!(o, Out::Errors(_))).map(|(end, _)| *end).min();
-            if let Some(f) = first_failure
+            // The nursery's own scope is cancelled at the first failure (error or panic), or when
+            // the canceller child completes.
+            let first_failure = res.iter().filter(|(_, o)| o.is_failure()).map(|(end, _)| *end).min();
+            let explicit = canceller.as_ref().and_then(|_| {
+                let (end, out) = res.last().cloned().unwrap();
+                (out == Out::Ok).then_some(end)
+            });
+            let own = [first_failure, explicit].into_iter().flatten().min();
+            if let Some(f) = own
                 && f < e
             {
                 res = sim(f);
             }
             let end = res.iter().map(|(end, _)| *end).max().unwrap_or(t0).max(t0);
+            if res.iter().any(|(_, o)| *o == Out::Panic) {
+                return (end, Out::Panic);
+            }
             let mut errors = BTreeSet::new();
             for (_, o) in &res {
                 if let Out::Errors(es) = o {
@@ -119,16 +177,21 @@ fn model(t: &Task, t0: u64, c: u64, c_now: bool) -> (u64, Out) {
                         }));
                 }
             }
-            let cancelled = res.iter().any(|(_, o)| *o == Out::Cancelled);
-            let out = if !errors.is_empty() {
-                Out::Errors(errors)
-            } else if cancelled {
-                // The deadline scope absorbs it if it fired and the outer scopes did not.
-                if d <= end && c > end { Out::Ok } else { Out::Cancelled }
-            } else {
-                Out::Ok
-            };
-            (end, out)
+            if !errors.is_empty() {
+                return (end, Out::Errors(errors));
+            }
+            if !res.iter().any(|(_, o)| *o == Out::Cancelled) {
+                return (end, Out::Ok);
+            }
+            // Who absorbs the cancellations (S4.8): the nursery's scope if it was cancelled
+            // itself and the scopes around it are not visible-cancelled at its exit; otherwise the
+            // deadline scope around it under the same rule (a shielded one only needs its own
+            // deadline to have fired).
+            let around_cancelled = !*shield && c <= end;
+            let deadline_fired = d <= end;
+            let nursery_catches = own.is_some() && !deadline_fired && !around_cancelled;
+            let scope_catches = deadline_fired && (*shield || !around_cancelled);
+            if nursery_catches || scope_catches { (end, Out::Ok) } else { (end, Out::Cancelled) }
         }
     }
 }
@@ -145,7 +208,9 @@ struct EndRecorder<'a> {
 
 impl Drop for EndRecorder<'_> {
     fn drop(&mut self) {
-        self.ctx.ends.borrow_mut().insert(self.id, now());
+        if !std::thread::panicking() {
+            self.ctx.ends.borrow_mut().insert(self.id, now());
+        }
     }
 }
 
@@ -156,14 +221,25 @@ fn run_task<'a>(t: &'a Task, ctx: &'a Ctx) -> Pin<Box<dyn Future<Output = Result
             Task::Leaf { id, sleep: s, fail } => {
                 let _end = EndRecorder { id: *id, ctx };
                 sleep(secs(*s)).await?;
-                if *fail { Err(Error::other(id.to_string())) } else { Ok(()) }
+                match fail {
+                    Fail::No => Ok(()),
+                    Fail::Error => Err(Error::other(id.to_string())),
+                    Fail::Panic => panic!("leaf {id} panicked"),
+                }
             }
-            Task::Nursery { id, deadline, body_sleep, body_fail, children } => {
+            Task::Nursery { id, deadline, shield, cancel_at, body_sleep, body_fail, children } => {
                 let _end = EndRecorder { id: *id, ctx };
                 let inner = async {
                     nursery(async |n| {
                         for c in children {
                             n.start_soon(run_task(c, ctx));
+                        }
+                        if let Some(k) = cancel_at {
+                            n.start_soon(async move {
+                                sleep(secs(*k)).await?;
+                                n.cancel_scope().cancel();
+                                Ok(())
+                            });
                         }
                         sleep(secs(*body_sleep)).await?;
                         if *body_fail {
@@ -174,10 +250,14 @@ fn run_task<'a>(t: &'a Task, ctx: &'a Ctx) -> Pin<Box<dyn Future<Output = Result
                     .await?;
                     Ok::<_, Error>(())
                 };
-                match deadline {
-                    Some(d) => move_on_after(secs(*d), inner).await.map(|_| ()),
-                    None => inner.await,
+                let mut scope = CancelScope::new();
+                if let Some(d) = deadline {
+                    scope = scope.with_timeout(secs(*d));
                 }
+                if *shield {
+                    scope = scope.shielded();
+                }
+                scope.run(inner).await.map(|_| ())
             }
         }
     })
@@ -201,36 +281,73 @@ fn count(t: &Task) -> usize {
     }
 }
 
+fn as_root(t: Task) -> Task {
+    match t {
+        leaf @ Task::Leaf { .. } => Task::Nursery {
+            id: 0,
+            deadline: None,
+            shield: false,
+            cancel_at: None,
+            body_sleep: 0,
+            body_fail: false,
+            children: vec![leaf],
+        },
+        n => n,
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
-    fn task_trees_match_the_model(mut root in shape().prop_map(|t| match t {
-        leaf @ Task::Leaf { .. } => Task::Nursery { id: 0, deadline: None, body_sleep: 0, body_fail: false, children: vec![leaf] },
-        n => n,
-    }), seed in any::<u64>()) {
+    fn task_trees_match_the_model(root in shape().prop_map(as_root), seed in any::<u64>()) {
+        let mut root = root;
         let mut parents = BTreeMap::new();
         number(&mut root, &mut 0, None, &mut parents);
         let (want_end, want_out) = model(&root, 0, NEVER, false);
         let ctx = Ctx { drops: DropCounter::new(), ends: RefCell::new(BTreeMap::new()) };
-        let (res, end, live) = testing_run(seed, async {
-            let r = run_task(&root, &ctx).await;
-            (r, now(), hatchery::testing::live_tasks())
-        });
-        prop_assert_eq!(live, 1, "every child task finished");
+        // Leaves that panic are expected here; keep the test output readable.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            hatchery::testing::builder().seed(seed).schedule(hatchery::SchedulePolicy::Shuffle).run(async {
+                let r = run_task(&root, &ctx).await;
+                (r, now(), hatchery::testing::live_tasks())
+            })
+        }));
+        std::panic::set_hook(hook);
         prop_assert_eq!(ctx.drops.count(), count(&root), "every task dropped exactly once");
-        prop_assert_eq!(end, Instant::ZERO + secs(want_end), "finishing instant");
-        let mut got = BTreeSet::new();
-        if let Err(e) = res { flatten(e, &mut got); }
-        let want = match want_out { Out::Errors(e) => e, _ => BTreeSet::new() };
-        prop_assert_eq!(got, want, "exactly the expected errors surface");
-        let ends = ctx.ends.borrow();
-        for (child, parent) in &parents {
-            prop_assert!(ends[parent] >= ends[child], "nursery {} finished before its child {}", parent, child);
+        match run {
+            Err(payload) => {
+                prop_assert_eq!(want_out, Out::Panic, "the run panicked: {:?}", payload.downcast_ref::<String>());
+                let msg = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+                prop_assert!(msg.starts_with("leaf ") && msg.ends_with(" panicked"), "{}", msg);
+            }
+            Ok((res, end, live)) => {
+                prop_assert!(want_out != Out::Panic, "the model expected a panic");
+                prop_assert_eq!(live, 1, "every child task finished");
+                prop_assert_eq!(end, Instant::ZERO + secs(want_end), "finishing instant");
+                match want_out {
+                    Out::Ok => prop_assert!(res.is_ok(), "expected Ok, got {:?}", res),
+                    _ => prop_assert!(res.is_err(), "expected an error, got Ok"),
+                }
+                let mut got = BTreeSet::new();
+                if let Err(e) = res {
+                    flatten(e, &mut got);
+                }
+                let want = match want_out {
+                    Out::Errors(e) => e,
+                    _ => BTreeSet::new(),
+                };
+                prop_assert_eq!(got, want, "exactly the expected errors surface");
+                let ends = ctx.ends.borrow();
+                for (child, parent) in &parents {
+                    prop_assert!(ends[parent] >= ends[child], "nursery {} finished before its child {}", parent, child);
+                }
+            }
         }
     }
-}
-
-fn testing_run<F: Future>(seed: u64, f: F) -> F::Output {
-    hatchery::testing::builder().seed(seed).schedule(hatchery::SchedulePolicy::Shuffle).run(f)
 }
