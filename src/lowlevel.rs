@@ -113,7 +113,9 @@ impl Future for YieldNow {
 /// cancellation, a deadline or a removed shield wakes the task. Dropping it unregisters.
 #[derive(Debug)]
 pub struct Park {
-    run_id: u64,
+    /// Low 32 bits of the id of the run the waiter is registered in (enough to tell runs apart
+    /// on one thread; keeps parked futures small).
+    run_id: u32,
     waiter: u32,
     parked: bool,
 }
@@ -141,7 +143,7 @@ impl Park {
         let node = core.current_status.get();
         let cancelled = core.cancel.borrow().effective(node);
         if let Some(c) = cancelled {
-            if self.run_id == core.id {
+            if self.run_id == core.id as u32 {
                 let old = core.cancel.borrow_mut().unregister(self.waiter);
                 drop(old);
             }
@@ -150,12 +152,12 @@ impl Park {
         }
         let node = core.registration_status();
         let mut tree = core.cancel.borrow_mut();
-        let existing = if self.run_id == core.id { self.waiter } else { NIL };
+        let existing = if self.run_id == core.id as u32 { self.waiter } else { NIL };
         let (waiter, old) = tree.register(existing, node, cx.waker());
         drop(tree);
         drop(old);
         self.waiter = waiter;
-        self.run_id = core.id;
+        self.run_id = core.id as u32;
         if !self.parked {
             self.parked = true;
             core.schedule_points.set(core.schedule_points.get() + 1);
@@ -166,7 +168,7 @@ impl Park {
     /// The operation completed: stop listening for cancellation.
     pub fn unpark(&mut self) {
         if self.waiter != NIL {
-            if let Some(core) = context::try_core().filter(|c| c.id == self.run_id) {
+            if let Some(core) = context::try_core().filter(|c| c.id as u32 == self.run_id) {
                 let old = core.cancel.borrow_mut().unregister(self.waiter);
                 drop(old);
             }
@@ -342,8 +344,8 @@ impl<T: AsFd> Drop for ReadyWait<'_, T> {
 /// yields once). Dropping it removes the entry.
 #[derive(Debug, Default)]
 pub struct Timer {
-    /// The run and the key of the armed entry.
-    entry: Option<(u64, u32)>,
+    /// The run (low 32 bits of its id) and the key of the armed entry.
+    entry: Option<(u32, u32)>,
     fired: bool,
 }
 
@@ -369,7 +371,7 @@ impl Timer {
         let mut _replaced = None;
         let mut timers = core.timers.borrow_mut();
         match self.entry {
-            Some((run, key)) if run == core.id => {
+            Some((run, key)) if run == core.id as u32 => {
                 let key = key as usize;
                 if let Some(context::TimerTarget::Sleep { waker, fired }) = timers.get_mut(key) {
                     if *fired {
@@ -386,7 +388,7 @@ impl Timer {
             }
             _ => {
                 let target = context::TimerTarget::Sleep { waker: Some(cx.waker().clone()), fired: false };
-                self.entry = Some((core.id, timers.insert(deadline, target) as u32));
+                self.entry = Some((core.id as u32, timers.insert(deadline, target) as u32));
             }
         }
         Poll::Pending
@@ -396,7 +398,7 @@ impl Timer {
     pub fn reset(&mut self) {
         self.fired = false;
         if let Some((run, key)) = self.entry.take()
-            && let Some(core) = context::try_core().filter(|c| c.id == run)
+            && let Some(core) = context::try_core().filter(|c| c.id as u32 == run)
         {
             core.timers.borrow_mut().remove(key as usize);
         }

@@ -199,26 +199,46 @@ trait Child<E> {
     fn no_value(self: Pin<&mut Self>, why: JoinError);
 }
 
-pin_project! {
-    struct ChildTask<F, T> {
-        #[pin]
-        fut: F,
-        out: Option<Rc<OutCell<T>>>,
+/// Where a child's value goes: its handle's cell, or nowhere (`()`, for children nobody awaits,
+/// which then carry no pointer at all).
+trait OutSink<T> {
+    fn value(&self, v: T);
+    fn no_value(&self, why: JoinError);
+}
+
+impl<T> OutSink<T> for () {
+    fn value(&self, _v: T) {}
+    fn no_value(&self, _why: JoinError) {}
+}
+
+impl<T> OutSink<T> for Rc<OutCell<T>> {
+    fn value(&self, v: T) {
+        self.set_value(v);
+    }
+    fn no_value(&self, why: JoinError) {
+        self.set_no_value(why);
     }
 }
 
-impl<F, T, E> Child<E> for ChildTask<F, T>
+pin_project! {
+    struct ChildTask<F, O> {
+        #[pin]
+        fut: F,
+        out: O,
+    }
+}
+
+impl<F, T, E, O> Child<E> for ChildTask<F, O>
 where
     F: Future<Output = Result<T, E>>,
+    O: OutSink<T>,
 {
     fn poll_child(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
         let this = self.project();
         match this.fut.poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(v)) => {
-                if let Some(out) = this.out {
-                    out.set_value(v);
-                }
+                this.out.value(v);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -226,9 +246,7 @@ where
     }
 
     fn no_value(self: Pin<&mut Self>, why: JoinError) {
-        if let Some(out) = self.project().out {
-            out.set_no_value(why);
-        }
+        self.project().out.no_value(why);
     }
 }
 
@@ -369,7 +387,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         E: 'n,
     {
         let out = Rc::new(OutCell::new());
-        let task: BoxedChild<'n, E> = Box::pin(ChildTask { fut: future, out: Some(out.clone()) });
+        let task: BoxedChild<'n, E> = Box::pin(ChildTask { fut: future, out: out.clone() });
         match self.insert_child(task, true) {
             Ok(index) => JoinHandle::new(self, index, out),
             Err(task) => {
@@ -406,7 +424,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         T: 'n,
         E: 'n,
     {
-        let task: BoxedChild<'n, E> = Box::pin(ChildTask { fut: future, out: None::<Rc<OutCell<T>>> });
+        let task: BoxedChild<'n, E> = Box::pin(ChildTask { fut: future, out: () });
         self.insert_child(task, false).map(|_| ()).map_err(|_| StartError::Closed)
     }
 

@@ -6,7 +6,7 @@ use std::future::{Future, poll_fn};
 use std::rc::Rc;
 use std::task::Poll;
 
-use super::{BoxedChild, ChildTask, Nursery, OutCell};
+use super::{BoxedChild, ChildTask, Nursery};
 use crate::cancel::StatusGuard;
 use crate::error::{CancelError, StartError};
 use crate::runtime::cancel_tree::NIL;
@@ -129,8 +129,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let guard = PendingStart { n: self, node: std::cell::Cell::new(node) };
         let cell = Rc::new(RefCell::new(None));
         let status = TaskStatus { cell: Some(cell.clone()) };
-        let mut task: Option<BoxedChild<'n, E>> =
-            Some(Box::pin(ChildTask { fut: f(status), out: None::<Rc<OutCell<T>>> }));
+        let mut task: Option<BoxedChild<'n, E>> = Some(Box::pin(ChildTask { fut: f(status), out: () }));
         // The caller's own checkpoint (S2.1): the task's checkpoints are its own, so `start`
         // counts its cancel point (the check below) and its schedule point (a wait, or one yield).
         let mut yielded = false;
