@@ -150,6 +150,13 @@ impl Park {
             self.waiter = NIL;
             return Poll::Ready(c);
         }
+        self.register(&core, cx);
+        Poll::Pending
+    }
+
+    /// Registers the waker of `cx` at the current status (no cancellation check); returns the
+    /// waiter's key. The first registration of a park counts as the task's schedule point.
+    fn register(&mut self, core: &context::Core, cx: &Context<'_>) -> u32 {
         let node = core.registration_status();
         let mut tree = core.cancel.borrow_mut();
         let existing = if self.run_id == core.id as u32 { self.waiter } else { NIL };
@@ -162,7 +169,7 @@ impl Park {
             self.parked = true;
             core.schedule_points.set(core.schedule_points.get() + 1);
         }
-        Poll::Pending
+        waiter
     }
 
     /// The operation completed: stop listening for cancellation.
@@ -337,13 +344,17 @@ impl<T: AsFd> Drop for ReadyWait<'_, T> {
     }
 }
 
-/// A one-shot timer on the run's deadline structure: the building block of `sleep`.
+/// A one-shot timer on the run's deadline structure, with the parking registration of the task
+/// that waits on it: the building block of `sleep`.
 ///
 /// [`poll_at`](Timer::poll_at) arms it on first use and is `Ready` once the run's clock has
 /// passed the deadline (deadlines expire between batches, so a timer that is already due still
-/// yields once). Dropping it removes the entry.
+/// yields once). The timer wakes the task through its [`Park`] registration, which also makes a
+/// cancellation wake it: [`poll_cancel`](Timer::poll_cancel) tells whether one arrived. Dropping
+/// it removes both.
 #[derive(Debug, Default)]
 pub struct Timer {
+    park: Park,
     /// The run (low 32 bits of its id) and the key of the armed entry.
     entry: Option<(u32, u32)>,
     fired: bool,
@@ -352,7 +363,16 @@ pub struct Timer {
 impl Timer {
     /// An unarmed timer.
     pub const fn new() -> Timer {
-        Timer { entry: None, fired: false }
+        Timer { park: Park::new(), entry: None, fired: false }
+    }
+
+    /// The cancellation check of the waiting task ([`Park::poll_cancel`]).
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
+        self.park.poll_cancel(cx)
     }
 
     /// Arms the timer for `deadline` if it is not armed yet, and reports whether it has fired.
@@ -366,35 +386,37 @@ impl Timer {
             return Poll::Ready(());
         }
         let core = context::core();
-        // Declared before the borrow so that it is dropped after it: a replaced waker's
-        // destructor may be foreign code.
-        let mut _replaced = None;
+        if let Some((run, key)) = self.entry
+            && run == core.id as u32
+        {
+            let mut timers = core.timers.borrow_mut();
+            if let Some(context::TimerTarget::Sleep { fired: true, .. }) = timers.get_mut(key as usize) {
+                timers.remove(key as usize);
+                drop(timers);
+                self.entry = None;
+                self.fired = true;
+                self.park.unpark();
+                return Poll::Ready(());
+            }
+        }
+        // Register (or refresh) the waker; the timer entry names the registration.
+        let waiter = self.park.register(&core, cx);
         let mut timers = core.timers.borrow_mut();
         match self.entry {
             Some((run, key)) if run == core.id as u32 => {
-                let key = key as usize;
-                if let Some(context::TimerTarget::Sleep { waker, fired }) = timers.get_mut(key) {
-                    if *fired {
-                        timers.remove(key);
-                        self.entry = None;
-                        self.fired = true;
-                        return Poll::Ready(());
-                    }
-                    match waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => _replaced = waker.replace(cx.waker().clone()),
-                    }
+                if let Some(context::TimerTarget::Sleep { waiter: w, .. }) = timers.get_mut(key as usize) {
+                    *w = waiter;
                 }
             }
             _ => {
-                let target = context::TimerTarget::Sleep { waker: Some(cx.waker().clone()), fired: false };
+                let target = context::TimerTarget::Sleep { waiter, fired: false };
                 self.entry = Some((core.id as u32, timers.insert(deadline, target) as u32));
             }
         }
         Poll::Pending
     }
 
-    /// Removes the entry; the timer can be armed again.
+    /// Removes the entry and the registration; the timer can be armed again.
     pub fn reset(&mut self) {
         self.fired = false;
         if let Some((run, key)) = self.entry.take()
@@ -402,6 +424,7 @@ impl Timer {
         {
             core.timers.borrow_mut().remove(key as usize);
         }
+        self.park.unpark();
     }
 }
 

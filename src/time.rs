@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::error::Cancelled;
-use crate::lowlevel::{Instant, Park, Timer, checkpoint_if_cancelled, current_time};
+use crate::lowlevel::{Instant, Timer, checkpoint_if_cancelled, current_time};
 
 /// The current time on the run's clock.
 ///
@@ -79,13 +79,12 @@ enum Until {
 pub struct Sleep<T = ()> {
     until: Until,
     timer: Timer,
-    park: Park,
     _out: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T> Sleep<T> {
     fn new(until: Until) -> Sleep<T> {
-        Sleep { until, timer: Timer::new(), park: Park::new(), _out: std::marker::PhantomData }
+        Sleep { until, timer: Timer::new(), _out: std::marker::PhantomData }
     }
 }
 
@@ -134,10 +133,9 @@ impl<T: SleepOutput> Future for Sleep<T> {
         if let Some(t) = deadline
             && this.timer.poll_at(t, cx).is_ready()
         {
-            this.park.unpark();
             return Poll::Ready(Ok(T::finished()));
         }
-        match this.park.poll_cancel(cx) {
+        match this.timer.poll_cancel(cx) {
             Poll::Ready(c) => {
                 this.timer.reset();
                 Poll::Ready(Err(c))

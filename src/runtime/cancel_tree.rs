@@ -397,6 +397,11 @@ impl CancelTree {
         (w, old)
     }
 
+    /// The waker registered under `w`, if it is still registered.
+    pub(crate) fn waker_of(&self, w: u32) -> Option<&Waker> {
+        self.waiters.get(w as usize).map(|w| &w.waker)
+    }
+
     /// Removes a waiter; returns its waker for the caller to drop outside the borrow.
     pub(crate) fn unregister(&mut self, w: u32) -> Option<Waker> {
         if w == NIL {

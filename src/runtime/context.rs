@@ -20,8 +20,9 @@ use super::sched::{Sched, Shared, WakeTarget};
 /// What a deadline entry stands for.
 #[derive(Debug)]
 pub(crate) enum TimerTarget {
-    /// A sleeping task; `fired` tells it the deadline passed.
-    Sleep { waker: Option<Waker>, fired: bool },
+    /// A sleeping task, woken through its parking registration `waiter` in the cancel tree;
+    /// `fired` tells it the deadline passed.
+    Sleep { waiter: u32, fired: bool },
     /// An entered cancel scope (its tree node), cancelled when the deadline passes.
     Scope(u32),
 }

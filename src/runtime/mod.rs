@@ -268,9 +268,9 @@ fn expire_deadlines(core: &Core, wakers: &mut Vec<Waker>) {
         let mut timers = core.timers.borrow_mut();
         while let Some(key) = timers.pop_expired(now) {
             match timers.get_mut(key) {
-                Some(TimerTarget::Sleep { waker, fired }) => {
+                Some(TimerTarget::Sleep { waiter, fired }) => {
                     *fired = true;
-                    wakers.extend(waker.take());
+                    wakers.extend(core.cancel.borrow().waker_of(*waiter).cloned());
                 }
                 // Cancelling only touches the cancel tree, not the timers, so it can happen here.
                 Some(TimerTarget::Scope(node)) => {
