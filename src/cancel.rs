@@ -91,7 +91,7 @@ impl CancelScope {
 
     /// Sets an absolute deadline.
     pub fn with_deadline(self, deadline: Instant) -> CancelScope {
-        self.state.relative.set(None);
+        self.state.set_relative(None);
         self.state.deadline.set(deadline);
         self
     }
@@ -99,7 +99,7 @@ impl CancelScope {
     /// Sets a deadline `timeout` after the moment the scope is entered (not now, S4.5).
     pub fn with_timeout(self, timeout: Duration) -> CancelScope {
         self.state.deadline.set(Instant::MAX);
-        self.state.relative.set(Some(timeout));
+        self.state.set_relative(Some(timeout));
         self
     }
 
@@ -180,7 +180,7 @@ impl CancelHandle {
     /// entry, this replaces a relative timeout. Moving the deadline later does not undo a
     /// cancellation that already happened.
     pub fn set_deadline(&self, deadline: Instant) {
-        self.state.relative.set(None);
+        self.state.set_relative(None);
         self.state.deadline.set(deadline);
         if let Some((core, node)) = entered_here(&self.state) {
             arm_deadline(&core, &self.state, node);
@@ -192,11 +192,11 @@ impl CancelHandle {
         match self.state.phase.get() {
             Phase::Unentered => {
                 self.state.deadline.set(Instant::MAX);
-                self.state.relative.set(Some(timeout));
+                self.state.set_relative(Some(timeout));
             }
             _ => match context::try_core() {
                 Some(core) => self.set_deadline(core.now() + timeout),
-                None => self.state.relative.set(Some(timeout)),
+                None => self.state.set_relative(Some(timeout)),
             },
         }
     }
@@ -236,7 +236,9 @@ impl CancelHandle {
 /// thread (a handle kept from an earlier run must not touch this run's tree).
 fn entered_here(state: &ScopeState) -> Option<(Rc<Core>, u32)> {
     match state.phase.get() {
-        Phase::Entered(node) => context::try_core().filter(|c| c.id == state.run.get()).map(|c| (c, node)),
+        Phase::Entered(node) => {
+            context::try_core().filter(|c| c.id as u32 == state.run.get()).map(|c| (c, node))
+        }
         _ => None,
     }
 }
@@ -273,9 +275,9 @@ pub(crate) fn cancel_node(
 fn arm_deadline(core: &Core, state: &ScopeState, node: u32) {
     let d = state.deadline.get();
     let mut timers = core.timers.borrow_mut();
-    match state.deadline_key.get() {
+    match state.deadline_key() {
         Some(k) => timers.reset(k, d),
-        None if d != Instant::MAX => state.deadline_key.set(Some(timers.insert(d, TimerTarget::Scope(node)))),
+        None if d != Instant::MAX => state.set_deadline_key(Some(timers.insert(d, TimerTarget::Scope(node)))),
         None => {}
     }
 }
@@ -290,8 +292,8 @@ pub(crate) fn enter(core: &Core, state: &Rc<ScopeState>) -> u32 {
 pub(crate) fn enter_under(core: &Core, state: &Rc<ScopeState>, parent: u32) -> u32 {
     let node = core.cancel.borrow_mut().enter(parent, state.clone());
     state.phase.set(Phase::Entered(node));
-    state.run.set(core.id);
-    if let Some(rel) = state.relative.take() {
+    state.run.set(core.id as u32);
+    if let Some(rel) = state.take_relative() {
         state.deadline.set(core.now() + rel);
     }
     let d = state.deadline.get();
@@ -308,7 +310,8 @@ pub(crate) fn enter_under(core: &Core, state: &Rc<ScopeState>, parent: u32) -> u
 
 /// Leaves the scope at `node`.
 pub(crate) fn exit(core: &Core, state: &ScopeState, node: u32) {
-    if let Some(k) = state.deadline_key.take() {
+    if let Some(k) = state.deadline_key() {
+        state.set_deadline_key(None);
         core.timers.borrow_mut().remove(k);
     }
     core.cancel.borrow_mut().exit(node);

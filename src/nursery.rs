@@ -483,7 +483,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             }
         };
         state.phase.set(crate::runtime::cancel_tree::Phase::Entered(node));
-        state.run.set(self.core.id);
+        state.run.set(self.core.id as u32);
         let mut wakers = Vec::new();
         cancel::cancel_node(&self.core, node, CancelSource::Explicit, reason, &mut wakers);
         wakers.into_iter().for_each(Waker::wake);

@@ -20,7 +20,7 @@
 //! - Never calls a waker: wakers are returned to the caller, which wakes them once no runtime
 //!   state is borrowed.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -40,22 +40,37 @@ pub(crate) enum Phase {
 }
 
 /// The origin of cancellation for one scope; shared by its handles and its tree node.
-#[derive(Debug)]
+///
+/// Every scope (each `move_on_after`, each nursery) allocates one, so it is kept small: the
+/// rare cause is boxed, keys and run ids are 32 bits.
 pub(crate) struct ScopeState {
     pub(crate) cancel_called: Cell<bool>,
     pub(crate) shield: Cell<bool>,
-    /// The first cause recorded wins (S4.15).
-    pub(crate) cause: RefCell<Option<Cancelled>>,
     pub(crate) caught: Cell<bool>,
+    /// The first cause recorded wins (S4.15).
+    cause: Cell<Option<Box<Cancelled>>>,
     /// Absolute deadline; `Instant::MAX` means none.
     pub(crate) deadline: Cell<Instant>,
-    /// For relative scopes before entry: the timeout to add to the entry time.
-    pub(crate) relative: Cell<Option<std::time::Duration>>,
+    /// For relative scopes before entry: the timeout, in nanoseconds, to add to the entry time;
+    /// `u64::MAX` means none.
+    relative: Cell<u64>,
     pub(crate) phase: Cell<Phase>,
-    /// Key of this scope's entry in the runtime's deadline structure, while entered.
-    pub(crate) deadline_key: Cell<Option<usize>>,
-    /// The run the scope was entered in (its node key means nothing in another run).
-    pub(crate) run: Cell<u64>,
+    /// Key of this scope's entry in the runtime's deadline structure while entered; `NIL` if none.
+    deadline_key: Cell<u32>,
+    /// Low 32 bits of the id of the run the scope was entered in (its node key means nothing in
+    /// another run).
+    pub(crate) run: Cell<u32>,
+}
+
+impl std::fmt::Debug for ScopeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopeState")
+            .field("cancel_called", &self.cancel_called.get())
+            .field("shield", &self.shield.get())
+            .field("deadline", &self.deadline.get())
+            .field("phase", &self.phase.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScopeState {
@@ -63,29 +78,47 @@ impl ScopeState {
         Rc::new(ScopeState {
             cancel_called: Cell::new(false),
             shield: Cell::new(false),
-            cause: RefCell::new(None),
             caught: Cell::new(false),
+            cause: Cell::new(None),
             deadline: Cell::new(Instant::MAX),
-            relative: Cell::new(None),
+            relative: Cell::new(u64::MAX),
             phase: Cell::new(Phase::Unentered),
-            deadline_key: Cell::new(None),
+            deadline_key: Cell::new(NIL),
             run: Cell::new(0),
         })
     }
 
     /// Records the cancellation; returns true if this call is the one that cancelled it.
     pub(crate) fn mark_cancelled(&self, source: CancelSource, reason: Option<Arc<str>>) -> bool {
-        {
-            let mut cause = self.cause.borrow_mut();
-            if cause.is_none() {
-                *cause = Some(Cancelled::new(source, reason));
-            }
-        }
+        let cause = self.cause.take();
+        self.cause.set(Some(cause.unwrap_or_else(|| Box::new(Cancelled::new(source, reason)))));
         !self.cancel_called.replace(true)
     }
 
     pub(crate) fn cause(&self) -> Cancelled {
-        self.cause.borrow().clone().unwrap_or_else(|| Cancelled::new(CancelSource::Explicit, None))
+        let cause = self.cause.take();
+        let c = cause.as_deref().cloned().unwrap_or_else(|| Cancelled::new(CancelSource::Explicit, None));
+        self.cause.set(cause);
+        c
+    }
+
+    pub(crate) fn set_relative(&self, timeout: Option<std::time::Duration>) {
+        let nanos = timeout.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1));
+        self.relative.set(nanos);
+    }
+
+    pub(crate) fn take_relative(&self) -> Option<std::time::Duration> {
+        let nanos = self.relative.replace(u64::MAX);
+        (nanos != u64::MAX).then(|| std::time::Duration::from_nanos(nanos))
+    }
+
+    pub(crate) fn deadline_key(&self) -> Option<usize> {
+        let k = self.deadline_key.get();
+        (k != NIL).then_some(k as usize)
+    }
+
+    pub(crate) fn set_deadline_key(&self, key: Option<usize>) {
+        self.deadline_key.set(key.map_or(NIL, |k| k as u32));
     }
 }
 
