@@ -53,6 +53,7 @@ mod error;
 pub mod lowlevel;
 mod nursery;
 mod runtime;
+pub mod sync;
 pub mod testing;
 mod time;
 
