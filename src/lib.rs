@@ -69,6 +69,11 @@ pub use nursery::{JoinHandle, Nursery, TaskStatus, nursery};
 pub use runtime::clock::Instant;
 pub use runtime::context::SchedulePolicy;
 pub use runtime::{Builder, Rejected, RunHandle, run};
+pub use sync::channel::{
+    ChannelStatistics, Receiver, RecvError, RecvFuture, SendError, SendErrorKind, SendFuture, Sender,
+    TryRecvError, TrySendError, channel, unbounded,
+};
+pub use sync::{CapacityLimiter, Condition, Event, Mutex, Semaphore};
 pub use time::{Sleep, SleepOutput, now, sleep, sleep_forever, sleep_until};
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -3,5 +3,21 @@
 //! Library layer: written only against [`crate::lowlevel`] (the parking protocol), like `time`.
 
 // -- channels (memory channels) --
+pub mod channel;
 
 // -- synchronisation primitives (parking lot, Event, Mutex, Semaphore, CapacityLimiter, Condition) --
+mod condition;
+mod event;
+mod limiter;
+mod mutex;
+mod parking_lot;
+mod semaphore;
+
+pub use condition::{Condition, ConditionStatistics, ConditionWait, WaitError};
+pub use event::{Event, EventStatistics, EventWait};
+pub use limiter::{CapacityLimiter, CapacityLimiterStatistics, CapacityToken, LimiterAcquire};
+pub use mutex::{BrokenMutex, LockError, Mutex, MutexGuard, MutexLock, MutexStatistics, TryLockError};
+pub use semaphore::{
+    InvalidMaxValue, Semaphore, SemaphoreAcquire, SemaphorePermit, SemaphoreStatistics, TooManyReleases,
+    TryAcquireError,
+};

@@ -1,0 +1,372 @@
+//! The futures of `send` and `recv`, and the receive wait the `Stream` shares with `recv`.
+//!
+//! Both follow the parking protocol of [`crate::lowlevel`] (S2.3): on the first poll,
+//! `checkpoint_if_cancelled` (a cancelled caller touches nothing), then the non-blocking
+//! operation; if it completed, a `cancel_shielded_checkpoint`, otherwise park an entry in the
+//! channel state and a [`Park`]. A parked future first reads its entry (completed operations
+//! win over a cancellation that arrived meanwhile), and only then asks `poll_cancel`.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use super::error::{RecvError, SendError, SendErrorKind, TryRecvError, TrySendError};
+use super::state::{Polled, RecvFailure, SendFailure, State};
+use super::{Receiver, Sender};
+use crate::lowlevel::{Park, YieldNow, cancel_shielded_checkpoint, checkpoint_if_cancelled};
+
+fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+    wakers.into_iter().for_each(Waker::wake);
+}
+
+/// Future of [`Sender::send`]. Resolves to `Ok(())` once the value was taken (into the buffer
+/// or by a receiver), or to a [`SendError`] that hands the value back.
+///
+/// # Cancellation
+///
+/// A checkpoint (see [`Sender::send`]); cancellation is atomic. Dropping the future before it
+/// completes is safe: a value still waiting for room is dropped with it, undelivered; a value
+/// already taken stays delivered.
+///
+/// ```
+/// use std::pin::pin;
+/// use std::task::Poll;
+/// use hatchery::channel;
+/// hatchery::testing::run(async {
+///     let (tx, rx) = channel::<u32>(0);
+///     {
+///         let mut send = pin!(tx.send(1));
+///         // Poll it once by hand: nobody receives, so it waits.
+///         let polled = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+///         assert!(polled.is_pending());
+///         assert_eq!(tx.statistics().tasks_waiting_send, 1);
+///     } // dropped while waiting
+///     assert_eq!(tx.statistics().tasks_waiting_send, 0);
+///     assert!(rx.try_recv().is_err(), "nothing was delivered");
+/// });
+/// ```
+#[must_use = "futures do nothing unless awaited"]
+pub struct SendFuture<'a, T> {
+    sender: &'a Sender<T>,
+    state: SendState<T>,
+}
+
+enum SendState<T> {
+    Start(T),
+    Parked {
+        key: usize,
+        park: Park,
+    },
+    /// Delivered on the fast path; passing the cancel-shielded schedule point.
+    Yield(YieldNow),
+    Done,
+}
+
+// The value is never pinned: it is moved in and out by value.
+impl<T> Unpin for SendFuture<'_, T> {}
+
+impl<'a, T> SendFuture<'a, T> {
+    pub(super) fn new(sender: &'a Sender<T>, value: T) -> Self {
+        SendFuture { sender, state: SendState::Start(value) }
+    }
+
+    fn start(&mut self, value: T, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        if let Err(c) = checkpoint_if_cancelled() {
+            return Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))));
+        }
+        if self.sender.is_closed() {
+            return Poll::Ready(Err(SendError::new(value, SendErrorKind::Closed)));
+        }
+        let mut state = self.sender.shared.borrow_mut();
+        match state.try_send(value) {
+            Ok(woken) => {
+                drop(state);
+                let mut y = cancel_shielded_checkpoint();
+                let p = Pin::new(&mut y).poll(cx);
+                debug_assert!(p.is_pending());
+                self.state = SendState::Yield(y);
+                wake_all(woken);
+                Poll::Pending
+            }
+            Err(TrySendError::Full(value)) => {
+                let key = state.park_sender(value, self.sender.id, cx.waker());
+                drop(state);
+                self.state = SendState::Parked { key, park: Park::new() };
+                self.poll_parked(cx)
+            }
+            Err(TrySendError::Disconnected(value)) => {
+                drop(state);
+                Poll::Ready(Err(SendError::new(value, SendErrorKind::Disconnected)))
+            }
+            Err(TrySendError::Closed(_)) => unreachable!("the handle was checked"),
+        }
+    }
+
+    fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
+        let key = *key;
+        let polled = self.sender.shared.borrow_mut().poll_sender(key, cx.waker());
+        let result = match polled {
+            Polled::Waiting(old_waker) => {
+                drop(old_waker);
+                let Poll::Ready(c) = park.poll_cancel(cx) else { return Poll::Pending };
+                let value = self.sender.shared.borrow_mut().cancel_sender(key);
+                Err(SendError::new(value, SendErrorKind::Cancelled(c)))
+            }
+            Polled::Done(Ok(())) => Ok(()),
+            Polled::Done(Err((why, value))) => Err(SendError::new(
+                value,
+                match why {
+                    SendFailure::Closed => SendErrorKind::Closed,
+                    SendFailure::Disconnected => SendErrorKind::Disconnected,
+                },
+            )),
+        };
+        // Dropping the `Park` unregisters it.
+        self.state = SendState::Done;
+        Poll::Ready(result)
+    }
+}
+
+impl<T> Future for SendFuture<'_, T> {
+    type Output = Result<(), SendError<T>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.state {
+            SendState::Start(_) => {
+                let SendState::Start(value) = mem::replace(&mut this.state, SendState::Done) else {
+                    unreachable!()
+                };
+                this.start(value, cx)
+            }
+            SendState::Parked { .. } => this.poll_parked(cx),
+            SendState::Yield(y) => {
+                if Pin::new(y).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.state = SendState::Done;
+                Poll::Ready(Ok(()))
+            }
+            SendState::Done => panic!("a hatchery channel send future was polled after it completed"),
+        }
+    }
+}
+
+impl<T> Drop for SendFuture<'_, T> {
+    fn drop(&mut self) {
+        if let SendState::Parked { key, .. } = self.state {
+            let undelivered = self.sender.shared.borrow_mut().abandon_sender(key);
+            drop(undelivered);
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            SendState::Start(_) => "not started",
+            SendState::Parked { .. } => "waiting",
+            SendState::Yield(_) => "delivered",
+            SendState::Done => "done",
+        };
+        f.debug_struct("SendFuture").field("state", &state).finish_non_exhaustive()
+    }
+}
+
+/// A parked receive: its entry in the channel and its cancellation registration. Shared by
+/// [`RecvFuture`] and the receiver's `Stream`.
+#[derive(Debug)]
+pub(super) struct RecvWait {
+    key: usize,
+    park: Park,
+}
+
+impl RecvWait {
+    /// Polls a parked receive: a completed one (value or failure) wins over a cancellation.
+    /// Once this returned `Ready`, the entry is gone: drop the wait (its `Park` unregisters).
+    pub(super) fn poll<T>(
+        &mut self,
+        shared: &RefCell<State<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, RecvError>> {
+        let polled = shared.borrow_mut().poll_receiver(self.key, cx.waker());
+        match polled {
+            Polled::Waiting(old_waker) => {
+                drop(old_waker);
+                let Poll::Ready(c) = self.park.poll_cancel(cx) else { return Poll::Pending };
+                shared.borrow_mut().cancel_receiver(self.key);
+                Poll::Ready(Err(RecvError::Cancelled(c)))
+            }
+            Polled::Done(r) => Poll::Ready(r.map_err(|why| match why {
+                RecvFailure::Closed => RecvError::Closed,
+                RecvFailure::EndOfChannel => RecvError::EndOfChannel,
+            })),
+        }
+    }
+
+    /// The parked receive is dropped: a value already handed to it goes back to the channel.
+    pub(super) fn abandon<T>(&self, shared: &RefCell<State<T>>) {
+        let (woken, undeliverable) = shared.borrow_mut().abandon_receiver(self.key);
+        wake_all(woken);
+        drop(undeliverable);
+    }
+}
+
+/// The outcome of the start of a receive.
+pub(super) enum RecvStart<T> {
+    /// Got a value without waiting (the caller decides about a schedule point), and the waker
+    /// of the sender that completed, to wake once the value is stored.
+    Now(T, Option<Waker>),
+    /// Parked: poll the wait again later.
+    Parked(RecvWait),
+    /// Failed without waiting.
+    Failed(RecvError),
+}
+
+impl<T> Receiver<T> {
+    /// The start of a receive: cancel point, then S6.3, then park.
+    pub(super) fn start_recv(&self, cx: &mut Context<'_>) -> RecvStart<T> {
+        if let Err(c) = checkpoint_if_cancelled() {
+            return RecvStart::Failed(RecvError::Cancelled(c));
+        }
+        if self.is_closed() {
+            return RecvStart::Failed(RecvError::Closed);
+        }
+        let mut state = self.shared.borrow_mut();
+        match state.try_recv() {
+            Ok((v, woken)) => RecvStart::Now(v, woken),
+            Err(TryRecvError::Empty) => {
+                let key = state.park_receiver(self.id, cx.waker());
+                drop(state);
+                let mut wait = RecvWait { key, park: Park::new() };
+                match wait.poll(&self.shared, cx) {
+                    Poll::Pending => RecvStart::Parked(wait),
+                    Poll::Ready(Ok(_)) => unreachable!("nobody could send meanwhile"),
+                    Poll::Ready(Err(e)) => RecvStart::Failed(e),
+                }
+            }
+            Err(TryRecvError::EndOfChannel) => RecvStart::Failed(RecvError::EndOfChannel),
+            Err(TryRecvError::Closed) => unreachable!("the handle was checked"),
+        }
+    }
+
+    /// A value taken on the fast path whose future was dropped before returning it.
+    fn restore(&self, value: T) {
+        let (woken, undeliverable) = self.shared.borrow_mut().restore(value);
+        wake_all(woken);
+        drop(undeliverable);
+    }
+}
+
+/// Future of [`Receiver::recv`]. Resolves to the next value, or to a [`RecvError`].
+///
+/// # Cancellation
+///
+/// A checkpoint (see [`Receiver::recv`]); cancellation is atomic. Dropping the future before it
+/// returns is safe: nothing is consumed, and a value already handed to it goes to the
+/// longest-waiting receiver, or back to the front of the buffer (which may then hold one value
+/// more than its capacity until it drains).
+///
+/// ```
+/// use std::pin::pin;
+/// use std::task::Poll;
+/// use hatchery::channel;
+/// hatchery::testing::run(async {
+///     let (tx, rx) = channel::<u32>(0);
+///     {
+///         let mut recv = pin!(rx.recv());
+///         let polled = std::future::poll_fn(|cx| Poll::Ready(recv.as_mut().poll(cx))).await;
+///         assert!(polled.is_pending());
+///         tx.try_send(7).unwrap(); // handed to the waiting receive...
+///     } // ...which is dropped before it returns the value
+///     assert_eq!(rx.try_recv(), Ok(7), "the value came back to the channel");
+/// });
+/// ```
+#[must_use = "futures do nothing unless awaited"]
+pub struct RecvFuture<'a, T> {
+    receiver: &'a Receiver<T>,
+    state: RecvState<T>,
+}
+
+enum RecvState<T> {
+    Start,
+    Parked(RecvWait),
+    /// Received on the fast path; passing the cancel-shielded schedule point before returning.
+    Yield(YieldNow, Option<T>),
+    Done,
+}
+
+// The value is never pinned: it is moved in and out by value.
+impl<T> Unpin for RecvFuture<'_, T> {}
+
+impl<'a, T> RecvFuture<'a, T> {
+    pub(super) fn new(receiver: &'a Receiver<T>) -> Self {
+        RecvFuture { receiver, state: RecvState::Start }
+    }
+}
+
+impl<T> Future for RecvFuture<'_, T> {
+    type Output = Result<T, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.state {
+            RecvState::Start => match this.receiver.start_recv(cx) {
+                RecvStart::Now(v, woken) => {
+                    let mut y = cancel_shielded_checkpoint();
+                    let p = Pin::new(&mut y).poll(cx);
+                    debug_assert!(p.is_pending());
+                    this.state = RecvState::Yield(y, Some(v));
+                    wake_all(woken);
+                    Poll::Pending
+                }
+                RecvStart::Parked(wait) => {
+                    this.state = RecvState::Parked(wait);
+                    Poll::Pending
+                }
+                RecvStart::Failed(e) => {
+                    this.state = RecvState::Done;
+                    Poll::Ready(Err(e))
+                }
+            },
+            RecvState::Parked(wait) => {
+                let r = std::task::ready!(wait.poll(&this.receiver.shared, cx));
+                this.state = RecvState::Done;
+                Poll::Ready(r)
+            }
+            RecvState::Yield(y, v) => {
+                std::task::ready!(Pin::new(y).poll(cx));
+                let v = v.take().expect("hatchery internal error: received value missing");
+                this.state = RecvState::Done;
+                Poll::Ready(Ok(v))
+            }
+            RecvState::Done => panic!("a hatchery channel receive future was polled after it completed"),
+        }
+    }
+}
+
+impl<T> Drop for RecvFuture<'_, T> {
+    fn drop(&mut self) {
+        match mem::replace(&mut self.state, RecvState::Done) {
+            RecvState::Parked(wait) => wait.abandon(&self.receiver.shared),
+            RecvState::Yield(_, Some(v)) => self.receiver.restore(v),
+            _ => {}
+        }
+    }
+}
+
+impl<T> fmt::Debug for RecvFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            RecvState::Start => "not started",
+            RecvState::Parked(_) => "waiting",
+            RecvState::Yield(..) => "received",
+            RecvState::Done => "done",
+        };
+        f.debug_struct("RecvFuture").field("state", &state).finish_non_exhaustive()
+    }
+}
