@@ -1,5 +1,5 @@
 //! A guided tour of hatchery, one short section per idea: nurseries, the `start` handshake,
-//! cancel scopes and deadlines, error propagation, and virtual time.
+//! cancel scopes and deadlines, error propagation, virtual time, and channels.
 //!
 //! Each section is a plain function that starts its own `hatchery::run`, so sections are
 //! independent and new ones slot into the list in `main`. The whole tour takes well under
@@ -42,12 +42,13 @@ type Section = (&'static str, fn() -> Result<(), Error>);
 
 fn main() -> Result<(), Error> {
     // Later sections (channels, networking) go at the end of this list.
-    let sections: [Section; 5] = [
+    let sections: [Section; 6] = [
         ("1. nurseries", nurseries),
         ("2. start handshake", start_handshake),
         ("3. cancel scopes and deadlines", cancel_scopes),
         ("4. errors propagate", errors_propagate),
         ("5. virtual time", virtual_time),
+        ("6. channels that lose nothing", channels),
     ];
     let tour_start = std::time::Instant::now();
     for (title, section) in sections {
@@ -276,4 +277,45 @@ fn virtual_time() -> Result<(), Error> {
         real.elapsed()
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Channels join tasks: a rendezvous channel (capacity 0) completes a send only when a receiver
+/// takes the value, and a send that is cancelled hands its value back instead of losing it.
+fn channels() -> Result<(), Error> {
+    Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).run(async {
+        let (tx, rx) = hatchery::channel::<&'static str>(0);
+        nursery(async |n| {
+            n.start_soon(async move {
+                for job in ["wash", "dry", "fold"] {
+                    tx.send(job).await?;
+                    say!("[virtual {}s] producer: {job:?} was taken", hatchery::now().as_secs_f64());
+                }
+                Ok(()) // dropping the last sender ends the channel
+            });
+            while let Ok(job) = rx.recv().await {
+                say!("[virtual {}s] consumer: doing {job:?} for 2 s", hatchery::now().as_secs_f64());
+                sleep(Duration::from_secs(2)).await?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await?;
+
+        // Nobody receives here: the send times out, and the value comes back in the error.
+        let (tx, _rx) = hatchery::channel::<String>(0);
+        let r = move_on_after(Duration::from_secs(1), async {
+            tx.send("precious".to_string()).await.map_err(|e| {
+                say!(
+                    "[virtual {}s] send cancelled; the value came back: {:?}",
+                    hatchery::now().as_secs_f64(),
+                    e.value
+                );
+                e
+            })
+        })
+        .await;
+        say!("timed out: {}", matches!(r, Ok(None)));
+        Ok(())
+    })
 }
