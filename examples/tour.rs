@@ -305,13 +305,12 @@ fn channels() -> Result<(), Error> {
         // Nobody receives here: the send times out, and the value comes back in the error.
         let (tx, _rx) = hatchery::channel::<String>(0);
         let r = move_on_after(Duration::from_secs(1), async {
-            tx.send("precious".to_string()).await.map_err(|e| {
+            tx.send("precious".to_string()).await.inspect_err(|e| {
                 say!(
                     "[virtual {}s] send cancelled; the value came back: {:?}",
                     hatchery::now().as_secs_f64(),
                     e.value
                 );
-                e
             })
         })
         .await;
