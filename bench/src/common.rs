@@ -10,6 +10,12 @@ pub const SHORT_TIMEOUT: Duration = Duration::from_millis(1);
 pub const LONG_SLEEP: Duration = Duration::from_secs(3600);
 /// Children per parent in `spawn_nested`.
 pub const NESTED_CHILDREN: u64 = 1_000;
+/// The capacity of both channels of `pingpong` (`pingpong_rendezvous` uses 0).
+pub const PINGPONG_CAPACITY: usize = 1;
+/// Producers in `mpsc_fanin`; each sends n / `FANIN_PRODUCERS` values.
+pub const FANIN_PRODUCERS: u64 = 100;
+/// The capacity of the `mpsc_fanin` channel.
+pub const FANIN_CAPACITY: usize = 1024;
 
 /// A runtime under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +96,13 @@ pub enum Workload {
     SpawnJoin,
     /// n/1000 parents each spawn 1000 children and await them.
     SpawnNested,
+    /// n round trips between two tasks over two capacity-1 channels.
+    Pingpong,
+    /// `Pingpong` over rendezvous (capacity 0) channels; hatchery only, since neither
+    /// `tokio::sync::mpsc` nor `async-channel` has capacity 0.
+    PingpongRendezvous,
+    /// 100 producers send n values in all into one bounded(1024) channel; one consumer sums.
+    MpscFanin,
     /// n children each sleep 1 s, concurrently.
     Timers,
     /// n children each run a 1 ms timeout around a 1-hour sleep.
@@ -100,9 +113,12 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 8] = [
         Workload::SpawnJoin,
         Workload::SpawnNested,
+        Workload::Pingpong,
+        Workload::PingpongRendezvous,
+        Workload::MpscFanin,
         Workload::Timers,
         Workload::TimeoutCancel,
         Workload::CancelNursery,
@@ -113,6 +129,9 @@ impl Workload {
         match self {
             Workload::SpawnJoin => "spawn_join",
             Workload::SpawnNested => "spawn_nested",
+            Workload::Pingpong => "pingpong",
+            Workload::PingpongRendezvous => "pingpong_rendezvous",
+            Workload::MpscFanin => "mpsc_fanin",
             Workload::Timers => "timers",
             Workload::TimeoutCancel => "timeout_cancel",
             Workload::CancelNursery => "cancel_nursery",
@@ -124,10 +143,23 @@ impl Workload {
         Workload::ALL.into_iter().find(|w| w.name() == name)
     }
 
-    /// The full-size n (number of tasks, or of leaves for `spawn_nested`).
+    /// The runtimes that run this workload (a subset of [`Runtime::ALL`], in its order).
+    pub fn runtimes(self) -> &'static [Runtime] {
+        match self {
+            Workload::PingpongRendezvous => &[Runtime::Hatchery],
+            _ => &Runtime::ALL,
+        }
+    }
+
+    /// The full-size n (tasks; leaves for `spawn_nested`; round trips for the pingpongs;
+    /// messages for `mpsc_fanin`).
     pub fn full_n(self) -> u64 {
         match self {
-            Workload::SpawnJoin | Workload::SpawnNested => 1_000_000,
+            Workload::SpawnJoin
+            | Workload::SpawnNested
+            | Workload::Pingpong
+            | Workload::PingpongRendezvous
+            | Workload::MpscFanin => 1_000_000,
             Workload::Timers | Workload::TimeoutCancel | Workload::CancelNursery => 100_000,
         }
     }
@@ -137,6 +169,8 @@ impl Workload {
         match self {
             Workload::SpawnJoin => &[Metric::NsPer("task")],
             Workload::SpawnNested => &[Metric::NsPer("leaf")],
+            Workload::Pingpong | Workload::PingpongRendezvous => &[Metric::NsPer("round trip")],
+            Workload::MpscFanin => &[Metric::NsPer("message")],
             Workload::Timers => &[Metric::OverheadMs, Metric::BytesPerTask],
             Workload::TimeoutCancel => &[Metric::NsPer("task")],
             Workload::CancelNursery => &[Metric::NsPer("child")],

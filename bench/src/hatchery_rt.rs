@@ -1,16 +1,17 @@
 //! The workloads on hatchery: children live in nurseries; the nursery's cost is included.
 //!
-//! Children that nobody awaits (`timers`, `timeout_cancel`, `cancel_nursery`) use
-//! `Nursery::start_soon` and borrow their counters from the enclosing code: the nursery waits
-//! for them, so no handle is needed.
+//! Children that nobody awaits (`timers`, `timeout_cancel`, `cancel_nursery`, the echoing task
+//! of `pingpong` and the producers of `mpsc_fanin`) use `Nursery::start_soon`, borrowing their
+//! counters from the enclosing code where they have any: the nursery waits for them, so no
+//! handle is needed.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use hatchery::{Builder, Cancelled, Error, SchedulePolicy, move_on_after, nursery, sleep};
+use hatchery::{Builder, Cancelled, Error, SchedulePolicy, channel, move_on_after, nursery, sleep};
 
-use crate::common::{LONG_SLEEP, SHORT_TIMEOUT, check, sum_below};
+use crate::common::{FANIN_CAPACITY, LONG_SLEEP, SHORT_TIMEOUT, check, sum_below};
 
 /// Runs `future` on a fresh hatchery run with FIFO scheduling (the benchmark policy).
 fn run<F: Future>(future: F) -> F::Output {
@@ -79,6 +80,83 @@ pub fn spawn_nested(parents: u64, children: u64) -> Duration {
     });
     let sum = sum.expect("nursery failed").expect("nursery cancelled");
     check("hatchery spawn_nested", sum, sum_below(parents * children));
+    elapsed
+}
+
+/// `pingpong` (`capacity` 1) and `pingpong_rendezvous` (`capacity` 0): wall time of `n` round
+/// trips. Task B (started first) receives each value on one channel and sends it back on the
+/// other; task A sends `i` and receives it back, summing what comes back.
+pub fn pingpong(n: u64, capacity: usize) -> Duration {
+    let (elapsed, sum) = run(async {
+        let t0 = Instant::now();
+        let sum = nursery(async |nur| {
+            let (ping_tx, ping_rx) = channel::<u64>(capacity);
+            let (pong_tx, pong_rx) = channel::<u64>(capacity);
+            nur.start_soon(async move {
+                for _ in 0..n {
+                    let v = ping_rx.recv().await?;
+                    pong_tx.send(v).await?;
+                }
+                Ok::<_, Error>(())
+            });
+            let a = nur.spawn(async move {
+                let mut sum = 0;
+                for i in 0..n {
+                    ping_tx.send(i).await?;
+                    sum += pong_rx.recv().await?;
+                }
+                Ok::<_, Error>(sum)
+            });
+            Ok(a.await?)
+        })
+        .await;
+        (t0.elapsed(), sum)
+    });
+    let sum = sum.expect("nursery failed").expect("nursery cancelled");
+    check(&format!("hatchery pingpong (capacity {capacity})"), sum, sum_below(n));
+    elapsed
+}
+
+/// `mpsc_fanin`: wall time of `producers` tasks each sending `per_producer` values into one
+/// bounded channel, and one consumer task (started first) summing them until the channel ends
+/// (every sender dropped).
+pub fn mpsc_fanin(producers: u64, per_producer: u64) -> Duration {
+    let (elapsed, got) = run(async {
+        let t0 = Instant::now();
+        let got = nursery(async |nur| {
+            let (tx, rx) = channel::<u64>(FANIN_CAPACITY);
+            let consumer = nur.spawn(async move {
+                let (mut count, mut sum) = (0, 0);
+                loop {
+                    match rx.recv().await {
+                        Ok(v) => {
+                            count += 1;
+                            sum += v;
+                        }
+                        Err(e) if e.is_end_of_channel() => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok::<_, Error>((count, sum))
+            });
+            for p in 0..producers {
+                let tx = tx.clone();
+                nur.start_soon(async move {
+                    for j in 0..per_producer {
+                        tx.send(p * per_producer + j).await?;
+                    }
+                    Ok::<_, Error>(())
+                });
+            }
+            drop(tx);
+            Ok(consumer.await?)
+        })
+        .await;
+        (t0.elapsed(), got)
+    });
+    let (count, sum) = got.expect("nursery failed").expect("nursery cancelled");
+    check("hatchery mpsc_fanin (messages)", count, producers * per_producer);
+    check("hatchery mpsc_fanin", sum, sum_below(producers * per_producer));
     elapsed
 }
 

@@ -1,7 +1,8 @@
 //! `hatchery-bench`: hatchery against the runtimes its users would pick instead.
 //!
-//! Every workload runs on four runtimes in one process run, alternating runtimes within each
-//! repetition (the order rotates from one repetition to the next):
+//! Every workload runs on four runtimes in one process run (except `pingpong_rendezvous`, on
+//! hatchery only), alternating runtimes within each repetition (the order rotates from one
+//! repetition to the next):
 //!
 //! - **hatchery**: `Builder::new().schedule(SchedulePolicy::Fifo).run(..)`; children are spawned
 //!   into a nursery, whose own cost is included;
@@ -15,13 +16,17 @@
 //! |---|---|---|
 //! | `spawn_join` | 1,000,000 | spawn a child returning `i: u64`, keep its handle; then await all handles in order and sum them. ns per task |
 //! | `spawn_nested` | 1,000,000 leaves | 1,000 parents each spawn 1,000 children and await them (nested nurseries for hatchery). ns per leaf |
+//! | `pingpong` | 1,000,000 round trips | task B (started first) receives each value on a capacity-1 channel and sends it back on another; task A sends `i`, receives it back and sums. hatchery `channel(1)`, tokio `sync::mpsc::channel(1)`, smol `async_channel::bounded(1)`. ns per round trip |
+//! | `pingpong_rendezvous` | 1,000,000 round trips | `pingpong` over two capacity-0 (rendezvous) channels, **hatchery only** (tokio's mpsc and async-channel have no capacity 0; their cells show `-`). Naming `pingpong` on the command line runs it too. ns per round trip |
+//! | `mpsc_fanin` | 1,000,000 messages | 100 producers each send 10,000 `u64` into one bounded(1024) channel; one consumer task (started first) sums until the channel ends, when the last sender is dropped. ns per message |
 //! | `timers` | 100,000 | children each sleep 1 s on the real clock, all concurrently. Wall overhead beyond 1 s, and peak bytes per sleeping task = (`VmHWM` at the end - `VmRSS` before) / n. Each measurement runs in a fresh child process (the binary re-executes itself with `--child`) so that the process-wide high-water marks do not mix |
 //! | `timeout_cancel` | 100,000 | children each run a 1 ms timeout around a 1-hour sleep (hatchery `move_on_after`, tokio `time::timeout`, smol `future::or` of two `Timer`s). Wall / n |
 //! | `cancel_nursery` | 100,000 | children each sleep 1 hour; once all are parked, the group is cancelled: hatchery cancels the nursery's scope from its body (after `testing::wait_all_tasks_blocked`), tokio calls `JoinSet::abort_all` and drains the set, smol drops the `Task`s and waits until every future is dropped. Time from the cancel to the end, per child |
 //!
-//! Children that nobody awaits (`timers`, `timeout_cancel`, `cancel_nursery`) are started with
-//! `Nursery::start_soon` on hatchery (the nursery waits for them); the peers keep a handle per
-//! task to wait on, since they have no other way to.
+//! Children that nobody awaits (`timers`, `timeout_cancel`, `cancel_nursery`, the echoing task
+//! of `pingpong`, the producers of `mpsc_fanin`) are started with `Nursery::start_soon` on
+//! hatchery (the nursery waits for them); the peers keep a handle per task to wait on, since they
+//! have no other way to.
 //!
 //! Every figure is "lower is better". The report gives per-repetition samples, then the median
 //! (with min and max) per runtime, the ratio hatchery / each peer and hatchery / best peer, and
@@ -34,10 +39,12 @@
 //! ```
 //!
 //! - `--reps N`: repetitions per runtime (default 5); the report quotes medians;
-//! - `--quick`: divide every n by 10, for a fast smoke run;
+//! - `--quick`: divide every n by 10, for a fast smoke run (`mpsc_fanin` keeps 100 producers,
+//!   each sending 1,000);
 //! - `--timeout SECS`: abort the whole run if one measurement takes longer (default 120), so
 //!   that a runtime that hangs is reported instead of hanging the benchmark;
-//! - workload names: run only these (default: all, in the order above).
+//! - workload names: run only these (default: all, in the order above); `pingpong` brings
+//!   `pingpong_rendezvous` along.
 //!
 //! Figures on a small shared machine are noisy: compare ratios from the same run.
 
@@ -51,10 +58,14 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Metric, NESTED_CHILDREN, Runtime, TIMER_SLEEP, Workload, proc_status_kib};
+use common::{
+    FANIN_PRODUCERS, Metric, NESTED_CHILDREN, PINGPONG_CAPACITY, Runtime, TIMER_SLEEP, Workload,
+    proc_status_kib,
+};
 
 const USAGE: &str = "usage: hatchery-bench [--reps N] [--quick] [--timeout SECS] [workload...]
-workloads: spawn_join spawn_nested timers timeout_cancel cancel_nursery (default: all)";
+workloads: spawn_join spawn_nested pingpong pingpong_rendezvous mpsc_fanin timers timeout_cancel
+           cancel_nursery (default: all; pingpong brings pingpong_rendezvous along)";
 
 /// Parsed command line.
 struct Options {
@@ -97,8 +108,19 @@ fn parse_args() -> Result<Options, String> {
                 std::process::exit(0);
             }
             name => match Workload::from_name(name) {
-                Some(w) if !opts.workloads.contains(&w) => opts.workloads.push(w),
-                Some(_) => {}
+                Some(w) => {
+                    // The capacity-0 variant of `pingpong` goes along with it.
+                    let with: &[Workload] = if w == Workload::Pingpong {
+                        &[Workload::Pingpong, Workload::PingpongRendezvous]
+                    } else {
+                        &[w]
+                    };
+                    for &w in with {
+                        if !opts.workloads.contains(&w) {
+                            opts.workloads.push(w);
+                        }
+                    }
+                }
                 None => return Err(format!("unknown argument or workload: {name}")),
             },
         }
@@ -161,6 +183,28 @@ fn measure(w: Workload, rt: Runtime, n: u64) -> Vec<f64> {
                 Smol => smol_rt::spawn_nested(parents, c),
             };
             vec![ns_per(d, parents * c)]
+        }
+        Workload::Pingpong => vec![ns_per(
+            match rt {
+                Hatchery => hatchery_rt::pingpong(n, PINGPONG_CAPACITY),
+                Tokio | TokioLocal => tokio_rt::pingpong(rt == TokioLocal, n),
+                Smol => smol_rt::pingpong(n),
+            },
+            n,
+        )],
+        Workload::PingpongRendezvous => {
+            assert_eq!(rt, Hatchery, "pingpong_rendezvous runs on hatchery only");
+            vec![ns_per(hatchery_rt::pingpong(n, 0), n)]
+        }
+        Workload::MpscFanin => {
+            let per = (n / FANIN_PRODUCERS).max(1);
+            let p = FANIN_PRODUCERS;
+            let d = match rt {
+                Hatchery => hatchery_rt::mpsc_fanin(p, per),
+                Tokio | TokioLocal => tokio_rt::mpsc_fanin(rt == TokioLocal, p, per),
+                Smol => smol_rt::mpsc_fanin(p, per),
+            };
+            vec![ns_per(d, p * per)]
         }
         Workload::Timers => {
             let rss_before = proc_status_kib("VmRSS");
@@ -227,6 +271,16 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
+/// A median, or `-` for a runtime that does not run the workload.
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), fmt_value)
+}
+
+/// A ratio such as `0.42x`, or `-` when a side is missing.
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"))
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -238,24 +292,36 @@ fn min_max(values: &[f64]) -> (f64, f64) {
     values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
-/// The medians of one metric of one workload, per runtime (in `Runtime::ALL` order).
+/// The medians of one metric of one workload, per runtime (in `Runtime::ALL` order; `None` for
+/// a runtime that does not run the workload).
 struct Row {
     workload: Workload,
     metric: Metric,
-    medians: [f64; 4],
+    medians: [Option<f64>; 4],
 }
 
 impl Row {
-    /// The peer with the lowest median, and that median.
-    fn best_peer(&self) -> (Runtime, f64) {
-        (1..4)
-            .map(|i| (Runtime::ALL[i], self.medians[i]))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .expect("there are peers")
+    /// The peer with the lowest median, and that median (`None` if no peer ran).
+    fn best_peer(&self) -> Option<(Runtime, f64)> {
+        (1..4).filter_map(|i| Some((Runtime::ALL[i], self.medians[i]?))).min_by(|a, b| a.1.total_cmp(&b.1))
     }
 
-    fn ratio(&self, peer: usize) -> f64 {
-        self.medians[0] / self.medians[peer]
+    /// hatchery / the runtime at `peer` in `Runtime::ALL`.
+    fn ratio(&self, peer: usize) -> Option<f64> {
+        Some(self.medians[0]? / self.medians[peer]?)
+    }
+
+    /// hatchery / the best peer.
+    fn ratio_best(&self) -> Option<f64> {
+        Some(self.medians[0]? / self.best_peer()?.1)
+    }
+
+    /// `0.42x (smol)`, or `-` when no peer ran.
+    fn fmt_best(&self) -> String {
+        match (self.ratio_best(), self.best_peer()) {
+            (Some(r), Some((best, _))) => format!("{r:.2}x ({})", best.label()),
+            _ => "-".to_string(),
+        }
     }
 }
 
@@ -264,13 +330,15 @@ fn run_workload(w: Workload, opts: &Options) -> Vec<Row> {
     let n = if opts.quick { w.full_n() / 10 } else { w.full_n() };
     let metrics = w.metrics();
     println!("\n## {} (n = {n})\n", w.name());
-    // samples[runtime][metric] = one value per repetition.
+    let runtimes = w.runtimes();
+    // samples[runtime][metric] = one value per repetition (none for a runtime that does not run
+    // the workload).
     let mut samples = vec![vec![Vec::new(); metrics.len()]; Runtime::ALL.len()];
     for rep in 0..opts.reps {
         print!("- rep {}/{}:", rep + 1, opts.reps);
-        for k in 0..Runtime::ALL.len() {
-            let idx = (k + rep) % Runtime::ALL.len();
-            let rt = Runtime::ALL[idx];
+        for k in 0..runtimes.len() {
+            let rt = runtimes[(k + rep) % runtimes.len()];
+            let idx = Runtime::ALL.iter().position(|&r| r == rt).expect("a runtime");
             let _ = std::io::stdout().flush();
             watch(Some((opts.timeout, format!("{} on {} (n = {n})", w.name(), rt.label()))));
             let values =
@@ -296,27 +364,27 @@ fn run_workload(w: Workload, opts: &Options) -> Vec<Row> {
         let cells: Vec<String> = samples
             .iter()
             .map(|s| {
+                if s[m].is_empty() {
+                    return "-".to_string();
+                }
                 let (lo, hi) = min_max(&s[m]);
                 format!("{} ({}-{})", fmt_value(median(&s[m])), fmt_value(lo), fmt_value(hi))
             })
             .collect();
         println!("| {} | {} |", metric.unit(), cells.join(" | "));
-        let medians = std::array::from_fn(|i| median(&samples[i][m]));
+        let medians = std::array::from_fn(|i| (!samples[i][m].is_empty()).then(|| median(&samples[i][m])));
         rows.push(Row { workload: w, metric, medians });
     }
     println!();
     for row in &rows {
-        let (best, _) = row.best_peer();
-        let best_idx = Runtime::ALL.iter().position(|&r| r == best).expect("a runtime");
-        let ratios: Vec<String> =
-            (1..4).map(|i| format!("hatchery/{} {:.2}x", Runtime::ALL[i].label(), row.ratio(i))).collect();
-        println!(
-            "- {}: {}; hatchery/best peer ({}) **{:.2}x**",
-            row.metric.unit(),
-            ratios.join(", "),
-            best.label(),
-            row.ratio(best_idx)
-        );
+        if row.best_peer().is_none() {
+            println!("- {}: hatchery only, no peer ratio", row.metric.unit());
+            continue;
+        }
+        let ratios: Vec<String> = (1..4)
+            .map(|i| format!("hatchery/{} {}", Runtime::ALL[i].label(), fmt_ratio(row.ratio(i))))
+            .collect();
+        println!("- {}: {}; hatchery/best peer **{}**", row.metric.unit(), ratios.join(", "), row.fmt_best());
     }
     rows
 }
@@ -326,14 +394,12 @@ fn print_summary(rows: &[Row], reps: usize) {
     println!("| workload | unit | hatchery | tokio | tokio LocalSet | smol | hatchery/best peer |");
     println!("|---|---|---|---|---|---|---|");
     for row in rows {
-        let (best, best_v) = row.best_peer();
         println!(
-            "| {} | {} | {} | {:.2}x ({}) |",
+            "| {} | {} | {} | {} |",
             row.workload.name(),
             row.metric.unit(),
-            row.medians.map(fmt_value).join(" | "),
-            row.medians[0] / best_v,
-            best.label()
+            row.medians.map(fmt_opt).join(" | "),
+            row.fmt_best()
         );
     }
     println!("\n### Ratios hatchery / peer\n");
@@ -342,15 +408,33 @@ fn print_summary(rows: &[Row], reps: usize) {
     );
     println!("|---|---|---|---|---|---|");
     for row in rows {
-        let (_, best_v) = row.best_peer();
         println!(
-            "| {} | {} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+            "| {} | {} | {} | {} | {} | {} |",
             row.workload.name(),
             row.metric.unit(),
-            row.ratio(1),
-            row.ratio(2),
-            row.ratio(3),
-            row.medians[0] / best_v
+            fmt_ratio(row.ratio(1)),
+            fmt_ratio(row.ratio(2)),
+            fmt_ratio(row.ratio(3)),
+            fmt_ratio(row.ratio_best())
+        );
+    }
+    let hatchery_only: Vec<&str> =
+        rows.iter().filter(|r| r.best_peer().is_none()).map(|r| r.workload.name()).collect();
+    if !hatchery_only.is_empty() {
+        println!(
+            "\n`-`: {} runs on hatchery only (tokio's mpsc and async-channel have no capacity 0).",
+            hatchery_only.join(", ")
+        );
+    }
+    // The capacity-0 target is set against the peers' capacity-1 pingpong (performance.md).
+    let find = |w| rows.iter().find(|r| r.workload == w);
+    if let (Some(rendezvous), Some(pingpong)) = (find(Workload::PingpongRendezvous), find(Workload::Pingpong))
+        && let (Some(h), Some((best, best_v))) = (rendezvous.medians[0], pingpong.best_peer())
+    {
+        println!(
+            "pingpong_rendezvous (hatchery, capacity 0) / best peer's pingpong (capacity 1, {}): {:.2}x",
+            best.label(),
+            h / best_v
         );
     }
 }

@@ -1,5 +1,5 @@
 //! The workloads on smol's single-threaded stack: an `async_executor::LocalExecutor` driven by
-//! `async_io::block_on`, with `async_io::Timer` for time.
+//! `async_io::block_on`, with `async_io::Timer` for time and `async_channel` for channels.
 //!
 //! Tasks that spawn tasks reach the executor through an `Rc`, as smol users do.
 
@@ -12,7 +12,7 @@ use async_executor::{LocalExecutor, Task};
 use async_io::Timer;
 use futures_lite::future;
 
-use crate::common::{LONG_SLEEP, SHORT_TIMEOUT, check, sum_below};
+use crate::common::{FANIN_CAPACITY, LONG_SLEEP, PINGPONG_CAPACITY, SHORT_TIMEOUT, check, sum_below};
 
 /// The executor, shared by the tasks that spawn.
 type Executor = Rc<LocalExecutor<'static>>;
@@ -75,6 +75,72 @@ pub fn spawn_nested(parents: u64, children: u64) -> Duration {
         (t0.elapsed(), sum)
     });
     check("smol spawn_nested", sum, sum_below(parents * children));
+    elapsed
+}
+
+/// `pingpong`: wall time of `n` round trips over two `async_channel::bounded(1)` channels.
+/// Task B (spawned first) echoes each value back; task A sends `i` and sums what comes back.
+pub fn pingpong(n: u64) -> Duration {
+    let (elapsed, sum) = block_on(|ex| async move {
+        let t0 = Instant::now();
+        let (ping_tx, ping_rx) = async_channel::bounded::<u64>(PINGPONG_CAPACITY);
+        let (pong_tx, pong_rx) = async_channel::bounded::<u64>(PINGPONG_CAPACITY);
+        let b = ex.spawn(async move {
+            for _ in 0..n {
+                let v = ping_rx.recv().await.expect("ping channel closed");
+                pong_tx.send(v).await.expect("pong channel closed");
+            }
+        });
+        let a = ex.spawn(async move {
+            let mut sum = 0;
+            for i in 0..n {
+                ping_tx.send(i).await.expect("ping channel closed");
+                sum += pong_rx.recv().await.expect("pong channel closed");
+            }
+            sum
+        });
+        let sum = a.await;
+        b.await;
+        (t0.elapsed(), sum)
+    });
+    check("smol pingpong", sum, sum_below(n));
+    elapsed
+}
+
+/// `mpsc_fanin`: wall time of `producers` tasks each sending `per_producer` values into one
+/// `async_channel::bounded` channel, and one consumer task (spawned first) summing them until
+/// the channel ends.
+pub fn mpsc_fanin(producers: u64, per_producer: u64) -> Duration {
+    let (elapsed, (count, sum)) = block_on(|ex| async move {
+        let t0 = Instant::now();
+        let (tx, rx) = async_channel::bounded::<u64>(FANIN_CAPACITY);
+        let consumer = ex.spawn(async move {
+            let (mut count, mut sum) = (0, 0);
+            while let Ok(v) = rx.recv().await {
+                count += 1;
+                sum += v;
+            }
+            (count, sum)
+        });
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let tx = tx.clone();
+                ex.spawn(async move {
+                    for j in 0..per_producer {
+                        tx.send(p * per_producer + j).await.expect("channel closed");
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let got = consumer.await;
+        for t in tasks {
+            t.await;
+        }
+        (t0.elapsed(), got)
+    });
+    check("smol mpsc_fanin (messages)", count, producers * per_producer);
+    check("smol mpsc_fanin", sum, sum_below(producers * per_producer));
     elapsed
 }
 

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet, LocalSet};
 use tokio::time::{sleep, timeout};
 
-use crate::common::{LONG_SLEEP, SHORT_TIMEOUT, check, sum_below};
+use crate::common::{FANIN_CAPACITY, LONG_SLEEP, PINGPONG_CAPACITY, SHORT_TIMEOUT, check, sum_below};
 
 /// Runs `future` on a fresh current_thread runtime (time driver on), inside a `LocalSet` if
 /// `local`.
@@ -76,6 +77,72 @@ pub fn spawn_nested(local: bool, parents: u64, children: u64) -> Duration {
         (t0.elapsed(), sum)
     });
     check("tokio spawn_nested", sum, sum_below(parents * children));
+    elapsed
+}
+
+/// `pingpong`: wall time of `n` round trips over two `tokio::sync::mpsc` channels of capacity 1.
+/// Task B (spawned first) echoes each value back; task A sends `i` and sums what comes back.
+pub fn pingpong(local: bool, n: u64) -> Duration {
+    let (elapsed, sum) = block_on(local, async move {
+        let t0 = Instant::now();
+        let (ping_tx, mut ping_rx) = mpsc::channel::<u64>(PINGPONG_CAPACITY);
+        let (pong_tx, mut pong_rx) = mpsc::channel::<u64>(PINGPONG_CAPACITY);
+        let b = spawn(local, async move {
+            for _ in 0..n {
+                let v = ping_rx.recv().await.expect("ping channel closed");
+                pong_tx.send(v).await.expect("pong channel closed");
+            }
+        });
+        let a = spawn(local, async move {
+            let mut sum = 0;
+            for i in 0..n {
+                ping_tx.send(i).await.expect("ping channel closed");
+                sum += pong_rx.recv().await.expect("pong channel closed");
+            }
+            sum
+        });
+        let sum = a.await.expect("task failed");
+        b.await.expect("task failed");
+        (t0.elapsed(), sum)
+    });
+    check("tokio pingpong", sum, sum_below(n));
+    elapsed
+}
+
+/// `mpsc_fanin`: wall time of `producers` tasks each sending `per_producer` values into one
+/// bounded `tokio::sync::mpsc` channel, and one consumer task (spawned first) summing them until
+/// the channel ends.
+pub fn mpsc_fanin(local: bool, producers: u64, per_producer: u64) -> Duration {
+    let (elapsed, (count, sum)) = block_on(local, async move {
+        let t0 = Instant::now();
+        let (tx, mut rx) = mpsc::channel::<u64>(FANIN_CAPACITY);
+        let consumer = spawn(local, async move {
+            let (mut count, mut sum) = (0, 0);
+            while let Some(v) = rx.recv().await {
+                count += 1;
+                sum += v;
+            }
+            (count, sum)
+        });
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                let tx = tx.clone();
+                spawn(local, async move {
+                    for j in 0..per_producer {
+                        tx.send(p * per_producer + j).await.expect("channel closed");
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let got = consumer.await.expect("task failed");
+        for h in handles {
+            h.await.expect("task failed");
+        }
+        (t0.elapsed(), got)
+    });
+    check("tokio mpsc_fanin (messages)", count, producers * per_producer);
+    check("tokio mpsc_fanin", sum, sum_below(producers * per_producer));
     elapsed
 }
 
