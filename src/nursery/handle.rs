@@ -179,13 +179,8 @@ impl<T> Future for JoinHandle<'_, T> {
                 }
                 JoinState::Yielding => {
                     this.state = JoinState::Start;
-                    match this.out.take() {
-                        Some(r) => return Poll::Ready(r),
-                        // Taken meanwhile through `try_take` on another path: nothing to return.
-                        None => {
-                            unreachable!("the value of a finished child is taken only through its handle")
-                        }
-                    }
+                    // Only this handle takes the value, and it is borrowed for this poll.
+                    return Poll::Ready(this.out.take().expect("a finished child keeps its result"));
                 }
                 JoinState::Waiting => {
                     if let Some(r) = this.out.take() {
