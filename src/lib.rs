@@ -53,8 +53,10 @@ mod error;
 pub mod lowlevel;
 mod nursery;
 mod runtime;
+pub mod signal;
 pub mod sync;
 pub mod testing;
+pub mod thread;
 mod time;
 
 pub use cancel::{

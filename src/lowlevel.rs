@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use crate::error::{BusyResource, Cancelled, ClosedResource};
 use crate::runtime::cancel_tree::NIL;
 use crate::runtime::context;
-use crate::runtime::reactor::{Dir, Readiness};
+use crate::runtime::reactor::{Dir, POLL_OP, Readiness};
 
 pub use crate::runtime::RunHandle;
 pub use crate::runtime::clock::Instant;
@@ -255,6 +255,91 @@ impl<T: AsFd> IoSource<T> {
         self.op_with(Dir::Write, op).await
     }
 
+    /// The poll-style twin of [`read_with`](IoSource::read_with), for `poll_read`-shaped
+    /// adapters (the `futures-io` traits) that cannot keep an operation open across polls:
+    /// runs `op` when the descriptor may be readable, and otherwise registers `cx` for
+    /// readiness and `park` for cancellation.
+    ///
+    /// Unlike `read_with` this is **not a checkpoint**: it neither checks for cancellation
+    /// before trying `op` nor yields after a success. It fails with [`Cancelled`] only when it
+    /// would block in a cancelled scope, so a loop of polls cannot block forever there. Keep
+    /// `park` in the object that polls (one per direction) and call
+    /// [`Park::unpark`] when done with it, or drop it.
+    ///
+    /// A poll-style waiter gives way to an `async` operation on the same direction (which then
+    /// wins, and the poller is woken to find [`BusyResource`]); two poll-style waiters on one
+    /// direction at once are a logic error: only the last one is woken.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `op` returns, [`Cancelled`], [`BusyResource`] or [`ClosedResource`].
+    pub fn poll_read_with<R>(
+        &self,
+        cx: &mut Context<'_>,
+        park: &mut Park,
+        op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        self.poll_op_with(Dir::Read, cx, park, op)
+    }
+
+    /// The poll-style twin of [`write_with`](IoSource::write_with); see
+    /// [`poll_read_with`](IoSource::poll_read_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`poll_read_with`](IoSource::poll_read_with).
+    pub fn poll_write_with<R>(
+        &self,
+        cx: &mut Context<'_>,
+        park: &mut Park,
+        op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        self.poll_op_with(Dir::Write, cx, park, op)
+    }
+
+    fn poll_op_with<R>(
+        &self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        park: &mut Park,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        self.check_run()?;
+        let reactor = self.reg.reactor();
+        loop {
+            if reactor.should_try(self.reg.key, dir) {
+                match op(self.get_ref()) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => reactor.clear_ready(self.reg.key, dir),
+                    res => {
+                        park.unpark();
+                        return Poll::Ready(res);
+                    }
+                }
+            }
+            let fd = self.get_ref().as_fd();
+            match reactor.poll_ready(self.reg.key, dir, POLL_OP, cx.waker(), fd)? {
+                Readiness::Ready => continue,
+                Readiness::Busy => {
+                    park.unpark();
+                    return Poll::Ready(Err(busy(dir)));
+                }
+                Readiness::Closed => {
+                    park.unpark();
+                    return Poll::Ready(Err(ClosedResource.into()));
+                }
+                Readiness::Pending => {
+                    return match park.poll_cancel(cx) {
+                        Poll::Ready(c) => {
+                            reactor.forget_waiter(self.reg.key, dir, POLL_OP);
+                            Poll::Ready(Err(c.into()))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+
     fn check_run(&self) -> io::Result<()> {
         if context::core().id != self.reg.run_id() {
             return Err(io::Error::other(
@@ -282,15 +367,17 @@ impl<T: AsFd> IoSource<T> {
         let mut waited = false;
         let id = context::core().fresh_id();
         loop {
-            match op(self.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.reg.reactor().clear_ready(self.reg.key, dir);
-                }
-                res => {
-                    if !waited {
-                        cancel_shielded_checkpoint().await;
+            if self.reg.reactor().should_try(self.reg.key, dir) {
+                match op(self.get_ref()) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.reg.reactor().clear_ready(self.reg.key, dir);
                     }
-                    return res;
+                    res => {
+                        if !waited {
+                            cancel_shielded_checkpoint().await;
+                        }
+                        return res;
+                    }
                 }
             }
             let mut wait = ReadyWait { src: self, dir, id, park: Park::new(), waited: false };
@@ -298,6 +385,14 @@ impl<T: AsFd> IoSource<T> {
             waited |= wait.waited;
         }
     }
+}
+
+fn busy(dir: Dir) -> io::Error {
+    BusyResource(match dir {
+        Dir::Read => "read",
+        Dir::Write => "write",
+    })
+    .into()
 }
 
 struct ReadyWait<'a, T: AsFd> {
@@ -318,11 +413,7 @@ impl<T: AsFd> ReadyWait<'_, T> {
                 self.park.unpark();
                 Poll::Ready(Ok(()))
             }
-            Ok(Readiness::Busy) => Poll::Ready(Err(BusyResource(match self.dir {
-                Dir::Read => "read",
-                Dir::Write => "write",
-            })
-            .into())),
+            Ok(Readiness::Busy) => Poll::Ready(Err(busy(self.dir))),
             Ok(Readiness::Closed) => Poll::Ready(Err(ClosedResource.into())),
             Ok(Readiness::Pending) => match self.park.poll_cancel(cx) {
                 Poll::Ready(c) => {

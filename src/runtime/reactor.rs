@@ -97,6 +97,21 @@ pub(crate) enum Readiness {
     Closed,
 }
 
+/// Wakes its waker, if any, when dropped.
+struct WakeOnDrop(Option<Waker>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The operation id of poll-style waits ([`IoSource::poll_read_with`] and friends), which are
+/// not bracketed by an operation that could remove them: such a waiter gives way to a real one.
+pub(crate) const POLL_OP: u64 = 0;
+
 /// A generation that matches any source: what 32-bit targets, whose keys have no room for one,
 /// read back. Never allocated.
 const ANY_GENERATION: u32 = u32::MAX;
@@ -165,6 +180,8 @@ impl Reactor {
         let (index, generation) = unpack(key);
         // Dropped after the borrow below ends: a replaced waker's destructor may be foreign code.
         let mut _replaced = None;
+        // Woken (after the borrow ends) if a poll-style waiter is displaced.
+        let mut evicted = WakeOnDrop(None);
         let rearm = {
             let mut sources = self.sources.borrow_mut();
             let s = match sources.get_mut(index) {
@@ -175,6 +192,12 @@ impl Reactor {
                 return Ok(Readiness::Closed);
             }
             let d = s.dir(dir);
+            // A poll-style waiter (id `POLL_OP`) holds no operation open: it may have been
+            // abandoned by a dropped future, so a real operation takes its place (and wakes it, in
+            // case it is still live, so that it polls again and finds the direction busy).
+            if op_id != POLL_OP && matches!(d.waiter, Some((POLL_OP, _))) {
+                evicted.0 = d.waiter.take().map(|(_, w)| w);
+            }
             match &mut d.waiter {
                 Some((id, _)) if *id != op_id => return Ok(Readiness::Busy),
                 Some((_, w)) => {
@@ -200,6 +223,22 @@ impl Reactor {
             self.shared.poller.modify(fd, self.interest(key))?;
         }
         Ok(Readiness::Pending)
+    }
+
+    /// Whether an operation should try its syscall before waiting. In edge mode the `ready`
+    /// bit is exact (an edge is reported for every new arrival after it was cleared), so a clear
+    /// bit means the syscall would fail with `WouldBlock`: skip it. In oneshot mode the bit
+    /// only says what the last event said, so try.
+    pub(crate) fn should_try(&self, key: usize, dir: Dir) -> bool {
+        if !self.edge {
+            return true;
+        }
+        let (index, generation) = unpack(key);
+        let mut sources = self.sources.borrow_mut();
+        match sources.get_mut(index).filter(|s| same_source(s, generation)) {
+            Some(s) => s.dir(dir).ready || s.closed,
+            None => true,
+        }
     }
 
     /// The operation `op_id` stops waiting (completed, cancelled or dropped).

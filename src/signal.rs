@@ -1,0 +1,1 @@
+//! Signals: Ctrl-C as cancellation, and a receiver of signal numbers.

@@ -1,0 +1,1 @@
+//! Blocking work on a pool of threads: [`to_thread`].
