@@ -425,6 +425,44 @@ impl From<BusyResource> for io::Error {
     }
 }
 
+/// A `write_all` that did not finish: how far it got, and why it stopped.
+///
+/// `written` bytes of the buffer went out (in order, from its start); the rest did not. For a
+/// socket the stream stays usable after a cancellation (Trio's S9.3): a later write continues
+/// right after those bytes, so a caller can resume with `&buf[written..]`.
+///
+/// It converts into `io::Error` (the count is dropped, the error kept, so a [`Cancelled`]
+/// inside is still found) and into [`Error`], and implements [`CancelError`], so a cancel
+/// scope around a cancelled `write_all` absorbs it.
+#[derive(Debug, thiserror::Error)]
+#[error("write_all stopped after {written} bytes")]
+#[non_exhaustive]
+pub struct WriteAllError {
+    /// Bytes written before the error.
+    pub written: usize,
+    /// Why it stopped.
+    #[source]
+    pub error: io::Error,
+}
+
+impl From<WriteAllError> for io::Error {
+    fn from(e: WriteAllError) -> io::Error {
+        e.error
+    }
+}
+
+impl From<WriteAllError> for Error {
+    fn from(e: WriteAllError) -> Error {
+        Error::Io(e.error)
+    }
+}
+
+impl CancelError for WriteAllError {
+    fn cancelled(&self) -> Option<&Cancelled> {
+        self.error.cancelled()
+    }
+}
+
 /// The resource was closed, by this task or another, while or before it was used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the resource was closed")]

@@ -51,6 +51,7 @@
 mod cancel;
 mod error;
 pub mod lowlevel;
+pub mod net;
 mod nursery;
 mod runtime;
 pub mod signal;
@@ -65,7 +66,7 @@ pub use cancel::{
 };
 pub use error::{
     BusyResource, CancelError, CancelSource, Cancelled, ClosedResource, Error, JoinError, NurseryError,
-    Result, RunError, RunFinished, StartError, TooSlow,
+    Result, RunError, RunFinished, StartError, TooSlow, WriteAllError,
 };
 pub use nursery::{JoinHandle, Nursery, TaskStatus, nursery};
 pub use runtime::clock::Instant;

@@ -1,0 +1,35 @@
+//! Networking: TCP, UDP and Unix domain sockets on hatchery's reactor.
+//!
+//! Written only against [`crate::lowlevel`] (registration, readiness, parking), like `time` and
+//! `sync`. The rules (Trio's S9.1 and S9.2):
+//!
+//! - **Every operation is a checkpoint**, even when it completes at once; cancelled before it
+//!   runs, it has no effect: a cancelled read consumed no bytes, a cancelled `accept` took no
+//!   connection, a cancelled `recv_from` took no datagram. Dropping the future is the same.
+//! - **One task per direction**: a second task reading (or writing) the same socket while
+//!   another does gets [`BusyResource`](crate::BusyResource).
+//! - **Closing wakes waiters**: a stream's `close`, callable from any task that can reach it,
+//!   wakes tasks blocked on it with [`ClosedResource`](crate::ClosedResource).
+//! - **A cancelled `write_all` says how far it got** ([`WriteAllError`](crate::WriteAllError)),
+//!   and the stream stays usable (S9.3).
+//!
+//! Readiness is edge-triggered where the OS allows: a read that returns less than asked for
+//! marks the socket drained, so the next read waits for the OS instead of trying a syscall that
+//! would fail (an echo round trip costs one `recv` and one `send`).
+//!
+//! Addresses are taken as `impl Into<SocketAddr>` (a `SocketAddr`, or `([127, 0, 0, 1], 80)`):
+//! nothing here resolves host names except [`connect_tcp`], which does so on the blocking pool.
+
+mod stream;
+pub mod tcp;
+mod udp;
+pub mod unix;
+
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixDatagram, UnixListener, UnixStream};
+
+/// `EINPROGRESS`: a non-blocking `connect` has started.
+fn tcp_einprogress() -> i32 {
+    if cfg!(any(target_os = "linux", target_os = "android")) { 115 } else { 36 }
+}

@@ -1,0 +1,627 @@
+//! What TCP and Unix stream sockets share: [`StreamCore`], and the macro that gives each stream
+//! type its methods, its halves and its `futures-io` impls.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::task::{Context, Poll};
+
+use crate::error::{BusyResource, ClosedResource, WriteAllError};
+use crate::lowlevel::{self, IoSource, Park};
+
+/// A connected stream socket type from `std` (`TcpStream`, `UnixStream`).
+pub(crate) trait SocketIo: AsFd + 'static
+where
+    for<'a> &'a Self: Read + Write,
+{
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+}
+
+impl SocketIo for std::net::TcpStream {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        std::net::TcpStream::shutdown(self, how)
+    }
+}
+
+impl SocketIo for std::os::unix::net::UnixStream {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        std::os::unix::net::UnixStream::shutdown(self, how)
+    }
+}
+
+/// Marks one direction in use for the length of an operation (Trio's conflict detector).
+struct InUse<'a>(&'a Cell<bool>);
+
+impl<'a> InUse<'a> {
+    fn enter(flag: &'a Cell<bool>, what: &'static str) -> io::Result<InUse<'a>> {
+        if flag.replace(true) {
+            return Err(BusyResource(what).into());
+        }
+        Ok(InUse(flag))
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// A registered, non-blocking stream socket with Trio's stream rules (S9.1, S9.2): one
+/// operation per direction at a time, `close` from any task, a write side that stays shut.
+#[derive(Debug)]
+pub(crate) struct StreamCore<T: SocketIo>
+where
+    for<'a> &'a T: Read + Write,
+{
+    src: IoSource<T>,
+    reading: Cell<bool>,
+    writing: Cell<bool>,
+    write_shut: Cell<bool>,
+    closed: Cell<bool>,
+    /// Cancellation registrations of the poll-style (`futures-io`) reads and writes.
+    poll_parks: RefCell<[Park; 2]>,
+}
+
+fn empty_read() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "read into an empty buffer (0 bytes read would mean end of stream)")
+}
+
+impl<T: SocketIo> StreamCore<T>
+where
+    for<'a> &'a T: Read + Write,
+{
+    /// Registers `io`, which must already be non-blocking.
+    pub(crate) fn new(io: T) -> io::Result<StreamCore<T>> {
+        Ok(StreamCore {
+            src: IoSource::new(io)?,
+            reading: Cell::new(false),
+            writing: Cell::new(false),
+            write_shut: Cell::new(false),
+            closed: Cell::new(false),
+            poll_parks: RefCell::new([Park::new(), Park::new()]),
+        })
+    }
+
+    pub(crate) fn get_ref(&self) -> &T {
+        self.src.get_ref()
+    }
+
+    pub(crate) fn into_inner(self) -> T {
+        self.src.into_inner()
+    }
+
+    fn check_open(&self) -> io::Result<()> {
+        if self.closed.get() { Err(ClosedResource.into()) } else { Ok(()) }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.closed.get() || self.write_shut.get() { Err(ClosedResource.into()) } else { Ok(()) }
+    }
+
+    pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Err(empty_read());
+        }
+        let _in_use = InUse::enter(&self.reading, "read")?;
+        self.check_open()?;
+        let len = buf.len();
+        let n = self.src.read_with(|s| (&*s).read(buf)).await?;
+        // A short read drained the socket: say so now rather than learn it from a read that
+        // fails with WouldBlock. Not at end of stream (0), where no new edge would come.
+        if n > 0 && n < len {
+            self.src.clear_readable();
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let _in_use = InUse::enter(&self.writing, "write")?;
+        self.check_writable()?;
+        if buf.is_empty() {
+            lowlevel::checkpoint().await?;
+            return Ok(0);
+        }
+        self.write_some(buf).await
+    }
+
+    async fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.src.write_with(|s| (&*s).write(buf)).await?;
+        if n < buf.len() {
+            self.src.clear_writable();
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn write_all(&self, buf: &[u8]) -> Result<(), WriteAllError> {
+        let fail = |written, error| WriteAllError { written, error };
+        let _in_use = InUse::enter(&self.writing, "write").map_err(|e| fail(0, e))?;
+        self.check_writable().map_err(|e| fail(0, e))?;
+        if buf.is_empty() {
+            return lowlevel::checkpoint().await.map_err(|c| fail(0, c.into()));
+        }
+        let mut written = 0;
+        while written < buf.len() {
+            match self.write_some(&buf[written..]).await {
+                Ok(0) => return Err(fail(written, io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) => return Err(fail(written, e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        let _in_use = match how {
+            Shutdown::Read => None,
+            Shutdown::Write | Shutdown::Both => Some(InUse::enter(&self.writing, "write")?),
+        };
+        self.check_open()?;
+        lowlevel::checkpoint().await?;
+        self.shutdown_now(how)
+    }
+
+    fn shutdown_now(&self, how: Shutdown) -> io::Result<()> {
+        let writes = matches!(how, Shutdown::Write | Shutdown::Both);
+        if writes && self.write_shut.get() && how == Shutdown::Write {
+            return Ok(());
+        }
+        match self.src.get_ref().shutdown(how) {
+            // The peer already reset the connection: there is nothing left to shut down.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        if writes {
+            self.write_shut.set(true);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.src.notify_closing();
+        // Let the peer see the end now; the descriptor itself closes when the owner drops it.
+        let _ = self.src.get_ref().shutdown(Shutdown::Both);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        let _in_use = InUse::enter(&self.reading, "read")?;
+        self.check_open()?;
+        self.src.readable().await
+    }
+
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        let _in_use = InUse::enter(&self.writing, "write")?;
+        self.check_writable()?;
+        self.src.writable().await
+    }
+
+    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.reading.get() {
+            return Poll::Ready(Err(BusyResource("read").into()));
+        }
+        self.check_open()?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let len = buf.len();
+        let mut parks = self.poll_parks.borrow_mut();
+        let n = std::task::ready!(self.src.poll_read_with(cx, &mut parks[0], |s| (&*s).read(buf)))?;
+        if n > 0 && n < len {
+            self.src.clear_readable();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.writing.get() {
+            return Poll::Ready(Err(BusyResource("write").into()));
+        }
+        self.check_writable()?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut parks = self.poll_parks.borrow_mut();
+        let n = std::task::ready!(self.src.poll_write_with(cx, &mut parks[1], |s| (&*s).write(buf)))?;
+        if n < buf.len() {
+            self.src.clear_writable();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    pub(crate) fn poll_close(&self) -> Poll<io::Result<()>> {
+        if self.writing.get() {
+            return Poll::Ready(Err(BusyResource("write").into()));
+        }
+        self.check_open()?;
+        Poll::Ready(self.shutdown_now(Shutdown::Write))
+    }
+}
+
+/// Gives a stream type (a struct with a `core: StreamCore<$std>` field) its stream methods, its
+/// `futures-io` impls (on the type and on a shared reference to it) and its halves.
+macro_rules! stream_type {
+    ($Stream:ident, $std:ty) => {
+        impl $Stream {
+            /// Reads what is available, waiting until something is: the number of bytes read,
+            /// or `0` at end of stream. A checkpoint. Cancelled before it completes, it reads
+            /// nothing: the bytes stay in the socket for the next read.
+            ///
+            /// # Errors
+            ///
+            /// `InvalidInput` for an empty `buf` (0 is reserved for end of stream);
+            /// [`BusyResource`](crate::BusyResource) if another task is reading;
+            /// [`ClosedResource`](crate::ClosedResource) once closed; [`Cancelled`](crate::Cancelled);
+            /// the OS error.
+            pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.core.read(buf).await
+            }
+
+            /// Writes some of `buf`, waiting until the socket can take something: the number
+            /// of bytes written. A checkpoint; an empty `buf` writes nothing but is still one.
+            ///
+            /// # Errors
+            ///
+            /// [`BusyResource`](crate::BusyResource) if another task is writing;
+            /// [`ClosedResource`](crate::ClosedResource) once closed or shut down for writing;
+            /// [`Cancelled`](crate::Cancelled) (nothing was written); the OS error.
+            pub async fn write(&self, buf: &[u8]) -> std::io::Result<usize> {
+                self.core.write(buf).await
+            }
+
+            /// Writes all of `buf`. A checkpoint, even for an empty `buf`.
+            ///
+            /// If it fails, [`WriteAllError::written`](crate::WriteAllError) says how many bytes
+            /// went out (the stream is not broken by a cancellation: the next write continues
+            /// after those bytes, S9.3).
+            ///
+            /// # Errors
+            ///
+            /// As [`write`](Self::write), with the count.
+            pub async fn write_all(&self, buf: &[u8]) -> Result<(), crate::WriteAllError> {
+                self.core.write_all(buf).await
+            }
+
+            /// Shuts down reading, writing or both (`send_eof` is `Shutdown::Write`). A
+            /// checkpoint, before anything is shut down. Shutting down writing is idempotent,
+            /// and later writes fail with [`ClosedResource`](crate::ClosedResource); after
+            /// shutting down reading, reads return end of stream.
+            ///
+            /// # Errors
+            ///
+            /// [`BusyResource`](crate::BusyResource) if writing is shut down while another
+            /// task writes; [`ClosedResource`](crate::ClosedResource); [`Cancelled`](crate::Cancelled);
+            /// the OS error.
+            pub async fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+                self.core.shutdown(how).await
+            }
+
+            /// Closes the stream from any task that can reach it: tasks blocked on it wake with
+            /// [`ClosedResource`](crate::ClosedResource), later operations fail the same way,
+            /// and the peer sees the end of the stream at once. The descriptor itself is
+            /// released when the stream is dropped (which also closes it). Idempotent; not a
+            /// checkpoint.
+            pub fn close(&self) {
+                self.core.close()
+            }
+
+            /// Whether [`close`](Self::close) was called.
+            pub fn is_closed(&self) -> bool {
+                self.core.is_closed()
+            }
+
+            /// Waits until the stream may be readable. A checkpoint.
+            ///
+            /// # Errors
+            ///
+            /// As [`read`](Self::read).
+            pub async fn readable(&self) -> std::io::Result<()> {
+                self.core.readable().await
+            }
+
+            /// Waits until a write may make progress (Trio's `wait_send_all_might_not_block`).
+            /// A checkpoint.
+            ///
+            /// # Errors
+            ///
+            /// As [`write`](Self::write).
+            pub async fn writable(&self) -> std::io::Result<()> {
+                self.core.writable().await
+            }
+
+            /// Borrows a read half and a write half, for two tasks to use at once. (The
+            /// methods take `&self`, so sharing `&self` between a reader and a writer works
+            /// too; the halves only narrow what each side can do.)
+            pub fn split(&self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+                (ReadHalf { stream: self }, WriteHalf { stream: self })
+            }
+
+            /// Splits into owned halves (sharing the stream through an `Rc`); put them back
+            /// together with [`reunite`](Self::reunite). Dropping the write half shuts down
+            /// writing.
+            pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+                let s = std::rc::Rc::new(self);
+                (OwnedReadHalf { stream: s.clone() }, OwnedWriteHalf { stream: s, shutdown_on_drop: true })
+            }
+
+            /// Puts the halves of one [`into_split`](Self::into_split) back together.
+            ///
+            /// # Errors
+            ///
+            /// [`ReuniteError`] (holding both halves) if they come from different streams.
+            pub fn reunite(read: OwnedReadHalf, write: OwnedWriteHalf) -> Result<$Stream, ReuniteError> {
+                if !std::rc::Rc::ptr_eq(&read.stream, &write.stream) {
+                    return Err(ReuniteError(read, write));
+                }
+                let mut write = write;
+                write.shutdown_on_drop = false;
+                let stream = read.stream;
+                drop(write);
+                Ok(std::rc::Rc::into_inner(stream).expect("the halves held the only references"))
+            }
+        }
+
+        impl futures_io::AsyncRead for $Stream {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.core.poll_read(cx, buf)
+            }
+        }
+
+        impl futures_io::AsyncRead for &$Stream {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.core.poll_read(cx, buf)
+            }
+        }
+
+        impl futures_io::AsyncWrite for $Stream {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.core.poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.core.poll_close()
+            }
+        }
+
+        impl futures_io::AsyncWrite for &$Stream {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.core.poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.core.poll_close()
+            }
+        }
+
+        impl std::os::fd::AsFd for $Stream {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                self.core.get_ref().as_fd()
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $Stream {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                self.core.get_ref().as_raw_fd()
+            }
+        }
+
+        impl TryFrom<$std> for $Stream {
+            type Error = std::io::Error;
+
+            /// Same as [`from_std`]($Stream::from_std).
+            fn try_from(s: $std) -> std::io::Result<$Stream> {
+                $Stream::from_std(s)
+            }
+        }
+
+        /// The read half of a borrowed stream, from `split`.
+        #[derive(Debug, Clone, Copy)]
+        pub struct ReadHalf<'a> {
+            stream: &'a $Stream,
+        }
+
+        /// The write half of a borrowed stream, from `split`.
+        #[derive(Debug, Clone, Copy)]
+        pub struct WriteHalf<'a> {
+            stream: &'a $Stream,
+        }
+
+        /// The owned read half of a stream, from `into_split`.
+        #[derive(Debug)]
+        pub struct OwnedReadHalf {
+            stream: std::rc::Rc<$Stream>,
+        }
+
+        /// The owned write half of a stream, from `into_split`. Dropping it shuts down
+        /// writing (the peer sees end of stream once the data already written is sent).
+        #[derive(Debug)]
+        pub struct OwnedWriteHalf {
+            stream: std::rc::Rc<$Stream>,
+            shutdown_on_drop: bool,
+        }
+
+        impl Drop for OwnedWriteHalf {
+            fn drop(&mut self) {
+                if self.shutdown_on_drop && !self.stream.core.is_closed() {
+                    let _ = self.stream.core.poll_close();
+                }
+            }
+        }
+
+        /// Two halves given to `reunite` that come from different streams.
+        #[derive(Debug)]
+        pub struct ReuniteError(pub OwnedReadHalf, pub OwnedWriteHalf);
+
+        impl std::fmt::Display for ReuniteError {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tried to reunite halves that are not from the same stream")
+            }
+        }
+
+        impl std::error::Error for ReuniteError {}
+
+        $crate::net::stream::half_methods!(ReadHalf<'_>, read);
+        $crate::net::stream::half_methods!(OwnedReadHalf, read);
+        $crate::net::stream::half_methods!(WriteHalf<'_>, write);
+        $crate::net::stream::half_methods!(OwnedWriteHalf, write);
+
+        impl OwnedReadHalf {
+            /// The whole stream, shared with the write half.
+            pub fn stream(&self) -> &$Stream {
+                &self.stream
+            }
+        }
+
+        impl OwnedWriteHalf {
+            /// The whole stream, shared with the read half.
+            pub fn stream(&self) -> &$Stream {
+                &self.stream
+            }
+        }
+    };
+}
+
+/// The methods of one half: `read` halves read, `write` halves write.
+macro_rules! half_methods {
+    ($Half:ty, read) => {
+        impl $Half {
+            /// Same as the stream's `read`.
+            ///
+            /// # Errors
+            ///
+            /// As the stream's `read`.
+            pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.stream.core.read(buf).await
+            }
+
+            /// Same as the stream's `readable`.
+            ///
+            /// # Errors
+            ///
+            /// As the stream's `readable`.
+            pub async fn readable(&self) -> std::io::Result<()> {
+                self.stream.core.readable().await
+            }
+        }
+
+        impl futures_io::AsyncRead for $Half {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.stream.core.poll_read(cx, buf)
+            }
+        }
+    };
+    ($Half:ty, write) => {
+        impl $Half {
+            /// Same as the stream's `write`.
+            ///
+            /// # Errors
+            ///
+            /// As the stream's `write`.
+            pub async fn write(&self, buf: &[u8]) -> std::io::Result<usize> {
+                self.stream.core.write(buf).await
+            }
+
+            /// Same as the stream's `write_all`.
+            ///
+            /// # Errors
+            ///
+            /// As the stream's `write_all`.
+            pub async fn write_all(&self, buf: &[u8]) -> Result<(), $crate::WriteAllError> {
+                self.stream.core.write_all(buf).await
+            }
+
+            /// Shuts down writing (`send_eof`): idempotent, and later writes fail with
+            /// [`ClosedResource`]($crate::ClosedResource). A checkpoint.
+            ///
+            /// # Errors
+            ///
+            /// As the stream's `shutdown`.
+            pub async fn shutdown(&self) -> std::io::Result<()> {
+                self.stream.core.shutdown(std::net::Shutdown::Write).await
+            }
+
+            /// Same as the stream's `writable`.
+            ///
+            /// # Errors
+            ///
+            /// As the stream's `writable`.
+            pub async fn writable(&self) -> std::io::Result<()> {
+                self.stream.core.writable().await
+            }
+        }
+
+        impl futures_io::AsyncWrite for $Half {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.stream.core.poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.stream.core.poll_close()
+            }
+        }
+    };
+}
+
+pub(crate) use {half_methods, stream_type};

@@ -1,0 +1,254 @@
+//! TCP: [`TcpListener`] and [`TcpStream`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use super::stream::{StreamCore, stream_type};
+use crate::lowlevel::{self, IoSource};
+
+/// How many connections the kernel may queue before `accept` (it caps this at its own
+/// `somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// Trio's choice (S9.2): keep at most 16 KiB of unsent data in the kernel, so that
+/// `writable` means what it says and a slow peer is noticed early.
+const NOTSENT_LOWAT: u32 = 16 * 1024;
+
+/// A TCP socket listening for connections.
+///
+/// ```
+/// use hatchery::net::{TcpListener, TcpStream};
+/// use hatchery::nursery;
+///
+/// hatchery::run(async {
+///     let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
+///     let addr = listener.local_addr()?;
+///     nursery(async |n| {
+///         n.start_soon(async {
+///             let (conn, _peer) = listener.accept().await?;
+///             conn.write_all(b"hello").await?;
+///             Ok::<_, std::io::Error>(())
+///         });
+///         let client = TcpStream::connect(addr).await?;
+///         let mut buf = [0; 5];
+///         let n = client.read(&mut buf).await?;
+///         assert_eq!(&buf[..n], b"hello");
+///         Ok(())
+///     })
+///     .await
+///     .map_err(|e| e.into_first())?;
+///     Ok::<_, std::io::Error>(())
+/// })
+/// .unwrap();
+/// ```
+#[derive(Debug)]
+pub struct TcpListener {
+    src: IoSource<std::net::TcpListener>,
+}
+
+impl TcpListener {
+    /// Binds to `addr` (port 0 picks a free port; see [`local_addr`](Self::local_addr)) and
+    /// listens, with `SO_REUSEADDR` as servers expect. Takes an address, not a host name: no
+    /// name resolution happens here. `([127, 0, 0, 1], 8080)` and a parsed `SocketAddr` both work.
+    ///
+    /// # Errors
+    ///
+    /// The OS error (address in use, permission denied, ...).
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn bind(addr: impl Into<SocketAddr>) -> io::Result<TcpListener> {
+        let addr = addr.into();
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        Ok(TcpListener { src: IoSource::new(std::net::TcpListener::from(socket))? })
+    }
+
+    /// Wraps a listener from `std`, switching it to non-blocking mode.
+    ///
+    /// # Errors
+    ///
+    /// The OS error from switching, or from registering with the reactor.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener { src: IoSource::new(listener)? })
+    }
+
+    /// The `std` listener back (still non-blocking).
+    pub fn into_std(self) -> std::net::TcpListener {
+        self.src.into_inner()
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.src.get_ref().local_addr()
+    }
+
+    /// Waits for a connection and returns it with the peer's address. A checkpoint. Cancelled,
+    /// it accepts nothing: the connection stays queued for the next `accept`.
+    ///
+    /// The stream comes with `TCP_NODELAY` on (and, on Linux, `TCP_NOTSENT_LOWAT` of 16 KiB),
+    /// as Trio's `SocketStream` does.
+    ///
+    /// # Errors
+    ///
+    /// The OS error (for example `EMFILE` when out of descriptors: see
+    /// [`serve_tcp`](super::serve_tcp), which backs off and retries those);
+    /// [`Cancelled`](crate::Cancelled); [`BusyResource`](crate::BusyResource) if another task
+    /// is accepting on this listener.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (s, peer) = self.src.read_with(|l| l.accept()).await?;
+        Ok((TcpStream::from_connected(s)?, peer))
+    }
+}
+
+impl AsFd for TcpListener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.src.get_ref().as_fd()
+    }
+}
+
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.src.get_ref().as_raw_fd()
+    }
+}
+
+impl TryFrom<std::net::TcpListener> for TcpListener {
+    type Error = io::Error;
+
+    /// Same as [`TcpListener::from_std`].
+    fn try_from(l: std::net::TcpListener) -> io::Result<TcpListener> {
+        TcpListener::from_std(l)
+    }
+}
+
+/// A TCP connection.
+///
+/// All methods take `&self`: one task may read while another writes (a second concurrent
+/// reader, or writer, gets [`BusyResource`](crate::BusyResource)), and any task may
+/// [`close`](TcpStream::close) it, waking the others with
+/// [`ClosedResource`](crate::ClosedResource). Dropping it closes the socket.
+///
+/// It implements `futures_io::AsyncRead` and `AsyncWrite` (on `TcpStream` and on
+/// `&TcpStream`), so crates written against those traits work unchanged. Those poll-style
+/// impls are not checkpoints: they fail with [`Cancelled`](crate::Cancelled) only where they
+/// would block. The `async` methods follow Trio's rules to the letter.
+#[derive(Debug)]
+pub struct TcpStream {
+    core: StreamCore<std::net::TcpStream>,
+}
+
+stream_type!(TcpStream, std::net::TcpStream);
+
+impl TcpStream {
+    /// Connects to `addr`. A checkpoint; cancelled, the half-open socket is closed.
+    ///
+    /// For a host name, several addresses and happy eyeballs, use
+    /// [`connect_tcp`](super::connect_tcp).
+    ///
+    /// # Errors
+    ///
+    /// The OS error (connection refused, unreachable, ...); [`Cancelled`](crate::Cancelled).
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub async fn connect(addr: impl Into<SocketAddr>) -> io::Result<TcpStream> {
+        let addr = addr.into();
+        lowlevel::checkpoint_if_cancelled()?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(super::tcp_einprogress()) => {}
+            Err(e) => return Err(e),
+        }
+        let stream = TcpStream::from_connected(std::net::TcpStream::from(socket))?;
+        // Writable means the connection attempt finished; SO_ERROR tells how.
+        stream.core.writable().await?;
+        if let Some(e) = SockRef::from(stream.core.get_ref()).take_error()? {
+            return Err(e);
+        }
+        Ok(stream)
+    }
+
+    fn from_connected(s: std::net::TcpStream) -> io::Result<TcpStream> {
+        s.set_nonblocking(true)?;
+        s.set_nodelay(true)?;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // Best effort: an older kernel may not know it.
+            let _ = SockRef::from(&s).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+        }
+        Ok(TcpStream { core: StreamCore::new(s)? })
+    }
+
+    /// Wraps a connected stream from `std`: switches it to non-blocking mode and turns
+    /// `TCP_NODELAY` on.
+    ///
+    /// # Errors
+    ///
+    /// The OS error from those settings, or from registering with the reactor.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn from_std(s: std::net::TcpStream) -> io::Result<TcpStream> {
+        TcpStream::from_connected(s)
+    }
+
+    /// The `std` stream back (still non-blocking).
+    pub fn into_std(self) -> std::net::TcpStream {
+        self.core.into_inner()
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.core.get_ref().local_addr()
+    }
+
+    /// The peer's address.
+    ///
+    /// # Errors
+    ///
+    /// The OS error (`NotConnected` once the peer has gone).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.core.get_ref().peer_addr()
+    }
+
+    /// Sets `TCP_NODELAY` (on by default).
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.core.get_ref().set_nodelay(nodelay)
+    }
+
+    /// Whether `TCP_NODELAY` is on.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.core.get_ref().nodelay()
+    }
+}

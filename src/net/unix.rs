@@ -1,0 +1,376 @@
+//! Unix domain sockets: [`UnixListener`], [`UnixStream`] and [`UnixDatagram`].
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::SocketAddr;
+use std::path::Path;
+
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+
+use super::stream::{StreamCore, stream_type};
+use crate::lowlevel::{self, IoSource};
+
+/// A Unix domain socket listening for stream connections.
+///
+/// ```
+/// use hatchery::net::{UnixListener, UnixStream};
+/// use hatchery::nursery;
+///
+/// let dir = std::env::temp_dir().join(format!("hatchery-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("sock");
+/// hatchery::run(async {
+///     let listener = UnixListener::bind(&path)?;
+///     nursery(async |n| {
+///         n.start_soon(async {
+///             let (conn, _) = listener.accept().await?;
+///             conn.write_all(b"hi").await?;
+///             Ok::<_, std::io::Error>(())
+///         });
+///         let client = UnixStream::connect(&path).await?;
+///         let mut buf = [0; 2];
+///         assert_eq!(client.read(&mut buf).await?, 2);
+///         Ok(())
+///     })
+///     .await
+///     .map_err(|e| e.into_first())?;
+///     Ok::<_, std::io::Error>(())
+/// })
+/// .unwrap();
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct UnixListener {
+    src: IoSource<std::os::unix::net::UnixListener>,
+}
+
+impl UnixListener {
+    /// Binds to `path` and listens. The path must not exist yet (remove a stale socket file
+    /// first); it is not removed on drop.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
+        let l = std::os::unix::net::UnixListener::bind(path)?;
+        UnixListener::from_std(l)
+    }
+
+    /// Wraps a listener from `std`, switching it to non-blocking mode.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn from_std(l: std::os::unix::net::UnixListener) -> io::Result<UnixListener> {
+        l.set_nonblocking(true)?;
+        Ok(UnixListener { src: IoSource::new(l)? })
+    }
+
+    /// The `std` listener back (still non-blocking).
+    pub fn into_std(self) -> std::os::unix::net::UnixListener {
+        self.src.into_inner()
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.src.get_ref().local_addr()
+    }
+
+    /// Waits for a connection. A checkpoint; cancelled, it accepts nothing.
+    ///
+    /// # Errors
+    ///
+    /// The OS error; [`Cancelled`](crate::Cancelled); [`BusyResource`](crate::BusyResource).
+    pub async fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
+        let (s, peer) = self.src.read_with(|l| l.accept()).await?;
+        Ok((UnixStream::from_std(s)?, peer))
+    }
+}
+
+impl AsFd for UnixListener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.src.get_ref().as_fd()
+    }
+}
+
+impl AsRawFd for UnixListener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.src.get_ref().as_raw_fd()
+    }
+}
+
+/// A Unix domain stream socket: the same rules and methods as
+/// [`TcpStream`](super::TcpStream).
+///
+/// ```
+/// use hatchery::net::UnixStream;
+///
+/// hatchery::run(async {
+///     let (a, b) = UnixStream::pair()?;
+///     a.write_all(b"ping").await?;
+///     a.shutdown(std::net::Shutdown::Write).await?;
+///     let mut buf = [0; 8];
+///     assert_eq!(b.read(&mut buf).await?, 4);
+///     assert_eq!(b.read(&mut buf).await?, 0, "end of stream");
+///     Ok::<_, std::io::Error>(())
+/// })
+/// .unwrap();
+/// ```
+#[derive(Debug)]
+pub struct UnixStream {
+    core: StreamCore<std::os::unix::net::UnixStream>,
+}
+
+stream_type!(UnixStream, std::os::unix::net::UnixStream);
+
+impl UnixStream {
+    /// Connects to the socket at `path`. A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// The OS error (no such file, connection refused, `WouldBlock` if the listener's queue
+    /// is full); [`Cancelled`](crate::Cancelled).
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
+        lowlevel::checkpoint_if_cancelled()?;
+        let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+        match socket.connect(&SockAddr::unix(path)?) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(super::tcp_einprogress()) => {}
+            Err(e) => return Err(e),
+        }
+        let stream = UnixStream { core: StreamCore::new(std::os::unix::net::UnixStream::from(socket))? };
+        stream.core.writable().await?;
+        if let Some(e) = SockRef::from(stream.core.get_ref()).take_error()? {
+            return Err(e);
+        }
+        Ok(stream)
+    }
+
+    /// A connected pair.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        Ok((UnixStream::from_std(a)?, UnixStream::from_std(b)?))
+    }
+
+    /// Wraps a connected stream from `std`, switching it to non-blocking mode.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn from_std(s: std::os::unix::net::UnixStream) -> io::Result<UnixStream> {
+        s.set_nonblocking(true)?;
+        Ok(UnixStream { core: StreamCore::new(s)? })
+    }
+
+    /// The `std` stream back (still non-blocking).
+    pub fn into_std(self) -> std::os::unix::net::UnixStream {
+        self.core.into_inner()
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.core.get_ref().local_addr()
+    }
+
+    /// The peer's address.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.core.get_ref().peer_addr()
+    }
+}
+
+/// A Unix domain datagram socket. Each operation is a checkpoint; a cancelled `recv` loses no
+/// datagram (it stays queued), a cancelled `send` sends nothing.
+///
+/// ```
+/// use hatchery::net::UnixDatagram;
+///
+/// hatchery::run(async {
+///     let (a, b) = UnixDatagram::pair()?;
+///     a.send(b"one").await?;
+///     a.send(b"two").await?;
+///     let mut buf = [0; 8];
+///     assert_eq!(b.recv(&mut buf).await?, 3);
+///     assert_eq!(&buf[..3], b"one");
+///     Ok::<_, std::io::Error>(())
+/// })
+/// .unwrap();
+/// ```
+#[derive(Debug)]
+pub struct UnixDatagram {
+    src: IoSource<std::os::unix::net::UnixDatagram>,
+}
+
+impl UnixDatagram {
+    /// Binds to `path`.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixDatagram> {
+        UnixDatagram::from_std(std::os::unix::net::UnixDatagram::bind(path)?)
+    }
+
+    /// A socket bound to no address.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn unbound() -> io::Result<UnixDatagram> {
+        UnixDatagram::from_std(std::os::unix::net::UnixDatagram::unbound()?)
+    }
+
+    /// A connected pair.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn pair() -> io::Result<(UnixDatagram, UnixDatagram)> {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair()?;
+        Ok((UnixDatagram::from_std(a)?, UnixDatagram::from_std(b)?))
+    }
+
+    /// Wraps a socket from `std`, switching it to non-blocking mode.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn from_std(s: std::os::unix::net::UnixDatagram) -> io::Result<UnixDatagram> {
+        s.set_nonblocking(true)?;
+        Ok(UnixDatagram { src: IoSource::new(s)? })
+    }
+
+    /// The `std` socket back (still non-blocking).
+    pub fn into_std(self) -> std::os::unix::net::UnixDatagram {
+        self.src.into_inner()
+    }
+
+    /// Sets the default peer for [`send`](Self::send) and the only one
+    /// [`recv`](Self::recv) hears from. Does not block.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn connect(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        self.src.get_ref().connect(path)
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.src.get_ref().local_addr()
+    }
+
+    /// The connected peer's address.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.src.get_ref().peer_addr()
+    }
+
+    /// Sends a datagram to `path`. A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// The OS error; [`Cancelled`](crate::Cancelled) (nothing was sent).
+    pub async fn send_to(&self, buf: &[u8], path: impl AsRef<Path>) -> io::Result<usize> {
+        let path = path.as_ref();
+        self.src.write_with(|s| s.send_to(buf, path)).await
+    }
+
+    /// Sends a datagram to the connected peer. A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_to`](Self::send_to).
+    pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.src.write_with(|s| s.send(buf)).await
+    }
+
+    /// Receives one datagram (truncated to `buf`) and its sender. A checkpoint; cancelled, it
+    /// takes nothing.
+    ///
+    /// # Errors
+    ///
+    /// The OS error; [`Cancelled`](crate::Cancelled).
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.src.read_with(|s| s.recv_from(buf)).await
+    }
+
+    /// Receives one datagram from the connected peer. A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_from`](Self::recv_from).
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.src.read_with(|s| s.recv(buf)).await
+    }
+}
+
+impl AsFd for UnixDatagram {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.src.get_ref().as_fd()
+    }
+}
+
+impl AsRawFd for UnixDatagram {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.src.get_ref().as_raw_fd()
+    }
+}
