@@ -239,6 +239,11 @@ impl<T: AsFd> IoSource<T> {
     /// readability in between. A checkpoint: cancelled on entry means `op` never runs; once `op`
     /// has succeeded the result is returned even if a cancellation arrives.
     ///
+    /// In edge mode `op` is not even tried while the reactor knows the descriptor would block.
+    /// If `op` learns that it drained the descriptor (a short read), it may call
+    /// [`clear_readable`](IoSource::clear_readable) itself, *inside* `op`: not after the await,
+    /// which yields first, so that an event arriving meanwhile would be overwritten.
+    ///
     /// # Errors
     ///
     /// Whatever `op` returns, or as [`readable`](IoSource::readable).

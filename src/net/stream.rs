@@ -65,7 +65,10 @@ where
 }
 
 fn empty_read() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "read into an empty buffer (0 bytes read would mean end of stream)")
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "read into an empty buffer (0 bytes read would mean end of stream)",
+    )
 }
 
 impl<T: SocketIo> StreamCore<T>
@@ -106,12 +109,26 @@ where
         }
         let _in_use = InUse::enter(&self.reading, "read")?;
         self.check_open()?;
-        let len = buf.len();
-        let n = self.src.read_with(|s| (&*s).read(buf)).await?;
-        // A short read drained the socket: say so now rather than learn it from a read that
-        // fails with WouldBlock. Not at end of stream (0), where no new edge would come.
-        if n > 0 && n < len {
+        self.src.read_with(|s| self.read_now(s, buf)).await
+    }
+
+    /// One `read` syscall. A short read drained the socket: say so at once rather than learn
+    /// it from a read that fails with `WouldBlock` (not at end of stream, 0, after which no new
+    /// edge would come). At once, inside the operation: the checkpoint after it yields, and an
+    /// event that arrives meanwhile must not be overwritten by this stale news.
+    fn read_now(&self, mut s: &T, buf: &mut [u8]) -> io::Result<usize> {
+        let n = s.read(buf)?;
+        if n > 0 && n < buf.len() {
             self.src.clear_readable();
+        }
+        Ok(n)
+    }
+
+    /// One `write` syscall; a short write filled the socket's buffer (see `read_now`).
+    fn write_now(&self, mut s: &T, buf: &[u8]) -> io::Result<usize> {
+        let n = s.write(buf)?;
+        if n < buf.len() {
+            self.src.clear_writable();
         }
         Ok(n)
     }
@@ -127,11 +144,7 @@ where
     }
 
     async fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.src.write_with(|s| (&*s).write(buf)).await?;
-        if n < buf.len() {
-            self.src.clear_writable();
-        }
-        Ok(n)
+        self.src.write_with(|s| self.write_now(s, buf)).await
     }
 
     pub(crate) async fn write_all(&self, buf: &[u8]) -> Result<(), WriteAllError> {
@@ -212,13 +225,8 @@ where
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let len = buf.len();
         let mut parks = self.poll_parks.borrow_mut();
-        let n = std::task::ready!(self.src.poll_read_with(cx, &mut parks[0], |s| (&*s).read(buf)))?;
-        if n > 0 && n < len {
-            self.src.clear_readable();
-        }
-        Poll::Ready(Ok(n))
+        self.src.poll_read_with(cx, &mut parks[0], |s| self.read_now(s, buf))
     }
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -230,11 +238,7 @@ where
             return Poll::Ready(Ok(0));
         }
         let mut parks = self.poll_parks.borrow_mut();
-        let n = std::task::ready!(self.src.poll_write_with(cx, &mut parks[1], |s| (&*s).write(buf)))?;
-        if n < buf.len() {
-            self.src.clear_writable();
-        }
-        Poll::Ready(Ok(n))
+        self.src.poll_write_with(cx, &mut parks[1], |s| self.write_now(s, buf))
     }
 
     pub(crate) fn poll_close(&self) -> Poll<io::Result<()>> {

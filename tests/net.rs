@@ -1,0 +1,178 @@
+//! Sockets: TCP, UDP and Unix, against S9.1–S9.3.
+
+mod support;
+
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use hatchery::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixStream};
+use hatchery::testing::{self, wait_all_tasks_blocked};
+use hatchery::{BusyResource, CancelScope, Cancelled, ClosedResource, move_on_after, nursery};
+
+fn cancelled_scope() -> CancelScope {
+    let s = CancelScope::new();
+    s.handle().cancel();
+    s
+}
+
+fn inner<E: std::error::Error + 'static>(e: &io::Error) -> Option<&E> {
+    e.get_ref().and_then(|i| i.downcast_ref::<E>())
+}
+
+async fn tcp_pair() -> io::Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
+    let addr = listener.local_addr()?;
+    let client = TcpStream::connect(addr).await?;
+    let (server, peer) = listener.accept().await?;
+    assert_eq!(peer, client.local_addr()?);
+    Ok((client, server))
+}
+
+#[test]
+fn tcp_round_trip_and_eof() {
+    hatchery::run(async {
+        let (a, b) = tcp_pair().await?;
+        assert!(a.nodelay()?, "TCP_NODELAY is on by default (S9.2)");
+        a.write_all(b"hello").await?;
+        let mut buf = [0; 16];
+        let n = b.read(&mut buf).await?;
+        assert_eq!(&buf[..n], b"hello");
+        a.shutdown(Shutdown::Write).await?;
+        a.shutdown(Shutdown::Write).await?; // idempotent
+        assert_eq!(b.read(&mut buf).await?, 0);
+        assert_eq!(b.read(&mut buf).await?, 0, "EOF stays EOF");
+        let e = a.write_all(b"x").await.unwrap_err();
+        assert!(inner::<ClosedResource>(&e.error).is_some(), "{e:?}");
+        assert_eq!(e.written, 0);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn empty_read_is_invalid_and_empty_write_is_a_checkpoint() {
+    testing::run(async {
+        let (a, _b) = UnixStream::pair()?;
+        let e = a.read(&mut []).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        hatchery::testing::assert_checkpoints(a.write(b"")).await?;
+        let r = cancelled_scope().run(async { a.write_all(b"").await }).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_read_consumes_nothing() {
+    testing::run(async {
+        let (a, b) = UnixStream::pair()?;
+        let mut buf = [0; 8];
+        // Cancelled before it runs: data already there stays.
+        b.write_all(b"abc").await?;
+        let r = cancelled_scope().run(async { a.read(&mut buf).await }).await;
+        assert!(matches!(r, Ok(None)));
+        assert_eq!(a.read(&mut buf).await?, 3);
+        // Cancelled while parked.
+        let r = move_on_after(Duration::from_secs(1), a.read(&mut buf)).await;
+        assert!(matches!(r, Ok(None)));
+        b.write_all(b"xyz").await?;
+        assert_eq!(a.read(&mut buf).await?, 3);
+        assert_eq!(&buf[..3], b"xyz");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn second_reader_is_busy_and_close_wakes_the_first() {
+    testing::run(async {
+        let (a, _b) = UnixStream::pair()?;
+        nursery(async |n| {
+            let first = n.spawn(async {
+                let mut buf = [0; 4];
+                Ok::<_, hatchery::Error>(a.read(&mut buf).await)
+            });
+            wait_all_tasks_blocked().await?;
+            let mut buf = [0; 4];
+            let e = a.read(&mut buf).await.unwrap_err();
+            assert!(inner::<BusyResource>(&e).is_some(), "{e:?}");
+            a.close();
+            let e = first.await?.unwrap_err();
+            assert!(inner::<ClosedResource>(&e).is_some(), "{e:?}");
+            let e = a.read(&mut buf).await.unwrap_err();
+            assert!(inner::<ClosedResource>(&e).is_some());
+            Ok::<_, hatchery::Error>(())
+        })
+        .await
+        .unwrap();
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_write_all_reports_what_went_out_and_the_stream_stays_usable() {
+    testing::run(async {
+        let (a, b) = UnixStream::pair()?;
+        let big: Vec<u8> = (0..4u32 << 20).map(|i| i as u8).collect();
+        let written = std::cell::Cell::new(usize::MAX);
+        let r = move_on_after(Duration::from_secs(1), async {
+            let e = a.write_all(&big).await.unwrap_err();
+            assert!(e.error.get_ref().unwrap().is::<Cancelled>());
+            written.set(e.written);
+            Err::<(), _>(e)
+        })
+        .await;
+        // The scope absorbed the cancellation: WriteAllError is a CancelError.
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        let written = written.get();
+        assert!(written > 0 && written < big.len(), "{written}");
+        // The stream is not broken: the rest follows, and the reader sees every byte in order.
+        let got = nursery(async |n| {
+            let reader = n.spawn(async {
+                let mut all = Vec::new();
+                let mut buf = vec![0; 65536];
+                loop {
+                    let k = b.read(&mut buf).await?;
+                    if k == 0 {
+                        break;
+                    }
+                    all.extend_from_slice(&buf[..k]);
+                }
+                Ok::<_, io::Error>(all)
+            });
+            a.write_all(&big[written..]).await?;
+            a.shutdown(Shutdown::Write).await?;
+            Ok::<_, io::Error>(reader.await.map_err(io::Error::from)?)
+        })
+        .await
+        .map_err(|e| e.into_first())?
+        .unwrap();
+        assert!(got == big, "all {} bytes, in order", big.len());
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn udp_and_unix_datagrams() {
+    hatchery::run(async {
+        let a = UdpSocket::bind(([127, 0, 0, 1], 0))?;
+        let b = UdpSocket::bind(([127, 0, 0, 1], 0))?;
+        b.connect(a.local_addr()?)?;
+        b.send(b"one").await?;
+        let mut buf = [0; 8];
+        let (n, from) = a.recv_from(&mut buf).await?;
+        assert_eq!((&buf[..n], from), (&b"one"[..], b.local_addr()?));
+        let (x, y) = UnixDatagram::pair()?;
+        x.send(b"d1").await?;
+        // A cancelled recv takes nothing.
+        let r = cancelled_scope().run(async { y.recv(&mut buf).await }).await;
+        assert!(matches!(r, Ok(None)));
+        assert_eq!(y.recv(&mut buf).await?, 2);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
