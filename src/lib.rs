@@ -77,6 +77,7 @@ pub use sync::channel::{
     TryRecvError, TrySendError, channel, unbounded,
 };
 pub use sync::{CapacityLimiter, Condition, Event, Mutex, Semaphore};
+pub use thread::to_thread;
 pub use time::{Sleep, SleepOutput, now, sleep, sleep_forever, sleep_until};
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -1,1 +1,931 @@
-//! Blocking work on a pool of threads: [`to_thread`].
+//! Blocking work on a pool of threads: [`to_thread`] (Trio's `to_thread.run_sync`, S10.x).
+//!
+//! A hatchery run is one thread; a closure that blocks (a synchronous file or database call, a
+//! long computation) would stop every task. [`to_thread`] hands such a closure to a pool thread
+//! and parks the calling task until it returns:
+//!
+//! ```
+//! let len = hatchery::run(async {
+//!     hatchery::to_thread(|| std::fs::read_to_string("Cargo.toml").map(|s| s.len())).await
+//! });
+//! assert!(len.unwrap().unwrap() > 0);
+//! ```
+//!
+//! # The rules (S10.1 to S10.4)
+//!
+//! - **A checkpoint.** In a cancelled scope the call fails at once and starts no thread. A call
+//!   that completes also passes a schedule point.
+//! - **Limited.** Each job holds a token of a [`CapacityLimiter`] while its thread runs; waiting
+//!   for one is cancellable. By default the limiter is the run's own [`default_limiter`], with
+//!   [`DEFAULT_TOKENS`] (40) tokens, so at most 40 threads work for one run at a time; pass
+//!   your own with [`ThreadOptions::limiter`].
+//! - **Cancellation is cooperative.** A thread cannot be stopped from outside. By default a
+//!   cancellation is ignored while the thread runs: the call returns the thread's value and the
+//!   next checkpoint sees the cancellation (S10.2). With
+//!   [`ThreadOptions::abandon_on_cancel`] the call returns [`Cancelled`] at once and the thread
+//!   is *abandoned*: it runs on, its result is dropped, and its token is returned only when it
+//!   really finishes (S10.3). In both modes the closure can ask [`check_cancelled`] and stop
+//!   early (S10.4).
+//! - **Panics travel.** A panic in the closure is resumed in the task that awaits the call, as
+//!   a nursery child's would be.
+//!
+//! # The pool
+//!
+//! One pool per process. Threads (named `hatchery-blocking`) are started when a job finds no
+//! idle one, and an idle thread exits after [`IDLE_TIMEOUT`] (10 s, as Trio's workers) without
+//! work. The pool itself has no size limit: bounding it is the limiter's job. A job hands its
+//! result back through the waiting task's waker, which reaches the run's thread from anywhere.
+//!
+//! # Virtual time
+//!
+//! On a [`MockClock`](crate::testing::MockClock) with autojump the clock does not jump while a
+//! task waits for its thread (DESIGN §6): the thread's work takes real time, and jumping past
+//! it would make results depend on how fast the machine is. So a deadline around a job that
+//! blocks until something *later in virtual time* happens would wait forever; cancel such jobs
+//! explicitly in tests. [`wait_all_tasks_blocked`](crate::testing::wait_all_tasks_blocked)
+//! counts a task waiting for its thread as blocked, as Trio does.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::error::{CancelError, Cancelled};
+use crate::lowlevel::{Park, RunHandle, cancel_shielded_checkpoint, checkpoint_if_cancelled, run_handle};
+use crate::runtime::{current_run_id, external_work_finished, external_work_started};
+use crate::sync::CapacityLimiter;
+
+/// Tokens of the per-run default limiter (Trio's default, too).
+pub const DEFAULT_TOKENS: usize = 40;
+
+/// How long an idle pool thread waits for a new job before it exits.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name of every pool thread.
+const THREAD_NAME: &str = "hatchery-blocking";
+
+/// The process-wide pool.
+static POOL: Pool = Pool::new(IDLE_TIMEOUT);
+
+thread_local! {
+    /// On a run's thread: the default limiter of the run on this thread, with that run's id.
+    /// Replaced when a later run asks for its own.
+    static DEFAULT_LIMITER: RefCell<Option<(u64, Rc<CapacityLimiter>)>> = const { RefCell::new(None) };
+    /// On a run's thread: the tokens of abandoned jobs whose threads may still run.
+    static ABANDONED: RefCell<Vec<(Arc<dyn JobControl>, OwnedToken)>> = const { RefCell::new(Vec::new()) };
+    /// On a pool thread: the job it is running.
+    static WORKER_JOB: RefCell<Option<Arc<dyn JobControl>>> = const { RefCell::new(None) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+
+/// Runs the blocking closure `f` on a pool thread and returns its value, with the default
+/// options (the run's [`default_limiter`]; cancellation waits for the thread). See the
+/// [module docs](self) for the rules and [`ThreadOptions`] for the other choices.
+///
+/// ```
+/// use hatchery::{to_thread, Cancelled};
+/// let sum = hatchery::run(async {
+///     let v: Vec<u64> = (1..=1000).collect();
+///     let sum = to_thread(move || v.iter().sum::<u64>()).await?;
+///     Ok::<_, Cancelled>(sum)
+/// });
+/// assert_eq!(sum.unwrap(), 500_500);
+/// ```
+///
+/// # Cancellation
+///
+/// A checkpoint. Cancelled on entry or while waiting for a limiter token, it fails with
+/// [`Cancelled`] and `f` never runs. Once the thread has started, a cancellation is noted
+/// (for [`check_cancelled`]) but the call still waits for `f` and returns its value; the
+/// cancellation is seen at the next checkpoint. Dropping the future while the thread runs
+/// abandons the job as [`ThreadOptions::abandon_on_cancel`] does.
+///
+/// # Errors
+///
+/// [`Cancelled`], as above.
+///
+/// # Panics
+///
+/// Outside a run; if the OS refuses to start a thread when the pool has no idle one; and,
+/// resumed, any panic of `f`.
+pub async fn to_thread<F, R>(f: F) -> Result<R, Cancelled>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    ThreadOptions::new().run(f).await
+}
+
+/// Options for a [`to_thread`] call, builder style; [`run`](ThreadOptions::run) starts the
+/// job.
+///
+/// ```
+/// use std::rc::Rc;
+/// use hatchery::{sync::CapacityLimiter, thread::ThreadOptions, Cancelled};
+/// hatchery::run(async {
+///     // At most two of these at a time, whatever else uses threads.
+///     let disk = Rc::new(CapacityLimiter::new(2));
+///     let n = ThreadOptions::new()
+///         .limiter(disk.clone())
+///         .abandon_on_cancel(true)
+///         .run(|| 6 * 7)
+///         .await?;
+///     assert_eq!(n, 42);
+///     assert_eq!(disk.borrowed_tokens(), 0);
+///     Ok::<_, Cancelled>(())
+/// })
+/// .unwrap();
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "options do nothing until `run` is awaited"]
+pub struct ThreadOptions {
+    limiter: Option<Rc<CapacityLimiter>>,
+    abandon_on_cancel: bool,
+}
+
+impl ThreadOptions {
+    /// The defaults: the run's [`default_limiter`], and cancellation waits for the thread.
+    pub fn new() -> ThreadOptions {
+        ThreadOptions::default()
+    }
+
+    /// Takes the job's token from `limiter` instead of the run's default limiter.
+    ///
+    /// The limiter is shared through an `Rc` because an abandoned job keeps its token, and so
+    /// a reference to the limiter, until its thread finishes, after the call has returned.
+    pub fn limiter(mut self, limiter: Rc<CapacityLimiter>) -> ThreadOptions {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// With `true`, a cancellation that reaches the waiting call makes it return
+    /// [`Cancelled`] at once and abandons the thread: it runs on, its result (or panic) is
+    /// dropped, and its limiter token is returned only when it finishes (S10.3). With `false`
+    /// (the default), the call waits for the thread whatever happens (S10.2).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use hatchery::{nursery, thread::ThreadOptions, testing::{self, wait_all_tasks_blocked}};
+    /// use hatchery::{CancelScope, Cancelled};
+    /// let (release, blocked) = mpsc::channel::<()>();
+    /// testing::run(async {
+    ///     let scope = CancelScope::new();
+    ///     let handle = scope.handle();
+    ///     nursery(async |n| {
+    ///         n.start_soon(async move {
+    ///             wait_all_tasks_blocked().await?; // the job's thread is blocked
+    ///             handle.cancel();
+    ///             Ok(())
+    ///         });
+    ///         let job = ThreadOptions::new().abandon_on_cancel(true).run(move || blocked.recv().is_ok());
+    ///         let out = scope.run(job).await;
+    ///         assert_eq!(out, Ok(None), "cancelled at once, although the thread still runs");
+    ///         Ok::<_, Cancelled>(())
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// });
+    /// release.send(()).unwrap(); // lets the abandoned thread finish
+    /// ```
+    pub fn abandon_on_cancel(mut self, abandon: bool) -> ThreadOptions {
+        self.abandon_on_cancel = abandon;
+        self
+    }
+
+    /// Runs `f` on a pool thread with these options; see [`to_thread`].
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`]: on entry, while waiting for a token, or (with
+    /// [`abandon_on_cancel`](ThreadOptions::abandon_on_cancel)) while the thread runs.
+    ///
+    /// # Panics
+    ///
+    /// As [`to_thread`].
+    pub async fn run<F, R>(self, f: F) -> Result<R, Cancelled>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        checkpoint_if_cancelled()?;
+        sweep_abandoned();
+        let limiter = self.limiter.unwrap_or_else(default_limiter);
+        let token = OwnedToken::acquire(limiter).await?;
+        // The wait for a token completes even if a cancellation arrives meanwhile; nothing has
+        // started yet, so honour it now (the token goes back) rather than start a thread that
+        // would be cancelled at once.
+        checkpoint_if_cancelled()?;
+
+        let job = Arc::new(Job::new(run_handle()));
+        let worker_job = job.clone();
+        if let Err(e) = POOL.submit(Box::new(move || worker_job.execute(f))) {
+            panic!("hatchery::to_thread could not start a thread for the blocking pool: {e}");
+        }
+        let mut wait = JobWait {
+            job,
+            token: Some(token),
+            park: Park::new(),
+            abandon_on_cancel: self.abandon_on_cancel,
+            work_run: Some(external_work_started()),
+            waited: false,
+        };
+        let outcome = (&mut wait).await;
+        if !wait.waited {
+            // The thread finished before the first poll: still a schedule point (S2.3).
+            cancel_shielded_checkpoint().await;
+        }
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(panic)) => resume_unwind(panic),
+            Err(c) => Err(c),
+        }
+    }
+}
+
+/// The run's default limiter for [`to_thread`] (Trio's `current_default_thread_limiter`):
+/// [`DEFAULT_TOKENS`] tokens, created on first use, one per run. Change its size with
+/// [`set_total_tokens`](CapacityLimiter::set_total_tokens); it applies to the rest of the run.
+///
+/// ```
+/// use hatchery::thread::{default_limiter, DEFAULT_TOKENS};
+/// hatchery::run(async {
+///     assert_eq!(default_limiter().total_tokens(), DEFAULT_TOKENS);
+///     default_limiter().set_total_tokens(4); // at most 4 threads for this run from now on
+///     assert_eq!(default_limiter().total_tokens(), 4);
+/// });
+/// hatchery::run(async { assert_eq!(default_limiter().total_tokens(), DEFAULT_TOKENS) });
+/// ```
+///
+/// # Panics
+///
+/// Outside a run.
+pub fn default_limiter() -> Rc<CapacityLimiter> {
+    let run = current_run_id();
+    let (limiter, old) = DEFAULT_LIMITER.with(|d| {
+        let mut d = d.borrow_mut();
+        match &*d {
+            Some((id, l)) if *id == run => (l.clone(), None),
+            _ => {
+                let l = Rc::new(CapacityLimiter::new(DEFAULT_TOKENS));
+                (l.clone(), d.replace((run, l)))
+            }
+        }
+    });
+    drop(old); // the limiter of an earlier run, dropped outside the borrow
+    limiter
+}
+
+/// Inside a [`to_thread`] closure: `Err(Cancelled)` if a cancellation has been delivered to the
+/// task waiting for this job (S10.4), in either mode, so the closure can stop early. A
+/// cancellation counts as delivered once it has reached the waiting task (the task was woken
+/// and saw it), and then it stays delivered.
+///
+/// ```
+/// use std::sync::mpsc;
+/// use hatchery::{thread, testing::{self, wait_all_tasks_blocked}, CancelScope, Cancelled};
+/// let (go, wait_for_go) = mpsc::channel::<()>();
+/// testing::run(async {
+///     let scope = CancelScope::new();
+///     let handle = scope.handle();
+///     hatchery::nursery(async |n| {
+///         n.start_soon(async {
+///             wait_all_tasks_blocked().await?;
+///             handle.cancel();
+///             wait_all_tasks_blocked().await?; // the waiting task has seen it
+///             go.send(()).unwrap();
+///             Ok(())
+///         });
+///         let out = scope
+///             .run(async {
+///                 // The default mode waits for the thread, which notices the cancellation.
+///                 let r = hatchery::to_thread(move || {
+///                     wait_for_go.recv().unwrap();
+///                     thread::check_cancelled()
+///                 })
+///                 .await?;
+///                 assert!(matches!(r, Err(thread::FromThreadError::Cancelled(_))));
+///                 hatchery::lowlevel::checkpoint().await?; // the pending cancellation
+///                 Ok::<_, Cancelled>("not reached")
+///             })
+///             .await?;
+///         assert_eq!(out, None); // absorbed by the scope
+///         Ok::<_, Cancelled>(())
+///     })
+///     .await
+///     .unwrap();
+/// });
+/// assert!(matches!(thread::check_cancelled(), Err(thread::FromThreadError::NotInWorker)));
+/// ```
+///
+/// # Errors
+///
+/// - [`FromThreadError::Cancelled`]: cancellation delivered;
+/// - [`FromThreadError::Abandoned`]: the waiting future was dropped without a cancellation;
+/// - [`FromThreadError::NotInWorker`]: called from a thread that is not running a
+///   [`to_thread`] job.
+pub fn check_cancelled() -> Result<(), FromThreadError> {
+    with_worker_job(|job| job.check_cancelled())
+}
+
+/// Inside a [`to_thread`] closure: runs `f` on the thread of the run that started the job and
+/// returns its value (Trio's `from_thread.run_sync`). The pool thread blocks until `f` has run.
+///
+/// `f` runs between two batches of the run, outside any task: it may use the synchronous parts
+/// of hatchery (the clock, [`CancelHandle::cancel`](crate::CancelHandle::cancel) reached
+/// through `Send` state, ...) but cannot await. It does not check for cancellation; use
+/// [`check_cancelled`]. A panic in `f` is resumed here, in the pool thread (and so travels on
+/// to the task waiting for the job).
+///
+/// ```
+/// use hatchery::{now, testing, thread, Instant};
+/// testing::run(async {
+///     let t = hatchery::to_thread(|| thread::from_thread_run_sync(now)).await.unwrap();
+///     assert_eq!(t, Ok(Instant::ZERO)); // virtual time stands still while a thread works
+/// });
+/// ```
+///
+/// # Errors
+///
+/// - [`FromThreadError::NotInWorker`]: called from a thread that is not running a
+///   [`to_thread`] job;
+/// - [`FromThreadError::RunFinished`]: the run has ended (only an abandoned job can outlive it).
+pub fn from_thread_run_sync<F, R>(f: F) -> Result<R, FromThreadError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let run = with_worker_job(|job| Ok(job.run_handle().clone()))?;
+    let (tx, rx) = mpsc::sync_channel(1);
+    let call = move || {
+        // Caught here: a panicking callback would otherwise take the whole run down.
+        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+    };
+    if run.run_sync_soon(call).is_err() {
+        return Err(FromThreadError::RunFinished);
+    }
+    match rx.recv() {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(panic)) => resume_unwind(panic),
+        // The run ended before it got to the callback, which was dropped unrun.
+        Err(_) => Err(FromThreadError::RunFinished),
+    }
+}
+
+/// Why [`check_cancelled`] or [`from_thread_run_sync`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FromThreadError {
+    /// A cancellation was delivered to the task waiting for this job. Return it from the
+    /// closure and propagate it with `?` after the call: the cancel scope absorbs it as usual
+    /// ([`CancelError`] sees it).
+    #[error(transparent)]
+    Cancelled(Cancelled),
+    /// The future waiting for this job was dropped (not cancelled): nobody will read the
+    /// result.
+    #[error("the task waiting for this to_thread job stopped waiting; its result will be dropped")]
+    Abandoned,
+    /// Called from a thread that is not running a `to_thread` job.
+    #[error("called from a thread that is not running a hatchery::to_thread job")]
+    NotInWorker,
+    /// The run that started this job has ended.
+    #[error("the hatchery run that started this to_thread job has finished")]
+    RunFinished,
+}
+
+impl CancelError for FromThreadError {
+    fn cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            FromThreadError::Cancelled(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl From<FromThreadError> for io::Error {
+    fn from(e: FromThreadError) -> io::Error {
+        match e {
+            FromThreadError::Cancelled(c) => c.into(),
+            other => io::Error::other(other),
+        }
+    }
+}
+
+impl From<FromThreadError> for crate::Error {
+    fn from(e: FromThreadError) -> crate::Error {
+        match e {
+            FromThreadError::Cancelled(c) => crate::Error::Cancelled(c),
+            other => crate::Error::other(other),
+        }
+    }
+}
+
+fn with_worker_job<T>(
+    f: impl FnOnce(&Arc<dyn JobControl>) -> Result<T, FromThreadError>,
+) -> Result<T, FromThreadError> {
+    let job = WORKER_JOB.try_with(|j| j.borrow().clone()).ok().flatten();
+    match job {
+        Some(job) => f(&job),
+        None => Err(FromThreadError::NotInWorker),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A job: shared between the waiting task (run thread) and the pool thread.
+
+type Panic = Box<dyn Any + Send + 'static>;
+
+/// What the pool thread needs of a job without knowing its result type.
+trait JobControl: Send + Sync {
+    fn check_cancelled(&self) -> Result<(), FromThreadError>;
+    fn run_handle(&self) -> &RunHandle;
+    /// The thread has finished the closure.
+    fn finished(&self) -> bool;
+}
+
+struct Job<R: Send + 'static> {
+    state: Mutex<JobState<R>>,
+    run: RunHandle,
+}
+
+struct JobState<R> {
+    /// The closure's outcome, until the waiting task takes it.
+    outcome: Option<Result<R, Panic>>,
+    finished: bool,
+    /// The waiting task's waker (none once the job is abandoned).
+    waker: Option<Waker>,
+    /// Nobody waits for the result any more: the pool thread drops it.
+    abandoned: bool,
+    /// The first cancellation delivered to the waiting task (sticky, for `check_cancelled`).
+    cancelled: Option<Cancelled>,
+}
+
+impl<R: Send + 'static> Job<R> {
+    fn new(run: RunHandle) -> Job<R> {
+        Job {
+            state: Mutex::new(JobState {
+                outcome: None,
+                finished: false,
+                waker: None,
+                abandoned: false,
+                cancelled: None,
+            }),
+            run,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, JobState<R>> {
+        // Nothing panics while holding this lock; recover anyway rather than spread a poison.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On the pool thread: runs the closure and hands its outcome over.
+    fn execute(self: Arc<Self>, f: impl FnOnce() -> R) {
+        let control: Arc<dyn JobControl> = self.clone();
+        WORKER_JOB.with(|j| *j.borrow_mut() = Some(control));
+        let outcome = catch_unwind(AssertUnwindSafe(f));
+        WORKER_JOB.with(|j| j.borrow_mut().take());
+        let mut st = self.lock();
+        st.finished = true;
+        if st.abandoned {
+            drop(st);
+            // Dropped here, on the pool thread, silently (S10.3).
+            drop(outcome);
+            // The job's token waits on the run's thread; have it returned there. If the run
+            // has ended, the token stays out, as Trio's does (it goes at the next sweep).
+            let _ = self.run.run_sync_soon(sweep_abandoned);
+            return;
+        }
+        st.outcome = Some(outcome);
+        let waker = st.waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<R: Send + 'static> JobControl for Job<R> {
+    fn check_cancelled(&self) -> Result<(), FromThreadError> {
+        let st = self.lock();
+        match (&st.cancelled, st.abandoned) {
+            (Some(c), _) => Err(FromThreadError::Cancelled(c.clone())),
+            (None, true) => Err(FromThreadError::Abandoned),
+            (None, false) => Ok(()),
+        }
+    }
+
+    fn run_handle(&self) -> &RunHandle {
+        &self.run
+    }
+
+    fn finished(&self) -> bool {
+        self.lock().finished
+    }
+}
+
+/// The waiting half of a job, on the run's thread. Dropping it before the job finished
+/// abandons the job.
+struct JobWait<R: Send + 'static> {
+    job: Arc<Job<R>>,
+    token: Option<OwnedToken>,
+    park: Park,
+    abandon_on_cancel: bool,
+    /// The run whose "external work" count this wait holds (DESIGN §6), until it ends.
+    work_run: Option<u64>,
+    /// Returned `Pending` at least once (so it passed a schedule point).
+    waited: bool,
+}
+
+impl<R: Send + 'static> Future for JobWait<R> {
+    type Output = Result<Result<R, Panic>, Cancelled>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // Completion first: a result that is there wins over a cancellation.
+        let done = this.job.lock().outcome.take();
+        if let Some(out) = done {
+            this.finish();
+            return Poll::Ready(Ok(out));
+        }
+        if let Poll::Ready(c) = this.park.poll_cancel(cx) {
+            let mut st = this.job.lock();
+            st.cancelled.get_or_insert_with(|| c.clone());
+            if this.abandon_on_cancel {
+                if let Some(out) = st.outcome.take() {
+                    drop(st);
+                    this.finish();
+                    return Poll::Ready(Ok(out));
+                }
+                st.abandoned = true;
+                st.waker = None;
+                drop(st);
+                this.abandon();
+                return Poll::Ready(Err(c));
+            }
+            // Default mode: the cancellation is noted for `check_cancelled` and stays pending
+            // for the next checkpoint; keep waiting (S10.2). The park is no longer registered,
+            // and needs not be: only the job wakes this task now.
+        }
+        let mut st = this.job.lock();
+        if let Some(out) = st.outcome.take() {
+            drop(st);
+            this.finish();
+            return Poll::Ready(Ok(out));
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        drop(st);
+        this.waited = true;
+        Poll::Pending
+    }
+}
+
+impl<R: Send + 'static> JobWait<R> {
+    /// The job finished and its outcome was taken: return the token at once (to the oldest
+    /// waiter of the limiter) and stop counting as outstanding work.
+    fn finish(&mut self) {
+        self.park.unpark();
+        self.token = None;
+        if let Some(run) = self.work_run.take() {
+            external_work_finished(run);
+        }
+    }
+
+    /// Nobody waits any more (the job's state says `abandoned`) but the thread runs on: its
+    /// token moves to this thread's abandoned list until the thread finishes.
+    fn abandon(&mut self) {
+        self.park.unpark();
+        if let Some(run) = self.work_run.take() {
+            external_work_finished(run);
+        }
+        if let Some(token) = self.token.take() {
+            let entry: (Arc<dyn JobControl>, OwnedToken) = (self.job.clone(), token);
+            // During thread teardown the list may be gone; the token is then returned at once.
+            let _ = ABANDONED.try_with(|a| a.borrow_mut().push(entry));
+        }
+    }
+}
+
+impl<R: Send + 'static> Drop for JobWait<R> {
+    /// The abort path: dropped while the thread runs, the job is abandoned (the thread cannot
+    /// be stopped); dropped after it finished, the uncollected outcome is dropped.
+    fn drop(&mut self) {
+        if self.token.is_none() && self.work_run.is_none() {
+            return; // finished or abandoned already
+        }
+        let mut st = self.job.lock();
+        if st.finished {
+            let out = st.outcome.take();
+            drop(st);
+            drop(out);
+            self.finish();
+        } else {
+            st.abandoned = true;
+            st.waker = None;
+            drop(st);
+            self.abandon();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limiter tokens that outlive the call
+
+/// A limiter token that owns its limiter, so an abandoned job can keep it after its call has
+/// returned. Dropping it returns the token.
+///
+/// [`CapacityToken`](crate::sync::CapacityToken) borrows its limiter, and safe Rust cannot
+/// store a borrow next to the `Rc` it borrows from. A future can: the keeper below is an
+/// `async` block that owns the `Rc`, borrows the token from it, and then stays suspended for
+/// ever; the compiler builds that self-referential frame. Dropping the boxed keeper drops the
+/// token (returning it) and then the `Rc`. DESIGN §7c explains the choice.
+struct OwnedToken {
+    _keeper: Pin<Box<dyn Future<Output = ()>>>,
+}
+
+impl OwnedToken {
+    /// Takes a token from `limiter`, waiting in its FIFO queue if none is free: a cancellable
+    /// checkpoint of the calling task when it waits, nothing at all when a token is free.
+    async fn acquire(limiter: Rc<CapacityLimiter>) -> Result<OwnedToken, Cancelled> {
+        let report: Rc<Cell<Option<Result<(), Cancelled>>>> = Rc::new(Cell::new(None));
+        let keeper_report = report.clone();
+        let mut keeper: Pin<Box<dyn Future<Output = ()>>> = Box::pin(async move {
+            let token = match limiter.try_acquire() {
+                Ok(token) => token,
+                Err(_) => match limiter.acquire().await {
+                    Ok(token) => token,
+                    Err(c) => return keeper_report.set(Some(Err(c))),
+                },
+            };
+            keeper_report.set(Some(Ok(())));
+            let _held = token;
+            std::future::pending::<()>().await;
+        });
+        // Polled from this task, so the wait for a token registers this task's waker and its
+        // cancel status, exactly as `limiter.acquire()` awaited here would.
+        std::future::poll_fn(|cx| {
+            let _ = keeper.as_mut().poll(cx);
+            match report.take() {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
+            }
+        })
+        .await?;
+        Ok(OwnedToken { _keeper: keeper })
+    }
+}
+
+impl fmt::Debug for OwnedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OwnedToken")
+    }
+}
+
+/// Returns the tokens of abandoned jobs whose threads have finished. Runs on a run's thread:
+/// queued by each abandoned job as it finishes, and at the start of every `to_thread` call (which
+/// also catches the jobs that finished after their run ended).
+fn sweep_abandoned() {
+    let done: Vec<(Arc<dyn JobControl>, OwnedToken)> = ABANDONED
+        .try_with(|a| {
+            let mut a = a.borrow_mut();
+            if a.is_empty() {
+                return Vec::new();
+            }
+            let (done, running) = std::mem::take(&mut *a).into_iter().partition(|(job, _)| job.finished());
+            *a = running;
+            done
+        })
+        .unwrap_or_default();
+    // Returning a token may wake limiter waiters: do it outside the borrow.
+    drop(done);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool
+
+/// A unit of work for a pool thread.
+type Task = Box<dyn FnOnce() + Send + 'static>;
+
+/// A pool of threads that start on demand and exit after `idle_timeout` without work.
+///
+/// Hand-off is direct: an idle thread waits on a channel of its own, and `submit` gives the
+/// task to the most recently idle thread (so the others stay idle and time out) or starts a
+/// new one. No thread polls or spins.
+struct Pool {
+    inner: Mutex<PoolInner>,
+    /// Notified when a thread exits, and when one goes idle while someone watches (tests).
+    changed: Condvar,
+    idle_timeout: Duration,
+}
+
+struct PoolInner {
+    /// Idle threads, the most recently idle last.
+    idle: Vec<IdleThread>,
+    /// Threads alive (working or idle).
+    threads: usize,
+    next_id: u64,
+    /// Callers waiting on `changed` for a thread to go idle (only tests do).
+    watchers: usize,
+}
+
+struct IdleThread {
+    id: u64,
+    hand_off: mpsc::Sender<Task>,
+}
+
+impl Pool {
+    const fn new(idle_timeout: Duration) -> Pool {
+        Pool {
+            inner: Mutex::new(PoolInner { idle: Vec::new(), threads: 0, next_id: 0, watchers: 0 }),
+            changed: Condvar::new(),
+            idle_timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolInner> {
+        // Tasks never run under this lock, so it cannot be poisoned by user code.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `task` on an idle thread, or on a new one.
+    fn submit(&'static self, mut task: Task) -> io::Result<()> {
+        let mut inner = self.lock();
+        while let Some(idle) = inner.idle.pop() {
+            drop(inner);
+            match idle.hand_off.send(task) {
+                Ok(()) => return Ok(()),
+                // Cannot happen (an idle thread holds its receiver until it leaves the idle
+                // list under this lock); try the next one rather than lose the task.
+                Err(mpsc::SendError(t)) => task = t,
+            }
+            inner = self.lock();
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.threads += 1;
+        drop(inner);
+        let spawned =
+            std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || self.work(id, task));
+        if let Err(e) = spawned {
+            self.lock().threads -= 1;
+            self.changed.notify_all();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A pool thread's life: run the task, go idle, take the next task or time out.
+    fn work(&'static self, id: u64, first: Task) {
+        let (hand_off, tasks) = mpsc::channel::<Task>();
+        let mut task = first;
+        loop {
+            // Jobs catch their own panics; this guards the pool against anything else (a
+            // panicking destructor of an abandoned result, say).
+            let _ = catch_unwind(AssertUnwindSafe(task));
+            let mut inner = self.lock();
+            inner.idle.push(IdleThread { id, hand_off: hand_off.clone() });
+            if inner.watchers > 0 {
+                self.changed.notify_all();
+            }
+            drop(inner);
+            task = match tasks.recv_timeout(self.idle_timeout) {
+                Ok(t) => t,
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut inner = self.lock();
+                    if let Some(pos) = inner.idle.iter().position(|t| t.id == id) {
+                        inner.idle.remove(pos);
+                        inner.threads -= 1;
+                        drop(inner);
+                        self.changed.notify_all();
+                        return;
+                    }
+                    drop(inner);
+                    // A submitter took this thread off the idle list just as it timed out;
+                    // its task is on the way.
+                    match tasks.recv() {
+                        Ok(t) => t,
+                        Err(_) => unreachable!("hatchery internal error: a pool thread holds its own sender"),
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    unreachable!("hatchery internal error: a pool thread holds its own sender")
+                }
+            };
+        }
+    }
+
+    #[cfg(test)]
+    fn threads(&self) -> usize {
+        self.lock().threads
+    }
+
+    /// Waits (at most 10 s) until `cond` holds of the pool's state; false on timeout.
+    #[cfg(test)]
+    fn wait_until(&self, cond: impl Fn(&PoolInner) -> bool) -> bool {
+        let mut inner = self.lock();
+        inner.watchers += 1;
+        let (mut inner, timeout) = self
+            .changed
+            .wait_timeout_while(inner, Duration::from_secs(10), |i| !cond(i))
+            .unwrap_or_else(|e| e.into_inner());
+        inner.watchers -= 1;
+        !timeout.timed_out()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    fn leaked_pool(idle: Duration) -> &'static Pool {
+        Box::leak(Box::new(Pool::new(idle)))
+    }
+
+    /// Waits (bounded) until the pool has `n` threads.
+    fn wait_threads(pool: &Pool, n: usize) {
+        assert!(pool.wait_until(|i| i.threads == n), "the pool has {} threads, expected {n}", pool.threads());
+    }
+
+    fn run_and_report(pool: &'static Pool) -> String {
+        let (tx, rx) = mpsc::channel();
+        pool.submit(Box::new(move || {
+            tx.send(std::thread::current().name().unwrap_or_default().to_owned()).unwrap();
+        }))
+        .unwrap();
+        rx.recv_timeout(Duration::from_secs(10)).unwrap()
+    }
+
+    #[test]
+    fn sequential_tasks_reuse_one_named_thread() {
+        let pool = leaked_pool(Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(run_and_report(pool), THREAD_NAME);
+            assert!(pool.wait_until(|i| i.idle.len() == 1), "the thread went idle");
+        }
+        assert_eq!(pool.threads(), 1);
+    }
+
+    #[test]
+    fn concurrent_tasks_get_threads_of_their_own() {
+        let pool = leaked_pool(Duration::from_secs(60));
+        let barrier = Arc::new(Barrier::new(4));
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..3 {
+            let (barrier, tx) = (barrier.clone(), tx.clone());
+            pool.submit(Box::new(move || {
+                barrier.wait(); // all three at once: each needs its own thread
+                tx.send(()).unwrap();
+            }))
+            .unwrap();
+        }
+        barrier.wait();
+        for _ in 0..3 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert_eq!(pool.threads(), 3);
+    }
+
+    #[test]
+    fn idle_threads_exit_after_the_timeout() {
+        let pool = leaked_pool(Duration::from_millis(50));
+        run_and_report(pool);
+        wait_threads(pool, 0);
+        // And the pool starts a fresh thread afterwards.
+        assert_eq!(run_and_report(pool), THREAD_NAME);
+        wait_threads(pool, 0);
+    }
+
+    #[test]
+    fn a_panicking_task_does_not_kill_its_thread() {
+        let pool = leaked_pool(Duration::from_secs(60));
+        let (tx, rx) = mpsc::channel();
+        pool.submit(Box::new(move || {
+            tx.send(std::thread::current().id()).unwrap();
+            panic!("a task panicked (expected by this test)");
+        }))
+        .unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(pool.wait_until(|i| i.idle.len() == 1), "the thread went idle after the panic");
+        let (tx, rx) = mpsc::channel();
+        pool.submit(Box::new(move || tx.send(std::thread::current().id()).unwrap())).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            first,
+            "the same thread ran the next task"
+        );
+        assert_eq!(pool.threads(), 1);
+    }
+}

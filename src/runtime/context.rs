@@ -83,6 +83,9 @@ pub(crate) struct Core {
     pub(crate) next_id: Cell<u64>,
     /// Tasks alive in this run (root and nursery children), for introspection and leak tests.
     pub(crate) live_tasks: Cell<usize>,
+    /// Work outside the run that a task is waiting for (a `to_thread` job): while it is not zero,
+    /// a virtual clock does not autojump (DESIGN §6).
+    pub(crate) external_work: Cell<usize>,
 }
 
 impl std::fmt::Debug for Core {
@@ -127,6 +130,7 @@ impl Core {
             wakers: RefCell::new(Default::default()),
             next_id: Cell::new(1),
             live_tasks: Cell::new(1),
+            external_work: Cell::new(0),
         }
     }
 

@@ -202,8 +202,12 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             let blocked = core.blocked.borrow();
             let blocked_cushion = blocked.iter().map(|b| b.cushion.saturating_sub(idle_for)).min();
             // Quiescence waiters take precedence: no jump while one waits (S8.4).
+            // Nor while a task waits for work outside the run (a thread job): the jump would
+            // race the work's real duration.
             let autojump = match &core.clock {
-                Clock::Mock(m) if next_deadline.is_some() && blocked.is_empty() => {
+                Clock::Mock(m)
+                    if next_deadline.is_some() && blocked.is_empty() && core.external_work.get() == 0 =>
+                {
                     m.autojump_threshold().map(|t| t.saturating_sub(idle_for))
                 }
                 _ => None,
@@ -234,6 +238,7 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         } else {
             let idle_for = idle_since.get_or_insert_with(clock::real_now).elapsed();
             if !wake_blocked_waiters(core, idle_for)
+                && core.external_work.get() == 0
                 && let Clock::Mock(m) = &core.clock
                 && m.autojump_threshold().is_some_and(|t| t <= idle_for)
             {
@@ -362,4 +367,35 @@ impl RunHandle {
 
 pub(crate) fn now() -> Instant {
     context::core().now()
+}
+
+/// The id of the run on this thread, for run-local state kept outside the core (`thread` keys
+/// its default limiter by it).
+///
+/// # Panics
+///
+/// Outside a run.
+pub(crate) fn current_run_id() -> u64 {
+    context::core().id
+}
+
+/// Records that a task of the current run waits for work outside the run (a `to_thread` job)
+/// that will wake it: until the matching [`external_work_finished`], a virtual clock does not
+/// autojump. Returns the run's id, to pass back.
+///
+/// # Panics
+///
+/// Outside a run.
+pub(crate) fn external_work_started() -> u64 {
+    let core = context::core();
+    core.external_work.set(core.external_work.get() + 1);
+    core.id
+}
+
+/// Ends one [`external_work_started`] of run `run_id`; nothing if that run is not the one on
+/// this thread (it has ended).
+pub(crate) fn external_work_finished(run_id: u64) {
+    if let Some(core) = context::try_core().filter(|c| c.id == run_id) {
+        core.external_work.set(core.external_work.get() - 1);
+    }
 }

@@ -1,0 +1,657 @@
+//! Blocking work on threads (S10.x): `to_thread` and its options, `check_cancelled`,
+//! `from_thread_run_sync`, the limiter, abandoned jobs, panics, and virtual time.
+//!
+//! Worker closures that must block do so on `std::sync::mpsc` channels the test controls; the
+//! run side waits for them with `wait_all_tasks_blocked` (a task waiting for its thread counts
+//! as blocked) or with another `to_thread` call on a channel. No real sleeps.
+
+mod support;
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::task::Poll;
+use std::time::Duration;
+
+use hatchery::lowlevel::checkpoint;
+use hatchery::sync::CapacityLimiter;
+use hatchery::testing::{self, assert_checkpoints, registrations, wait_all_tasks_blocked};
+use hatchery::thread::{
+    DEFAULT_TOKENS, FromThreadError, ThreadOptions, check_cancelled, default_limiter, from_thread_run_sync,
+};
+use hatchery::{
+    CancelScope, CancelSource, Cancelled, Error, Instant, move_on_after, now, nursery, sleep, to_thread,
+};
+use support::{Log, at, secs};
+
+/// How long a test waits for a pool thread to report back before it fails (never reached when
+/// things work).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Runs `f` inside a scope cancelled before it starts; returns what `f` returned.
+async fn in_cancelled_scope<T, F: Future<Output = T>>(f: F) -> T {
+    let scope = CancelScope::new();
+    scope.handle().cancel();
+    let mut out = None;
+    let _ = scope
+        .run(async {
+            out = Some(f.await);
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    out.unwrap()
+}
+
+/// Polls `fut` once with the current task's waker.
+async fn poll_once<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+}
+
+/// Sends `()` when dropped: tells a test that a value on another thread is gone.
+struct DropSignal(mpsc::Sender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Basics (S10.1)
+
+#[test]
+fn returns_the_value_of_the_closure_s10_1() {
+    testing::run(async {
+        assert_eq!(to_thread(|| 6 * 7).await, Ok(42));
+        let s = to_thread(|| "owned".to_string()).await.unwrap();
+        assert_eq!(s, "owned");
+        assert_eq!(now(), Instant::ZERO);
+    });
+}
+
+#[test]
+fn works_on_the_real_clock_too() {
+    let out = hatchery::run(async {
+        let a = to_thread(|| 20).await?;
+        let b = to_thread(move || a + 22).await?;
+        Ok::<_, Cancelled>(b)
+    });
+    assert_eq!(out, Ok(42));
+}
+
+#[test]
+fn runs_on_a_pool_thread_named_hatchery_blocking() {
+    let here = std::thread::current().id();
+    let (id, name) = testing::run(async {
+        to_thread(|| {
+            let t = std::thread::current();
+            (t.id(), t.name().map(str::to_owned))
+        })
+        .await
+        .unwrap()
+    });
+    assert_ne!(id, here);
+    assert_eq!(name.as_deref(), Some("hatchery-blocking"));
+}
+
+#[test]
+fn is_a_checkpoint_s2_1() {
+    testing::run(async {
+        assert_checkpoints(to_thread(|| 1)).await.unwrap();
+        assert_checkpoints(ThreadOptions::new().abandon_on_cancel(true).run(|| 2)).await.unwrap();
+    });
+}
+
+#[test]
+fn a_cancelled_call_starts_no_thread_s10_1() {
+    testing::run(async {
+        let ran = Arc::new(AtomicBool::new(false));
+        let (dropped_tx, dropped) = mpsc::channel();
+        let guard = DropSignal(dropped_tx);
+        let flag = ran.clone();
+        let r = in_cancelled_scope(to_thread(move || {
+            let _guard = guard;
+            flag.store(true, Ordering::SeqCst);
+        }))
+        .await;
+        assert_eq!(r.unwrap_err().source(), CancelSource::Explicit);
+        // The closure was dropped unrun, here and now.
+        assert_eq!(dropped.try_recv(), Ok(()));
+        assert!(!ran.load(Ordering::SeqCst));
+        assert_eq!(default_limiter().borrowed_tokens(), 0);
+    });
+}
+
+#[test]
+fn waiting_for_a_token_is_a_cancellable_checkpoint_s10_1() {
+    testing::run(async {
+        let limiter = Rc::new(CapacityLimiter::new(0));
+        let base = registrations();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let job =
+            ThreadOptions::new().limiter(limiter.clone()).run(move || flag.store(true, Ordering::SeqCst));
+        // No thread runs while it waits for a token, so virtual time moves on.
+        let r = move_on_after(secs(5), job).await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(now(), at(5));
+        assert_eq!(limiter.statistics().tasks_waiting, 0);
+        assert_eq!(limiter.borrowed_tokens(), 0);
+        assert_eq!(registrations(), base, "the cancelled wait left nothing registered");
+        assert!(!ran.load(Ordering::SeqCst));
+    });
+}
+
+#[test]
+fn the_token_is_held_while_the_thread_runs_and_returned_after() {
+    let (go, wait_go) = mpsc::channel::<()>();
+    testing::run(async {
+        let limiter = Rc::new(CapacityLimiter::new(1));
+        nursery(async |n| {
+            let l = limiter.clone();
+            n.start_soon(async move {
+                ThreadOptions::new().limiter(l).run(move || wait_go.recv().unwrap()).await?;
+                Ok(())
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(limiter.borrowed_tokens(), 1);
+            assert_eq!(default_limiter().borrowed_tokens(), 0, "a limiter of one's own replaces the default");
+            go.send(()).unwrap();
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(limiter.borrowed_tokens(), 0);
+    });
+}
+
+#[test]
+fn a_limiter_bounds_how_many_threads_run_at_once() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started) = mpsc::channel::<()>();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let wait_go = Arc::new(Mutex::new(wait_go));
+    let started = Arc::new(Mutex::new(started));
+    testing::run(async {
+        let limiter = Rc::new(CapacityLimiter::new(2));
+        nursery(async |n| {
+            for _ in 0..5 {
+                let (running, most, started_tx, wait_go) =
+                    (running.clone(), most.clone(), started_tx.clone(), wait_go.clone());
+                let job = ThreadOptions::new().limiter(limiter.clone()).run(move || {
+                    let now_running = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now_running, Ordering::SeqCst);
+                    started_tx.send(()).unwrap();
+                    wait_go.lock().unwrap().recv().unwrap();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                });
+                n.start_soon(async move {
+                    job.await?;
+                    Ok(())
+                });
+            }
+            // Wait (on a thread of the default limiter) until two jobs have started.
+            for _ in 0..2 {
+                let started = started.clone();
+                to_thread(move || started.lock().unwrap().recv().unwrap()).await?;
+            }
+            wait_all_tasks_blocked().await?;
+            let s = limiter.statistics();
+            assert_eq!((s.borrowed_tokens, s.tasks_waiting), (2, 3));
+            assert_eq!(running.load(Ordering::SeqCst), 2);
+            for _ in 0..5 {
+                go.send(()).unwrap();
+            }
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(limiter.borrowed_tokens(), 0);
+    });
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn the_default_limiter_has_40_tokens_and_belongs_to_its_run() {
+    let (go, wait_go) = mpsc::channel::<()>();
+    let first = testing::run(async {
+        let l = default_limiter();
+        assert_eq!(DEFAULT_TOKENS, 40);
+        assert_eq!(l.total_tokens(), 40);
+        assert!(Rc::ptr_eq(&l, &default_limiter()), "one limiter per run");
+        nursery(async |n| {
+            n.start_soon(async {
+                to_thread(move || wait_go.recv().unwrap()).await?;
+                Ok(())
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(l.borrowed_tokens(), 1, "the job holds a token of the default limiter");
+            go.send(()).unwrap();
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(l.borrowed_tokens(), 0);
+        l.set_total_tokens(3);
+        l
+    });
+    testing::run(async {
+        let l = default_limiter();
+        assert!(!Rc::ptr_eq(&l, &first), "a new run has a new limiter");
+        assert_eq!(l.total_tokens(), 40, "a change in one run does not leak into the next");
+    });
+}
+
+#[test]
+fn lowering_the_default_limiter_serialises_jobs() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    hatchery::run(async {
+        default_limiter().set_total_tokens(1);
+        nursery(async |n| {
+            for _ in 0..8 {
+                let (running, most) = (running.clone(), most.clone());
+                n.start_soon(async move {
+                    to_thread(move || {
+                        let r = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(r, Ordering::SeqCst);
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                });
+            }
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn many_jobs_on_the_real_clock() {
+    let total = hatchery::run(async {
+        let sum = std::cell::Cell::new(0u64);
+        nursery(async |n| {
+            for i in 0..200u64 {
+                let sum = &sum;
+                n.start_soon(async move {
+                    let v = to_thread(move || i * i).await?;
+                    sum.set(sum.get() + v);
+                    Ok(())
+                });
+            }
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        sum.get()
+    });
+    assert_eq!(total, (0..200u64).map(|i| i * i).sum::<u64>());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancellation while the thread runs (S10.2, S10.3, S10.4)
+
+#[test]
+fn by_default_cancellation_waits_for_the_thread_and_stays_pending_s10_2() {
+    let log = Log::new();
+    let (go, wait_go) = mpsc::channel::<u32>();
+    testing::run(async {
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        nursery(async |n| {
+            let log2 = log.clone();
+            n.start_soon(async move {
+                let out = scope
+                    .run(async {
+                        let v = to_thread(move || wait_go.recv().unwrap() * 2).await?;
+                        log2.push(format!("value {v}"));
+                        checkpoint().await?;
+                        log2.push("not reached");
+                        Ok::<_, Cancelled>(())
+                    })
+                    .await;
+                assert_eq!(out, Ok(None));
+                log2.push("absorbed");
+                Ok(())
+            });
+            wait_all_tasks_blocked().await?;
+            handle.cancel();
+            wait_all_tasks_blocked().await?;
+            log.push("cancelled, still waiting");
+            go.send(21).unwrap();
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(now(), Instant::ZERO);
+    });
+    assert_eq!(log.take(), ["cancelled, still waiting", "value 42", "absorbed"]);
+}
+
+#[test]
+fn check_cancelled_sees_a_delivered_cancellation_in_the_default_mode_s10_4() {
+    let (go, wait_go) = mpsc::channel::<()>();
+    let (checked_tx, checked) = mpsc::channel();
+    testing::run(async {
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        nursery(async |n| {
+            n.start_soon(async move {
+                let out = scope
+                    .run(async {
+                        let (before, after) = to_thread(move || {
+                            let before = check_cancelled();
+                            checked_tx.send(()).unwrap();
+                            wait_go.recv().unwrap();
+                            (before, check_cancelled())
+                        })
+                        .await?;
+                        assert_eq!(before, Ok(()));
+                        let c = match after {
+                            Err(FromThreadError::Cancelled(c)) => c,
+                            other => panic!("expected a delivered cancellation, got {other:?}"),
+                        };
+                        assert_eq!(c.reason(), Some("stop"));
+                        // Returned from the closure, it travels as any cancellation.
+                        Err::<(), _>(Error::from(FromThreadError::Cancelled(c)))
+                    })
+                    .await;
+                assert!(matches!(out, Ok(None)), "the scope absorbed it");
+                Ok(())
+            });
+            // Wait, on another thread, until the job has made its first check.
+            to_thread(move || checked.recv().unwrap()).await?;
+            wait_all_tasks_blocked().await?;
+            handle.cancel_with_reason("stop");
+            wait_all_tasks_blocked().await?; // the waiting task has been woken and saw it
+            go.send(()).unwrap();
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_cancellation_not_yet_delivered_is_not_seen_s10_4() {
+    let (go, wait_go) = mpsc::channel::<()>();
+    testing::run(async {
+        let scope = CancelScope::new().shielded();
+        let handle = scope.handle();
+        let outer = CancelScope::new();
+        let outer_handle = outer.handle();
+        let r = outer
+            .run(async {
+                nursery(async |n| {
+                    n.start_soon(async move {
+                        // Shielded: the outer cancellation never reaches the waiting task.
+                        let seen = scope
+                            .run(to_thread(move || {
+                                wait_go.recv().unwrap();
+                                check_cancelled()
+                            }))
+                            .await?;
+                        assert_eq!(seen, Some(Ok(())));
+                        Ok(())
+                    });
+                    wait_all_tasks_blocked().await?;
+                    outer_handle.cancel();
+                    wait_all_tasks_blocked().await.ok(); // cancelled itself: returns at once
+                    go.send(()).unwrap();
+                    Ok::<_, Cancelled>(())
+                })
+                .await?;
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        assert_eq!(r, Ok(Some(())), "the body finished: its value is kept");
+        assert!(!handle.cancel_called());
+    });
+}
+
+#[test]
+fn abandon_on_cancel_returns_at_once_and_keeps_the_token_until_the_thread_ends_s10_3() {
+    let log = Log::new();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let (report_tx, report) = mpsc::channel();
+    let (result_dropped_tx, result_dropped) = mpsc::channel();
+    testing::run(async {
+        let limiter = Rc::new(CapacityLimiter::new(1));
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        nursery(async |n| {
+            let (log2, l) = (log.clone(), limiter.clone());
+            n.start_soon(async move {
+                let job = ThreadOptions::new().limiter(l).abandon_on_cancel(true).run(move || {
+                    wait_go.recv().unwrap();
+                    report_tx.send(check_cancelled()).unwrap();
+                    DropSignal(result_dropped_tx) // the result nobody will read
+                });
+                let out = scope.run(job).await;
+                assert!(matches!(out, Ok(None)));
+                log2.push(format!("returned@{}", now().since_origin().as_secs()));
+                Ok(())
+            });
+            wait_all_tasks_blocked().await?;
+            handle.cancel();
+            wait_all_tasks_blocked().await?;
+            assert_eq!(log.take(), ["returned@0"], "returned while the thread is still blocked");
+            assert_eq!(limiter.borrowed_tokens(), 1, "the abandoned thread keeps its token");
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        // The autojump is back as soon as nobody waits for a thread.
+        sleep(secs(3)).await.unwrap();
+        assert_eq!(now(), at(3));
+        go.send(()).unwrap();
+        // The token comes back when the thread finishes: this waits for it.
+        let token = limiter.acquire().await.unwrap();
+        assert_eq!(limiter.borrowed_tokens(), 1);
+        drop(token);
+    });
+    let seen = report.recv_timeout(PATIENCE).unwrap();
+    assert!(matches!(seen, Err(FromThreadError::Cancelled(ref c)) if c.source() == CancelSource::Explicit));
+    result_dropped.recv_timeout(PATIENCE).expect("the late result was dropped");
+}
+
+#[test]
+fn a_late_result_after_the_run_ended_is_dropped_silently_s10_3() {
+    let limiter = Rc::new(CapacityLimiter::new(1));
+    let (go, wait_go) = mpsc::channel::<()>();
+    let (dropped_tx, dropped) = mpsc::channel();
+    let (panic_go, wait_panic_go) = mpsc::channel::<()>();
+    testing::run(async {
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        let l = limiter.clone();
+        nursery(async |n| {
+            n.start_soon(async move {
+                let jobs = nursery(async |m| {
+                    let job = ThreadOptions::new().limiter(l).abandon_on_cancel(true).run(move || {
+                        wait_go.recv().unwrap();
+                        DropSignal(dropped_tx)
+                    });
+                    m.start_soon(async move {
+                        job.await?;
+                        Ok(())
+                    });
+                    let job = ThreadOptions::new().abandon_on_cancel(true).run(move || {
+                        wait_panic_go.recv().unwrap();
+                        panic!("a late panic, dropped silently (expected by this test)");
+                    });
+                    m.start_soon(async move {
+                        job.await?;
+                        Ok(())
+                    });
+                    Ok::<_, Cancelled>(())
+                });
+                assert!(matches!(scope.run(jobs).await, Ok(None)));
+                Ok(())
+            });
+            wait_all_tasks_blocked().await?;
+            handle.cancel();
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+    // The run is over; now the threads finish.
+    go.send(()).unwrap();
+    panic_go.send(()).unwrap();
+    dropped.recv_timeout(PATIENCE).expect("the late result was dropped");
+    // The run ended first, so the token was not returned to it (S10.3). hatchery hands it back
+    // at the next `to_thread` call on this thread, once the thread has finished.
+    assert_eq!(limiter.borrowed_tokens(), 1);
+    testing::run(async {
+        let v = ThreadOptions::new().limiter(limiter.clone()).run(|| 5).await.unwrap();
+        assert_eq!(v, 5);
+        assert_eq!(limiter.borrowed_tokens(), 0);
+    });
+}
+
+#[test]
+fn dropping_the_waiting_future_abandons_the_job() {
+    let (go, wait_go) = mpsc::channel::<()>();
+    let (report_tx, report) = mpsc::channel();
+    testing::run(async {
+        let limiter = Rc::new(CapacityLimiter::new(1));
+        let base = registrations();
+        let mut job = Box::pin(ThreadOptions::new().limiter(limiter.clone()).run(move || {
+            wait_go.recv().unwrap();
+            report_tx.send(check_cancelled()).unwrap();
+        }));
+        assert!(poll_once(job.as_mut()).await.is_pending());
+        assert_eq!(limiter.borrowed_tokens(), 1);
+        drop(job);
+        assert_eq!(registrations(), base, "nothing of the job is left registered in the run");
+        assert_eq!(limiter.borrowed_tokens(), 1, "the thread still runs and keeps its token");
+        go.send(()).unwrap();
+        let _token = limiter.acquire().await.unwrap(); // returned when the thread finished
+    });
+    assert_eq!(report.recv_timeout(PATIENCE).unwrap(), Err(FromThreadError::Abandoned));
+}
+
+#[test]
+fn with_abandon_on_cancel_a_finished_job_still_returns_its_value() {
+    testing::run(async {
+        let limiter = Rc::new(CapacityLimiter::new(1));
+        let v = ThreadOptions::new().limiter(limiter.clone()).abandon_on_cancel(true).run(|| 9).await;
+        assert_eq!(v, Ok(9));
+        assert_eq!(limiter.borrowed_tokens(), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panics
+
+#[test]
+fn a_panic_in_the_closure_is_resumed_in_the_awaiting_task() {
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            nursery(async |n| {
+                n.start_soon(async {
+                    to_thread(|| -> u32 { panic!("boom in a thread") }).await?;
+                    Ok(())
+                });
+                Ok::<_, Cancelled>(())
+            })
+            .await
+        })
+    }));
+    let payload = caught.expect_err("the panic reached the run");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom in a thread"));
+    // The pool survived, and the limiter of that run is gone with it.
+    testing::run(async {
+        assert_eq!(to_thread(|| 3).await, Ok(3));
+        assert_eq!(default_limiter().borrowed_tokens(), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// From the worker thread
+
+#[test]
+fn check_cancelled_outside_a_worker_is_an_error_not_a_panic_s10_4() {
+    assert_eq!(check_cancelled(), Err(FromThreadError::NotInWorker));
+    assert_eq!(from_thread_run_sync(|| 1), Err(FromThreadError::NotInWorker));
+    let nested = testing::run(async {
+        to_thread(|| std::thread::spawn(check_cancelled).join().unwrap()).await.unwrap()
+    });
+    assert_eq!(nested, Err(FromThreadError::NotInWorker), "a thread started by the job is not a worker");
+    let msg = FromThreadError::NotInWorker.to_string();
+    assert!(msg.contains("not running a hatchery::to_thread job"), "{msg}");
+}
+
+#[test]
+fn from_thread_run_sync_runs_on_the_run_thread() {
+    let run_thread = std::thread::current().id();
+    testing::run(async {
+        let (on, t) = to_thread(|| from_thread_run_sync(|| (std::thread::current().id(), now())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(on, run_thread);
+        assert_eq!(t, Instant::ZERO);
+    });
+}
+
+#[test]
+fn a_panic_in_from_thread_run_sync_travels_back_through_the_worker() {
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let r = to_thread(|| from_thread_run_sync(|| -> u8 { panic!("boom on the run thread") })).await;
+            unreachable!("{r:?}");
+        })
+    }));
+    let payload = caught.expect_err("the panic reached the awaiting task");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom on the run thread"));
+}
+
+#[test]
+fn from_thread_errors_convert_and_keep_cancellations() {
+    testing::run(async {
+        let c = in_cancelled_scope(checkpoint()).await.unwrap_err();
+        let io: std::io::Error = FromThreadError::Cancelled(c.clone()).into();
+        assert_eq!(Cancelled::from_io(&io), Some(&c));
+        let e: Error = FromThreadError::Abandoned.into();
+        assert!(matches!(e, Error::Other(_)));
+        let e: Error = FromThreadError::Cancelled(c).into();
+        assert!(matches!(e, Error::Cancelled(_)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Virtual time (S8.3)
+
+#[test]
+fn the_clock_does_not_autojump_while_a_thread_job_runs_s8_3() {
+    let log = Log::new();
+    testing::run(async {
+        nursery(async |n| {
+            let log2 = log.clone();
+            n.start_soon(async move {
+                sleep(secs(10)).await?;
+                log2.push(format!("sleeper@{}", now().since_origin().as_secs()));
+                Ok(())
+            });
+            // Each call below is a round trip to the run's thread, which is idle in between:
+            // an autojump would show as a later time.
+            let seen =
+                to_thread(|| (0..20).map(|_| from_thread_run_sync(now).unwrap()).collect::<Vec<Instant>>())
+                    .await?;
+            assert!(seen.iter().all(|t| *t == Instant::ZERO), "{seen:?}");
+            log.push(format!("thread done@{}", now().since_origin().as_secs()));
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(now(), at(10));
+    });
+    assert_eq!(log.take(), ["thread done@0", "sleeper@10"]);
+}
