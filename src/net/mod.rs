@@ -20,11 +20,13 @@
 //! Addresses are taken as `impl Into<SocketAddr>` (a `SocketAddr`, or `([127, 0, 0, 1], 80)`):
 //! nothing here resolves host names except [`connect_tcp`], which does so on the blocking pool.
 
+mod serve;
 mod stream;
 pub mod tcp;
 mod udp;
 pub mod unix;
 
+pub use serve::{ACCEPT_BACKOFF, Listen, serve_tcp};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};

@@ -1,0 +1,150 @@
+//! [`serve_tcp`]: accept connections forever, one child task per connection (S9.4).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{TcpListener, TcpStream};
+use crate::error::{CancelError, NurseryError};
+use crate::{TaskStatus, nursery, sleep};
+
+/// Where [`serve_tcp`] listens: an address to bind (port 0 picks a free one), or a listener
+/// that is already bound.
+#[derive(Debug)]
+pub enum Listen {
+    /// Bind this address.
+    Addr(SocketAddr),
+    /// Serve this listener.
+    Listener(TcpListener),
+}
+
+impl<A: Into<SocketAddr>> From<A> for Listen {
+    fn from(addr: A) -> Listen {
+        Listen::Addr(addr.into())
+    }
+}
+
+impl From<TcpListener> for Listen {
+    fn from(l: TcpListener) -> Listen {
+        Listen::Listener(l)
+    }
+}
+
+/// How long [`serve_tcp`] waits before accepting again after running out of descriptors or
+/// memory (Trio's 100 ms).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accept errors that mean "out of a resource for now": back off and retry, do not crash.
+fn is_transient(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS (Linux numbering; the BSDs share EMFILE/ENFILE/ENOMEM and
+    // number ENOBUFS 55).
+    let transient: &[i32] = if cfg!(any(target_os = "linux", target_os = "android")) {
+        &[24, 23, 12, 105]
+    } else {
+        &[24, 23, 12, 55]
+    };
+    e.raw_os_error().is_some_and(|n| transient.contains(&n))
+}
+
+/// Serves TCP connections: binds (or takes) a listener, reports its address through `status`,
+/// then accepts forever, running `handler(stream)` for each connection as a child task of its
+/// own nursery (Trio's `serve_tcp`/`serve_listeners`, S9.4). Made to be used with
+/// [`Nursery::start`](crate::Nursery::start), which returns once the listener is bound:
+///
+/// ```
+/// use hatchery::net::{serve_tcp, TcpStream};
+/// use hatchery::{nursery, Error};
+///
+/// hatchery::run(async {
+///     nursery(async |n| {
+///         let addr = n
+///             .start(|status| {
+///                 serve_tcp(([127, 0, 0, 1], 0), async |conn: TcpStream| {
+///                     let mut buf = [0; 64];
+///                     let k = conn.read(&mut buf).await?;
+///                     conn.write_all(&buf[..k]).await?;
+///                     Ok::<_, Error>(())
+///                 }, status)
+///             })
+///             .await?;
+///         let client = TcpStream::connect(addr).await?;
+///         client.write_all(b"echo").await?;
+///         let mut buf = [0; 4];
+///         client.read(&mut buf).await?;
+///         assert_eq!(&buf, b"echo");
+///         n.cancel_scope().cancel(); // stop serving
+///         Ok::<_, Error>(())
+///     })
+///     .await?;
+///     Ok::<_, Error>(())
+/// })
+/// .unwrap();
+/// ```
+///
+/// - **Each connection's stream is closed when its handler returns** (the handler owns it, so
+///   it is dropped then, whether the handler succeeded, failed or was cancelled).
+/// - **Serving stops only by cancellation or an error**: a handler's error, or an accept error
+///   other than the transient ones below, cancels the other handlers and comes out of
+///   `serve_tcp` (the nursery's errors, as `E`); the listener is closed on the way out.
+/// - **Transient accept errors** (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`) are reported on
+///   stderr and retried after [`ACCEPT_BACKOFF`], instead of crashing the server.
+///
+/// The handler is an async closure taking the stream by value; it may borrow from the
+/// caller (shared state such as a channel sender or a `Mutex`).
+///
+/// # Errors
+///
+/// Binding errors (before `started`), handler errors, fatal accept errors, and
+/// [`Cancelled`](crate::Cancelled) when serving is cancelled (which a cancel scope or the
+/// nursery absorbs).
+pub async fn serve_tcp<H, E>(
+    listen: impl Into<Listen>,
+    handler: H,
+    status: TaskStatus<SocketAddr>,
+) -> Result<Infallible, E>
+where
+    H: AsyncFn(TcpStream) -> Result<(), E>,
+    E: From<io::Error> + From<NurseryError<E>> + CancelError,
+{
+    let listener = match listen.into() {
+        Listen::Addr(addr) => TcpListener::bind(addr)?,
+        Listen::Listener(l) => l,
+    };
+    status.started(listener.local_addr()?);
+    serve_listener(&listener, &handler).await
+}
+
+async fn serve_listener<H, E>(listener: &TcpListener, handler: &H) -> Result<Infallible, E>
+where
+    H: AsyncFn(TcpStream) -> Result<(), E>,
+    E: From<io::Error> + From<NurseryError<E>> + CancelError,
+{
+    let r = nursery(async |n| {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _peer)) => n.start_soon(accept_one(handler, stream)),
+                Err(e) if is_transient(&e) => {
+                    eprintln!("hatchery::net::serve_tcp: accept failed ({e}); retrying in 100 ms");
+                    sleep(ACCEPT_BACKOFF).await.map_err(io::Error::from)?;
+                }
+                Err(e) => return Err::<Infallible, E>(e.into()),
+            }
+        }
+    })
+    .await;
+    match r {
+        Err(e) => Err(E::from(e)),
+        Ok(Some(never)) => match never {},
+        // Only a nursery that cancels itself absorbs its cancellation, and this one never does.
+        Ok(None) => Err(E::from(io::Error::other("serve_tcp: the accept loop stopped without an error"))),
+    }
+}
+
+fn accept_one<'h, H, E>(handler: &'h H, stream: TcpStream) -> impl Future<Output = Result<(), E>> + 'h
+where
+    H: AsyncFn(TcpStream) -> Result<(), E>,
+{
+    handler(stream)
+}
