@@ -20,12 +20,14 @@
 //! Addresses are taken as `impl Into<SocketAddr>` (a `SocketAddr`, or `([127, 0, 0, 1], 80)`):
 //! nothing here resolves host names except [`connect_tcp`], which does so on the blocking pool.
 
+mod connect;
 mod serve;
 mod stream;
 pub mod tcp;
 mod udp;
 pub mod unix;
 
+pub use connect::{ConnectError, HAPPY_EYEBALLS_DELAY, connect_tcp, connect_tcp_with_delay, happy_eyeballs};
 pub use serve::{ACCEPT_BACKOFF, Listen, serve_tcp};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
