@@ -239,9 +239,12 @@ impl From<NurseryError<Cancelled>> for Cancelled {
 }
 
 impl From<NurseryError<io::Error>> for io::Error {
-    /// One error passes through unchanged; several are wrapped, kind `Other`, all kept.
+    /// One error passes through unchanged, and so does a group of nothing but cancellations
+    /// (they all come from the same scope: the first stands for all, as for
+    /// `NurseryError<Cancelled>`); other groups are wrapped, kind `Other`, all kept.
     fn from(e: NurseryError<io::Error>) -> io::Error {
-        if e.len() == 1 { e.into_first() } else { io::Error::other(e) }
+        let only_cancelled = e.errors().iter().all(|x| Cancelled::from_io(x).is_some());
+        if e.len() == 1 || only_cancelled { e.into_first() } else { io::Error::other(e) }
     }
 }
 
@@ -372,7 +375,12 @@ impl Error {
 }
 
 impl From<NurseryError<Error>> for Error {
+    /// A group of nothing but cancellations becomes its first (they all come from the same
+    /// scope); anything else is kept whole.
     fn from(e: NurseryError<Error>) -> Error {
+        if e.errors().iter().all(|x| matches!(x, Error::Cancelled(_))) {
+            return e.into_first();
+        }
         Error::Nursery(Box::new(e))
     }
 }
