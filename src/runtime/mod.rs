@@ -28,6 +28,14 @@ use sched::{Shared, TaskWaker, WakeTarget};
 /// The longest the loop sleeps in one go (Trio caps its I/O wait at 24 hours).
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
+/// While tasks are runnable, poll I/O at least every this many passes (tokio polls its driver
+/// every 61 scheduler ticks; a pass here is a whole batch).
+const BUSY_IO_INTERVAL: u32 = 16;
+
+/// ... or once this many schedule points (yields and parks) have gone by, so that one pass
+/// with a huge batch cannot hold I/O back for long.
+const BUSY_IO_WORK: u64 = 256;
+
 /// Options for a run.
 ///
 /// ```
@@ -171,6 +179,9 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
     let mut callbacks: VecDeque<sched::Callback> = VecDeque::new();
     // When the loop last found nothing runnable (real time), for cushions and autojump.
     let mut idle_since: Option<std::time::Instant> = None;
+    // Busy passes, and the schedule-point count, since I/O was last polled (step 3).
+    let mut busy_passes: u32 = 0;
+    let mut points_at_poll: u64 = 0;
     loop {
         // 1. Cross-thread entry.
         if core.shared.has_remote() {
@@ -216,10 +227,19 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             [until_deadline, blocked_cushion, autojump].into_iter().flatten().min().map(|d| d.min(MAX_WAIT))
         };
 
-        // 3. I/O. With nothing registered and no wait needed, skip the syscall; remote wake-ups
-        // are seen through the atomic flag in step 1 either way.
-        let need_poll = timeout != Some(Duration::ZERO) || core.reactor.source_count() > 0;
+        // 3. I/O. A pass that may block always waits for I/O. A busy pass (tasks runnable, so
+        // a zero timeout) polls I/O only when sources are registered and at least
+        // `BUSY_IO_INTERVAL` passes or `BUSY_IO_WORK` schedule points have gone by since the
+        // last poll: a bounded delay, without a syscall per schedule point (Trio's #1595).
+        // Remote wake-ups are seen through the atomic flag in step 1 either way.
+        let points = core.schedule_points.get();
+        let need_poll = timeout != Some(Duration::ZERO)
+            || (core.reactor.source_count() > 0
+                && (busy_passes >= BUSY_IO_INTERVAL || points.wrapping_sub(points_at_poll) >= BUSY_IO_WORK));
+        busy_passes += 1;
         if need_poll {
+            busy_passes = 0;
+            points_at_poll = points;
             if let Err(e) = core.reactor.wait(timeout, &mut wakers) {
                 panic!("hatchery internal error: waiting for I/O failed: {e}");
             }

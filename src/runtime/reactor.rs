@@ -78,6 +78,9 @@ pub(crate) struct Reactor {
     shared: Arc<Shared>,
     sources: RefCell<Slab<Source>>,
     events: RefCell<Events>,
+    /// The buffer of the direct `epoll_wait` (see `wait_epoll`).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    raw_events: RefCell<Vec<rustix::event::epoll::Event>>,
     edge: bool,
     next_generation: std::cell::Cell<u32>,
 }
@@ -148,6 +151,8 @@ impl Reactor {
             shared,
             sources: RefCell::new(Slab::new()),
             events: RefCell::new(Events::new()),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            raw_events: RefCell::new(Vec::with_capacity(1024)),
             edge,
             next_generation: std::cell::Cell::new(0),
         }
@@ -277,31 +282,106 @@ impl Reactor {
 
     /// Waits for I/O events (at most `timeout`) and returns the wakers of the tasks they concern.
     pub(crate) fn wait(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if self.edge {
+            return self.wait_epoll(timeout, wakers);
+        }
+        self.wait_polling(timeout, wakers)
+    }
+
+    /// The portable wait, through `Poller::wait`.
+    fn wait_polling(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
         let mut events = self.events.borrow_mut();
         events.clear();
         self.shared.poller.wait(&mut events, timeout)?;
-        let mut sources = self.sources.borrow_mut();
         let mut rearm = Vec::new();
         for ev in events.iter() {
-            let (index, generation) = unpack(ev.key);
-            let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) else { continue };
-            // An error or hang-up is reported as readable and writable by polling's epoll backend;
-            // either way the next syscall will report it.
-            if ev.readable {
-                s.read.ready = true;
-                wakers.extend(s.read.waiter.take().map(|(_, w)| w));
-            }
-            if ev.writable {
-                s.write.ready = true;
-                wakers.extend(s.write.waiter.take().map(|(_, w)| w));
-            }
-            // In oneshot mode any event disarms the whole registration: re-arm the direction
-            // that still has a waiter (a reader must not lose its interest to a writer's event).
-            if !self.edge && (s.read.waiter.is_some() || s.write.waiter.is_some()) {
-                rearm.push((s.fd, ev.key));
-            }
+            self.deliver(ev.key, ev.readable, ev.writable, wakers, &mut rearm);
         }
-        drop(sources);
+        drop(events);
+        self.rearm(rearm)
+    }
+
+    /// The Linux wait: one `epoll_wait` on the poller's own epoll descriptor.
+    ///
+    /// `Poller::wait` costs five syscalls on Linux (arm its timerfd, re-register it, wait, drain
+    /// its eventfd, re-register that), which would triple the cost of an echo round trip
+    /// (performance.md's target is 2.05 syscalls). Sources are registered through `polling` in
+    /// edge mode with the key as epoll data, so the events can be read directly; the readiness
+    /// flags are decoded as polling decodes them. The notifier (polling's reserved key) is the
+    /// exception: when it fires, `Poller::wait` with a zero timeout runs once to drain and re-arm
+    /// it and reset polling's coalescing flag, and its events are delivered too. The timerfd is
+    /// never armed on this path (timeouts go to `epoll_wait` itself).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn wait_epoll(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
+        use rustix::event::{Timespec, epoll};
+        let mut raw = self.raw_events.borrow_mut();
+        raw.clear();
+        let ts = timeout.map(|t| Timespec {
+            tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: t.subsec_nanos().into(),
+        });
+        match epoll::wait(self.shared.poller.as_fd(), rustix::buffer::spare_capacity(&mut raw), ts.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let read_flags =
+            epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR | epoll::EventFlags::PRI;
+        let write_flags = epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
+        let mut notified = false;
+        let mut rearm = Vec::new();
+        for ev in raw.iter() {
+            let (flags, key) = (ev.flags, ev.data.u64() as usize);
+            if key == usize::MAX {
+                notified = true;
+                continue;
+            }
+            self.deliver(
+                key,
+                flags.intersects(read_flags),
+                flags.intersects(write_flags),
+                wakers,
+                &mut rearm,
+            );
+        }
+        drop(raw);
+        if notified {
+            self.wait_polling(Some(Duration::ZERO), wakers)?;
+        }
+        self.rearm(rearm)
+    }
+
+    /// Records one event for `key` and collects the wakers it concerns.
+    fn deliver(
+        &self,
+        key: usize,
+        readable: bool,
+        writable: bool,
+        wakers: &mut Vec<Waker>,
+        rearm: &mut Vec<(std::os::fd::RawFd, usize)>,
+    ) {
+        let (index, generation) = unpack(key);
+        let mut sources = self.sources.borrow_mut();
+        let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) else { return };
+        // An error or hang-up is reported as readable and writable; either way the next syscall
+        // will report it.
+        if readable {
+            s.read.ready = true;
+            wakers.extend(s.read.waiter.take().map(|(_, w)| w));
+        }
+        if writable {
+            s.write.ready = true;
+            wakers.extend(s.write.waiter.take().map(|(_, w)| w));
+        }
+        // In oneshot mode any event disarms the whole registration: re-arm the direction that
+        // still has a waiter (a reader must not lose its interest to a writer's event).
+        if !self.edge && (s.read.waiter.is_some() || s.write.waiter.is_some()) {
+            rearm.push((s.fd, key));
+        }
+    }
+
+    fn rearm(&self, rearm: Vec<(std::os::fd::RawFd, usize)>) -> io::Result<()> {
         for (fd, key) in rearm {
             // SAFETY: the source is still registered (we hold no borrow that could have removed
             // it, and only a `Registration` drop removes it), so by the `Registration` invariant
