@@ -16,6 +16,22 @@ pub const PINGPONG_CAPACITY: usize = 1;
 pub const FANIN_PRODUCERS: u64 = 100;
 /// The capacity of the `mpsc_fanin` channel.
 pub const FANIN_CAPACITY: usize = 1024;
+/// Concurrent connections of `tcp_echo`; each makes n / `ECHO_CONNS` round trips.
+pub const ECHO_CONNS: u64 = 50;
+/// The size of one `tcp_echo` message (and of the one message per `idle_conns` connection).
+pub const ECHO_MSG: usize = 64;
+/// The read buffer of every echo handler (all runtimes): bigger than a message, so that a read
+/// of one message is a short read, as in any server that reads into a buffer of a few KiB.
+pub const ECHO_BUF: usize = 1024;
+/// How long an echo server waits after its last `accept` before it measures and lets the
+/// client go: time for every handler to reach its first read and park there.
+pub const SETTLE: Duration = Duration::from_millis(100);
+/// `wrk` connections of `http_wrk` (`wrk -t1 -c50`).
+pub const WRK_CONNS: u64 = 50;
+/// The path `http_wrk` requests.
+pub const HTTP_PATH: &str = "/alice";
+/// The body every responder must answer [`HTTP_PATH`] with.
+pub const HTTP_BODY: &str = "Hello, alice!";
 
 /// A runtime under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +74,8 @@ impl Runtime {
     }
 }
 
-/// One measured quantity of a workload; every metric is "lower is better".
+/// One measured quantity of a workload; "lower is better" except for the rates
+/// ([`Metric::higher_is_better`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
     /// Nanoseconds per operation (the workload's `op` names the operation).
@@ -67,6 +84,18 @@ pub enum Metric {
     OverheadMs,
     /// Peak bytes per sleeping task.
     BytesPerTask,
+    /// Operations per second (higher is better); names the operation, plural.
+    PerSec(&'static str),
+    /// Server CPU time (user + sys) per operation, in microseconds.
+    CpuUsPer(&'static str),
+    /// Server system calls per operation.
+    SyscallsPer(&'static str),
+    /// Resident bytes per idle connection, once all are connected (`VmRSS`).
+    BytesPerConn,
+    /// Peak bytes per idle connection (`VmHWM`).
+    PeakBytesPerConn,
+    /// A latency percentile, in microseconds.
+    LatencyUs(&'static str),
 }
 
 impl Metric {
@@ -76,6 +105,12 @@ impl Metric {
             Metric::NsPer(op) => format!("ns/{op}"),
             Metric::OverheadMs => "ms wall overhead beyond 1 s".to_string(),
             Metric::BytesPerTask => "bytes per sleeping task".to_string(),
+            Metric::PerSec(ops) => format!("{ops}/s (higher is better)"),
+            Metric::CpuUsPer(op) => format!("server CPU us/{op}"),
+            Metric::SyscallsPer(op) => format!("server syscalls/{op}"),
+            Metric::BytesPerConn => "bytes per idle connection (VmRSS)".to_string(),
+            Metric::PeakBytesPerConn => "peak bytes per idle connection (VmHWM)".to_string(),
+            Metric::LatencyUs(p) => format!("{p} latency us"),
         }
     }
 
@@ -85,7 +120,18 @@ impl Metric {
             Metric::NsPer(op) => format!("ns/{op}"),
             Metric::OverheadMs => "ms".to_string(),
             Metric::BytesPerTask => "B/task".to_string(),
+            Metric::PerSec(ops) => format!("{ops}/s"),
+            Metric::CpuUsPer(op) => format!("us CPU/{op}"),
+            Metric::SyscallsPer(op) => format!("syscalls/{op}"),
+            Metric::BytesPerConn => "B/conn".to_string(),
+            Metric::PeakBytesPerConn => "peak B/conn".to_string(),
+            Metric::LatencyUs(p) => format!("us {p}"),
         }
+    }
+
+    /// Whether a bigger figure is the better one (rates); every other metric is a cost.
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, Metric::PerSec(_))
     }
 }
 
@@ -109,11 +155,18 @@ pub enum Workload {
     TimeoutCancel,
     /// n children sleep for an hour; the group is cancelled once they are all parked.
     CancelNursery,
+    /// n 64-byte round trips (50 connections) from a blocking client in a child process
+    /// against an echo server on the runtime.
+    TcpEcho,
+    /// n idle connections to one echo server: memory per connection, then one echo each.
+    IdleConns,
+    /// `wrk -t1 -c50 -d{n}s` against a minimal HTTP/1.1 keep-alive responder.
+    HttpWrk,
 }
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 11] = [
         Workload::SpawnJoin,
         Workload::SpawnNested,
         Workload::Pingpong,
@@ -122,6 +175,9 @@ impl Workload {
         Workload::Timers,
         Workload::TimeoutCancel,
         Workload::CancelNursery,
+        Workload::TcpEcho,
+        Workload::IdleConns,
+        Workload::HttpWrk,
     ];
 
     /// The name used on the command line.
@@ -135,6 +191,9 @@ impl Workload {
             Workload::Timers => "timers",
             Workload::TimeoutCancel => "timeout_cancel",
             Workload::CancelNursery => "cancel_nursery",
+            Workload::TcpEcho => "tcp_echo",
+            Workload::IdleConns => "idle_conns",
+            Workload::HttpWrk => "http_wrk",
         }
     }
 
@@ -151,8 +210,9 @@ impl Workload {
         }
     }
 
-    /// The full-size n (tasks; leaves for `spawn_nested`; round trips for the pingpongs;
-    /// messages for `mpsc_fanin`).
+    /// The full-size n (tasks; leaves for `spawn_nested`; round trips for the pingpongs and
+    /// `tcp_echo`; messages for `mpsc_fanin`; connections for `idle_conns`; seconds of `wrk`
+    /// for `http_wrk`).
     pub fn full_n(self) -> u64 {
         match self {
             Workload::SpawnJoin
@@ -160,7 +220,11 @@ impl Workload {
             | Workload::Pingpong
             | Workload::PingpongRendezvous
             | Workload::MpscFanin => 1_000_000,
-            Workload::Timers | Workload::TimeoutCancel | Workload::CancelNursery => 100_000,
+            Workload::Timers | Workload::TimeoutCancel | Workload::CancelNursery | Workload::TcpEcho => {
+                100_000
+            }
+            Workload::IdleConns => 10_000,
+            Workload::HttpWrk => 5,
         }
     }
 
@@ -174,13 +238,31 @@ impl Workload {
             Workload::Timers => &[Metric::OverheadMs, Metric::BytesPerTask],
             Workload::TimeoutCancel => &[Metric::NsPer("task")],
             Workload::CancelNursery => &[Metric::NsPer("child")],
+            Workload::TcpEcho => &[
+                Metric::PerSec("round trips"),
+                Metric::CpuUsPer("round trip"),
+                Metric::SyscallsPer("round trip"),
+            ],
+            Workload::IdleConns => &[Metric::BytesPerConn, Metric::PeakBytesPerConn],
+            Workload::HttpWrk => &[
+                Metric::PerSec("requests"),
+                Metric::LatencyUs("p50"),
+                Metric::LatencyUs("p99"),
+                Metric::CpuUsPer("request"),
+            ],
         }
     }
 
-    /// Whether each measurement runs in a fresh process (its figures include the peak RSS).
+    /// Whether each measurement runs in a fresh process: its figures include the peak RSS, or
+    /// it is a server whose process-wide CPU time and system calls are counted.
     pub fn fresh_process(self) -> bool {
-        self == Workload::Timers
+        matches!(self, Workload::Timers | Workload::TcpEcho | Workload::IdleConns)
     }
+}
+
+/// The address every echo server binds: 127.0.0.1, port 0 (the OS picks one).
+pub fn localhost() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], 0).into()
 }
 
 /// Sum of `0..n`: the checksum of the workloads whose children return `i`.
@@ -191,6 +273,25 @@ pub fn sum_below(n: u64) -> u64 {
 /// Panics (failing the measurement loudly) when a checksum is wrong.
 pub fn check(what: &str, got: u64, want: u64) {
     assert_eq!(got, want, "{what}: checksum mismatch (got {got}, want {want})");
+}
+
+/// One measurement: a value per metric of the workload (`NaN` for a metric not measured this
+/// time, such as system calls without `--syscalls`), and for `tcp_echo` with `--syscalls` the
+/// server's system calls per round trip by name: (name, calls, failed calls; `NaN` when the
+/// tracer does not tell).
+#[derive(Debug, Default)]
+pub struct Sample {
+    pub values: Vec<f64>,
+    pub syscalls: PerOp,
+}
+
+/// System calls per operation by name: (name, calls, failed calls or `NaN`).
+pub type PerOp = Vec<(String, f64, f64)>;
+
+impl Sample {
+    pub fn of(values: Vec<f64>) -> Sample {
+        Sample { values, syscalls: Vec::new() }
+    }
 }
 
 /// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`).

@@ -7,11 +7,18 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use hatchery::net::{TcpListener, TcpStream};
 use hatchery::{Builder, Cancelled, Error, SchedulePolicy, channel, move_on_after, nursery, sleep};
 
-use crate::common::{FANIN_CAPACITY, LONG_SLEEP, SHORT_TIMEOUT, check, sum_below};
+use crate::common::{
+    ECHO_BUF, FANIN_CAPACITY, LONG_SLEEP, SETTLE, SHORT_TIMEOUT, check, localhost, sum_below,
+};
+use crate::echo::EchoRun;
+use crate::http::HttpConn;
 
 /// Runs `future` on a fresh hatchery run with FIFO scheduling (the benchmark policy).
 fn run<F: Future>(future: F) -> F::Output {
@@ -244,4 +251,89 @@ pub fn cancel_nursery(n: u64) -> Duration {
     });
     check("hatchery cancel_nursery (children dropped)", dropped, n);
     elapsed
+}
+
+/// Echoes everything it reads until end of stream; returns the bytes echoed.
+async fn echo(stream: TcpStream) -> io::Result<u64> {
+    let mut buf = [0u8; ECHO_BUF];
+    let mut echoed = 0;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(echoed);
+        }
+        stream.write_all(&buf[..n]).await?;
+        echoed += n as u64;
+    }
+}
+
+/// `tcp_echo` and `idle_conns`: an echo server with one child task per connection in a
+/// nursery (the accepting body waits for every connection, lets the handlers park, then lets
+/// the client go); returns the bytes echoed in all.
+pub fn echo_server(probe: &EchoRun) -> u64 {
+    let echoed = Cell::new(0);
+    let r = run(async {
+        let listener = TcpListener::bind(localhost())?;
+        probe.start_client(listener.local_addr()?);
+        let r = nursery(async |nur| {
+            for _ in 0..probe.conns() {
+                let (stream, _) = listener.accept().await?;
+                let echoed = &echoed;
+                nur.start_soon(async move {
+                    let e = echo(stream).await?;
+                    echoed.set(echoed.get() + e);
+                    Ok::<_, io::Error>(())
+                });
+            }
+            sleep(SETTLE).await?;
+            probe.go();
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        probe.stop();
+        r?;
+        Ok::<_, io::Error>(())
+    });
+    r.expect("hatchery echo server failed");
+    echoed.get()
+}
+
+/// One keep-alive HTTP connection (see `http.rs`).
+async fn http_conn(stream: TcpStream) -> io::Result<()> {
+    let mut conn = HttpConn::new();
+    loop {
+        let n = stream.read(conn.spare()).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let close = conn.received(n)?;
+        if !conn.out.is_empty() {
+            stream.write_all(&conn.out).await?;
+            conn.out.clear();
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// The bench crate's own minimal HTTP responder on hatchery (`http_wrk` uses it only when
+/// `examples/hello_http.rs` cannot be built): serves forever.
+pub fn http_server(addr: SocketAddr, listening: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    run(async {
+        let listener = TcpListener::bind(addr)?;
+        listening(listener.local_addr()?);
+        nursery(async |nur| -> io::Result<()> {
+            loop {
+                let (stream, _) = listener.accept().await?;
+                nur.start_soon(async move {
+                    // A broken connection must not cancel the server.
+                    let _ = http_conn(stream).await;
+                    Ok::<_, io::Error>(())
+                });
+            }
+        })
+        .await?;
+        Ok(())
+    })
 }

@@ -5,14 +5,22 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_executor::{LocalExecutor, Task};
-use async_io::Timer;
+use async_io::{Async, Timer};
 use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{FANIN_CAPACITY, LONG_SLEEP, PINGPONG_CAPACITY, SHORT_TIMEOUT, check, sum_below};
+use crate::common::{
+    ECHO_BUF, FANIN_CAPACITY, LONG_SLEEP, PINGPONG_CAPACITY, SETTLE, SHORT_TIMEOUT, check, localhost,
+    sum_below,
+};
+use crate::echo::EchoRun;
+use crate::http::HttpConn;
 
 /// The executor, shared by the tasks that spawn.
 type Executor = Rc<LocalExecutor<'static>>;
@@ -219,4 +227,77 @@ pub fn cancel_nursery(n: u64) -> Duration {
     });
     check("smol cancel_nursery (children dropped)", dropped, n);
     elapsed
+}
+
+/// Echoes everything it reads until end of stream; returns the bytes echoed.
+async fn echo(mut stream: Async<TcpStream>) -> io::Result<u64> {
+    let mut buf = [0u8; ECHO_BUF];
+    let mut echoed = 0;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(echoed);
+        }
+        stream.write_all(&buf[..n]).await?;
+        echoed += n as u64;
+    }
+}
+
+/// `tcp_echo` and `idle_conns`: an echo server on `Async<TcpListener>` with one task per
+/// connection (`TCP_NODELAY` on, as hatchery's accepted streams have it); the accepting
+/// future keeps the tasks, lets the handlers park, lets the client go, then awaits them.
+/// Returns the bytes echoed in all.
+pub fn echo_server(probe: &EchoRun) -> u64 {
+    block_on(|ex| async move {
+        let listener = Async::<TcpListener>::bind(localhost())?;
+        probe.start_client(listener.get_ref().local_addr()?);
+        let mut tasks = Vec::new();
+        for _ in 0..probe.conns() {
+            let (stream, _) = listener.accept().await?;
+            stream.get_ref().set_nodelay(true)?;
+            tasks.push(ex.spawn(echo(stream)));
+        }
+        Timer::after(SETTLE).await;
+        probe.go();
+        let mut echoed = 0;
+        for t in tasks {
+            echoed += t.await?;
+        }
+        probe.stop();
+        Ok::<_, io::Error>(echoed)
+    })
+    .expect("smol echo server failed")
+}
+
+/// One keep-alive HTTP connection (see `http.rs`).
+async fn http_conn(mut stream: Async<TcpStream>) -> io::Result<()> {
+    let mut conn = HttpConn::new();
+    loop {
+        let n = stream.read(conn.spare()).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let close = conn.received(n)?;
+        if !conn.out.is_empty() {
+            stream.write_all(&conn.out).await?;
+            conn.out.clear();
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// The minimal HTTP responder on a `LocalExecutor`: one task per connection (detached);
+/// serves forever.
+pub fn http_server(addr: SocketAddr, listening: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    block_on(|ex| async move {
+        let listener = Async::<TcpListener>::bind(addr)?;
+        listening(listener.get_ref().local_addr()?);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.get_ref().set_nodelay(true)?;
+            ex.spawn(http_conn(stream)).detach();
+        }
+    })
 }

@@ -4,20 +4,35 @@
 //! Every future here is `Send`, so one code path serves both modes.
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet, LocalSet};
 use tokio::time::{sleep, timeout};
 
-use crate::common::{FANIN_CAPACITY, LONG_SLEEP, PINGPONG_CAPACITY, SHORT_TIMEOUT, check, sum_below};
+use crate::common::{
+    ECHO_BUF, FANIN_CAPACITY, LONG_SLEEP, PINGPONG_CAPACITY, SETTLE, SHORT_TIMEOUT, check, localhost,
+    sum_below,
+};
+use crate::echo::EchoRun;
+use crate::http::HttpConn;
 
 /// Runs `future` on a fresh current_thread runtime (time driver on), inside a `LocalSet` if
 /// `local`.
 fn block_on<F: Future>(local: bool, future: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
+    if local { LocalSet::new().block_on(&rt, future) } else { rt.block_on(future) }
+}
+
+/// Like [`block_on`], with the I/O driver on too (the socket workloads).
+fn block_on_io<F: Future>(local: bool, future: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     if local { LocalSet::new().block_on(&rt, future) } else { rt.block_on(future) }
 }
 
@@ -217,4 +232,76 @@ pub fn cancel_nursery(local: bool, n: u64) -> Duration {
     check("tokio cancel_nursery (tasks cancelled)", cancelled, n);
     check("tokio cancel_nursery (children dropped)", dropped, n);
     elapsed
+}
+
+/// Echoes everything it reads until end of stream; returns the bytes echoed.
+async fn echo(mut stream: TcpStream) -> io::Result<u64> {
+    let mut buf = [0u8; ECHO_BUF];
+    let mut echoed = 0;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(echoed);
+        }
+        stream.write_all(&buf[..n]).await?;
+        echoed += n as u64;
+    }
+}
+
+/// `tcp_echo` and `idle_conns`: an echo server with one task per connection (`TCP_NODELAY`
+/// on, as hatchery's accepted streams have it); the accepting future keeps the handles, lets
+/// the handlers park, lets the client go, then awaits them. Returns the bytes echoed in all.
+pub fn echo_server(local: bool, probe: &EchoRun) -> u64 {
+    block_on_io(local, async {
+        let listener = TcpListener::bind(localhost()).await?;
+        probe.start_client(listener.local_addr()?);
+        let mut handles = Vec::new();
+        for _ in 0..probe.conns() {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            handles.push(spawn(local, echo(stream)));
+        }
+        sleep(SETTLE).await;
+        probe.go();
+        let mut echoed = 0;
+        for h in handles {
+            echoed += h.await.expect("task failed")?;
+        }
+        probe.stop();
+        Ok::<_, io::Error>(echoed)
+    })
+    .expect("tokio echo server failed")
+}
+
+/// One keep-alive HTTP connection (see `http.rs`).
+async fn http_conn(mut stream: TcpStream) -> io::Result<()> {
+    let mut conn = HttpConn::new();
+    loop {
+        let n = stream.read(conn.spare()).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let close = conn.received(n)?;
+        if !conn.out.is_empty() {
+            stream.write_all(&conn.out).await?;
+            conn.out.clear();
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// The minimal HTTP responder on a current_thread runtime (in a `LocalSet` if `local`): one
+/// task per connection; serves forever.
+pub fn http_server(local: bool, addr: SocketAddr, listening: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    block_on_io(local, async {
+        let listener = TcpListener::bind(addr).await?;
+        listening(listener.local_addr()?);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            spawn(local, http_conn(stream));
+        }
+    })
 }
