@@ -1,5 +1,5 @@
 //! A guided tour of hatchery, one short section per idea: nurseries, the `start` handshake,
-//! cancel scopes and deadlines, error propagation, virtual time, and channels.
+//! cancel scopes and deadlines, error propagation, virtual time, channels, and networking.
 //!
 //! Each section is a plain function that starts its own `hatchery::run`, so sections are
 //! independent and new ones slot into the list in `main`. The whole tour takes well under
@@ -10,8 +10,10 @@
 //! ```
 
 use std::cell::Cell;
+use std::net::Shutdown;
 use std::time::Duration;
 
+use hatchery::net::{TcpStream, serve_tcp};
 use hatchery::testing::MockClock;
 use hatchery::{
     Builder, CancelScope, Error, TaskStatus, fail_after, move_on_after, nursery, sleep, sleep_forever,
@@ -42,13 +44,14 @@ type Section = (&'static str, fn() -> Result<(), Error>);
 
 fn main() -> Result<(), Error> {
     // Later sections (channels, networking) go at the end of this list.
-    let sections: [Section; 6] = [
+    let sections: [Section; 7] = [
         ("1. nurseries", nurseries),
         ("2. start handshake", start_handshake),
         ("3. cancel scopes and deadlines", cancel_scopes),
         ("4. errors propagate", errors_propagate),
         ("5. virtual time", virtual_time),
         ("6. channels that lose nothing", channels),
+        ("7. networking: a server and its clients", networking),
     ];
     let tour_start = std::time::Instant::now();
     for (title, section) in sections {
@@ -315,6 +318,66 @@ fn channels() -> Result<(), Error> {
         })
         .await;
         say!("timed out: {}", matches!(r, Ok(None)));
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// An echo server's connection handler: sends back everything it reads.
+async fn echo(conn: TcpStream, served: &Cell<u32>) -> Result<(), Error> {
+    served.set(served.get() + 1);
+    let mut buf = [0; 1024];
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(()); // the client is done; returning closes the connection
+        }
+        conn.write_all(&buf[..n]).await?;
+    }
+}
+
+/// A client: sends one line, reads the echo, and says goodbye.
+async fn client(name: &str, addr: std::net::SocketAddr) -> Result<(), Error> {
+    let conn = TcpStream::connect(addr).await?;
+    let line = format!("hello from {name}");
+    conn.write_all(line.as_bytes()).await?;
+    let mut echoed = vec![0; line.len()];
+    let mut got = 0;
+    while got < echoed.len() {
+        match conn.read(&mut echoed[got..]).await? {
+            0 => return Err(Error::other("the server hung up early")),
+            n => got += n,
+        }
+    }
+    say!("{name}: the server echoed {:?}", String::from_utf8_lossy(&echoed));
+    conn.shutdown(Shutdown::Write).await?;
+    Ok(())
+}
+
+/// A real TCP server and its clients in one program: `serve_tcp` runs one task per connection,
+/// `start` returns once it listens (with the port it got), and cancelling the nursery's scope
+/// shuts everything down: the accept loop, every connection task, every socket.
+fn networking() -> Result<(), Error> {
+    let served = Cell::new(0); // borrowed by every connection's task: no Arc needed
+    hatchery::run(async {
+        nursery(async |n| {
+            let handler = async |conn: TcpStream| echo(conn, &served).await;
+            let addr = n.start(|status| serve_tcp(([127, 0, 0, 1], 0), handler, status)).await?;
+            say!("echo server listening on {addr}");
+            nursery(async |clients| {
+                for name in ["alice", "bob", "carol"] {
+                    clients.start_soon(client(name, addr));
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
+            say!("all clients done; cancelling the server");
+            n.cancel_scope().cancel();
+            Ok(())
+        })
+        .await?;
+        say!("server stopped after {} connections; its listener and sockets are closed", served.get());
         Ok(())
     })
 }
