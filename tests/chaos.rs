@@ -326,15 +326,10 @@ fn destructive_faults_end_every_connection_and_leak_nothing() {
 }
 
 /// The same with every fault striking at once, so that the last bytes and the reset (or the
-/// end of stream) usually reach the client together.
-///
-/// Ignored: hatchery's edge-triggered read path loses the reset or end of stream queued behind
-/// data. A read that returns less than its buffer clears the socket's readiness
-/// (`src/net/stream.rs`, `StreamCore::read_now`), and no new edge comes for what is already
-/// queued, so the client's next read waits until its deadline: reset and close connections
-/// end as timeouts. Remove the `ignore` once that is fixed.
+/// end of stream) usually reach the client together. A regression test too: the reactor once
+/// lost a reset or end of stream queued behind data (a short read cleared the readiness, and
+/// no new edge comes for what is already queued); it now keeps the end sticky (`EPOLLRDHUP`).
 #[test]
-#[ignore = "hatchery bug: a reset or end of stream queued behind data is never reported (edge-triggered readiness)"]
 fn destructive_faults_that_strike_at_once_end_every_connection() {
     let _serial = serial();
     raise_fd_limit();

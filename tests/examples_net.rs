@@ -291,14 +291,9 @@ fn echo_server_echoes_to_python_clients_and_stops_on_ctrl_c() {
 }
 
 /// A client that sends everything and shuts down its side at once (data and FIN arrive
-/// together) must still get everything back, then the end of stream.
-///
-/// Ignored: it hangs on hatchery's edge-triggered read path. A read that returns less than its
-/// buffer clears the socket's readiness (`src/net/stream.rs`, `StreamCore::read_now`); when the
-/// FIN is already queued behind that data no new edge ever comes, so the server's next `read`
-/// waits for ever instead of returning 0. Remove the `ignore` once that is fixed.
+/// together) must still get everything back, then the end of stream (this once hung: a short
+/// read hid the FIN queued behind the data).
 #[test]
-#[ignore = "hatchery bug: end of stream after a short read is never reported (edge-triggered readiness)"]
 fn echo_server_answers_a_client_that_half_closes_at_once() {
     let (server, addr) = Proc::server("echo_server", &["--quiet"]);
     let mut c = connect(addr);

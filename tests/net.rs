@@ -176,3 +176,146 @@ fn udp_and_unix_datagrams() {
     })
     .unwrap();
 }
+
+#[test]
+fn every_socket_operation_is_a_checkpoint_even_when_it_completes_at_once_s9_1() {
+    use hatchery::testing::assert_checkpoints;
+    hatchery::run(async {
+        // Streams: data already waiting, room to write.
+        let (a, b) = UnixStream::pair()?;
+        b.write_all(b"xy").await?;
+        let mut buf = [0; 8];
+        wait_all_tasks_blocked().await.ok();
+        assert_eq!(assert_checkpoints(a.read(&mut buf)).await?, 2);
+        assert_eq!(assert_checkpoints(a.write(b"z")).await?, 1);
+        assert_checkpoints(a.write_all(b"zz")).await?;
+        assert_checkpoints(a.writable()).await?;
+        assert_checkpoints(b.readable()).await?;
+        assert_checkpoints(a.shutdown(Shutdown::Write)).await?;
+        // A listener with a connection already queued.
+        let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
+        let _c = std::net::TcpStream::connect(listener.local_addr()?)?;
+        assert_checkpoints(listener.accept()).await?;
+        assert_checkpoints(TcpStream::connect(listener.local_addr()?)).await?;
+        // Datagrams: one queued.
+        let u = UdpSocket::bind(([127, 0, 0, 1], 0))?;
+        assert_checkpoints(u.send_to(b"d", u.local_addr()?)).await?;
+        assert_eq!(assert_checkpoints(u.recv_from(&mut buf)).await?.0, 1);
+        let (x, y) = UnixDatagram::pair()?;
+        assert_checkpoints(x.send(b"d")).await?;
+        assert_eq!(assert_checkpoints(y.recv(&mut buf)).await?, 1);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_accept_takes_no_connection() {
+    testing::run(async {
+        let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
+        let addr = listener.local_addr()?;
+        let r = move_on_after(Duration::from_secs(1), listener.accept()).await;
+        assert!(matches!(r, Ok(None)));
+        let client = std::net::TcpStream::connect(addr)?;
+        let r = cancelled_scope().run(listener.accept()).await;
+        assert!(matches!(r, Ok(None)), "cancelled before it ran");
+        let (_s, peer) = listener.accept().await?;
+        assert_eq!(peer, client.local_addr()?, "the queued connection was still there");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn owned_halves_work_from_two_tasks_and_reunite() {
+    testing::run(async {
+        let (a, b) = UnixStream::pair()?;
+        let (r, w) = a.into_split();
+        nursery(async |n| {
+            n.start_soon(async {
+                let mut buf = [0; 5];
+                let k = r.read(&mut buf).await?;
+                assert_eq!(&buf[..k], b"hello");
+                Ok::<_, io::Error>(())
+            });
+            n.start_soon(async {
+                w.write_all(b"ping").await?;
+                Ok(())
+            });
+            b.write_all(b"hello").await?;
+            let mut buf = [0; 4];
+            assert_eq!(b.read(&mut buf).await?, 4);
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        let a = UnixStream::reunite(r, w).expect("same stream");
+        // Reuniting did not shut writing down.
+        a.write_all(b"!").await?;
+        let mut buf = [0; 1];
+        assert_eq!(b.read(&mut buf).await?, 1);
+        // Dropping an owned write half does.
+        let (_r, w) = a.into_split();
+        drop(w);
+        assert_eq!(b.read(&mut buf).await?, 0);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn futures_io_traits_read_and_write_and_fail_with_cancelled_when_they_would_block() {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    testing::run(async {
+        let (mut a, b) = UnixStream::pair()?;
+        b.write_all(b"abc").await?;
+        let mut buf = [0; 8];
+        let n = poll_fn(|cx| futures_io::AsyncRead::poll_read(Pin::new(&mut a), cx, &mut buf)).await?;
+        assert_eq!(&buf[..n], b"abc");
+        let n = poll_fn(|cx| futures_io::AsyncWrite::poll_write(Pin::new(&mut &b), cx, b"de")).await?;
+        assert_eq!(n, 2);
+        let n = poll_fn(|cx| futures_io::AsyncRead::poll_read(Pin::new(&mut a), cx, &mut buf)).await?;
+        assert_eq!(&buf[..n], b"de");
+        // Would block, in a cancelled scope: Cancelled, and nothing consumed.
+        let r = move_on_after(Duration::from_secs(1), async {
+            poll_fn(|cx| futures_io::AsyncRead::poll_read(Pin::new(&mut a), cx, &mut buf)).await
+        })
+        .await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        b.write_all(b"f").await?;
+        let n = poll_fn(|cx| futures_io::AsyncRead::poll_read(Pin::new(&mut a), cx, &mut buf)).await?;
+        assert_eq!(&buf[..n], b"f");
+        // poll_close shuts down writing.
+        poll_fn(|cx| futures_io::AsyncWrite::poll_close(Pin::new(&mut a), cx)).await?;
+        assert_eq!(b.read(&mut buf).await?, 0);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn end_of_stream_queued_behind_data_is_seen_after_a_short_read() {
+    // The data and the FIN arrive together, as one edge: the short read that drains the data
+    // must not hide the end of stream (found by the chaos tests).
+    testing::run(async {
+        for (a, b) in [tcp_pair().await?, tcp_pair().await?] {
+            a.write_all(b"hello").await?;
+            a.shutdown(Shutdown::Write).await?;
+            wait_all_tasks_blocked().await.ok();
+            let mut buf = [0; 64];
+            assert_eq!(b.read(&mut buf).await?, 5);
+            let r = move_on_after(Duration::from_secs(2), b.read(&mut buf)).await?;
+            assert_eq!(r, Some(0), "end of stream, not a hang");
+            b.write_all(b"still open the other way").await?;
+        }
+        let (a, b) = UnixStream::pair()?;
+        a.write_all(b"hello").await?;
+        drop(a);
+        let mut buf = [0; 64];
+        assert_eq!(b.read(&mut buf).await?, 5);
+        assert_eq!(move_on_after(Duration::from_secs(2), b.read(&mut buf)).await?, Some(0));
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}

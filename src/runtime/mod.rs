@@ -227,13 +227,13 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             [until_deadline, blocked_cushion, autojump].into_iter().flatten().min().map(|d| d.min(MAX_WAIT))
         };
 
-        // 3. I/O. A pass that may block always waits for I/O. A busy pass (tasks runnable, so
-        // a zero timeout) polls I/O only when sources are registered and at least
+        // 3. I/O. A pass with nothing runnable always polls I/O (even with a zero timeout, as
+        // when a virtual clock is about to jump). A busy pass (tasks runnable) polls I/O only when sources are registered and at least
         // `BUSY_IO_INTERVAL` passes or `BUSY_IO_WORK` schedule points have gone by since the
         // last poll: a bounded delay, without a syscall per schedule point (Trio's #1595).
         // Remote wake-ups are seen through the atomic flag in step 1 either way.
         let points = core.schedule_points.get();
-        let need_poll = timeout != Some(Duration::ZERO)
+        let need_poll = !runnable
             || (core.reactor.source_count() > 0
                 && (busy_passes >= BUSY_IO_INTERVAL || points.wrapping_sub(points_at_poll) >= BUSY_IO_WORK));
         busy_passes += 1;

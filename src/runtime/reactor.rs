@@ -51,6 +51,9 @@ pub(crate) enum Dir {
 #[derive(Debug, Default)]
 struct DirState {
     ready: bool,
+    /// The OS reported the end of this direction (peer shut down or reset, or an error): sticky,
+    /// so a short read that drains the data in front of the end of stream cannot hide it.
+    hup: bool,
     /// The one waiting operation: its id and waker.
     waiter: Option<(u64, Waker)>,
 }
@@ -79,7 +82,7 @@ pub(crate) struct Reactor {
     sources: RefCell<Slab<Source>>,
     events: RefCell<Events>,
     /// The buffer of the direct `epoll_wait` (see `wait_epoll`).
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
     raw_events: RefCell<Vec<rustix::event::epoll::Event>>,
     edge: bool,
     next_generation: std::cell::Cell<u32>,
@@ -98,6 +101,43 @@ pub(crate) enum Readiness {
     Pending,
     Busy,
     Closed,
+}
+
+/// Whether sources are registered with `epoll` directly (and waited for with `wait_epoll`).
+const DIRECT_EPOLL: bool =
+    cfg!(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)));
+
+/// Registers `fd` with the poller's epoll set directly, in edge mode for reading, writing and
+/// the peer's half close (`EPOLLRDHUP`, which `polling` does not offer and without which a short
+/// read that drains the data in front of an end of stream would hide it). The key is the data,
+/// as `polling` would store it.
+fn direct_add(r: &Reactor, fd: std::os::fd::BorrowedFd<'_>, key: usize) -> io::Result<()> {
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
+    {
+        use rustix::event::epoll::{self, EventData, EventFlags as F};
+        let flags = F::IN | F::OUT | F::RDHUP | F::ET;
+        epoll::add(r.shared.poller.as_fd(), fd, EventData::new_u64(key as u64), flags)?;
+        Ok(())
+    }
+    #[cfg(not(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend))))]
+    {
+        let _ = (r, fd, key);
+        unreachable!("direct epoll registration is only compiled where DIRECT_EPOLL is true")
+    }
+}
+
+/// Removes a source added by [`direct_add`].
+fn direct_delete(r: &Reactor, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
+    {
+        rustix::event::epoll::delete(r.shared.poller.as_fd(), fd)?;
+        Ok(())
+    }
+    #[cfg(not(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend))))]
+    {
+        let _ = (r, fd);
+        unreachable!("direct epoll registration is only compiled where DIRECT_EPOLL is true")
+    }
 }
 
 /// Wakes its waker, if any, when dropped.
@@ -151,7 +191,7 @@ impl Reactor {
             shared,
             sources: RefCell::new(Slab::new()),
             events: RefCell::new(Events::new()),
-            #[cfg(any(target_os = "linux", target_os = "android"))]
+            #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
             raw_events: RefCell::new(Vec::with_capacity(1024)),
             edge,
             next_generation: std::cell::Cell::new(0),
@@ -263,7 +303,8 @@ impl Reactor {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
         if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
-            s.dir(dir).ready = false;
+            let d = s.dir(dir);
+            d.ready = d.hup;
         }
     }
 
@@ -282,7 +323,7 @@ impl Reactor {
 
     /// Waits for I/O events (at most `timeout`) and returns the wakers of the tasks they concern.
     pub(crate) fn wait(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
         if self.edge {
             return self.wait_epoll(timeout, wakers);
         }
@@ -296,7 +337,10 @@ impl Reactor {
         self.shared.poller.wait(&mut events, timeout)?;
         let mut rearm = Vec::new();
         for ev in events.iter() {
-            self.deliver(ev.key, ev.readable, ev.writable, wakers, &mut rearm);
+            // Only the direct epoll path learns of a half close (EPOLLRDHUP); here a hang-up
+            // or an error ends both directions.
+            let end = ev.is_interrupt() || ev.is_err() == Some(true);
+            self.deliver(ev.key, (ev.readable, ev.writable), (end, end), wakers, &mut rearm);
         }
         drop(events);
         self.rearm(rearm)
@@ -312,7 +356,7 @@ impl Reactor {
     /// exception: when it fires, `Poller::wait` with a zero timeout runs once to drain and re-arm
     /// it and reset polling's coalescing flag, and its events are delivered too. The timerfd is
     /// never armed on this path (timeouts go to `epoll_wait` itself).
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
     fn wait_epoll(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
         use rustix::event::{Timespec, epoll};
         let mut raw = self.raw_events.borrow_mut();
@@ -326,9 +370,9 @@ impl Reactor {
             Err(rustix::io::Errno::INTR) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let read_flags =
-            epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR | epoll::EventFlags::PRI;
-        let write_flags = epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
+        use epoll::EventFlags as F;
+        let read_flags = F::IN | F::RDHUP | F::HUP | F::ERR | F::PRI;
+        let write_flags = F::OUT | F::HUP | F::ERR;
         let mut notified = false;
         let mut rearm = Vec::new();
         for ev in raw.iter() {
@@ -337,13 +381,9 @@ impl Reactor {
                 notified = true;
                 continue;
             }
-            self.deliver(
-                key,
-                flags.intersects(read_flags),
-                flags.intersects(write_flags),
-                wakers,
-                &mut rearm,
-            );
+            let ready = (flags.intersects(read_flags), flags.intersects(write_flags));
+            let hup = (flags.intersects(F::RDHUP | F::HUP | F::ERR), flags.intersects(F::HUP | F::ERR));
+            self.deliver(key, ready, hup, wakers, &mut rearm);
         }
         drop(raw);
         if notified {
@@ -356,14 +396,16 @@ impl Reactor {
     fn deliver(
         &self,
         key: usize,
-        readable: bool,
-        writable: bool,
+        (readable, writable): (bool, bool),
+        (read_hup, write_hup): (bool, bool),
         wakers: &mut Vec<Waker>,
         rearm: &mut Vec<(std::os::fd::RawFd, usize)>,
     ) {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
         let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) else { return };
+        s.read.hup |= read_hup;
+        s.write.hup |= write_hup;
         // An error or hang-up is reported as readable and writable; either way the next syscall
         // will report it.
         if readable {
@@ -435,7 +477,9 @@ impl Registration {
             closed: false,
         });
         let key = pack(index, generation);
-        let res = if r.edge {
+        let res = if DIRECT_EPOLL {
+            direct_add(r, fd, key)
+        } else if r.edge {
             // SAFETY: the caller keeps `fd` open until the Registration is dropped, and Drop
             // deletes it from the poller first; that is exactly `Poller::add`'s contract.
             unsafe { r.shared.poller.add_with_mode(fd.as_raw_fd(), Event::all(key), PollMode::Edge) }
@@ -469,7 +513,7 @@ impl Drop for Registration {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         // Deleting can only fail if the descriptor is not registered, which the invariant rules
         // out; there is nothing useful to do about it in Drop.
-        let _ = self.core.shared.poller.delete(fd);
+        let _ = if DIRECT_EPOLL { direct_delete(&self.core.reactor, fd) } else { self.core.shared.poller.delete(fd) };
         self.core.reactor.sources.borrow_mut().remove(index);
         for w in wakers {
             w.wake();
