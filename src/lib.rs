@@ -8,6 +8,9 @@
 //! - **Cancel scopes with deadlines and shields.** [`CancelScope`], [`move_on_after`],
 //!   [`fail_after`]: level-triggered, cooperative cancellation delivered at checkpoints; the
 //!   scope that was cancelled absorbs it.
+//! - **Sockets, servers and blocking work**: [`net`] (TCP, UDP, Unix; [`net::serve_tcp`],
+//!   [`net::connect_tcp`] with happy eyeballs), [`to_thread`], and [`signal`] for Ctrl-C as a
+//!   cancellation. Every socket operation is a checkpoint and loses nothing when cancelled.
 //! - **Its own event loop** on the `polling` crate, one per [`run`], on one thread, with a
 //!   virtual clock and seeded scheduling for tests ([`testing`]).
 //!
