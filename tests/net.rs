@@ -145,7 +145,7 @@ fn a_cancelled_write_all_reports_what_went_out_and_the_stream_stays_usable() {
             });
             a.write_all(&big[written..]).await?;
             a.shutdown(Shutdown::Write).await?;
-            Ok::<_, io::Error>(reader.await.map_err(io::Error::from)?)
+            reader.await.map_err(io::Error::from)
         })
         .await
         .map_err(|e| e.into_first())?
