@@ -513,7 +513,11 @@ impl Drop for Registration {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         // Deleting can only fail if the descriptor is not registered, which the invariant rules
         // out; there is nothing useful to do about it in Drop.
-        let _ = if DIRECT_EPOLL { direct_delete(&self.core.reactor, fd) } else { self.core.shared.poller.delete(fd) };
+        let _ = if DIRECT_EPOLL {
+            direct_delete(&self.core.reactor, fd)
+        } else {
+            self.core.shared.poller.delete(fd)
+        };
         self.core.reactor.sources.borrow_mut().remove(index);
         for w in wakers {
             w.wake();
