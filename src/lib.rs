@@ -53,6 +53,7 @@
 
 mod cancel;
 mod error;
+pub mod io;
 pub mod lowlevel;
 pub mod net;
 mod nursery;

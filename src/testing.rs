@@ -20,6 +20,12 @@ use crate::lowlevel::{Park, checkpoint_if_cancelled};
 use crate::runtime::context::{self, BlockedWaiter};
 
 pub use crate::runtime::clock::MockClock;
+pub use memory_stream::{
+    DEFAULT_MEMORY_STREAM_CAPACITY, MemoryStream, MemoryStreamStatistics, memory_stream_pair,
+    memory_stream_pair_with_capacity,
+};
+
+mod memory_stream;
 
 /// A [`Builder`](crate::Builder) on a fresh [`MockClock`] that jumps as soon as every task is
 /// blocked, with a fixed seed: the usual set-up of a deterministic test.

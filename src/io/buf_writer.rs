@@ -1,0 +1,339 @@
+//! [`BufWriter`]: buffered writing whose cancelled flushes keep their bytes.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
+
+use super::{DEFAULT_BUF_SIZE, wait};
+use crate::error::WriteAllError;
+use crate::lowlevel::{Park, cancel_shielded_checkpoint, checkpoint_if_cancelled};
+
+/// Adds a buffer to a writer: small writes are collected and go out together when the buffer
+/// is full, on [`flush`](Self::flush) or on [`close`](Self::close).
+///
+/// # Cancellation
+///
+/// Every `async` method is a checkpoint (a cancel point on entry; a schedule point, which is
+/// the wait itself if there is one) and loses nothing when cancelled or dropped:
+///
+/// - a cancelled [`flush`](Self::flush) (or a flush inside `write`, `write_all` or `close`)
+///   keeps the bytes not yet written in the buffer, and the next flush continues after those
+///   that went out: no byte is written twice or dropped;
+/// - [`write`](Self::write) takes nothing if it fails or is dropped before it returns: the
+///   bytes are copied in (or written through) in the poll that returns the count;
+/// - [`write_all`](Self::write_all) reports in
+///   [`WriteAllError::written`](crate::WriteAllError) how many bytes of its argument were
+///   accepted (into the buffer or the stream), so the caller can resume with the rest.
+///
+/// # Dropping it
+///
+/// There is no async drop: **dropping a `BufWriter` with buffered bytes loses them**, and
+/// nothing complains (a destructor cannot wait, and a panic in one would be worse). Flush or
+/// close before dropping; [`buffer`](Self::buffer)`.is_empty()` tells whether something is
+/// still pending (a handy `debug_assert!`), and [`into_parts`](Self::into_parts) hands the
+/// pending bytes back.
+///
+/// # The `futures-io` impl
+///
+/// `BufWriter` implements `futures_io::AsyncWrite` (and `AsyncRead`/`AsyncBufRead`, passed
+/// through, when the inner type is a reader too). Those poll-style methods are not
+/// checkpoints; they only delegate, so they work with any executor.
+///
+/// ```
+/// use hatchery::io::BufWriter;
+/// use hatchery::testing::{self, memory_stream_pair};
+///
+/// testing::run(async {
+///     let (a, b) = memory_stream_pair();
+///     let mut writer = BufWriter::new(&a);
+///     writer.write_all(b"hello, ").await?;
+///     writer.write_all(b"world").await?;
+///     assert_eq!(b.statistics().incoming_buffered, 0, "still in the BufWriter");
+///     writer.flush().await?;
+///     let mut buf = [0; 32];
+///     let n = b.read(&mut buf).await?;
+///     assert_eq!(&buf[..n], b"hello, world");
+///     Ok::<_, std::io::Error>(())
+/// })
+/// .unwrap();
+/// ```
+pub struct BufWriter<W> {
+    inner: W,
+    /// `buf[written..]` is waiting to be written; `buf[..written]` went out during a flush that
+    /// did not finish.
+    buf: Vec<u8>,
+    written: usize,
+    capacity: usize,
+}
+
+impl<W: AsyncWrite + Unpin> BufWriter<W> {
+    /// A writer with an 8 KiB buffer.
+    pub fn new(inner: W) -> BufWriter<W> {
+        BufWriter::with_capacity(DEFAULT_BUF_SIZE, inner)
+    }
+
+    /// A writer with a `capacity`-byte buffer (a capacity of 0 is taken as 1). Writes of at
+    /// least `capacity` bytes skip the buffer (after flushing it).
+    pub fn with_capacity(capacity: usize, inner: W) -> BufWriter<W> {
+        let capacity = capacity.max(1);
+        BufWriter { inner, buf: Vec::with_capacity(capacity), written: 0, capacity }
+    }
+}
+
+impl<W> BufWriter<W> {
+    /// The inner writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    /// The inner writer. Writing to it directly puts those bytes before the buffered ones.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// The inner writer; **the buffered bytes are dropped** (flush first, or see
+    /// [`into_parts`](Self::into_parts)).
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
+    /// The inner writer and the bytes not written to it yet.
+    pub fn into_parts(self) -> (W, Vec<u8>) {
+        let mut buf = self.buf;
+        buf.drain(..self.written);
+        (self.inner, buf)
+    }
+
+    /// The bytes waiting to be written.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf[self.written..]
+    }
+
+    /// The size of the buffer.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn spare(&self) -> usize {
+        self.capacity - (self.buf.len() - self.written)
+    }
+
+    /// Appends to the buffer (which must have room).
+    fn push(&mut self, src: &[u8]) {
+        if self.written > 0 {
+            self.buf.drain(..self.written);
+            self.written = 0;
+        }
+        debug_assert!(self.buf.len() + src.len() <= self.capacity);
+        self.buf.extend_from_slice(src);
+    }
+}
+
+impl<W: AsyncWrite + Unpin> BufWriter<W> {
+    /// Writes the buffer out, poll-style; progress is recorded as it goes.
+    fn poll_flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.buf.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the writer accepted no bytes while flushing the buffer",
+                    )));
+                }
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.buf.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    async fn flush_buf(&mut self, park: &mut Park, waited: &mut bool) -> io::Result<()> {
+        wait(park, waited, |cx| self.poll_flush_buf(cx)).await
+    }
+
+    /// One write of the inner writer, waiting until it takes something.
+    async fn write_through(&mut self, src: &[u8], park: &mut Park, waited: &mut bool) -> io::Result<usize> {
+        wait(park, waited, |cx| Pin::new(&mut self.inner).poll_write(cx, src)).await
+    }
+
+    /// Writes some of `buf`: into the buffer if it fits (flushing first if the buffer is too
+    /// full), or, if `buf` is at least as large as the capacity, straight to the inner writer
+    /// once the buffer is flushed. The number of bytes accepted; for a non-empty `buf`, 0 only
+    /// if the inner writer accepted nothing. A checkpoint, even for an empty `buf`. Cancelled
+    /// or dropped before it returns, it accepted nothing (a flush it started keeps its
+    /// progress).
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`](crate::Cancelled); the inner writer's error.
+    pub async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        checkpoint_if_cancelled()?;
+        let mut park = Park::new();
+        let mut waited = false;
+        if buf.len() > self.spare() {
+            self.flush_buf(&mut park, &mut waited).await?;
+        }
+        if !waited {
+            cancel_shielded_checkpoint().await;
+        }
+        if buf.len() >= self.capacity {
+            return self.write_through(buf, &mut park, &mut waited).await;
+        }
+        self.push(buf);
+        Ok(buf.len())
+    }
+
+    /// Writes all of `buf` (buffering the tail that fits). A checkpoint, even for an empty
+    /// `buf`; a cancel point before each step.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteAllError`] with the number of bytes of `buf` accepted
+    /// (into the buffer or the inner writer), and why it stopped:
+    /// [`Cancelled`](crate::Cancelled), `WriteZero` if the writer accepted nothing, or the
+    /// writer's error. Resume with `&buf[written..]`.
+    pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), WriteAllError> {
+        let fail = |written, error| WriteAllError { written, error };
+        let mut park = Park::new();
+        let mut waited = false;
+        let mut written = 0;
+        loop {
+            checkpoint_if_cancelled().map_err(|c| fail(written, c.into()))?;
+            let rest = &buf[written..];
+            if rest.len() <= self.spare() {
+                if !waited {
+                    cancel_shielded_checkpoint().await;
+                }
+                self.push(rest);
+                return Ok(());
+            }
+            if !self.buffer().is_empty() {
+                self.flush_buf(&mut park, &mut waited).await.map_err(|e| fail(written, e))?;
+                continue;
+            }
+            // An empty buffer and more than it holds: write through.
+            match self.write_through(rest, &mut park, &mut waited).await {
+                Ok(0) => {
+                    return Err(fail(
+                        written,
+                        io::Error::new(io::ErrorKind::WriteZero, "the writer accepted no bytes"),
+                    ));
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(written, e)),
+            }
+        }
+    }
+
+    /// Writes the buffer out and flushes the inner writer. A checkpoint. Cancelled, the bytes
+    /// not yet written stay buffered and the next flush continues with them.
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`](crate::Cancelled); the inner writer's error.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        checkpoint_if_cancelled()?;
+        let mut park = Park::new();
+        let mut waited = false;
+        self.flush_buf(&mut park, &mut waited).await?;
+        wait(&mut park, &mut waited, |cx| Pin::new(&mut self.inner).poll_flush(cx)).await?;
+        if !waited {
+            cancel_shielded_checkpoint().await;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then closes the inner writer (`poll_close`: for a hatchery stream, shuts down
+    /// writing, so the peer reads end of stream). A checkpoint. Cancelled while flushing, it has
+    /// closed nothing and the unwritten bytes stay buffered (call it again, or take the writer
+    /// with [`into_parts`](Self::into_parts) and close it yourself).
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`](crate::Cancelled); the inner writer's error.
+    pub async fn close(&mut self) -> io::Result<()> {
+        checkpoint_if_cancelled()?;
+        let mut park = Park::new();
+        let mut waited = false;
+        self.flush_buf(&mut park, &mut waited).await?;
+        wait(&mut park, &mut waited, |cx| Pin::new(&mut self.inner).poll_flush(cx)).await?;
+        wait(&mut park, &mut waited, |cx| Pin::new(&mut self.inner).poll_close(cx)).await?;
+        if !waited {
+            cancel_shielded_checkpoint().await;
+        }
+        Ok(())
+    }
+}
+
+impl<W: fmt::Debug> fmt::Debug for BufWriter<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufWriter")
+            .field("inner", &self.inner)
+            .field("buffered", &(self.buf.len() - self.written))
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for BufWriter<W> {
+    /// Buffers `buf` if it fits (flushing first if the buffer is too full); a `buf` at least as
+    /// large as the capacity goes straight to the inner writer once the buffer is flushed.
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.len() > this.spare() {
+            match this.poll_flush_buf(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other.map_ok(|()| 0),
+            }
+        }
+        if buf.len() >= this.capacity {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_flush_buf(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_flush_buf(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_close(cx),
+            other => other,
+        }
+    }
+}
+
+impl<W: AsyncRead + Unpin> AsyncRead for BufWriter<W> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<W: AsyncBufRead + Unpin> AsyncBufRead for BufWriter<W> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        Pin::new(&mut self.get_mut().inner).consume(amt)
+    }
+}

@@ -1,0 +1,181 @@
+//! Buffered I/O over `futures-io` readers and writers, with cancellation that loses nothing.
+//!
+//! - [`BufReader`]: `read`, `read_until`, `read_line`, `read_exact`, `read_to_end`. A
+//!   cancelled (or dropped) call leaves every byte it pulled from the stream in the reader's
+//!   buffer, so the next call sees it again: the call fills the buffer until the line, or the
+//!   count, is complete, and only then moves bytes out.
+//! - [`BufWriter`]: `write`, `write_all`, `flush`, `close`. A cancelled flush keeps what it
+//!   did not write; a cancelled `write_all` says how much it accepted.
+//! - [`copy`]: moves a reader's bytes to a writer; cancelled, it says how much it copied and the
+//!   rest is still in the reader's buffer or the stream.
+//!
+//! They work over anything that implements `futures_io::AsyncRead`/`AsyncWrite`: hatchery's
+//! [`TcpStream`](crate::net::TcpStream), [`UnixStream`](crate::net::UnixStream) and
+//! [`MemoryStream`](crate::testing::MemoryStream) (and shared references to them, so one task
+//! can read through a `BufReader<&TcpStream>` while another writes), or foreign types.
+//!
+//! # Checkpoints
+//!
+//! Every `async` method here is a checkpoint in Trio's sense (S2.1), with the fast path of
+//! S2.3: a cancel point on entry (so a cancelled scope stops the call even when the answer is
+//! already buffered); if the call has to wait for the stream, the wait is the schedule point
+//! and a cancellation interrupts it; if it never waits, a cancel-shielded yield comes **before**
+//! anything is handed to the caller, so a future dropped there has handed nothing. Then the
+//! result is delivered in the poll that returns it.
+//!
+//! Waiting goes through the inner stream's `poll_read`/`poll_write`; hatchery's streams fail
+//! those with [`Cancelled`] where they would block in a cancelled scope, and
+//! for any other stream these methods register for cancellation themselves (with
+//! [`Park`]), so a wait is cancellable whatever the stream is. The
+//! `async` methods need a hatchery run; the `futures-io` trait impls only delegate and work
+//! anywhere.
+
+mod buf_reader;
+mod buf_writer;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_io::{AsyncRead, AsyncWrite};
+
+pub use buf_reader::BufReader;
+pub use buf_writer::BufWriter;
+
+use crate::error::{CancelError, Cancelled};
+use crate::lowlevel::{self, Park};
+
+/// Buffer size of [`BufReader::new`] and [`BufWriter::new`], as `std::io`'s.
+const DEFAULT_BUF_SIZE: usize = 8 * 1024;
+
+/// Drives a poll-style operation to completion: where it is pending, `park` registers the task
+/// for cancellation (an interrupted wait fails with `Cancelled`) and `waited` is set.
+async fn wait<T>(
+    park: &mut Park,
+    waited: &mut bool,
+    mut poll: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
+) -> io::Result<T> {
+    std::future::poll_fn(|cx| match poll(cx) {
+        Poll::Ready(r) => {
+            park.unpark();
+            Poll::Ready(r)
+        }
+        Poll::Pending => match park.poll_cancel(cx) {
+            Poll::Ready(c) => Poll::Ready(Err(c.into())),
+            Poll::Pending => {
+                *waited = true;
+                Poll::Pending
+            }
+        },
+    })
+    .await
+}
+
+/// A [`copy`] that stopped before the end of the stream: how far it got, and why.
+///
+/// `copied` bytes went to the writer, in order; every other byte is still in the reader's
+/// buffer or in the stream. It converts into `io::Error` (keeping a [`Cancelled`] findable) and
+/// into [`Error`](crate::Error), and implements [`CancelError`], so a cancel scope around a
+/// cancelled copy absorbs it.
+#[derive(Debug, thiserror::Error)]
+#[error("copy stopped after {copied} bytes")]
+#[non_exhaustive]
+pub struct CopyError {
+    /// Bytes written to the writer before the error.
+    pub copied: u64,
+    /// Why it stopped.
+    #[source]
+    pub error: io::Error,
+}
+
+impl From<CopyError> for io::Error {
+    fn from(e: CopyError) -> io::Error {
+        e.error
+    }
+}
+
+impl From<CopyError> for crate::Error {
+    fn from(e: CopyError) -> crate::Error {
+        crate::Error::Io(e.error)
+    }
+}
+
+impl CancelError for CopyError {
+    fn cancelled(&self) -> Option<&Cancelled> {
+        self.error.cancelled()
+    }
+}
+
+/// Copies everything from `reader` to `writer` until the reader's end of stream, then flushes
+/// the writer (it does not close it: call `poll_close`, or `shutdown`, to pass the end of
+/// stream on). The number of bytes copied.
+///
+/// Bytes leave the reader's buffer only once the writer took them, so nothing is lost if the
+/// copy is cancelled, fails or is dropped: what was not copied is still in `reader` (see
+/// [`BufReader::buffer`]) or in its stream. A checkpoint; between chunks that needed no wait it
+/// passes a full checkpoint, so a copy between streams that are always ready neither hogs the
+/// thread nor ignores a cancellation.
+///
+/// ```
+/// use std::net::Shutdown;
+/// use hatchery::io::{BufReader, copy};
+/// use hatchery::testing::{self, memory_stream_pair};
+///
+/// testing::run(async {
+///     let (a, b) = memory_stream_pair();
+///     let (c, d) = memory_stream_pair();
+///     a.write_all(b"forwarded").await?;
+///     a.shutdown(Shutdown::Write).await?;
+///     let n = copy(&mut BufReader::new(&b), &mut &c).await?;
+///     assert_eq!(n, 9);
+///     let mut buf = [0; 16];
+///     let k = d.read(&mut buf).await?;
+///     assert_eq!(&buf[..k], b"forwarded");
+///     Ok::<_, std::io::Error>(())
+/// })
+/// .unwrap();
+/// ```
+///
+/// # Errors
+///
+/// [`CopyError`] with the count: [`Cancelled`], `WriteZero` if the writer accepted nothing,
+/// or the reader's or writer's error.
+pub async fn copy<R, W>(reader: &mut BufReader<R>, writer: &mut W) -> Result<u64, CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut copied = 0u64;
+    let fail = |copied, error| CopyError { copied, error };
+    lowlevel::checkpoint_if_cancelled().map_err(|c| fail(0, c.into()))?;
+    let mut park = Park::new();
+    loop {
+        let mut waited = false;
+        if reader.fill_some(&mut park, &mut waited).await.map_err(|e| fail(copied, e))? == 0 {
+            wait(&mut park, &mut waited, |cx| Pin::new(&mut *writer).poll_flush(cx))
+                .await
+                .map_err(|e| fail(copied, e))?;
+            if !waited {
+                lowlevel::cancel_shielded_checkpoint().await;
+            }
+            return Ok(copied);
+        }
+        let n = loop {
+            let r = wait(&mut park, &mut waited, |cx| Pin::new(&mut *writer).poll_write(cx, reader.buffer()))
+                .await;
+            match r {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "the writer accepted no bytes");
+                    return Err(fail(copied, e));
+                }
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(copied, e)),
+            }
+        };
+        reader.consume(n);
+        copied += n as u64;
+        let point = if waited { lowlevel::checkpoint_if_cancelled() } else { lowlevel::checkpoint().await };
+        point.map_err(|c| fail(copied, c.into()))?;
+    }
+}

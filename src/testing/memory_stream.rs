@@ -1,0 +1,660 @@
+//! [`MemoryStream`]: a connected pair of in-memory byte streams with the same API and rules as
+//! [`TcpStream`](crate::net::TcpStream), for tests and in-process plumbing.
+//!
+//! # How it works
+//!
+//! A pair shares one `Rc<RefCell<Pair>>` holding two [`Pipe`]s, one per direction: end `i`
+//! writes into `pipes[i]` and reads from `pipes[1 - i]`. A pipe is a bounded `VecDeque<u8>`,
+//! two flags (`eof`: its writer will write no more; `reader_gone`: its reader will read no
+//! more) and one waker slot per side (`reader`, `writer`). Each end keeps Trio's conflict
+//! detector (one operation per direction), its `closed` flag and two [`Park`]s for the
+//! poll-style (`futures-io`) operations.
+//!
+//! An operation follows the parking protocol of [`lowlevel`]: a cancel point
+//! on entry; if it can complete at once, a cancel-shielded schedule point **before** it touches
+//! the pipe (so a future dropped during that yield has done nothing: no byte taken or given
+//! without the caller learning it); then it completes synchronously in the poll that returns
+//! `Ready`. Otherwise it puts its waker in its slot and parks with a [`Park`]; whoever changes
+//! the pipe (a write, a read that frees space, a shutdown, a close) wakes the slot, and the
+//! operation decides on its own next poll: completed, or cancelled (nothing touched).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use crate::error::{BusyResource, ClosedResource, WriteAllError};
+use crate::lowlevel::{self, Park};
+
+/// Bytes each direction of [`memory_stream_pair`] buffers: 64 KiB, a socket buffer's order of
+/// magnitude.
+pub const DEFAULT_MEMORY_STREAM_CAPACITY: usize = 64 * 1024;
+
+/// A connected pair of [`MemoryStream`]s, each direction buffering up to
+/// [`DEFAULT_MEMORY_STREAM_CAPACITY`] bytes (Trio's `memory_stream_pair`, with the rules of
+/// `SocketStream`).
+///
+/// ```
+/// use hatchery::testing::{self, memory_stream_pair};
+///
+/// testing::run(async {
+///     let (a, b) = memory_stream_pair();
+///     a.write_all(b"ping").await?;
+///     a.shutdown(std::net::Shutdown::Write).await?;
+///     let mut buf = [0; 8];
+///     let n = b.read(&mut buf).await?;
+///     assert_eq!(&buf[..n], b"ping");
+///     assert_eq!(b.read(&mut buf).await?, 0, "end of stream");
+///     Ok::<_, std::io::Error>(())
+/// })
+/// .unwrap();
+/// ```
+pub fn memory_stream_pair() -> (MemoryStream, MemoryStream) {
+    memory_stream_pair_with_capacity(DEFAULT_MEMORY_STREAM_CAPACITY)
+}
+
+/// Like [`memory_stream_pair`], with `capacity` bytes of buffer per direction: a write waits
+/// while its direction holds `capacity` unread bytes, and writes at most the free space.
+///
+/// # Panics
+///
+/// If `capacity` is 0 (nothing could ever be written).
+pub fn memory_stream_pair_with_capacity(capacity: usize) -> (MemoryStream, MemoryStream) {
+    assert!(capacity > 0, "a memory stream needs a capacity of at least one byte");
+    let pair = Rc::new(RefCell::new(Pair { pipes: [Pipe::new(capacity), Pipe::new(capacity)] }));
+    (MemoryStream::new(pair.clone(), 0), MemoryStream::new(pair, 1))
+}
+
+/// One end of an in-memory byte stream, from [`memory_stream_pair`].
+///
+/// It follows [`TcpStream`](crate::net::TcpStream)'s rules exactly, so code and tests written
+/// against one run against the other:
+///
+/// - every `async` operation is a checkpoint, even when it completes at once; cancelled (or
+///   dropped) before it completes, it has no effect: a cancelled [`read`](Self::read) took no
+///   byte, a cancelled [`write`](Self::write) gave none;
+/// - all methods take `&self`; a second task reading (or writing) while another does gets
+///   [`BusyResource`];
+/// - [`close`](Self::close), from any task, wakes this end's blocked tasks with
+///   [`ClosedResource`] and fails later operations the same way; the peer
+///   reads what was already written and then end of stream, and its writes fail with
+///   `BrokenPipe` (as a Unix socket's). Dropping an end closes it;
+/// - `shutdown(Write)` is Trio's `send_eof`: idempotent, the peer reads end of stream after the
+///   data, and later writes fail with `ClosedResource`; `shutdown(Read)` discards what is
+///   buffered, later reads return end of stream and the peer's writes fail with `BrokenPipe`;
+/// - a cancelled [`write_all`](Self::write_all) reports how much went in
+///   ([`WriteAllError::written`](crate::WriteAllError)) and the stream stays usable.
+///
+/// It also implements `futures_io::AsyncRead` and `AsyncWrite` (on `MemoryStream` and on
+/// `&MemoryStream`). As for sockets, those poll-style impls are not checkpoints: they fail with
+/// [`Cancelled`](crate::Cancelled) only where they would block in a cancelled scope.
+///
+/// For tests of short reads and writes, [`set_max_read`](Self::set_max_read) and
+/// [`set_max_write`](Self::set_max_write) cap what one operation moves.
+///
+/// A pair belongs to one thread (`!Send`) and waits through the current hatchery run.
+pub struct MemoryStream {
+    pair: Rc<RefCell<Pair>>,
+    /// This end writes into `pipes[side]` and reads from `pipes[1 - side]`.
+    side: usize,
+    reading: Cell<bool>,
+    writing: Cell<bool>,
+    closed: Cell<bool>,
+    max_read: Cell<Option<NonZeroUsize>>,
+    max_write: Cell<Option<NonZeroUsize>>,
+    /// Cancellation registrations of the poll-style reads and writes.
+    poll_parks: RefCell<[Park; 2]>,
+}
+
+/// What [`MemoryStream::statistics`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryStreamStatistics {
+    /// Bytes written by the peer that this end has not read yet.
+    pub incoming_buffered: usize,
+    /// Bytes this end wrote that the peer has not read yet.
+    pub outgoing_buffered: usize,
+    /// The most bytes each direction buffers.
+    pub capacity: usize,
+}
+
+struct Pair {
+    pipes: [Pipe; 2],
+}
+
+/// One direction of a pair.
+struct Pipe {
+    buf: VecDeque<u8>,
+    capacity: usize,
+    /// The writing end shut down writing or closed: the reader gets end of stream once `buf` is
+    /// drained.
+    eof: bool,
+    /// The reading end shut down reading or closed: writes fail with `BrokenPipe`.
+    reader_gone: bool,
+    /// The waker of the operation waiting to read from this pipe.
+    reader: Option<Waker>,
+    /// The waker of the operation waiting to write into it.
+    writer: Option<Waker>,
+}
+
+impl Pipe {
+    fn new(capacity: usize) -> Pipe {
+        Pipe { buf: VecDeque::new(), capacity, eof: false, reader_gone: false, reader: None, writer: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Read,
+    Write,
+}
+
+/// Marks one direction in use for the length of an operation (Trio's conflict detector).
+struct InUse<'a>(&'a Cell<bool>);
+
+impl<'a> InUse<'a> {
+    fn enter(flag: &'a Cell<bool>, what: &'static str) -> io::Result<InUse<'a>> {
+        if flag.replace(true) {
+            return Err(BusyResource(what).into());
+        }
+        Ok(InUse(flag))
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// Empties this end's waker slot of one direction when an operation ends or is dropped.
+struct SlotGuard<'a> {
+    stream: &'a MemoryStream,
+    dir: Dir,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let old = self.stream.slot_take(self.dir);
+        drop(old);
+    }
+}
+
+fn empty_read() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "read into an empty buffer (0 bytes read would mean end of stream)",
+    )
+}
+
+fn broken_pipe() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the peer of this memory stream no longer reads")
+}
+
+impl MemoryStream {
+    fn new(pair: Rc<RefCell<Pair>>, side: usize) -> MemoryStream {
+        MemoryStream {
+            pair,
+            side,
+            reading: Cell::new(false),
+            writing: Cell::new(false),
+            closed: Cell::new(false),
+            max_read: Cell::new(None),
+            max_write: Cell::new(None),
+            poll_parks: RefCell::new([Park::new(), Park::new()]),
+        }
+    }
+
+    fn inbound(&self) -> usize {
+        1 - self.side
+    }
+
+    fn outbound(&self) -> usize {
+        self.side
+    }
+
+    fn check_open(&self) -> io::Result<()> {
+        if self.closed.get() { Err(ClosedResource.into()) } else { Ok(()) }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.closed.get() || self.pair.borrow().pipes[self.outbound()].eof {
+            Err(ClosedResource.into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// This end's waker slot for `dir`.
+    fn slot<'p>(&self, pair: &'p mut Pair, dir: Dir) -> &'p mut Option<Waker> {
+        match dir {
+            Dir::Read => &mut pair.pipes[self.inbound()].reader,
+            Dir::Write => &mut pair.pipes[self.outbound()].writer,
+        }
+    }
+
+    fn slot_take(&self, dir: Dir) -> Option<Waker> {
+        let mut pair = self.pair.borrow_mut();
+        self.slot(&mut pair, dir).take()
+    }
+
+    /// Puts `waker` in this end's slot for `dir`. A different waker already there belongs to a
+    /// poll-style waiter that an `async` operation displaces: it is woken (to find
+    /// `BusyResource`), as the socket streams do.
+    fn slot_set(&self, dir: Dir, waker: &Waker) {
+        let mut pair = self.pair.borrow_mut();
+        let slot = self.slot(&mut pair, dir);
+        let old = if slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            None
+        } else {
+            slot.replace(waker.clone())
+        };
+        drop(pair);
+        if let Some(w) = old {
+            w.wake();
+        }
+    }
+
+    /// One attempt to read: `None` if it must wait. With `commit == false` it only says what it
+    /// would do (the byte count it would read), moving nothing.
+    fn read_now(&self, dst: &mut [u8], commit: bool) -> Option<io::Result<usize>> {
+        if self.closed.get() {
+            return Some(Err(ClosedResource.into()));
+        }
+        let mut pair = self.pair.borrow_mut();
+        let pipe = &mut pair.pipes[self.inbound()];
+        if pipe.reader_gone {
+            return Some(Ok(0));
+        }
+        if pipe.buf.is_empty() {
+            return if pipe.eof { Some(Ok(0)) } else { None };
+        }
+        let limit = self.max_read.get().map_or(usize::MAX, NonZeroUsize::get);
+        let n = pipe.buf.len().min(dst.len()).min(limit);
+        if commit {
+            for (d, s) in dst.iter_mut().zip(pipe.buf.drain(..n)) {
+                *d = s;
+            }
+            let writer = pipe.writer.take();
+            drop(pair);
+            if let Some(w) = writer {
+                w.wake();
+            }
+        }
+        Some(Ok(n))
+    }
+
+    /// One attempt to write (see [`read_now`](Self::read_now)).
+    fn write_now(&self, src: &[u8], commit: bool) -> Option<io::Result<usize>> {
+        if self.closed.get() {
+            return Some(Err(ClosedResource.into()));
+        }
+        let mut pair = self.pair.borrow_mut();
+        let pipe = &mut pair.pipes[self.outbound()];
+        if pipe.eof {
+            return Some(Err(ClosedResource.into()));
+        }
+        if pipe.reader_gone {
+            return Some(Err(broken_pipe()));
+        }
+        let space = pipe.capacity - pipe.buf.len();
+        if space == 0 {
+            return None;
+        }
+        let limit = self.max_write.get().map_or(usize::MAX, NonZeroUsize::get);
+        let n = space.min(src.len()).min(limit);
+        if commit {
+            pipe.buf.extend(&src[..n]);
+            let reader = pipe.reader.take();
+            drop(pair);
+            if let Some(w) = reader {
+                w.wake();
+            }
+        }
+        Some(Ok(n))
+    }
+
+    /// Whether a read would complete now, with bytes, end of stream or an error.
+    fn read_ready(&self) -> Option<io::Result<()>> {
+        self.read_now(&mut [0], false).map(|r| r.map(drop))
+    }
+
+    /// Whether a write would complete now.
+    fn write_ready(&self) -> Option<io::Result<()>> {
+        self.write_now(&[0], false).map(|r| r.map(drop))
+    }
+
+    /// The parking protocol around `attempt`: a cancel point; if `ready` says the attempt would
+    /// complete, a cancel-shielded schedule point *before* it runs; else park until it completes
+    /// or the wait is cancelled. The attempt runs only in the poll that returns its result.
+    async fn op<R>(
+        &self,
+        dir: Dir,
+        ready: impl Fn(&Self) -> bool,
+        mut attempt: impl FnMut(&Self) -> Option<io::Result<R>>,
+    ) -> io::Result<R> {
+        lowlevel::checkpoint_if_cancelled()?;
+        if ready(self) {
+            lowlevel::cancel_shielded_checkpoint().await;
+        }
+        let _slot = SlotGuard { stream: self, dir };
+        let mut park = Park::new();
+        std::future::poll_fn(|cx| {
+            if let Some(r) = attempt(self) {
+                park.unpark();
+                return Poll::Ready(r);
+            }
+            self.slot_set(dir, cx.waker());
+            park.poll_cancel(cx).map(|c| Err(c.into()))
+        })
+        .await
+    }
+
+    /// Reads what is available, waiting until something is: the number of bytes read, or `0`
+    /// at end of stream (the peer shut down writing or closed, and everything it wrote has been
+    /// read). A checkpoint. Cancelled before it completes, it reads nothing.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an empty `buf`; [`BusyResource`] if another task
+    /// is reading; [`ClosedResource`] once this end is closed;
+    /// [`Cancelled`](crate::Cancelled).
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Err(empty_read());
+        }
+        let _in_use = InUse::enter(&self.reading, "read")?;
+        self.check_open()?;
+        self.op(Dir::Read, |s| s.read_ready().is_some(), |s| s.read_now(buf, true)).await
+    }
+
+    /// Writes some of `buf` (at most the free space of this direction, and at most the
+    /// [`set_max_write`](Self::set_max_write) limit), waiting until there is room: the number
+    /// of bytes written. A checkpoint; an empty `buf` writes nothing but is still one.
+    ///
+    /// # Errors
+    ///
+    /// [`BusyResource`] if another task is writing;
+    /// [`ClosedResource`] once closed or shut down for writing;
+    /// `BrokenPipe` once the peer closed or shut down reading; [`Cancelled`](crate::Cancelled)
+    /// (nothing was written).
+    pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let _in_use = InUse::enter(&self.writing, "write")?;
+        self.check_writable()?;
+        if buf.is_empty() {
+            lowlevel::checkpoint().await?;
+            return Ok(0);
+        }
+        self.write_some(buf).await
+    }
+
+    async fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
+        self.op(Dir::Write, |s| s.write_ready().is_some(), |s| s.write_now(buf, true)).await
+    }
+
+    /// Writes all of `buf`, waiting for room as often as needed. A checkpoint, even for an
+    /// empty `buf`.
+    ///
+    /// If it fails, [`WriteAllError::written`](crate::WriteAllError) says how many bytes went
+    /// in, in order from the start of `buf`; after a cancellation the stream is not broken and
+    /// a later write continues right after them.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write), with the count.
+    pub async fn write_all(&self, buf: &[u8]) -> Result<(), WriteAllError> {
+        let fail = |written, error| WriteAllError { written, error };
+        let _in_use = InUse::enter(&self.writing, "write").map_err(|e| fail(0, e))?;
+        self.check_writable().map_err(|e| fail(0, e))?;
+        if buf.is_empty() {
+            return lowlevel::checkpoint().await.map_err(|c| fail(0, c.into()));
+        }
+        let mut written = 0;
+        while written < buf.len() {
+            match self.write_some(&buf[written..]).await {
+                Ok(n) => written += n,
+                Err(e) => return Err(fail(written, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Shuts down reading, writing or both (`send_eof` is `Shutdown::Write`). A checkpoint,
+    /// before anything is shut down.
+    ///
+    /// Writing: idempotent; the peer reads what is buffered, then end of stream; later writes
+    /// fail with [`ClosedResource`]. Reading: what the peer wrote and
+    /// this end has not read is discarded, reads return end of stream, and the peer's writes
+    /// fail with `BrokenPipe`.
+    ///
+    /// # Errors
+    ///
+    /// [`BusyResource`] if writing is shut down while another task
+    /// writes; [`ClosedResource`]; [`Cancelled`](crate::Cancelled).
+    pub async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        let _in_use = match how {
+            Shutdown::Read => None,
+            Shutdown::Write | Shutdown::Both => Some(InUse::enter(&self.writing, "write")?),
+        };
+        self.check_open()?;
+        lowlevel::checkpoint().await?;
+        self.shutdown_now(how);
+        Ok(())
+    }
+
+    fn shutdown_now(&self, how: Shutdown) {
+        let (write, read) = match how {
+            Shutdown::Write => (true, false),
+            Shutdown::Read => (false, true),
+            Shutdown::Both => (true, true),
+        };
+        let mut wake = Vec::new();
+        let mut pair = self.pair.borrow_mut();
+        if write {
+            let out = &mut pair.pipes[self.outbound()];
+            out.eof = true;
+            wake.extend(out.reader.take());
+            wake.extend(out.writer.take());
+        }
+        if read {
+            let inb = &mut pair.pipes[self.inbound()];
+            inb.reader_gone = true;
+            inb.buf = VecDeque::new();
+            wake.extend(inb.reader.take());
+            wake.extend(inb.writer.take());
+        }
+        drop(pair);
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// Closes this end from any task that can reach it: its blocked tasks wake with
+    /// [`ClosedResource`], later operations fail the same way, and the
+    /// peer reads what was already written, then end of stream, while its writes fail with
+    /// `BrokenPipe`. Idempotent; not a checkpoint. Dropping the stream closes it too.
+    pub fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.shutdown_now(Shutdown::Both);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Waits until a read would not wait (bytes are buffered, or end of stream). A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub async fn readable(&self) -> io::Result<()> {
+        let _in_use = InUse::enter(&self.reading, "read")?;
+        self.check_open()?;
+        self.op(Dir::Read, |s| s.read_ready().is_some(), Self::read_ready).await
+    }
+
+    /// Waits until a write would not wait (there is room, or the write would fail at once)
+    /// (Trio's `wait_send_all_might_not_block`). A checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write), except that a peer that no longer reads is not an error here
+    /// (the write will report it).
+    pub async fn writable(&self) -> io::Result<()> {
+        let _in_use = InUse::enter(&self.writing, "write")?;
+        self.check_writable()?;
+        let ready = |s: &Self| match s.write_ready() {
+            Some(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => Some(Ok(())),
+            r => r,
+        };
+        self.op(Dir::Write, |s| ready(s).is_some(), ready).await
+    }
+
+    /// Caps the bytes one read (of this end) returns: `None` for no cap. For tests of code
+    /// that must cope with short reads.
+    pub fn set_max_read(&self, max: Option<NonZeroUsize>) {
+        self.max_read.set(max);
+    }
+
+    /// Caps the bytes one write (of this end) takes: `None` for no cap. For tests of code that
+    /// must cope with short writes ([`write_all`](Self::write_all) still writes everything, in
+    /// several steps).
+    pub fn set_max_write(&self, max: Option<NonZeroUsize>) {
+        self.max_write.set(max);
+    }
+
+    /// Buffered byte counts, for tests.
+    pub fn statistics(&self) -> MemoryStreamStatistics {
+        let pair = self.pair.borrow();
+        MemoryStreamStatistics {
+            incoming_buffered: pair.pipes[self.inbound()].buf.len(),
+            outgoing_buffered: pair.pipes[self.outbound()].buf.len(),
+            capacity: pair.pipes[0].capacity,
+        }
+    }
+
+    fn poll_read_impl(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.reading.get() {
+            return Poll::Ready(Err(BusyResource("read").into()));
+        }
+        self.check_open()?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.poll_op(Dir::Read, cx, |s| s.read_now(buf, true))
+    }
+
+    fn poll_write_impl(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.writing.get() {
+            return Poll::Ready(Err(BusyResource("write").into()));
+        }
+        self.check_writable()?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.poll_op(Dir::Write, cx, |s| s.write_now(buf, true))
+    }
+
+    /// The poll-style twin of [`op`](Self::op): not a checkpoint; fails with `Cancelled` only
+    /// where it would block in a cancelled scope.
+    fn poll_op<R>(
+        &self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        attempt: impl FnOnce(&Self) -> Option<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        let i = match dir {
+            Dir::Read => 0,
+            Dir::Write => 1,
+        };
+        if let Some(r) = attempt(self) {
+            self.poll_parks.borrow_mut()[i].unpark();
+            return Poll::Ready(r);
+        }
+        self.slot_set(dir, cx.waker());
+        let cancelled = self.poll_parks.borrow_mut()[i].poll_cancel(cx);
+        match cancelled {
+            Poll::Ready(c) => {
+                drop(self.slot_take(dir));
+                Poll::Ready(Err(c.into()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_close_impl(&self) -> Poll<io::Result<()>> {
+        if self.writing.get() {
+            return Poll::Ready(Err(BusyResource("write").into()));
+        }
+        self.check_open()?;
+        self.shutdown_now(Shutdown::Write);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for MemoryStream {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl fmt::Debug for MemoryStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stats = self.statistics();
+        f.debug_struct("MemoryStream")
+            .field("side", &self.side)
+            .field("closed", &self.closed.get())
+            .field("incoming_buffered", &stats.incoming_buffered)
+            .field("outgoing_buffered", &stats.outgoing_buffered)
+            .field("capacity", &stats.capacity)
+            .finish()
+    }
+}
+
+impl futures_io::AsyncRead for MemoryStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.poll_read_impl(cx, buf)
+    }
+}
+
+impl futures_io::AsyncRead for &MemoryStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.poll_read_impl(cx, buf)
+    }
+}
+
+impl futures_io::AsyncWrite for MemoryStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_impl(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts down writing (the peer reads end of stream after the data).
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_close_impl()
+    }
+}
+
+impl futures_io::AsyncWrite for &MemoryStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_impl(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts down writing (the peer reads end of stream after the data).
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_close_impl()
+    }
+}

@@ -1,0 +1,849 @@
+//! `hatchery::io` (BufReader, BufWriter, copy) and the memory stream, unit by unit: exact bytes,
+//! exact virtual instants, and what a cancelled or dropped call leaves behind.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::Shutdown;
+use std::num::NonZeroUsize;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
+use hatchery::io::{BufReader, BufWriter, copy};
+use hatchery::lowlevel::{self, Timer};
+use hatchery::testing::{
+    self, MemoryStream, assert_checkpoints, memory_stream_pair, memory_stream_pair_with_capacity,
+    wait_all_tasks_blocked,
+};
+use hatchery::{BusyResource, CancelScope, Cancelled, ClosedResource, Instant, move_on_after, now, nursery};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn at(n: u64) -> Instant {
+    Instant::ZERO + ms(n)
+}
+
+fn is<E: std::error::Error + 'static>(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<E>())
+}
+
+fn cancelled_scope() -> CancelScope {
+    let s = CancelScope::new();
+    s.handle().cancel();
+    s
+}
+
+/// A foreign (non-hatchery) reader that delivers scripted chunks at virtual instants, then end of
+/// stream. It waits on a `lowlevel::Timer` and never looks at cancellation itself, so a
+/// `BufReader` over it must register for cancellation on its own.
+struct Scripted {
+    chunks: VecDeque<(Instant, Vec<u8>)>,
+    eof_at: Instant,
+    timer: Timer,
+    armed: Option<Instant>,
+}
+
+impl Scripted {
+    /// `chunks` as (milliseconds, bytes), then end of stream at `eof_ms`.
+    fn new(chunks: &[(u64, &[u8])], eof_ms: u64) -> Scripted {
+        Scripted {
+            chunks: chunks.iter().map(|&(t, b)| (at(t), b.to_vec())).collect(),
+            eof_at: at(eof_ms),
+            timer: Timer::new(),
+            armed: None,
+        }
+    }
+}
+
+impl AsyncRead for Scripted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let due = self.chunks.front().map_or(self.eof_at, |c| c.0);
+        if lowlevel::current_time() < due {
+            if self.armed != Some(due) {
+                self.timer.reset();
+                self.armed = Some(due);
+            }
+            if self.timer.poll_at(due, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let Some((_, data)) = self.chunks.front_mut() else { return Poll::Ready(Ok(0)) };
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        data.drain(..n);
+        if data.is_empty() {
+            self.chunks.pop_front();
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Polls `fut` once with the task's waker.
+async fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    let mut fut = fut;
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// BufReader
+
+#[test]
+fn read_line_completes_when_the_rest_of_the_line_arrives() {
+    testing::run(async {
+        let mut r =
+            BufReader::new(Scripted::new(&[(1000, b"hel"), (2000, b"lo\nwor"), (3000, b"ld\n")], 4000));
+        let mut line = String::new();
+        assert_eq!(r.read_line(&mut line).await?, 6);
+        assert_eq!((line.as_str(), now()), ("hello\n", at(2000)));
+        line.clear();
+        assert_eq!(r.read_line(&mut line).await?, 6);
+        assert_eq!((line.as_str(), now()), ("world\n", at(3000)));
+        assert_eq!(r.read_line(&mut line).await?, 0, "end of stream");
+        assert_eq!(now(), at(4000));
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_read_line_keeps_the_partial_line() {
+    testing::run(async {
+        let mut r = BufReader::new(Scripted::new(&[(1000, b"hel"), (2000, b"lo\n")], 3000));
+        let mut line = String::from("kept: ");
+        let res = move_on_after(ms(1500), r.read_line(&mut line)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!(now(), at(1500), "the wait on a foreign reader was interrupted at the deadline");
+        assert_eq!(line, "kept: ", "nothing appended");
+        assert_eq!(r.buffer(), b"hel", "the partial line waits in the reader");
+        assert_eq!(r.read_line(&mut line).await?, 6);
+        assert_eq!((line.as_str(), now()), ("kept: hello\n", at(2000)));
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_dropped_read_until_loses_nothing() {
+    testing::run(async {
+        let mut r = BufReader::new(Scripted::new(&[(0, b"ab"), (1000, b"cd"), (2000, b"e;f")], 3000));
+        let mut out = Vec::new();
+        {
+            let mut fut = pin!(r.read_until(b';', &mut out));
+            assert!(poll_once(fut.as_mut()).await.is_pending());
+            hatchery::sleep(ms(1500)).await?;
+            // Pulls "cd" in and waits for more; then the future is dropped.
+            assert!(poll_once(fut.as_mut()).await.is_pending());
+        }
+        assert!(out.is_empty());
+        assert_eq!(r.buffer(), b"abcd");
+        assert_eq!(r.read_until(b';', &mut out).await?, 6);
+        assert_eq!(out, b"abcde;");
+        out.clear();
+        assert_eq!(r.read_until(b';', &mut out).await?, 1, "the last piece has no delimiter");
+        assert_eq!(out, b"f");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn reads_are_checkpoints_even_when_buffered_and_a_cancelled_scope_consumes_nothing() {
+    testing::run(async {
+        let mut r = BufReader::new(Scripted::new(&[(0, b"one\ntwo\nthree\nfour")], 0));
+        let mut line = String::new();
+        // The first call buffers everything; the later ones complete from the buffer.
+        assert_eq!(assert_checkpoints(r.read_line(&mut line)).await?, 4);
+        assert_eq!(r.buffer(), b"two\nthree\nfour");
+        // A complete line is buffered, and still a cancelled scope stops the call at entry.
+        let res = cancelled_scope().run(r.read_line(&mut line)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        let mut four = [0; 4];
+        let res = cancelled_scope().run(r.read_exact(&mut four)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        let res = cancelled_scope().run(r.read(&mut four)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        let mut v = Vec::new();
+        let res = cancelled_scope().run(r.read_until(b'\n', &mut v)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        let res = cancelled_scope().run(r.read_to_end(&mut v)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!((line.as_str(), &v[..], r.buffer()), ("one\n", &b""[..], &b"two\nthree\nfour"[..]));
+        assert_eq!(assert_checkpoints(r.read_line(&mut line)).await?, 4);
+        assert_eq!(assert_checkpoints(r.read_until(b'\n', &mut v)).await?, 6);
+        assert_checkpoints(r.read_exact(&mut [0; 0])).await?;
+        assert_eq!(assert_checkpoints(r.read(&mut four)).await?, 4);
+        assert_eq!(assert_checkpoints(r.read_to_end(&mut v)).await?, 0);
+        assert_eq!((line.as_str(), &v[..], &four), ("one\ntwo\n", &b"three\n"[..], b"four"));
+        assert_eq!(now(), at(0));
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn long_lines_grow_the_buffer_beyond_its_capacity() {
+    testing::run(async {
+        let long: Vec<u8> = (0..1000).map(|i| b'a' + (i % 26) as u8).chain([b'\n']).collect();
+        let chunks: Vec<(u64, &[u8])> = long.chunks(7).enumerate().map(|(i, c)| (i as u64, c)).collect();
+        let mut r = BufReader::with_capacity(4, Scripted::new(&chunks, 1000));
+        assert_eq!(r.capacity(), 4);
+        let mut out = Vec::new();
+        assert_eq!(r.read_until(b'\n', &mut out).await?, 1001);
+        assert_eq!(out, long);
+        assert_eq!(now(), at(142), "the last of 143 chunks");
+        assert!(r.buffer().is_empty());
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn the_line_length_limit_rejects_long_lines_and_keeps_their_bytes() {
+    testing::run(async {
+        let mut r =
+            BufReader::with_capacity(4, Scripted::new(&[(0, b"1234567\n"), (1, b"0123456789\nok")], 2));
+        r.set_max_line_length(Some(8));
+        assert_eq!(r.max_line_length(), Some(8));
+        let mut line = String::new();
+        assert_eq!(r.read_line(&mut line).await?, 8, "exactly the limit, newline included");
+        let e = r.read_line(&mut line).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(line, "1234567\n", "nothing appended");
+        assert!(r.buffer().starts_with(b"01234567"), "{:?}", r.buffer());
+        r.set_max_line_length(None);
+        let mut out = Vec::new();
+        assert_eq!(r.read_until(b'\n', &mut out).await?, 11);
+        assert_eq!(out, b"0123456789\n");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_rejected_and_stays_buffered() {
+    testing::run(async {
+        let mut r = BufReader::new(Scripted::new(&[(0, b"ok\n\xff\xfe\nafter\n")], 0));
+        let mut line = String::new();
+        r.read_line(&mut line).await?;
+        let e = r.read_line(&mut line).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(line, "ok\n");
+        let mut raw = Vec::new();
+        assert_eq!(r.read_until(b'\n', &mut raw).await?, 3);
+        assert_eq!(raw, b"\xff\xfe\n");
+        r.read_line(&mut line).await?;
+        assert_eq!(line, "ok\nafter\n");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn read_exact_across_chunks_and_at_end_of_stream() {
+    testing::run(async {
+        let mut r =
+            BufReader::with_capacity(2, Scripted::new(&[(1000, b"ab"), (2000, b"cd"), (3000, b"e")], 4000));
+        let mut three = [0; 3];
+        r.read_exact(&mut three).await?;
+        assert_eq!((&three, now()), (b"abc", at(2000)));
+        let e = r.read_exact(&mut three).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!((&three, now()), (b"abc", at(4000)), "the caller's buffer is untouched");
+        assert_eq!(r.buffer(), b"de", "the bytes before the end stay buffered");
+        let mut rest = String::new();
+        assert_eq!(r.read_to_string(&mut rest).await?, 2);
+        assert_eq!(rest, "de");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_read_exact_keeps_what_it_read() {
+    testing::run(async {
+        let mut r =
+            BufReader::with_capacity(2, Scripted::new(&[(0, b"abc"), (1000, b"defg"), (5000, b"h")], 6000));
+        let mut eight = [0; 8];
+        let res = move_on_after(ms(2000), r.read_exact(&mut eight)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!(eight, [0; 8]);
+        assert_eq!(r.buffer(), b"abcdefg");
+        let mut two = [0; 2];
+        r.read_exact(&mut two).await?;
+        assert_eq!((&two, now()), (b"ab", at(2000)));
+        let mut six = [0; 6];
+        r.read_exact(&mut six).await?;
+        assert_eq!((&six, now()), (b"cdefgh", at(5000)));
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn read_gives_buffered_bytes_first_and_one_inner_read_otherwise() {
+    testing::run(async {
+        let mut r = BufReader::with_capacity(8, Scripted::new(&[(0, b"abcdefghij"), (1000, b"k")], 2000));
+        let mut buf = [0; 100];
+        assert_eq!(r.read(&mut buf[..3]).await?, 3);
+        assert_eq!(&buf[..3], b"abc");
+        assert_eq!(r.buffer(), b"defgh", "one inner read of the capacity");
+        assert_eq!(r.read(&mut buf).await?, 5, "the buffered bytes, without reading more");
+        assert_eq!(r.read(&mut buf).await?, 2);
+        assert_eq!(&buf[..2], b"ij");
+        assert_eq!(r.read(&mut buf).await?, 1);
+        assert_eq!((buf[0], now()), (b'k', at(1000)));
+        assert_eq!(r.read(&mut buf).await?, 0);
+        assert_eq!(now(), at(2000));
+        let e = r.read(&mut []).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn into_parts_and_debug_show_the_buffered_bytes() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        a.write_all(b"line\nrest").await?;
+        let mut r = BufReader::new(&b);
+        let mut line = String::new();
+        r.read_line(&mut line).await?;
+        assert!(format!("{r:?}").contains("buffered: 4"), "{r:?}");
+        r.consume(1);
+        let (inner, rest) = r.into_parts();
+        assert!(std::ptr::eq(inner, &b));
+        assert_eq!(rest, b"est");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn poll_style_impls_delegate() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        a.write_all(b"0123456789").await?;
+        let mut r = BufReader::with_capacity(4, &b);
+        let got =
+            std::future::poll_fn(|cx| Pin::new(&mut r).poll_fill_buf(cx).map_ok(<[u8]>::to_vec)).await?;
+        assert_eq!(got, b"0123");
+        Pin::new(&mut r).consume(2);
+        let mut buf = [0; 16];
+        let n = std::future::poll_fn(|cx| Pin::new(&mut r).poll_read(cx, &mut buf)).await?;
+        assert_eq!(&buf[..n], b"23", "buffered bytes first");
+        // An empty buffer and a large read: straight from the stream.
+        let n = std::future::poll_fn(|cx| Pin::new(&mut r).poll_read(cx, &mut buf)).await?;
+        assert_eq!(&buf[..n], b"456789");
+        // Writes pass through to a stream that is also a writer.
+        let mut rw = BufReader::new(&b);
+        let n = std::future::poll_fn(|cx| Pin::new(&mut rw).poll_write(cx, b"back")).await?;
+        assert_eq!(n, 4);
+        let mut four = [0; 4];
+        assert_eq!(a.read(&mut four).await?, 4);
+        assert_eq!(&four, b"back");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn cancelled_and_dropped_reads_leave_nothing_registered() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        let before = testing::registrations();
+        let mut r = BufReader::new(&b);
+        let mut line = String::new();
+        a.write_all(b"par").await?;
+        let res = move_on_after(ms(10), r.read_line(&mut line)).await;
+        assert!(matches!(res, Ok(None)));
+        assert_eq!(testing::registrations(), before);
+        {
+            let mut fut = pin!(r.read_line(&mut line));
+            assert!(poll_once(fut.as_mut()).await.is_pending());
+        }
+        // The BufReader's own registration went with the future; the stream keeps the one of
+        // its poll-style read (as sockets do) until its next poll-style operation completes.
+        let after_drop = testing::registrations();
+        assert_eq!(after_drop.parked, before.parked + 1);
+        a.write_all(b"tial\n").await?;
+        r.read_line(&mut line).await?;
+        assert_eq!(line, "partial\n");
+        assert_eq!(testing::registrations(), before);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// BufWriter
+
+#[test]
+fn writes_stay_buffered_until_a_flush() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        let mut w = BufWriter::with_capacity(16, &a);
+        assert_eq!(w.write(b"hello").await?, 5);
+        w.write_all(b", world").await.unwrap();
+        assert_eq!(w.buffer(), b"hello, world");
+        assert_eq!(b.statistics().incoming_buffered, 0);
+        // Does not fit any more: the buffer goes out first, the new bytes wait.
+        w.write_all(b"!!!!!").await.unwrap();
+        assert_eq!((b.statistics().incoming_buffered, w.buffer()), (12, &b"!!!!!"[..]));
+        w.flush().await?;
+        assert!(w.buffer().is_empty());
+        let mut buf = [0; 32];
+        let n = b.read(&mut buf).await?;
+        assert_eq!(&buf[..n], b"hello, world!!!!!");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn large_writes_skip_the_buffer_after_flushing_it() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        let mut w = BufWriter::with_capacity(8, &a);
+        w.write_all(b"abc").await.unwrap();
+        let big = [b'x'; 20];
+        assert_eq!(w.write(&big).await?, 20);
+        assert!(w.buffer().is_empty());
+        assert_eq!(b.statistics().incoming_buffered, 23);
+        w.write_all(&big).await.unwrap();
+        assert_eq!(b.statistics().incoming_buffered, 43);
+        let mut buf = [0; 64];
+        let n = b.read(&mut buf).await?;
+        assert_eq!(&buf[..3], b"abc");
+        assert!(buf[3..n].iter().all(|&x| x == b'x') && n == 43);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn writer_operations_are_checkpoints_and_a_cancelled_scope_accepts_nothing() {
+    testing::run(async {
+        let (a, _b) = memory_stream_pair();
+        let mut w = BufWriter::new(&a);
+        assert_eq!(assert_checkpoints(w.write(b"x")).await?, 1);
+        assert_eq!(assert_checkpoints(w.write(b"")).await?, 0);
+        assert_checkpoints(w.write_all(b"")).await.unwrap();
+        let res = cancelled_scope().run(w.write(b"lost")).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        let res = cancelled_scope()
+            .run(async {
+                let e = w.write_all(b"lost").await.unwrap_err();
+                assert_eq!(e.written, 0);
+                Err::<(), _>(e)
+            })
+            .await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        let res = cancelled_scope().run(w.flush()).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!(w.buffer(), b"x");
+        assert_checkpoints(w.flush()).await?;
+        assert_checkpoints(w.flush()).await?;
+        assert_checkpoints(w.close()).await?;
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_flush_keeps_the_unwritten_bytes_and_the_next_flush_continues() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair_with_capacity(10);
+        let mut w = BufWriter::with_capacity(64, &a);
+        let data: Vec<u8> = (0..30).collect();
+        w.write_all(&data).await.unwrap();
+        let res = move_on_after(ms(1000), w.flush()).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!(now(), at(1000));
+        assert_eq!(w.buffer(), &data[10..], "ten went out, twenty wait");
+        let mut got = vec![0; 30];
+        let n = b.read(&mut got).await?;
+        assert_eq!(n, 10);
+        nursery(async |n| {
+            n.start_soon(async {
+                let mut k = 10;
+                while k < 30 {
+                    k += b.read(&mut got[k..]).await?;
+                }
+                Ok(())
+            });
+            w.flush().await?;
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        assert_eq!(got, data, "every byte exactly once, in order");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_write_all_reports_the_bytes_it_accepted() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair_with_capacity(8);
+        let mut w = BufWriter::with_capacity(4, &a);
+        let data: Vec<u8> = (0..100).collect();
+        let res = move_on_after(ms(1000), async {
+            let e = w.write_all(&data).await.unwrap_err();
+            assert!(is::<Cancelled>(&e.error));
+            assert_eq!(e.written, 8, "one write through filled the stream");
+            Err::<(), _>(e)
+        })
+        .await;
+        assert!(matches!(res, Ok(None)));
+        assert_eq!(now(), at(1000));
+        let got = nursery(async |n| {
+            let reader = n.spawn(async {
+                let mut all = Vec::new();
+                let mut buf = [0; 16];
+                loop {
+                    let k = b.read(&mut buf).await?;
+                    if k == 0 {
+                        return Ok(all);
+                    }
+                    all.extend_from_slice(&buf[..k]);
+                }
+            });
+            w.write_all(&data[8..]).await?;
+            w.close().await?;
+            Ok::<_, io::Error>(reader.await?)
+        })
+        .await
+        .map_err(|e| e.into_first())?
+        .unwrap();
+        assert_eq!(got, data);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn close_flushes_then_shuts_down_writing() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        let mut w = BufWriter::new(&a);
+        w.write_all(b"bye").await.unwrap();
+        w.close().await?;
+        let mut buf = [0; 8];
+        assert_eq!(b.read(&mut buf).await?, 3);
+        assert_eq!(b.read(&mut buf).await?, 0);
+        let e = w.write_all(b"more").await.map(|()| w.flush());
+        let e = match e {
+            Ok(flush) => flush.await.unwrap_err(),
+            Err(e) => e.error,
+        };
+        assert!(is::<ClosedResource>(&e), "{e:?}");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn into_parts_hands_back_unflushed_bytes() {
+    testing::run(async {
+        let (a, _b) = memory_stream_pair();
+        let mut w = BufWriter::new(&a);
+        w.write_all(b"pending").await.unwrap();
+        assert!(format!("{w:?}").contains("buffered: 7"), "{w:?}");
+        let (inner, rest) = w.into_parts();
+        assert!(std::ptr::eq(inner, &a));
+        assert_eq!(rest, b"pending");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn poll_write_buffers_and_poll_flush_sends() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        let mut w = BufWriter::with_capacity(8, &a);
+        let n = std::future::poll_fn(|cx| Pin::new(&mut w).poll_write(cx, b"abc")).await?;
+        assert_eq!((n, w.buffer()), (3, &b"abc"[..]));
+        std::future::poll_fn(|cx| Pin::new(&mut w).poll_flush(cx)).await?;
+        assert_eq!(b.statistics().incoming_buffered, 3);
+        std::future::poll_fn(|cx| Pin::new(&mut w).poll_write(cx, b"de")).await?;
+        std::future::poll_fn(|cx| Pin::new(&mut w).poll_close(cx)).await?;
+        let mut buf = [0; 8];
+        assert_eq!(b.read(&mut buf).await?, 5);
+        assert_eq!(b.read(&mut buf).await?, 0, "poll_close shut down writing");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// copy
+
+#[test]
+fn copy_moves_everything_and_flushes_the_writer() {
+    testing::run(async {
+        let mut r = BufReader::with_capacity(3, Scripted::new(&[(0, b"hello "), (1000, b"world")], 2000));
+        let (c, d) = memory_stream_pair();
+        let mut w = BufWriter::new(&c);
+        let n = copy(&mut r, &mut w).await?;
+        assert_eq!((n, now()), (11, at(2000)));
+        assert!(w.buffer().is_empty(), "copy flushed the writer");
+        let mut buf = [0; 16];
+        let k = d.read(&mut buf).await?;
+        assert_eq!(&buf[..k], b"hello world");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_copy_reports_its_count_and_loses_nothing() {
+    testing::run(async {
+        let data: Vec<u8> = (0..50).collect();
+        let (a, b) = memory_stream_pair();
+        a.write_all(&data).await?;
+        a.shutdown(Shutdown::Write).await?;
+        let (c, d) = memory_stream_pair_with_capacity(16);
+        let mut r = BufReader::with_capacity(10, &b);
+        let copied = std::cell::Cell::new(0);
+        let res = move_on_after(ms(1000), async {
+            let e = copy(&mut r, &mut &c).await.unwrap_err();
+            assert!(is::<Cancelled>(&e.error));
+            copied.set(e.copied);
+            Err::<(), _>(e)
+        })
+        .await;
+        assert!(matches!(res, Ok(None)));
+        assert_eq!(copied.get(), 16, "as much as the destination holds");
+        assert_eq!(r.buffer(), &data[16..20], "the rest of the chunk in flight waits in the reader");
+        let got = nursery(async |n| {
+            let reader = n.spawn(async {
+                let mut all = Vec::new();
+                let mut buf = [0; 7];
+                loop {
+                    let k = d.read(&mut buf).await?;
+                    if k == 0 {
+                        return Ok(all);
+                    }
+                    all.extend_from_slice(&buf[..k]);
+                }
+            });
+            assert_eq!(copy(&mut r, &mut &c).await?, 34);
+            c.shutdown(Shutdown::Write).await?;
+            Ok::<_, io::Error>(reader.await?)
+        })
+        .await
+        .map_err(|e| e.into_first())?
+        .unwrap();
+        assert_eq!(got, data, "every byte exactly once, in order");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn copy_between_ready_streams_yields_and_stops_when_cancelled() {
+    testing::run(async {
+        // A reader that is always ready: copy must still pass checkpoints between chunks.
+        struct Zeros;
+        impl AsyncRead for Zeros {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &mut [u8],
+            ) -> Poll<io::Result<usize>> {
+                buf.fill(0);
+                Poll::Ready(Ok(buf.len()))
+            }
+        }
+        struct Sink(u64);
+        impl AsyncWrite for Sink {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                self.0 += buf.len() as u64;
+                Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut r = BufReader::with_capacity(100, Zeros);
+        let mut sink = Sink(0);
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        nursery(async |n| {
+            n.start_soon(async {
+                for _ in 0..5 {
+                    lowlevel::checkpoint().await?;
+                }
+                handle.cancel();
+                Ok(())
+            });
+            let res = scope.run(copy(&mut r, &mut sink)).await;
+            assert!(matches!(res, Ok(None)), "{res:?}");
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        assert!(sink.0 > 0 && sink.0.is_multiple_of(100) && sink.0 <= 1000, "{}", sink.0);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// MemoryStream specifics (the shared stream rules are in stream_conformance.rs)
+
+#[test]
+fn memory_stream_capacity_bounds_each_direction() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair_with_capacity(5);
+        assert_eq!(a.write(b"abcdefgh").await?, 5, "a write takes at most the free space");
+        let stats = a.statistics();
+        assert_eq!((stats.outgoing_buffered, stats.incoming_buffered, stats.capacity), (5, 0, 5));
+        assert_eq!(b.statistics().incoming_buffered, 5);
+        let r = move_on_after(ms(100), a.write(b"x")).await;
+        assert!(matches!(r, Ok(None)), "a full direction makes writes wait");
+        nursery(async |n| {
+            let w = n.spawn(async {
+                a.write_all(b"fghij").await?;
+                Ok(now())
+            });
+            hatchery::sleep(ms(50)).await?;
+            let mut buf = [0; 3];
+            assert_eq!(b.read(&mut buf).await?, 3);
+            hatchery::sleep(ms(50)).await?;
+            let mut buf = [0; 16];
+            assert_eq!(b.read(&mut buf).await?, 5);
+            assert_eq!(&buf[..5], b"defgh");
+            assert_eq!(w.await?, at(200), "write_all finished when the second read made room");
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn memory_stream_throttles_make_short_reads_and_writes() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        a.set_max_write(NonZeroUsize::new(3));
+        b.set_max_read(NonZeroUsize::new(2));
+        assert_eq!(a.write(b"abcdefg").await?, 3);
+        a.write_all(b"defg").await.unwrap();
+        let mut buf = [0; 16];
+        assert_eq!(b.read(&mut buf).await?, 2);
+        b.set_max_read(None);
+        assert_eq!(b.read(&mut buf).await?, 5);
+        assert_eq!(&buf[..5], b"cdefg");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn memory_stream_close_and_shutdown_read_break_the_peer_writes() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        b.write_all(b"unread").await.unwrap();
+        a.shutdown(Shutdown::Read).await?;
+        let mut buf = [0; 8];
+        assert_eq!(a.read(&mut buf).await?, 0, "reads end after shutting down reading");
+        let e = b.write(b"x").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(b.statistics().outgoing_buffered, 0, "what was unread is discarded");
+        b.writable().await?; // a write would not wait: it would fail
+        // Writing the other way still works.
+        a.write_all(b"still").await.unwrap();
+        assert_eq!(b.read(&mut buf).await?, 5);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn memory_stream_poll_style_waiter_gives_way_to_an_async_read() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        nursery(async |n| {
+            let poller = n.spawn(async {
+                let mut buf = [0; 4];
+                let mut r = &b;
+                Ok(std::future::poll_fn(|cx| Pin::new(&mut r).poll_read(cx, &mut buf)).await)
+            });
+            wait_all_tasks_blocked().await?;
+            let reader = n.spawn(async {
+                let mut buf = [0; 4];
+                let k = b.read(&mut buf).await?;
+                Ok(buf[..k].to_vec())
+            });
+            let e = poller.await?.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            a.write_all(b"won").await.unwrap();
+            assert_eq!(reader.await?, b"won");
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn memory_stream_poll_read_is_cancelled_only_where_it_would_block() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        a.write_all(b"ab").await.unwrap();
+        let mut buf = [0; 4];
+        let res = cancelled_scope()
+            .run(async {
+                let mut r = &b;
+                // Data is there: the poll-style read is not a cancel point and succeeds.
+                let n = std::future::poll_fn(|cx| Pin::new(&mut r).poll_read(cx, &mut buf)).await?;
+                assert_eq!(&buf[..n], b"ab");
+                // Nothing left: it would block, so it fails with Cancelled.
+                let e =
+                    std::future::poll_fn(|cx| Pin::new(&mut r).poll_read(cx, &mut buf)).await.unwrap_err();
+                assert!(is::<Cancelled>(&e));
+                Err::<(), _>(e)
+            })
+            .await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!(testing::registrations().parked, 0);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn memory_stream_debug_and_drop() {
+    testing::run(async {
+        let (a, b): (MemoryStream, MemoryStream) = memory_stream_pair();
+        a.write_all(b"xy").await.unwrap();
+        let dbg = format!("{a:?}");
+        assert!(dbg.contains("outgoing_buffered: 2") && dbg.contains("closed: false"), "{dbg}");
+        drop(a);
+        let mut buf = [0; 4];
+        assert_eq!(b.read(&mut buf).await?, 2, "what was written before the drop arrives");
+        assert_eq!(b.read(&mut buf).await?, 0);
+        assert_eq!(b.write(b"z").await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}

@@ -1,0 +1,599 @@
+//! Trio's generic stream checks (`testing/_check_streams.py`, S9.1–S9.3), written once over a
+//! small trait and run against three kinds of connected pairs: TCP over 127.0.0.1, Unix socket
+//! pairs and in-memory streams. Each check is a test per kind (`tcp::round_trip`,
+//! `unix::round_trip`, `memory::round_trip`, ...).
+
+use std::cell::Cell;
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use hatchery::io::{BufReader, BufWriter};
+use hatchery::net::{TcpListener, TcpStream, UnixStream};
+use hatchery::testing::{
+    MemoryStream, MockClock, assert_checkpoints, memory_stream_pair, wait_all_tasks_blocked,
+};
+use hatchery::{
+    BusyResource, CancelScope, Cancelled, ClosedResource, Instant, WriteAllError, fail_after, move_on_after,
+    now, nursery,
+};
+
+/// The stream API the checks use: what `TcpStream`, `UnixStream` and `MemoryStream` share.
+trait TestStream {
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    async fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    async fn write_all(&self, buf: &[u8]) -> Result<(), WriteAllError>;
+    async fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+    async fn readable(&self) -> io::Result<()>;
+    async fn writable(&self) -> io::Result<()>;
+    fn close(&self);
+    fn is_closed(&self) -> bool;
+}
+
+macro_rules! impl_test_stream {
+    ($($t:ty),*) => {$(
+        impl TestStream for $t {
+            async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$t>::read(self, buf).await
+            }
+            async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$t>::write(self, buf).await
+            }
+            async fn write_all(&self, buf: &[u8]) -> Result<(), WriteAllError> {
+                <$t>::write_all(self, buf).await
+            }
+            async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+                <$t>::shutdown(self, how).await
+            }
+            async fn readable(&self) -> io::Result<()> {
+                <$t>::readable(self).await
+            }
+            async fn writable(&self) -> io::Result<()> {
+                <$t>::writable(self).await
+            }
+            fn close(&self) {
+                <$t>::close(self)
+            }
+            fn is_closed(&self) -> bool {
+                <$t>::is_closed(self)
+            }
+        }
+    )*};
+}
+
+impl_test_stream!(TcpStream, UnixStream, MemoryStream);
+
+async fn tcp_pair() -> io::Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
+    let client = TcpStream::connect(listener.local_addr()?).await?;
+    let (server, _) = listener.accept().await?;
+    Ok((client, server))
+}
+
+async fn unix_pair() -> io::Result<(UnixStream, UnixStream)> {
+    UnixStream::pair()
+}
+
+async fn memory_pair() -> io::Result<(MemoryStream, MemoryStream)> {
+    Ok(memory_stream_pair())
+}
+
+/// Runs one check on a fresh pair, on the virtual clock. The clock jumps only after 20 ms of
+/// real idleness (not at once, as `testing::run` does), so that data in flight on loopback is
+/// never overtaken by a jump; the virtual-hour watchdog then turns a check that hangs into a
+/// failure within a fraction of a second.
+fn run_check<S, M, C>(make: M, check: C)
+where
+    M: AsyncFnOnce() -> io::Result<(S, S)>,
+    C: AsyncFnOnce(S, S) -> io::Result<()>,
+{
+    hatchery::Builder::new()
+        .clock(MockClock::with_autojump(Duration::from_millis(20)))
+        .seed(0x5eed)
+        .run(async {
+            let (a, b) = make().await?;
+            fail_after(Duration::from_secs(3600), check(a, b)).await
+        })
+        .unwrap();
+}
+
+macro_rules! suite {
+    ($kind:ident, $make:ident, [$($check:ident),* $(,)?]) => {
+        mod $kind {
+            $(
+                #[test]
+                fn $check() {
+                    super::run_check(super::$make, super::checks::$check);
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_suites {
+    ($($check:ident),* $(,)?) => {
+        suite!(tcp, tcp_pair, [$($check),*]);
+        suite!(unix, unix_pair, [$($check),*]);
+        suite!(memory, memory_pair, [$($check),*]);
+    };
+}
+
+all_suites!(
+    round_trip,
+    empty_read_is_invalid_input,
+    every_operation_is_a_checkpoint,
+    empty_write_is_a_checkpoint_and_fails_once_closed,
+    a_cancelled_scope_stops_operations_before_they_act,
+    second_reader_is_busy,
+    second_writer_is_busy,
+    close_wakes_blocked_reader_and_writer,
+    closed_stream_rejects_everything_and_peer_sees_eof,
+    half_close,
+    shutdown_write_is_idempotent_and_later_writes_are_closed,
+    cancelled_read_loses_nothing,
+    cancelled_write_all_reports_a_count_and_the_stream_stays_usable,
+    peer_dropped,
+    readable_and_writable,
+    buf_reader_lines_and_exact_reads,
+    buf_reader_cancelled_read_exact_keeps_its_bytes,
+    buf_writer_flush_and_close,
+);
+
+fn is<E: std::error::Error + 'static>(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<E>())
+}
+
+fn cancelled_scope() -> CancelScope {
+    let s = CancelScope::new();
+    s.handle().cancel();
+    s
+}
+
+fn at_ms(ms: u64) -> Instant {
+    Instant::ZERO + Duration::from_millis(ms)
+}
+
+/// Reads exactly `n` bytes with plain reads.
+async fn read_n<S: TestStream>(s: &S, n: usize) -> io::Result<Vec<u8>> {
+    let mut out = vec![0; n];
+    let mut got = 0;
+    while got < n {
+        let k = s.read(&mut out[got..]).await?;
+        assert!(k > 0, "unexpected end of stream after {got} of {n} bytes");
+        got += k;
+    }
+    Ok(out)
+}
+
+/// Reads to end of stream.
+async fn read_to_eof<S: TestStream>(s: &S) -> io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    let mut buf = vec![0; 65536];
+    loop {
+        let k = s.read(&mut buf).await?;
+        if k == 0 {
+            return Ok(all);
+        }
+        all.extend_from_slice(&buf[..k]);
+    }
+}
+
+/// Data with a recognisable order.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// More than any of the three kinds buffers when nobody reads (socket buffers on loopback stay
+/// at a few MiB without reads).
+const CLOG: usize = 32 << 20;
+
+/// Writes until the stream's buffers are full and the writer is blocked; returns when another
+/// task stops it, with the error that stopped it and the number of bytes written.
+async fn write_forever<S: TestStream>(s: &S) -> (usize, io::Error) {
+    let chunk = pattern(65536);
+    let mut total = 0;
+    loop {
+        match s.write_all(&chunk).await {
+            Ok(()) => total += chunk.len(),
+            Err(e) => return (total + e.written, e.error),
+        }
+    }
+}
+
+mod checks {
+    use super::*;
+
+    pub(super) async fn round_trip<S: TestStream>(a: S, b: S) -> io::Result<()> {
+        a.write_all(b"hello").await?;
+        assert_eq!(read_n(&b, 5).await?, b"hello");
+        b.write_all(b"world!").await?;
+        assert_eq!(read_n(&a, 6).await?, b"world!");
+        // A megabyte each way at once: more than the buffers hold, so both sides wait in turn.
+        let data = pattern(1 << 20);
+        nursery(async |n| {
+            let ab = n.spawn(async {
+                a.write_all(&data).await?;
+                a.shutdown(Shutdown::Write).await?;
+                Ok(())
+            });
+            let ba = n.spawn(async {
+                b.write_all(&data).await?;
+                b.shutdown(Shutdown::Write).await?;
+                Ok(())
+            });
+            let (got_b, got_a) = (read_to_eof(&b).await?, read_to_eof(&a).await?);
+            ab.await?;
+            ba.await?;
+            assert!(got_b == data && got_a == data, "every byte, in order, both ways");
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok(())
+    }
+
+    pub(super) async fn empty_read_is_invalid_input<S: TestStream>(a: S, _b: S) -> io::Result<()> {
+        let e = a.read(&mut []).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        Ok(())
+    }
+
+    pub(super) async fn every_operation_is_a_checkpoint<S: TestStream>(a: S, b: S) -> io::Result<()> {
+        assert_eq!(assert_checkpoints(a.write(b"abc")).await?, 3);
+        assert_checkpoints(a.write_all(b"def")).await.unwrap();
+        b.readable().await?;
+        assert_checkpoints(b.readable()).await?;
+        assert_eq!(assert_checkpoints(read_n(&b, 6)).await?, b"abcdef");
+        assert_checkpoints(a.writable()).await?;
+        assert_checkpoints(a.shutdown(Shutdown::Write)).await?;
+        assert_checkpoints(a.shutdown(Shutdown::Write)).await?;
+        let mut buf = [0; 4];
+        assert_eq!(assert_checkpoints(b.read(&mut buf)).await?, 0, "end of stream");
+        Ok(())
+    }
+
+    pub(super) async fn empty_write_is_a_checkpoint_and_fails_once_closed<S: TestStream>(
+        a: S,
+        _b: S,
+    ) -> io::Result<()> {
+        assert_eq!(assert_checkpoints(a.write(b"")).await?, 0);
+        assert_checkpoints(a.write_all(b"")).await.unwrap();
+        let r = cancelled_scope().run(async { a.write_all(b"").await }).await;
+        assert!(matches!(r, Ok(None)), "an empty write_all is a cancel point: {r:?}");
+        a.close();
+        let e = a.write(b"").await.unwrap_err();
+        assert!(is::<ClosedResource>(&e), "{e:?}");
+        let e = a.write_all(b"").await.unwrap_err();
+        assert!(is::<ClosedResource>(&e.error), "{e:?}");
+        assert_eq!(e.written, 0);
+        Ok(())
+    }
+
+    pub(super) async fn a_cancelled_scope_stops_operations_before_they_act<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()> {
+        // A write in a cancelled scope writes nothing, even with room to spare.
+        let r = cancelled_scope()
+            .run(async {
+                let e = a.write_all(b"lost").await.unwrap_err();
+                assert_eq!(e.written, 0);
+                Err::<(), _>(e)
+            })
+            .await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        let r = cancelled_scope().run(async { a.write(b"lost").await }).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        a.write_all(b"kept").await?;
+        b.readable().await?;
+        // A read in a cancelled scope reads nothing, even with data waiting.
+        let mut buf = [0; 16];
+        let r = cancelled_scope().run(async { b.read(&mut buf).await }).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        let r = cancelled_scope().run(async { a.shutdown(Shutdown::Write).await }).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        // Neither the shutdown nor the writes happened.
+        a.write_all(b"!").await?;
+        assert_eq!(read_n(&b, 5).await?, b"kept!");
+        Ok(())
+    }
+
+    pub(super) async fn second_reader_is_busy<S: TestStream>(a: S, b: S) -> io::Result<()> {
+        nursery(async |n| {
+            let first = n.spawn(async { read_n(&a, 3).await });
+            wait_all_tasks_blocked().await?;
+            let mut buf = [0; 4];
+            let e = a.read(&mut buf).await.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            let e = a.readable().await.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            // The first reader is undisturbed.
+            b.write_all(b"xyz").await?;
+            assert_eq!(first.await?, b"xyz");
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok(())
+    }
+
+    pub(super) async fn second_writer_is_busy<S: TestStream>(a: S, _b: S) -> io::Result<()> {
+        nursery(async |n| {
+            let first = n.spawn(async { Ok(write_forever(&a).await) });
+            wait_all_tasks_blocked().await?;
+            let e = a.write_all(b"second").await.unwrap_err();
+            assert!(is::<BusyResource>(&e.error), "{e:?}");
+            assert_eq!(e.written, 0);
+            let e = a.write(b"second").await.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            let e = a.writable().await.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            let e = a.shutdown(Shutdown::Write).await.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            a.close();
+            let (written, e) = first.await?;
+            assert!(is::<ClosedResource>(&e), "{e:?}");
+            assert!(written > 0);
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok(())
+    }
+
+    pub(super) async fn close_wakes_blocked_reader_and_writer<S: TestStream>(a: S, b: S) -> io::Result<()> {
+        nursery(async |n| {
+            let reader = n.spawn(async {
+                let mut buf = [0; 8];
+                Ok(a.read(&mut buf).await)
+            });
+            let writer = n.spawn(async { Ok(write_forever(&a).await) });
+            wait_all_tasks_blocked().await?;
+            assert!(!a.is_closed());
+            a.close();
+            assert!(a.is_closed());
+            let e = reader.await?.unwrap_err();
+            assert!(is::<ClosedResource>(&e), "{e:?}");
+            let (_, e) = writer.await?;
+            assert!(is::<ClosedResource>(&e), "{e:?}");
+            // The peer sees the end of the stream after what was written.
+            let got = read_to_eof(&b).await?;
+            assert!(got.iter().enumerate().all(|(i, &x)| x == (i % 65536 % 251) as u8));
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok(())
+    }
+
+    pub(super) async fn closed_stream_rejects_everything_and_peer_sees_eof<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()> {
+        a.write_all(b"last words").await?;
+        a.close();
+        a.close(); // idempotent
+        let mut buf = [0; 4];
+        let closed = |e: &io::Error| assert!(is::<ClosedResource>(e), "{e:?}");
+        closed(&a.read(&mut buf).await.unwrap_err());
+        closed(&a.write(b"x").await.unwrap_err());
+        closed(&a.write_all(b"x").await.unwrap_err().error);
+        closed(&a.shutdown(Shutdown::Write).await.unwrap_err());
+        closed(&a.readable().await.unwrap_err());
+        closed(&a.writable().await.unwrap_err());
+        assert_eq!(read_to_eof(&b).await?, b"last words");
+        assert_eq!(b.read(&mut buf).await?, 0, "end of stream stays");
+        Ok(())
+    }
+
+    pub(super) async fn half_close<S: TestStream>(a: S, b: S) -> io::Result<()> {
+        a.write_all(b"before eof").await?;
+        a.shutdown(Shutdown::Write).await?;
+        assert_eq!(read_to_eof(&b).await?, b"before eof");
+        let mut buf = [0; 8];
+        assert_eq!(b.read(&mut buf).await?, 0, "end of stream, again");
+        // The other direction still works, both ways round.
+        b.write_all(b"reply").await?;
+        assert_eq!(read_n(&a, 5).await?, b"reply");
+        b.shutdown(Shutdown::Write).await?;
+        assert_eq!(a.read(&mut buf).await?, 0);
+        Ok(())
+    }
+
+    pub(super) async fn shutdown_write_is_idempotent_and_later_writes_are_closed<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()> {
+        a.shutdown(Shutdown::Write).await?;
+        a.shutdown(Shutdown::Write).await?;
+        let e = a.write(b"x").await.unwrap_err();
+        assert!(is::<ClosedResource>(&e), "{e:?}");
+        let e = a.write_all(b"x").await.unwrap_err();
+        assert!(is::<ClosedResource>(&e.error), "{e:?}");
+        assert_eq!(e.written, 0);
+        let e = a.writable().await.unwrap_err();
+        assert!(is::<ClosedResource>(&e), "{e:?}");
+        assert!(!a.is_closed(), "shutting down is not closing");
+        let mut buf = [0; 4];
+        assert_eq!(b.read(&mut buf).await?, 0);
+        Ok(())
+    }
+
+    pub(super) async fn cancelled_read_loses_nothing<S: TestStream>(a: S, b: S) -> io::Result<()> {
+        let mut buf = [0; 8];
+        // Cancelled while parked: at the deadline, having read nothing.
+        let r = move_on_after(Duration::from_secs(1), b.read(&mut buf)).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        assert_eq!(now(), at_ms(1000));
+        a.write_all(b"abc").await?;
+        b.readable().await?;
+        // Cancelled before it runs, with data waiting: the data stays.
+        let r = cancelled_scope().run(async { b.read(&mut buf).await }).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        assert_eq!(read_n(&b, 3).await?, b"abc");
+        Ok(())
+    }
+
+    pub(super) async fn cancelled_write_all_reports_a_count_and_the_stream_stays_usable<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()> {
+        let big = pattern(CLOG);
+        let written = Cell::new(usize::MAX);
+        let r = move_on_after(Duration::from_secs(1), async {
+            let e = a.write_all(&big).await.unwrap_err();
+            assert!(is::<Cancelled>(&e.error), "{e:?}");
+            written.set(e.written);
+            Err::<(), _>(e)
+        })
+        .await;
+        assert!(matches!(r, Ok(None)), "the scope absorbed the cancellation: {r:?}");
+        assert_eq!(now(), at_ms(1000));
+        let written = written.get();
+        assert!(written > 0 && written < big.len(), "{written}");
+        // Not broken: the rest follows, and the reader gets every byte exactly once, in order.
+        let got = nursery(async |n| {
+            let reader = n.spawn(async { read_to_eof(&b).await });
+            a.write_all(&big[written..]).await?;
+            a.shutdown(Shutdown::Write).await?;
+            Ok::<_, io::Error>(reader.await?)
+        })
+        .await
+        .map_err(|e| e.into_first())?
+        .unwrap();
+        assert_eq!(got.len(), big.len());
+        assert!(got == big, "every byte exactly once, in order");
+        Ok(())
+    }
+
+    pub(super) async fn peer_dropped<S: TestStream>(a: S, b: S) -> io::Result<()> {
+        drop(b);
+        let mut buf = [0; 4];
+        assert_eq!(a.read(&mut buf).await?, 0);
+        assert_eq!(a.read(&mut buf).await?, 0);
+        // Writes fail sooner or later (TCP may accept one before the reset comes back), and
+        // then keep failing: the stream stays broken.
+        let mut failures = 0;
+        for _ in 0..10_000 {
+            match a.write_all(b"anyone?").await {
+                Ok(()) => assert_eq!(failures, 0, "a broken stream stays broken"),
+                Err(e) => {
+                    let kind = e.error.kind();
+                    assert!(
+                        matches!(kind, io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset),
+                        "{e:?}"
+                    );
+                    failures += 1;
+                    if failures == 3 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        panic!("writes to a dropped peer never failed");
+    }
+
+    pub(super) async fn readable_and_writable<S: TestStream>(a: S, b: S) -> io::Result<()> {
+        a.writable().await?;
+        nursery(async |n| {
+            let waiter = n.spawn(async {
+                b.readable().await?;
+                Ok(now())
+            });
+            wait_all_tasks_blocked().await?;
+            assert!(!waiter.is_finished());
+            hatchery::sleep(Duration::from_millis(5)).await?;
+            a.write_all(b"!").await?;
+            assert_eq!(waiter.await?, at_ms(5));
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        // Readable does not consume.
+        assert_eq!(read_n(&b, 1).await?, b"!");
+        Ok(())
+    }
+
+    pub(super) async fn buf_reader_lines_and_exact_reads<S: TestStream>(a: S, b: S) -> io::Result<()>
+    where
+        for<'x> &'x S: futures_io::AsyncRead + Unpin,
+    {
+        a.write_all(b"line one\nline two\nxyz").await?;
+        a.shutdown(Shutdown::Write).await?;
+        let mut r = BufReader::with_capacity(4, &b);
+        let mut line = String::new();
+        assert_eq!(r.read_line(&mut line).await?, 9);
+        assert_eq!(line, "line one\n");
+        let mut word = [0; 4];
+        r.read_exact(&mut word).await?;
+        assert_eq!(&word, b"line");
+        line.clear();
+        assert_eq!(r.read_line(&mut line).await?, 5);
+        assert_eq!(line, " two\n");
+        line.clear();
+        assert_eq!(r.read_line(&mut line).await?, 3, "the last line has no newline");
+        assert_eq!(line, "xyz");
+        assert_eq!(r.read_line(&mut line).await?, 0, "end of stream");
+        let e = r.read_exact(&mut word).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        Ok(())
+    }
+
+    pub(super) async fn buf_reader_cancelled_read_exact_keeps_its_bytes<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()>
+    where
+        for<'x> &'x S: futures_io::AsyncRead + Unpin,
+    {
+        let mut r = BufReader::new(&b);
+        a.write_all(b"abc").await?;
+        b.readable().await?;
+        let mut five = [0; 5];
+        let res = move_on_after(Duration::from_secs(1), r.read_exact(&mut five)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!(now(), at_ms(1000));
+        assert_eq!(five, [0; 5], "the caller's buffer is untouched");
+        assert_eq!(r.buffer(), b"abc", "the partial bytes wait in the reader");
+        // The same for a line.
+        let mut line = String::new();
+        let res = move_on_after(Duration::from_secs(1), r.read_line(&mut line)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!(line, "");
+        a.write_all(b"de\n").await?;
+        r.read_exact(&mut five).await?;
+        assert_eq!(&five, b"abcde");
+        assert_eq!(r.read_line(&mut line).await?, 1);
+        assert_eq!(line, "\n");
+        Ok(())
+    }
+
+    pub(super) async fn buf_writer_flush_and_close<S: TestStream>(a: S, b: S) -> io::Result<()>
+    where
+        for<'x> &'x S: futures_io::AsyncWrite + Unpin,
+    {
+        let mut w = BufWriter::with_capacity(64, &a);
+        w.write_all(b"one ").await?;
+        w.write_all(b"two").await?;
+        assert_eq!(w.buffer(), b"one two");
+        w.flush().await?;
+        assert!(w.buffer().is_empty());
+        assert_eq!(read_n(&b, 7).await?, b"one two");
+        // Larger than the buffer: written through.
+        let big = pattern(1000);
+        nursery(async |n| {
+            let reader = n.spawn(async { read_to_eof(&b).await });
+            w.write_all(b"[").await?;
+            w.write_all(&big).await?;
+            w.write_all(b"]").await?;
+            w.close().await?;
+            let got = reader.await?;
+            assert_eq!(got.len(), 1002);
+            assert!(got[0] == b'[' && got[1..1001] == big[..] && got[1001] == b']');
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok(())
+    }
+}
