@@ -236,8 +236,10 @@ impl<T: AsFd> IoSource<T> {
     }
 
     /// Runs the non-blocking `op` until it does not fail with `WouldBlock`, waiting for
-    /// readability in between. A checkpoint: cancelled on entry means `op` never runs; once `op`
-    /// has succeeded the result is returned even if a cancellation arrives.
+    /// readability in between. A checkpoint: cancelled on entry means `op` never runs. Once `op`
+    /// has succeeded its result is returned at once, with no await after it, so dropping the
+    /// future at any point never loses what `op` did (the schedule point of an operation that
+    /// does not have to wait comes before `op`).
     ///
     /// In edge mode `op` is not even tried while the reactor knows the descriptor would block.
     /// If `op` learns that it drained the descriptor (a short read), it may call
@@ -373,16 +375,20 @@ impl<T: AsFd> IoSource<T> {
         let id = context::core().fresh_id();
         loop {
             if self.reg.reactor().should_try(self.reg.key, dir) {
+                // The schedule point comes *before* the syscall, never after it: a future
+                // dropped at an await after `op` took bytes, a datagram or a connection would
+                // lose them. Having yielded, check for a cancellation that arrived meanwhile
+                // (cancelled before `op` runs means no effect).
+                if !waited {
+                    cancel_shielded_checkpoint().await;
+                    checkpoint_if_cancelled()?;
+                    waited = true;
+                }
                 match op(self.get_ref()) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.reg.reactor().clear_ready(self.reg.key, dir);
                     }
-                    res => {
-                        if !waited {
-                            cancel_shielded_checkpoint().await;
-                        }
-                        return res;
-                    }
+                    res => return res,
                 }
             }
             let mut wait = ReadyWait { src: self, dir, id, park: Park::new(), waited: false };
