@@ -1,6 +1,6 @@
 //! [`connect_tcp`]: name resolution plus happy eyeballs (RFC 8305, Trio's S9.5).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -191,10 +191,8 @@ where
     // Each attempt's failure, by attempt index (so the report keeps the start order).
     let failures: RefCell<Vec<Option<io::Error>>> = RefCell::new(addrs.iter().map(|_| None).collect());
     let winner: RefCell<Option<T>> = RefCell::new(None);
-    let started = Cell::new(0);
     let outcome = nursery(async |n| {
         for (i, &addr) in addrs.iter().enumerate() {
-            started.set(i + 1);
             let (failed, failures, winner, connect) = (&failed[i], &failures, &winner, &connect);
             n.start_soon(async move {
                 match connect(addr).await {
@@ -232,12 +230,8 @@ where
         };
     }
     outcome.map_err(io::Error::from)?;
-    let attempts = addrs
-        .into_iter()
-        .zip(failures.into_inner())
-        .take(started.get())
-        .filter_map(|(a, e)| e.map(|e| (a, e)))
-        .collect();
+    let attempts =
+        addrs.into_iter().zip(failures.into_inner()).filter_map(|(a, e)| e.map(|e| (a, e))).collect();
     Err(ConnectError { target, attempts }.into())
 }
 

@@ -33,6 +33,24 @@ pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};
 
+/// `AsFd` and `AsRawFd` for a socket type whose registered I/O object is at `self.$field`.
+macro_rules! fd_impls {
+    ($T:ty; $field:ident) => {
+        impl std::os::fd::AsFd for $T {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(self.$field.get_ref())
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $T {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(self.$field.get_ref())
+            }
+        }
+    };
+}
+pub(crate) use fd_impls;
+
 /// `EINPROGRESS`: a non-blocking `connect` has started.
 fn tcp_einprogress() -> i32 {
     if cfg!(any(target_os = "linux", target_os = "android")) { 115 } else { 36 }

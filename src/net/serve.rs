@@ -1,7 +1,6 @@
 //! [`serve_tcp`]: accept connections forever, one child task per connection (S9.4).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -124,9 +123,11 @@ where
     let r = nursery(async |n| {
         loop {
             match listener.accept().await {
-                Ok((stream, _peer)) => n.start_soon(accept_one(handler, stream)),
+                Ok((stream, _peer)) => n.start_soon(handler(stream)),
                 Err(e) if is_transient(&e) => {
-                    eprintln!("hatchery::net::serve_tcp: accept failed ({e}); retrying in 100 ms");
+                    eprintln!(
+                        "hatchery::net::serve_tcp: accept failed ({e}); retrying in {ACCEPT_BACKOFF:?}"
+                    );
                     sleep(ACCEPT_BACKOFF).await.map_err(io::Error::from)?;
                 }
                 Err(e) => return Err::<Infallible, E>(e.into()),
@@ -140,11 +141,4 @@ where
         // Only a nursery that cancels itself absorbs its cancellation, and this one never does.
         Ok(None) => Err(E::from(io::Error::other("serve_tcp: the accept loop stopped without an error"))),
     }
-}
-
-fn accept_one<'h, H, E>(handler: &'h H, stream: TcpStream) -> impl Future<Output = Result<(), E>> + 'h
-where
-    H: AsyncFn(TcpStream) -> Result<(), E>,
-{
-    handler(stream)
 }

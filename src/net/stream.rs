@@ -176,8 +176,7 @@ where
     }
 
     fn shutdown_now(&self, how: Shutdown) -> io::Result<()> {
-        let writes = matches!(how, Shutdown::Write | Shutdown::Both);
-        if writes && self.write_shut.get() && how == Shutdown::Write {
+        if how == Shutdown::Write && self.write_shut.get() {
             return Ok(());
         }
         match self.src.get_ref().shutdown(how) {
@@ -186,7 +185,7 @@ where
             Err(e) => return Err(e),
             Ok(()) => {}
         }
-        if writes {
+        if how != Shutdown::Read {
             self.write_shut.set(true);
         }
         Ok(())
@@ -373,85 +372,12 @@ macro_rules! stream_type {
             }
         }
 
-        impl futures_io::AsyncRead for $Stream {
-            fn poll_read(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &mut [u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                self.core.poll_read(cx, buf)
-            }
-        }
+        $crate::net::stream::async_read_impl!($Stream; core);
+        $crate::net::stream::async_read_impl!(&$Stream; core);
+        $crate::net::stream::async_write_impl!($Stream; core);
+        $crate::net::stream::async_write_impl!(&$Stream; core);
 
-        impl futures_io::AsyncRead for &$Stream {
-            fn poll_read(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &mut [u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                self.core.poll_read(cx, buf)
-            }
-        }
-
-        impl futures_io::AsyncWrite for $Stream {
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                self.core.poll_write(cx, buf)
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-
-            fn poll_close(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                self.core.poll_close()
-            }
-        }
-
-        impl futures_io::AsyncWrite for &$Stream {
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                self.core.poll_write(cx, buf)
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-
-            fn poll_close(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                self.core.poll_close()
-            }
-        }
-
-        impl std::os::fd::AsFd for $Stream {
-            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-                self.core.get_ref().as_fd()
-            }
-        }
-
-        impl std::os::fd::AsRawFd for $Stream {
-            fn as_raw_fd(&self) -> std::os::fd::RawFd {
-                self.core.get_ref().as_raw_fd()
-            }
-        }
+        $crate::net::fd_impls!($Stream; core);
 
         impl TryFrom<$std> for $Stream {
             type Error = std::io::Error;
@@ -552,15 +478,7 @@ macro_rules! half_methods {
             }
         }
 
-        impl futures_io::AsyncRead for $Half {
-            fn poll_read(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &mut [u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                self.stream.core.poll_read(cx, buf)
-            }
-        }
+        $crate::net::stream::async_read_impl!($Half; stream.core);
     };
     ($Half:ty, write) => {
         impl $Half {
@@ -602,13 +520,36 @@ macro_rules! half_methods {
             }
         }
 
-        impl futures_io::AsyncWrite for $Half {
+        $crate::net::stream::async_write_impl!($Half; stream.core);
+    };
+}
+
+/// `futures_io::AsyncRead` for `$T`, whose `StreamCore` is at `self.$path`.
+macro_rules! async_read_impl {
+    ($T:ty; $($path:ident).+) => {
+        impl futures_io::AsyncRead for $T {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.$($path).+.poll_read(cx, buf)
+            }
+        }
+    };
+}
+
+/// `futures_io::AsyncWrite` for `$T`, whose `StreamCore` is at `self.$path`: writes go straight
+/// to the socket (flushing has nothing to do), and closing shuts down writing.
+macro_rules! async_write_impl {
+    ($T:ty; $($path:ident).+) => {
+        impl futures_io::AsyncWrite for $T {
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.stream.core.poll_write(cx, buf)
+                self.$($path).+.poll_write(cx, buf)
             }
 
             fn poll_flush(
@@ -622,10 +563,10 @@ macro_rules! half_methods {
                 self: std::pin::Pin<&mut Self>,
                 _cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                self.stream.core.poll_close()
+                self.$($path).+.poll_close()
             }
         }
     };
 }
 
-pub(crate) use {half_methods, stream_type};
+pub(crate) use {async_read_impl, async_write_impl, half_methods, stream_type};

@@ -1,7 +1,6 @@
 //! Unix domain sockets: [`UnixListener`], [`UnixStream`] and [`UnixDatagram`].
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
 
@@ -99,17 +98,7 @@ impl UnixListener {
     }
 }
 
-impl AsFd for UnixListener {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.src.get_ref().as_fd()
-    }
-}
-
-impl AsRawFd for UnixListener {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.src.get_ref().as_raw_fd()
-    }
-}
+super::fd_impls!(UnixListener; src);
 
 /// A Unix domain stream socket: the same rules and methods as
 /// [`TcpStream`](super::TcpStream).
@@ -363,14 +352,4 @@ impl UnixDatagram {
     }
 }
 
-impl AsFd for UnixDatagram {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.src.get_ref().as_fd()
-    }
-}
-
-impl AsRawFd for UnixDatagram {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.src.get_ref().as_raw_fd()
-    }
-}
+super::fd_impls!(UnixDatagram; src);

@@ -279,9 +279,9 @@ impl Reactor {
             return true;
         }
         let (index, generation) = unpack(key);
-        let mut sources = self.sources.borrow_mut();
-        match sources.get_mut(index).filter(|s| same_source(s, generation)) {
-            Some(s) => s.dir(dir).ready || s.closed,
+        let sources = self.sources.borrow();
+        match sources.get(index).filter(|s| same_source(s, generation)) {
+            Some(s) => (if dir == Dir::Read { &s.read } else { &s.write }).ready || s.closed,
             None => true,
         }
     }
@@ -323,10 +323,10 @@ impl Reactor {
 
     /// Waits for I/O events (at most `timeout`) and returns the wakers of the tasks they concern.
     pub(crate) fn wait(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
+        // Sources were registered with epoll directly (`direct_add`), so wait there too.
         #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
-        if self.edge {
-            return self.wait_epoll(timeout, wakers);
-        }
+        return self.wait_epoll(timeout, wakers);
+        #[cfg(not(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend))))]
         self.wait_polling(timeout, wakers)
     }
 
