@@ -537,12 +537,34 @@ fn close_flushes_then_shuts_down_writing() {
         let mut buf = [0; 8];
         assert_eq!(b.read(&mut buf).await?, 3);
         assert_eq!(b.read(&mut buf).await?, 0);
-        let e = w.write_all(b"more").await.map(|()| w.flush());
-        let e = match e {
-            Ok(flush) => flush.await.unwrap_err(),
-            Err(e) => e.error,
-        };
+        // After close, write_all only buffers; the flush is what meets the closed stream.
+        w.write_all(b"more").await.unwrap();
+        let e = w.flush().await.unwrap_err();
         assert!(is::<ClosedResource>(&e), "{e:?}");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_buffered_write_dropped_at_its_schedule_point_buffered_nothing() {
+    testing::run(async {
+        let (a, _b) = memory_stream_pair();
+        let mut w = BufWriter::new(&a);
+        for _ in 0..2 {
+            let pending = {
+                let fut = pin!(w.write_all(b"abc"));
+                poll_once(fut).await.is_pending()
+            };
+            assert!(pending, "write_all stopped at its schedule point");
+            assert!(w.buffer().is_empty(), "the dropped write_all buffered nothing");
+            let pending = {
+                let fut = pin!(w.write(b"abc"));
+                poll_once(fut).await.is_pending()
+            };
+            assert!(pending, "write stopped at its schedule point");
+            assert!(w.buffer().is_empty(), "the dropped write buffered nothing");
+        }
         Ok::<_, io::Error>(())
     })
     .unwrap();

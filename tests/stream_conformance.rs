@@ -131,6 +131,7 @@ all_suites!(
     half_close,
     shutdown_write_is_idempotent_and_later_writes_are_closed,
     cancelled_read_loses_nothing,
+    a_read_or_write_dropped_at_its_schedule_point_did_nothing,
     cancelled_write_all_reports_a_count_and_the_stream_stays_usable,
     peer_dropped,
     readable_and_writable,
@@ -154,6 +155,12 @@ fn at_ms(ms: u64) -> Instant {
 }
 
 /// Reads exactly `n` bytes with plain reads.
+/// Polls `fut` once and drops it: whether it was still pending.
+async fn poll_once<F: std::future::Future>(fut: F) -> bool {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx).is_pending())).await
+}
+
 async fn read_n<S: TestStream>(s: &S, n: usize) -> io::Result<Vec<u8>> {
     let mut out = vec![0; n];
     let mut got = 0;
@@ -431,6 +438,24 @@ mod checks {
         let r = cancelled_scope().run(async { b.read(&mut buf).await }).await;
         assert!(matches!(r, Ok(None)), "{r:?}");
         assert_eq!(read_n(&b, 3).await?, b"abc");
+        Ok(())
+    }
+
+    /// A read or write that could complete at once stops at its schedule point first; dropped
+    /// there (as a `select` drops its loser), it has taken or sent nothing.
+    pub(super) async fn a_read_or_write_dropped_at_its_schedule_point_did_nothing<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()> {
+        a.write_all(b"abc").await?;
+        b.readable().await?;
+        let mut buf = [0; 8];
+        assert!(poll_once(b.read(&mut buf)).await, "the read stopped at its schedule point");
+        assert_eq!(read_n(&b, 3).await?, b"abc", "the dropped read took nothing");
+        a.writable().await?;
+        assert!(poll_once(a.write(b"xyz")).await, "the write stopped at its schedule point");
+        a.shutdown(Shutdown::Write).await?;
+        assert_eq!(read_to_eof(&b).await?, b"", "the dropped write sent nothing");
         Ok(())
     }
 

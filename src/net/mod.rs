@@ -22,7 +22,7 @@
 
 mod connect;
 mod serve;
-mod stream;
+pub(crate) mod stream;
 pub mod tcp;
 mod udp;
 pub mod unix;

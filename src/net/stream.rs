@@ -31,10 +31,10 @@ impl SocketIo for std::os::unix::net::UnixStream {
 }
 
 /// Marks one direction in use for the length of an operation (Trio's conflict detector).
-struct InUse<'a>(&'a Cell<bool>);
+pub(crate) struct InUse<'a>(&'a Cell<bool>);
 
 impl<'a> InUse<'a> {
-    fn enter(flag: &'a Cell<bool>, what: &'static str) -> io::Result<InUse<'a>> {
+    pub(crate) fn enter(flag: &'a Cell<bool>, what: &'static str) -> io::Result<InUse<'a>> {
         if flag.replace(true) {
             return Err(BusyResource(what).into());
         }
@@ -64,7 +64,8 @@ where
     poll_parks: RefCell<[Park; 2]>,
 }
 
-fn empty_read() -> io::Error {
+/// The error of a read into an empty buffer, for every stream type.
+pub(crate) fn empty_read() -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         "read into an empty buffer (0 bytes read would mean end of stream)",

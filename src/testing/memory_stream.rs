@@ -18,6 +18,7 @@
 //! the pipe (a write, a read that frees space, a shutdown, a close) wakes the slot, and the
 //! operation decides on its own next poll: completed, or cancelled (nothing touched).
 
+use crate::net::stream::{InUse, empty_read};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
@@ -154,24 +155,6 @@ enum Dir {
     Write,
 }
 
-/// Marks one direction in use for the length of an operation (Trio's conflict detector).
-struct InUse<'a>(&'a Cell<bool>);
-
-impl<'a> InUse<'a> {
-    fn enter(flag: &'a Cell<bool>, what: &'static str) -> io::Result<InUse<'a>> {
-        if flag.replace(true) {
-            return Err(BusyResource(what).into());
-        }
-        Ok(InUse(flag))
-    }
-}
-
-impl Drop for InUse<'_> {
-    fn drop(&mut self) {
-        self.0.set(false);
-    }
-}
-
 /// Empties this end's waker slot of one direction when an operation ends or is dropped.
 struct SlotGuard<'a> {
     stream: &'a MemoryStream,
@@ -183,13 +166,6 @@ impl Drop for SlotGuard<'_> {
         let old = self.stream.slot_take(self.dir);
         drop(old);
     }
-}
-
-fn empty_read() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "read into an empty buffer (0 bytes read would mean end of stream)",
-    )
 }
 
 fn broken_pipe() -> io::Error {
@@ -341,6 +317,9 @@ impl MemoryStream {
         lowlevel::checkpoint_if_cancelled()?;
         if ready(self) {
             lowlevel::cancel_shielded_checkpoint().await;
+            // A cancellation that arrived during the yield still finds nothing done (as
+            // `IoSource::read_with`).
+            lowlevel::checkpoint_if_cancelled()?;
         }
         let _slot = SlotGuard { stream: self, dir };
         let mut park = Park::new();
