@@ -166,6 +166,17 @@ fn a_dropped_recv_consumes_nothing() {
         assert_eq!(signals.try_recv(), Some(SIGUSR1));
         assert_eq!(signals.try_recv(), Some(SIGUSR2));
         assert_eq!(signals.try_recv(), None);
+        // With signals already buffered: a recv dropped at its schedule point took none of them.
+        raise(SIGUSR1).unwrap();
+        raise(SIGUSR2).unwrap();
+        assert_eq!(signals.recv().await, Ok(SIGUSR1), "this one also buffered SIGUSR2");
+        {
+            let mut recv = Box::pin(signals.recv());
+            let polled = std::future::poll_fn(|cx| Poll::Ready(recv.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "it passes its schedule point before taking anything");
+        }
+        assert_eq!(signals.try_recv(), Some(SIGUSR2), "the buffered signal is still there");
+        assert_eq!(signals.try_recv(), None);
     });
 }
 

@@ -153,7 +153,7 @@ fn the_token_is_held_while_the_thread_runs_and_returned_after() {
         nursery(async |n| {
             let l = limiter.clone();
             n.start_soon(async move {
-                ThreadOptions::new().limiter(l).run(move || wait_go.recv().unwrap()).await?;
+                ThreadOptions::new().limiter(l).run(move || wait_go.recv_timeout(PATIENCE).unwrap()).await?;
                 Ok(())
             });
             wait_all_tasks_blocked().await?;
@@ -186,7 +186,7 @@ fn a_limiter_bounds_how_many_threads_run_at_once() {
                     let now_running = running.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now_running, Ordering::SeqCst);
                     started_tx.send(()).unwrap();
-                    wait_go.lock().unwrap().recv().unwrap();
+                    wait_go.lock().unwrap().recv_timeout(PATIENCE).unwrap();
                     running.fetch_sub(1, Ordering::SeqCst);
                 });
                 n.start_soon(async move {
@@ -197,7 +197,7 @@ fn a_limiter_bounds_how_many_threads_run_at_once() {
             // Wait (on a thread of the default limiter) until two jobs have started.
             for _ in 0..2 {
                 let started = started.clone();
-                to_thread(move || started.lock().unwrap().recv().unwrap()).await?;
+                to_thread(move || started.lock().unwrap().recv_timeout(PATIENCE).unwrap()).await?;
             }
             wait_all_tasks_blocked().await?;
             let s = limiter.statistics();
@@ -225,7 +225,7 @@ fn the_default_limiter_has_40_tokens_and_belongs_to_its_run() {
         assert!(Rc::ptr_eq(&l, &default_limiter()), "one limiter per run");
         nursery(async |n| {
             n.start_soon(async {
-                to_thread(move || wait_go.recv().unwrap()).await?;
+                to_thread(move || wait_go.recv_timeout(PATIENCE).unwrap()).await?;
                 Ok(())
             });
             wait_all_tasks_blocked().await?;
@@ -250,19 +250,33 @@ fn the_default_limiter_has_40_tokens_and_belongs_to_its_run() {
 fn lowering_the_default_limiter_serialises_jobs() {
     let running = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
-    hatchery::run(async {
+    let (go, wait_go) = mpsc::channel::<()>();
+    let wait_go = Arc::new(Mutex::new(wait_go));
+    testing::run(async {
         default_limiter().set_total_tokens(1);
         nursery(async |n| {
             for _ in 0..8 {
-                let (running, most) = (running.clone(), most.clone());
+                let (running, most, wait_go) = (running.clone(), most.clone(), wait_go.clone());
                 n.start_soon(async move {
                     to_thread(move || {
                         let r = running.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(r, Ordering::SeqCst);
+                        // Hold the token until the test lets go, so that overlap would show.
+                        let _ = wait_go.lock().unwrap().recv_timeout(PATIENCE);
                         running.fetch_sub(1, Ordering::SeqCst);
                     })
                     .await
                 });
+            }
+            wait_all_tasks_blocked().await?;
+            let s = default_limiter().statistics();
+            assert_eq!(
+                (s.borrowed_tokens, s.tasks_waiting),
+                (1, 7),
+                "one job runs, seven wait for the token"
+            );
+            for _ in 0..8 {
+                go.send(()).unwrap();
             }
             Ok::<_, Cancelled>(())
         })
@@ -309,7 +323,7 @@ fn by_default_cancellation_waits_for_the_thread_and_stays_pending_s10_2() {
             n.start_soon(async move {
                 let out = scope
                     .run(async {
-                        let v = to_thread(move || wait_go.recv().unwrap() * 2).await?;
+                        let v = to_thread(move || wait_go.recv_timeout(PATIENCE).unwrap() * 2).await?;
                         log2.push(format!("value {v}"));
                         checkpoint().await?;
                         log2.push("not reached");
@@ -348,7 +362,7 @@ fn check_cancelled_sees_a_delivered_cancellation_in_the_default_mode_s10_4() {
                         let (before, after) = to_thread(move || {
                             let before = check_cancelled();
                             checked_tx.send(()).unwrap();
-                            wait_go.recv().unwrap();
+                            wait_go.recv_timeout(PATIENCE).unwrap();
                             (before, check_cancelled())
                         })
                         .await?;
@@ -366,7 +380,7 @@ fn check_cancelled_sees_a_delivered_cancellation_in_the_default_mode_s10_4() {
                 Ok(())
             });
             // Wait, on another thread, until the job has made its first check.
-            to_thread(move || checked.recv().unwrap()).await?;
+            to_thread(move || checked.recv_timeout(PATIENCE).unwrap()).await?;
             wait_all_tasks_blocked().await?;
             handle.cancel_with_reason("stop");
             wait_all_tasks_blocked().await?; // the waiting task has been woken and saw it
@@ -379,7 +393,7 @@ fn check_cancelled_sees_a_delivered_cancellation_in_the_default_mode_s10_4() {
 }
 
 #[test]
-fn a_cancellation_not_yet_delivered_is_not_seen_s10_4() {
+fn a_cancellation_held_off_by_a_shield_is_not_seen_from_the_thread_s10_4() {
     let (go, wait_go) = mpsc::channel::<()>();
     testing::run(async {
         let scope = CancelScope::new().shielded();
@@ -393,7 +407,7 @@ fn a_cancellation_not_yet_delivered_is_not_seen_s10_4() {
                         // Shielded: the outer cancellation never reaches the waiting task.
                         let seen = scope
                             .run(to_thread(move || {
-                                wait_go.recv().unwrap();
+                                wait_go.recv_timeout(PATIENCE).unwrap();
                                 check_cancelled()
                             }))
                             .await?;
@@ -411,7 +425,7 @@ fn a_cancellation_not_yet_delivered_is_not_seen_s10_4() {
             })
             .await;
         assert_eq!(r, Ok(Some(())), "the body finished: its value is kept");
-        assert!(!handle.cancel_called());
+        assert!(!handle.cancel_called(), "only the outer scope was cancelled");
     });
 }
 
@@ -429,7 +443,7 @@ fn abandon_on_cancel_returns_at_once_and_keeps_the_token_until_the_thread_ends_s
             let (log2, l) = (log.clone(), limiter.clone());
             n.start_soon(async move {
                 let job = ThreadOptions::new().limiter(l).abandon_on_cancel(true).run(move || {
-                    wait_go.recv().unwrap();
+                    wait_go.recv_timeout(PATIENCE).unwrap();
                     report_tx.send(check_cancelled()).unwrap();
                     DropSignal(result_dropped_tx) // the result nobody will read
                 });
@@ -475,7 +489,7 @@ fn a_late_result_after_the_run_ended_is_dropped_silently_s10_3() {
             n.start_soon(async move {
                 let jobs = nursery(async |m| {
                     let job = ThreadOptions::new().limiter(l).abandon_on_cancel(true).run(move || {
-                        wait_go.recv().unwrap();
+                        wait_go.recv_timeout(PATIENCE).unwrap();
                         DropSignal(dropped_tx)
                     });
                     m.start_soon(async move {
@@ -483,7 +497,7 @@ fn a_late_result_after_the_run_ended_is_dropped_silently_s10_3() {
                         Ok(())
                     });
                     let job = ThreadOptions::new().abandon_on_cancel(true).run(move || {
-                        wait_panic_go.recv().unwrap();
+                        wait_panic_go.recv_timeout(PATIENCE).unwrap();
                         panic!("a late panic, dropped silently (expected by this test)");
                     });
                     m.start_soon(async move {
@@ -524,7 +538,7 @@ fn dropping_the_waiting_future_abandons_the_job() {
         let limiter = Rc::new(CapacityLimiter::new(1));
         let base = registrations();
         let mut job = Box::pin(ThreadOptions::new().limiter(limiter.clone()).run(move || {
-            wait_go.recv().unwrap();
+            wait_go.recv_timeout(PATIENCE).unwrap();
             report_tx.send(check_cancelled()).unwrap();
         }));
         assert!(poll_once(job.as_mut()).await.is_pending());
@@ -553,11 +567,14 @@ fn with_abandon_on_cancel_a_finished_job_still_returns_its_value() {
 
 #[test]
 fn a_panic_in_the_closure_is_resumed_in_the_awaiting_task() {
+    // A limiter that outlives the run, to see that the panicking job gave its token back.
+    let limiter = Rc::new(CapacityLimiter::new(2));
     let caught = catch_unwind(AssertUnwindSafe(|| {
         testing::run(async {
             nursery(async |n| {
                 n.start_soon(async {
-                    to_thread(|| -> u32 { panic!("boom in a thread") }).await?;
+                    let boom = || -> u32 { panic!("boom in a thread") };
+                    ThreadOptions::new().limiter(limiter.clone()).run(boom).await?;
                     Ok(())
                 });
                 Ok::<_, Cancelled>(())
@@ -567,6 +584,7 @@ fn a_panic_in_the_closure_is_resumed_in_the_awaiting_task() {
     }));
     let payload = caught.expect_err("the panic reached the run");
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom in a thread"));
+    assert_eq!(limiter.borrowed_tokens(), 0, "the token came back on the panic path");
     // The pool survived, and the limiter of that run is gone with it.
     testing::run(async {
         assert_eq!(to_thread(|| 3).await, Ok(3));
