@@ -343,3 +343,91 @@ fn a_read_dropped_at_any_await_loses_nothing() {
     })
     .unwrap();
 }
+
+#[test]
+fn close_with_reset_makes_the_peers_read_fail_with_connection_reset() {
+    hatchery::run(async {
+        let (a, b) = tcp_pair().await?;
+        assert_eq!(a.linger()?, None, "the kernel's default");
+        a.write_all(b"before").await?;
+        let mut buf = [0; 16];
+        assert_eq!(b.read(&mut buf).await?, 6);
+        a.close_with_reset();
+        a.close_with_reset(); // idempotent
+        assert!(a.is_closed());
+        assert_eq!(a.linger()?, Some(Duration::ZERO));
+        let e = a.read(&mut buf).await.unwrap_err();
+        assert!(inner::<ClosedResource>(&e).is_some(), "{e:?}");
+        // A close after the reset sends no end of stream: the peer's next read sees the reset,
+        // not a 0.
+        a.close();
+        drop(a);
+        let e = b.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e:?}");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn close_with_reset_wakes_tasks_blocked_on_the_stream_with_closed_resource() {
+    testing::run(async {
+        let (a, b) = tcp_pair().await?;
+        // More than loopback buffers when nobody reads.
+        let big = vec![7u8; 32 << 20];
+        nursery(async |n| {
+            let reader = n.spawn(async {
+                let mut buf = [0; 8];
+                Ok::<_, hatchery::Error>(a.read(&mut buf).await)
+            });
+            let writer = n.spawn(async { Ok::<_, hatchery::Error>(a.write_all(&big).await) });
+            wait_all_tasks_blocked().await?;
+            a.close_with_reset();
+            let e = reader.await?.unwrap_err();
+            assert!(inner::<ClosedResource>(&e).is_some(), "{e:?}");
+            let e = writer.await?.unwrap_err();
+            assert!(inner::<ClosedResource>(&e.error).is_some(), "{e:?}");
+            assert!(e.written > 0 && e.written < big.len(), "blocked part way: {}", e.written);
+            Ok::<_, hatchery::Error>(())
+        })
+        .await
+        .unwrap();
+        drop(a);
+        // The peer reads on (the kernel may still hand over what had arrived) until the reset.
+        let mut buf = vec![0; 1 << 16];
+        let e = loop {
+            match b.read(&mut buf).await {
+                Ok(0) => panic!("an end of stream instead of a reset"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e:?}");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn set_linger_takes_none_or_zero_and_a_zero_linger_resets_on_drop() {
+    hatchery::run(async {
+        let (a, b) = tcp_pair().await?;
+        let e = a.set_linger(Some(Duration::from_secs(5))).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "a lingering close would block the run");
+        assert_eq!(a.linger()?, None, "unchanged");
+        a.set_linger(Some(Duration::ZERO))?;
+        assert_eq!(a.linger()?, Some(Duration::ZERO));
+        a.set_linger(None)?;
+        assert_eq!(a.linger()?, None);
+        a.set_linger(Some(Duration::ZERO))?;
+        assert!(!a.is_closed(), "setting the option closes nothing");
+        a.write_all(b"x").await?;
+        let mut buf = [0; 4];
+        assert_eq!(b.read(&mut buf).await?, 1);
+        drop(a);
+        let e = b.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e:?}");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}

@@ -381,8 +381,8 @@ impl Proxy {
             Err(e) => {
                 // One side failed (a reset, say): abort the other, so each peer learns of it.
                 add(&self.stats.errors, 1);
-                abort(&client);
-                abort(&upstream);
+                client.close_with_reset();
+                upstream.close_with_reset();
                 if self.config.verbose {
                     println!("#{index}: {e}");
                 }
@@ -410,7 +410,7 @@ impl Proxy {
             FaultKind::Reset => {
                 add(&self.stats.resets, 1);
                 drop(upstream);
-                abort(client); // the caller drops the stream: an RST, not a FIN
+                client.close_with_reset(); // the RST goes out when the caller drops the stream
                 Ok(())
             }
             FaultKind::Close => {
@@ -444,11 +444,6 @@ impl Proxy {
             }
         }
     }
-}
-
-/// Makes dropping `stream` abort the connection with an RST (`SO_LINGER` of zero).
-fn abort(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// How one direction ended.

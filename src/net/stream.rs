@@ -193,12 +193,21 @@ where
     }
 
     pub(crate) fn close(&self) {
+        if self.mark_closed() {
+            // Let the peer see the end now; the descriptor itself closes when the owner drops it.
+            let _ = self.src.get_ref().shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Marks the stream closed and wakes its waiters with `ClosedResource`, shutting nothing
+    /// down (an abortive close must not send an end of stream before its reset). Whether this
+    /// call closed it (`false` if it was closed already).
+    pub(crate) fn mark_closed(&self) -> bool {
         if self.closed.replace(true) {
-            return;
+            return false;
         }
         self.src.notify_closing();
-        // Let the peer see the end now; the descriptor itself closes when the owner drops it.
-        let _ = self.src.get_ref().shutdown(Shutdown::Both);
+        true
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -132,6 +133,8 @@ impl TryFrom<std::net::TcpListener> for TcpListener {
 /// reader, or writer, gets [`BusyResource`](crate::BusyResource)), and any task may
 /// [`close`](TcpStream::close) it, waking the others with
 /// [`ClosedResource`](crate::ClosedResource). Dropping it closes the socket.
+/// [`close_with_reset`](TcpStream::close_with_reset) closes it the same way but ends the
+/// connection with a reset (RST) instead of an end of stream.
 ///
 /// It implements `futures_io::AsyncRead` and `AsyncWrite` (on `TcpStream` and on
 /// `&TcpStream`), so crates written against those traits work unchanged. Those poll-style
@@ -239,5 +242,59 @@ impl TcpStream {
     /// The OS error.
     pub fn nodelay(&self) -> io::Result<bool> {
         self.core.get_ref().nodelay()
+    }
+
+    /// Sets `SO_LINGER`. `None`, the default, lets the kernel end the connection gracefully in
+    /// the background when the stream is dropped. `Some(Duration::ZERO)` makes dropping it
+    /// **reset** the connection instead: the peer gets an RST, not an end of stream, and data
+    /// not yet sent is discarded. [`close_with_reset`](Self::close_with_reset) sets it and
+    /// closes in one call.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a duration other than zero: a lingering close blocks the thread that
+    /// closes the descriptor, here the whole run, until the data is sent or the time is up
+    /// (tokio deprecated its `set_linger` for that reason). To know that the peer got
+    /// everything, shut down writing and read until its end of stream instead; code that
+    /// accepts the blocking can still set the option through `socket2::SockRef`. The OS error.
+    pub fn set_linger(&self, linger: Option<Duration>) -> io::Result<()> {
+        if linger.is_some_and(|d| !d.is_zero()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a non-zero SO_LINGER would block the whole run while the descriptor closes; \
+                 use None, or Some(Duration::ZERO) to reset the connection on close",
+            ));
+        }
+        SockRef::from(self.core.get_ref()).set_linger(linger)
+    }
+
+    /// The `SO_LINGER` setting (see [`set_linger`](Self::set_linger)).
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    pub fn linger(&self) -> io::Result<Option<Duration>> {
+        SockRef::from(self.core.get_ref()).linger()
+    }
+
+    /// Closes the stream abortively. As with [`close`](Self::close), tasks blocked on it wake
+    /// with [`ClosedResource`](crate::ClosedResource) and later operations fail the same way;
+    /// but the connection ends with a reset (`SO_LINGER` of zero) instead of an end of stream:
+    /// the peer's next read fails with `ConnectionReset` (its writes with `ConnectionReset` or
+    /// `BrokenPipe`), and data not yet delivered is discarded. For a proxy passing a reset on, a
+    /// protocol violation, or a test of a peer's error handling.
+    ///
+    /// The reset goes out when the descriptor is released: when the stream is dropped (after
+    /// [`into_split`](Self::into_split), when both halves are; either half reaches this method
+    /// through `stream()`), which a handler that returns after calling this does at once. Until then the peer sees an open connection. Nothing is
+    /// shut down first, so the peer never sees an end of stream before the reset (after a plain
+    /// `close`, which sent one, this still turns what is left into a reset).
+    ///
+    /// Idempotent; not a checkpoint. Setting the option is best effort: should the kernel
+    /// refuse it, the stream is closed all the same and dropping it ends the connection
+    /// gracefully.
+    pub fn close_with_reset(&self) {
+        let _ = SockRef::from(self.core.get_ref()).set_linger(Some(Duration::ZERO));
+        self.core.mark_closed();
     }
 }
