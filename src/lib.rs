@@ -75,7 +75,7 @@ pub use error::{
 pub use nursery::{JoinHandle, Nursery, TaskStatus, nursery};
 pub use runtime::clock::Instant;
 pub use runtime::context::SchedulePolicy;
-pub use runtime::{Builder, Rejected, RunHandle, run};
+pub use runtime::{Builder, DEFAULT_YIELD_BUDGET, Rejected, RunHandle, run};
 pub use sync::channel::{
     ChannelStatistics, Receiver, RecvError, RecvFuture, SendError, SendErrorKind, SendFuture, Sender,
     TryRecvError, TrySendError, channel, unbounded,

@@ -67,12 +67,22 @@ pub fn checkpoint_if_cancelled() -> Result<(), Cancelled> {
     }
 }
 
-/// A schedule point that never fails: the task yields once and runs again in the next batch.
+/// A schedule point that never fails: the schedule point of an operation that completed without
+/// blocking (step 2 above).
+///
+/// It counts as a schedule point (for `testing::assert_checkpoints` too), but the task only
+/// yields, to run again in the next batch, once it has passed
+/// [`Builder::yield_budget`](crate::Builder::yield_budget) such points in its current turn: a
+/// loop of operations that never block still lets the other tasks run, without a trip through
+/// the event loop per operation. [`checkpoint`] always yields.
 pub fn cancel_shielded_checkpoint() -> YieldNow {
-    YieldNow { yielded: false }
+    YieldNow { state: YieldState::Budgeted }
 }
 
 /// A full checkpoint: a schedule point, then a cancel point (S2.2). `sleep(0)` is the same.
+///
+/// Unlike the schedule point of an operation's fast path, this one always yields: the task runs
+/// again in the next batch, after every task that was runnable.
 ///
 /// ```
 /// hatchery::run(async {
@@ -80,7 +90,7 @@ pub fn cancel_shielded_checkpoint() -> YieldNow {
 /// });
 /// ```
 pub async fn checkpoint() -> Result<(), Cancelled> {
-    cancel_shielded_checkpoint().await;
+    YieldNow { state: YieldState::Always }.await;
     checkpoint_if_cancelled()
 }
 
@@ -88,18 +98,32 @@ pub async fn checkpoint() -> Result<(), Cancelled> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct YieldNow {
-    yielded: bool,
+    state: YieldState,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum YieldState {
+    /// Yield only if the turn's budget is used up.
+    Budgeted,
+    Always,
+    Yielded,
 }
 
 impl Future for YieldNow {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
-            return Poll::Ready(());
-        }
-        self.yielded = true;
         let core = context::core();
-        core.schedule_points.set(core.schedule_points.get() + 1);
+        match self.state {
+            YieldState::Yielded => return Poll::Ready(()),
+            YieldState::Budgeted => {
+                if core.pass_schedule_point() {
+                    self.state = YieldState::Yielded;
+                    return Poll::Ready(());
+                }
+            }
+            YieldState::Always => core.schedule_points.set(core.schedule_points.get() + 1),
+        }
+        self.state = YieldState::Yielded;
         cx.waker().wake_by_ref();
         Poll::Pending
     }

@@ -325,23 +325,26 @@ fn a_read_dropped_at_any_await_loses_nothing() {
     use std::future::Future;
     use std::pin::pin;
     use std::task::Poll;
-    testing::run(async {
-        let (a, b) = UnixStream::pair()?;
-        a.write_all(b"abc").await?;
-        b.readable().await?;
-        let mut buf = [0; 8];
-        // Poll once (the read is ready, so it stops at its schedule point), then drop it.
-        {
-            let mut f = pin!(b.read(&mut buf));
-            let polled = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_pending())).await;
-            assert!(polled, "stopped at its schedule point");
-        }
-        let mut buf = [0; 8];
-        assert_eq!(move_on_after(Duration::from_secs(1), b.read(&mut buf)).await?, Some(3));
-        assert_eq!(&buf[..3], b"abc");
-        Ok::<_, io::Error>(())
-    })
-    .unwrap();
+    // A budget of 0: every schedule point yields, so the future can be dropped there.
+    testing::builder()
+        .yield_budget(0)
+        .run(async {
+            let (a, b) = UnixStream::pair()?;
+            a.write_all(b"abc").await?;
+            b.readable().await?;
+            let mut buf = [0; 8];
+            // Poll once (the read is ready, so it stops at its schedule point), then drop it.
+            {
+                let mut f = pin!(b.read(&mut buf));
+                let polled = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_pending())).await;
+                assert!(polled, "stopped at its schedule point");
+            }
+            let mut buf = [0; 8];
+            assert_eq!(move_on_after(Duration::from_secs(1), b.read(&mut buf)).await?, Some(3));
+            assert_eq!(&buf[..3], b"abc");
+            Ok::<_, io::Error>(())
+        })
+        .unwrap();
 }
 
 #[test]

@@ -313,7 +313,11 @@ proptest! {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let run = catch_unwind(AssertUnwindSafe(|| {
-            hatchery::testing::builder().seed(seed).schedule(hatchery::SchedulePolicy::Shuffle).run(async {
+            hatchery::testing::builder()
+                .seed(seed)
+                .schedule(hatchery::SchedulePolicy::Shuffle)
+                .yield_budget((seed % 4) as u32)
+                .run(async {
                 let r = run_task(&root, &ctx).await;
                 (r, now(), hatchery::testing::live_tasks())
             })

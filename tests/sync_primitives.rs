@@ -367,7 +367,8 @@ fn a_panic_across_an_await_while_holding_breaks_the_mutex_and_still_propagates()
 
 #[test]
 fn cancelled_or_dropped_lock_leaves_no_trace() {
-    testing::run(async {
+    // A budget of 0: every schedule point yields, so the future can be dropped there.
+    testing::builder().yield_budget(0).run(async {
         let base = registrations();
         let m = Mutex::new(());
         let g = m.lock().await.unwrap();
@@ -463,7 +464,8 @@ fn a_lock_handed_over_before_the_cancellation_is_noticed_is_returned() {
 #[test]
 fn a_cancellation_during_the_fast_paths_schedule_point_does_not_undo_it() {
     let log = Log::new();
-    testing::run(async {
+    // A budget of 0: every schedule point yields, so a cancellation can arrive during one.
+    testing::builder().yield_budget(0).run(async {
         let m = Mutex::new(());
         let sem = Semaphore::new(1);
         let lim = CapacityLimiter::new(1);

@@ -171,10 +171,10 @@ impl<T> Future for JoinHandle<'_, T> {
                         if this.out.is_finished() { JoinState::Yielding } else { JoinState::Waiting };
                     if let JoinState::Yielding = this.state {
                         // Fast path: a schedule point that cannot fail, then the value (S2.3).
-                        let core = context::core();
-                        core.schedule_points.set(core.schedule_points.get() + 1);
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
+                        if !context::core().pass_schedule_point() {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
                     }
                 }
                 JoinState::Yielding => {

@@ -43,7 +43,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                             let mut bcx = Context::from_waker(&self.body_waker);
                             let (data, vtable) = context::waker_id(&self.body_waker);
                             let prev = core.entity.replace((self.target(BODY), data, vtable));
+                            let budget = core.begin_turn();
                             let res = catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(&mut bcx)));
+                            core.budget.set(budget);
                             core.entity.set(prev);
                             match res {
                                 Ok(Poll::Pending) => {}
@@ -74,9 +76,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             }
             // Closing is a schedule point, never a cancel point (S3.9).
             st.closing = true;
-            core.schedule_points.set(core.schedule_points.get() + 1);
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+            if !core.pass_schedule_point() {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
         // Finish.
         let (panic, errors) = {
@@ -123,7 +126,12 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         };
         let Some((mut task, waker, node, wants_node)) = taken else { return };
         let (status, lazy) = if node != NIL { (node, false) } else { (self.node, wants_node) };
-        let saved = (core.cancel_points.get(), core.schedule_points.get(), core.materialized.replace(NIL));
+        let saved = (
+            core.cancel_points.get(),
+            core.schedule_points.get(),
+            core.materialized.replace(NIL),
+            core.begin_turn(),
+        );
         let task_waker = Waker::from(waker.clone());
         let (data, vtable) = context::waker_id(&task_waker);
         let prev_entity = core.entity.replace((self.target(index), data, vtable));
@@ -135,6 +143,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         core.entity.set(prev_entity);
         core.cancel_points.set(saved.0);
         core.schedule_points.set(saved.1);
+        core.budget.set(saved.3);
         let made = core.materialized.replace(saved.2);
         let node = self.reconcile_node(index, node, made);
         match res {

@@ -76,6 +76,11 @@ pub(crate) struct Core {
     /// Checkpoint counters of the task being polled (saved and restored around each child).
     pub(crate) cancel_points: Cell<u64>,
     pub(crate) schedule_points: Cell<u64>,
+    /// Schedule points the task being polled may still pass without yielding (see
+    /// [`Core::pass_schedule_point`]); refilled to `yield_budget` at the start of each task's
+    /// turn, saved and restored around nested turns.
+    pub(crate) budget: Cell<u32>,
+    pub(crate) yield_budget: u32,
     rng: Cell<u64>,
     pub(crate) policy: SchedulePolicy,
     pub(crate) blocked: RefCell<Vec<BlockedWaiter>>,
@@ -99,6 +104,7 @@ pub(crate) struct CoreParts {
     pub(crate) clock: Clock,
     pub(crate) seed: u64,
     pub(crate) policy: SchedulePolicy,
+    pub(crate) yield_budget: u32,
 }
 
 static NEXT_RUN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -124,6 +130,8 @@ impl Core {
             entity: Cell::new((WakeTarget::ROOT, 0, 0)),
             cancel_points: Cell::new(0),
             schedule_points: Cell::new(0),
+            budget: Cell::new(parts.yield_budget),
+            yield_budget: parts.yield_budget,
             rng: Cell::new(parts.seed | 1),
             policy: parts.policy,
             blocked: RefCell::new(Vec::new()),
@@ -186,6 +194,27 @@ impl Core {
             self.materialized.set(node);
         }
         self.current_status.get()
+    }
+
+    /// Counts a schedule point of an operation that completed without blocking (S2.3), and
+    /// says whether the task may go on without yielding: true while the turn's budget lasts
+    /// (DESIGN §3.4). The point is counted either way: it is a schedule point the runtime chose
+    /// not to take.
+    pub(crate) fn pass_schedule_point(&self) -> bool {
+        self.schedule_points.set(self.schedule_points.get() + 1);
+        let left = self.budget.get();
+        if left > 0 {
+            self.budget.set(left - 1);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starts a task's turn: a full budget. Returns the budget to restore when the turn ends
+    /// (the turn of the task that polls this one goes on after it).
+    pub(crate) fn begin_turn(&self) -> u32 {
+        self.budget.replace(self.yield_budget)
     }
 
     /// Routes a wake-up that happened on this thread.

@@ -36,6 +36,10 @@ const BUSY_IO_INTERVAL: u32 = 16;
 /// with a huge batch cannot hold I/O back for long.
 const BUSY_IO_WORK: u64 = 256;
 
+/// The default of [`Builder::yield_budget`]: schedule points of completed operations a task
+/// may pass in one turn before it yields (tokio's coop budget is 128 operations).
+pub const DEFAULT_YIELD_BUDGET: u32 = 64;
+
 /// Options for a run.
 ///
 /// ```
@@ -52,6 +56,7 @@ pub struct Builder {
     clock: Option<MockClock>,
     seed: Option<u64>,
     policy: SchedulePolicy,
+    yield_budget: u32,
 }
 
 impl Default for Builder {
@@ -63,7 +68,12 @@ impl Default for Builder {
 impl Builder {
     /// The defaults: the system clock, a random seed, [`SchedulePolicy::RandomReverse`].
     pub fn new() -> Builder {
-        Builder { clock: None, seed: None, policy: SchedulePolicy::RandomReverse }
+        Builder {
+            clock: None,
+            seed: None,
+            policy: SchedulePolicy::RandomReverse,
+            yield_budget: DEFAULT_YIELD_BUDGET,
+        }
     }
 
     /// Runs on a virtual clock instead of the system clock.
@@ -82,6 +92,33 @@ impl Builder {
     /// How the tasks of one batch are ordered.
     pub fn schedule(mut self, policy: SchedulePolicy) -> Builder {
         self.policy = policy;
+        self
+    }
+
+    /// How many schedule points a task may pass in one turn without yielding, when they come
+    /// from operations that completed without blocking (a send into a channel with room, a read
+    /// of bytes already there, awaiting a child that has finished). Default
+    /// [`DEFAULT_YIELD_BUDGET`].
+    ///
+    /// Every such operation is still a checkpoint: it checks for cancellation and counts as a
+    /// schedule point (`testing::assert_checkpoints` sees it). The runtime just takes the
+    /// schedule point only once the task has used its budget, so a loop of operations that
+    /// never block still lets every other task run, at most `budget` operations apart, without
+    /// paying a trip through the event loop per operation (Trio's #1757). Explicit yields
+    /// ([`checkpoint`](crate::lowlevel::checkpoint), `sleep(Duration::ZERO)`) always yield.
+    /// `0` makes every schedule point yield, exactly as Trio does.
+    ///
+    /// ```
+    /// use hatchery::Builder;
+    /// let n = Builder::new().yield_budget(0).run(async {
+    ///     let (tx, rx) = hatchery::channel(4);
+    ///     tx.send(1).await.unwrap(); // yields to the scheduler, whatever the budget
+    ///     rx.recv().await.unwrap()
+    /// });
+    /// assert_eq!(n, 1);
+    /// ```
+    pub fn yield_budget(mut self, budget: u32) -> Builder {
+        self.yield_budget = budget;
         self
     }
 
@@ -112,7 +149,13 @@ impl Builder {
             Some(m) => Clock::Mock(m),
             None => Clock::system(seed),
         };
-        let core = Rc::new(Core::new(CoreParts { shared: shared.clone(), clock, seed, policy: self.policy }));
+        let core = Rc::new(Core::new(CoreParts {
+            shared: shared.clone(),
+            clock,
+            seed,
+            policy: self.policy,
+            yield_budget: self.yield_budget,
+        }));
         let guard = RunGuard { core: core.clone() };
         context::set_current(Some(core.clone()));
         let out = event_loop(&core, future);
@@ -275,6 +318,7 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             let (data, vtable) = context::waker_id(&root_waker);
             core.entity.set((WakeTarget::ROOT, data, vtable));
             let mut cx = Context::from_waker(&root_waker);
+            core.begin_turn();
             if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                 return out;
             }

@@ -85,11 +85,11 @@ impl<'a, T> SendFuture<'a, T> {
             Ok(woken) => {
                 drop(state);
                 let mut y = cancel_shielded_checkpoint();
-                let p = Pin::new(&mut y).poll(cx);
-                debug_assert!(p.is_pending());
-                self.state = SendState::Yield(y);
+                // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
+                let passed = Pin::new(&mut y).poll(cx).is_ready();
+                self.state = if passed { SendState::Done } else { SendState::Yield(y) };
                 wake_all(woken);
-                Poll::Pending
+                if passed { Poll::Ready(Ok(())) } else { Poll::Pending }
             }
             Err(TrySendError::Full(value)) => {
                 let key = state.park_sender(value, self.sender.id, cx.waker());
@@ -318,8 +318,12 @@ impl<T> Future for RecvFuture<'_, T> {
             RecvState::Start => match this.receiver.start_recv(cx) {
                 RecvStart::Now(v, woken) => {
                     let mut y = cancel_shielded_checkpoint();
-                    let p = Pin::new(&mut y).poll(cx);
-                    debug_assert!(p.is_pending());
+                    // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
+                    if Pin::new(&mut y).poll(cx).is_ready() {
+                        this.state = RecvState::Done;
+                        wake_all(woken);
+                        return Poll::Ready(Ok(v));
+                    }
                     this.state = RecvState::Yield(y, Some(v));
                     wake_all(woken);
                     Poll::Pending
