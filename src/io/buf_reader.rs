@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 
 use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
 
-use super::{DEFAULT_BUF_SIZE, wait};
-use crate::lowlevel::{Park, cancel_shielded_checkpoint, checkpoint_if_cancelled};
+use super::{DEFAULT_BUF_SIZE, Op};
+use crate::net::stream::empty_read;
 
 /// Adds a buffer to a reader, with line, delimiter and exact-length reads that lose nothing
 /// when they are cancelled.
@@ -190,18 +190,18 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
         }
     }
 
-    /// Reads once more into the buffer, waiting if need be (cancellably; sets `waited` if it
-    /// did). There must be free space.
-    async fn fill_more(&mut self, park: &mut Park, waited: &mut bool) -> io::Result<usize> {
-        wait(park, waited, |cx| self.poll_fill(cx)).await
+    /// Reads once more into the buffer, waiting if need be (cancellably, through `op`). There
+    /// must be free space.
+    async fn fill_more(&mut self, op: &mut Op) -> io::Result<usize> {
+        op.wait(|cx| self.poll_fill(cx)).await
     }
 
-    /// Buffers something (at least one byte, unless at end of stream) and passes the schedule
-    /// point: the number of bytes buffered, 0 at end of stream. For `read` and `copy`.
-    pub(super) async fn fill_some(&mut self, park: &mut Park, waited: &mut bool) -> io::Result<usize> {
+    /// Buffers something (at least one byte, unless at end of stream): the number of bytes
+    /// buffered, 0 at end of stream. For `read` and `copy`.
+    pub(super) async fn fill_some(&mut self, op: &mut Op) -> io::Result<usize> {
         if self.pos == self.filled {
             self.reserve_for(self.capacity);
-            self.fill_more(park, waited).await?;
+            self.fill_more(op).await?;
         }
         Ok(self.filled - self.pos)
     }
@@ -209,9 +209,7 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
     /// Buffers up to and including the next `byte` (or to end of stream), then passes the
     /// schedule point: the length of that run of buffered bytes.
     async fn fill_until(&mut self, byte: u8) -> io::Result<usize> {
-        checkpoint_if_cancelled()?;
-        let mut park = Park::new();
-        let mut waited = false;
+        let mut op = Op::start()?;
         // Buffered bytes after `pos` known not to hold `byte`; positions are relative to `pos`,
         // which moves when the buffer is compacted.
         let mut searched = 0;
@@ -226,7 +224,7 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
                 break usize::MAX;
             }
             self.reserve_for(searched + 1);
-            if self.fill_more(&mut park, &mut waited).await? == 0 {
+            if self.fill_more(&mut op).await? == 0 {
                 break searched;
             }
         };
@@ -236,20 +234,16 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
                 format!("line longer than the limit of {} bytes (its bytes stay buffered)", self.max_line),
             ));
         }
-        if !waited {
-            cancel_shielded_checkpoint().await;
-        }
+        op.schedule_point().await;
         Ok(end)
     }
 
     /// Buffers at least `n` bytes, then passes the schedule point.
     async fn fill_exact(&mut self, n: usize) -> io::Result<()> {
-        checkpoint_if_cancelled()?;
-        let mut park = Park::new();
-        let mut waited = false;
+        let mut op = Op::start()?;
         while self.filled - self.pos < n {
             self.reserve_for(n);
-            if self.fill_more(&mut park, &mut waited).await? == 0 {
+            if self.fill_more(&mut op).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
@@ -259,26 +253,20 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
                 ));
             }
         }
-        if !waited {
-            cancel_shielded_checkpoint().await;
-        }
+        op.schedule_point().await;
         Ok(())
     }
 
     /// Buffers everything up to end of stream, then passes the schedule point.
     async fn fill_to_end(&mut self) -> io::Result<()> {
-        checkpoint_if_cancelled()?;
-        let mut park = Park::new();
-        let mut waited = false;
+        let mut op = Op::start()?;
         loop {
             self.reserve_for(self.filled - self.pos + self.capacity.min(DEFAULT_BUF_SIZE));
-            if self.fill_more(&mut park, &mut waited).await? == 0 {
+            if self.fill_more(&mut op).await? == 0 {
                 break;
             }
         }
-        if !waited {
-            cancel_shielded_checkpoint().await;
-        }
+        op.schedule_point().await;
         Ok(())
     }
 
@@ -296,18 +284,11 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
     /// [`Cancelled`](crate::Cancelled); the inner reader's error.
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "read into an empty buffer (0 bytes read would mean end of stream)",
-            ));
+            return Err(empty_read());
         }
-        checkpoint_if_cancelled()?;
-        let mut park = Park::new();
-        let mut waited = false;
-        self.fill_some(&mut park, &mut waited).await?;
-        if !waited {
-            cancel_shielded_checkpoint().await;
-        }
+        let mut op = Op::start()?;
+        self.fill_some(&mut op).await?;
+        op.schedule_point().await;
         let n = buf.len().min(self.filled - self.pos);
         buf[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.consume(n);

@@ -3,13 +3,13 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
 
-use super::{DEFAULT_BUF_SIZE, wait};
+use super::{DEFAULT_BUF_SIZE, Op, poll_write_some};
 use crate::error::WriteAllError;
-use crate::lowlevel::{Park, cancel_shielded_checkpoint, checkpoint_if_cancelled};
+use crate::lowlevel::checkpoint_if_cancelled;
 
 /// Adds a buffer to a writer: small writes are collected and go out together when the buffer
 /// is full, on [`flush`](Self::flush) or on [`close`](Self::close).
@@ -136,31 +136,15 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
     /// Writes the buffer out, poll-style; progress is recorded as it goes.
     fn poll_flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the writer accepted no bytes while flushing the buffer",
-                    )));
-                }
-                Poll::Ready(Ok(n)) => self.written += n,
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            self.written += ready!(poll_write_some(&mut self.inner, cx, &self.buf[self.written..]))?;
         }
         self.buf.clear();
         self.written = 0;
         Poll::Ready(Ok(()))
     }
 
-    async fn flush_buf(&mut self, park: &mut Park, waited: &mut bool) -> io::Result<()> {
-        wait(park, waited, |cx| self.poll_flush_buf(cx)).await
-    }
-
-    /// One write of the inner writer, waiting until it takes something.
-    async fn write_through(&mut self, src: &[u8], park: &mut Park, waited: &mut bool) -> io::Result<usize> {
-        wait(park, waited, |cx| Pin::new(&mut self.inner).poll_write(cx, src)).await
+    async fn flush_buf(&mut self, op: &mut Op) -> io::Result<()> {
+        op.wait(|cx| self.poll_flush_buf(cx)).await
     }
 
     /// Writes some of `buf`: into the buffer if it fits (flushing first if the buffer is too
@@ -174,17 +158,14 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
     ///
     /// [`Cancelled`](crate::Cancelled); the inner writer's error.
     pub async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        checkpoint_if_cancelled()?;
-        let mut park = Park::new();
-        let mut waited = false;
+        let mut op = Op::start()?;
         if buf.len() > self.spare() {
-            self.flush_buf(&mut park, &mut waited).await?;
+            self.flush_buf(&mut op).await?;
         }
-        if !waited {
-            cancel_shielded_checkpoint().await;
-        }
+        op.schedule_point().await;
         if buf.len() >= self.capacity {
-            return self.write_through(buf, &mut park, &mut waited).await;
+            // One write of the inner writer, waiting until it takes something.
+            return op.wait(|cx| Pin::new(&mut self.inner).poll_write(cx, buf)).await;
         }
         self.push(buf);
         Ok(buf.len())
@@ -201,35 +182,26 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
     /// writer's error. Resume with `&buf[written..]`.
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), WriteAllError> {
         let fail = |written, error| WriteAllError { written, error };
-        let mut park = Park::new();
-        let mut waited = false;
+        // A cancel point before each step, the first one included.
+        let mut op = Op::new();
         let mut written = 0;
         loop {
             checkpoint_if_cancelled().map_err(|c| fail(written, c.into()))?;
             let rest = &buf[written..];
             if rest.len() <= self.spare() {
-                if !waited {
-                    cancel_shielded_checkpoint().await;
-                }
+                op.schedule_point().await;
                 self.push(rest);
                 return Ok(());
             }
             if !self.buffer().is_empty() {
-                self.flush_buf(&mut park, &mut waited).await.map_err(|e| fail(written, e))?;
+                self.flush_buf(&mut op).await.map_err(|e| fail(written, e))?;
                 continue;
             }
             // An empty buffer and more than it holds: write through.
-            match self.write_through(rest, &mut park, &mut waited).await {
-                Ok(0) => {
-                    return Err(fail(
-                        written,
-                        io::Error::new(io::ErrorKind::WriteZero, "the writer accepted no bytes"),
-                    ));
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail(written, e)),
-            }
+            written += op
+                .wait(|cx| poll_write_some(&mut self.inner, cx, rest))
+                .await
+                .map_err(|e| fail(written, e))?;
         }
     }
 
@@ -240,14 +212,10 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
     ///
     /// [`Cancelled`](crate::Cancelled); the inner writer's error.
     pub async fn flush(&mut self) -> io::Result<()> {
-        checkpoint_if_cancelled()?;
-        let mut park = Park::new();
-        let mut waited = false;
-        self.flush_buf(&mut park, &mut waited).await?;
-        wait(&mut park, &mut waited, |cx| Pin::new(&mut self.inner).poll_flush(cx)).await?;
-        if !waited {
-            cancel_shielded_checkpoint().await;
-        }
+        let mut op = Op::start()?;
+        self.flush_buf(&mut op).await?;
+        op.wait(|cx| Pin::new(&mut self.inner).poll_flush(cx)).await?;
+        op.schedule_point().await;
         Ok(())
     }
 
@@ -260,15 +228,11 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
     ///
     /// [`Cancelled`](crate::Cancelled); the inner writer's error.
     pub async fn close(&mut self) -> io::Result<()> {
-        checkpoint_if_cancelled()?;
-        let mut park = Park::new();
-        let mut waited = false;
-        self.flush_buf(&mut park, &mut waited).await?;
-        wait(&mut park, &mut waited, |cx| Pin::new(&mut self.inner).poll_flush(cx)).await?;
-        wait(&mut park, &mut waited, |cx| Pin::new(&mut self.inner).poll_close(cx)).await?;
-        if !waited {
-            cancel_shielded_checkpoint().await;
-        }
+        let mut op = Op::start()?;
+        self.flush_buf(&mut op).await?;
+        op.wait(|cx| Pin::new(&mut self.inner).poll_flush(cx)).await?;
+        op.wait(|cx| Pin::new(&mut self.inner).poll_close(cx)).await?;
+        op.schedule_point().await;
         Ok(())
     }
 }

@@ -48,27 +48,95 @@ use crate::lowlevel::{self, Park};
 /// Buffer size of [`BufReader::new`] and [`BufWriter::new`], as `std::io`'s.
 const DEFAULT_BUF_SIZE: usize = 8 * 1024;
 
-/// Drives a poll-style operation to completion: where it is pending, `park` registers the task
-/// for cancellation (an interrupted wait fails with `Cancelled`) and `waited` is set.
-async fn wait<T>(
-    park: &mut Park,
-    waited: &mut bool,
-    mut poll: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
-) -> io::Result<T> {
-    std::future::poll_fn(|cx| match poll(cx) {
-        Poll::Ready(r) => {
-            park.unpark();
-            Poll::Ready(r)
-        }
-        Poll::Pending => match park.poll_cancel(cx) {
-            Poll::Ready(c) => Poll::Ready(Err(c.into())),
-            Poll::Pending => {
-                *waited = true;
-                Poll::Pending
+/// The checkpoint bookkeeping of one `async` call here (S2.3): the [`Park`] that makes its waits
+/// cancellable whatever the stream is, and whether it waited.
+///
+/// A call passes its cancel point on entry ([`Op::start`]), waits only through [`Op::wait`],
+/// and, if it never waited, passes [`Op::schedule_point`] before it hands anything out. A call
+/// made of many steps (`copy`) passes [`Op::next_step`] between them.
+struct Op {
+    park: Park,
+    /// The call waited since it started (or since its last step): that wait was its schedule
+    /// point.
+    waited: bool,
+}
+
+impl Op {
+    /// The bookkeeping alone, for a call that passes a cancel point of its own before each step.
+    fn new() -> Op {
+        Op { park: Park::new(), waited: false }
+    }
+
+    /// The cancel point on entry, then the bookkeeping.
+    fn start() -> Result<Op, Cancelled> {
+        lowlevel::checkpoint_if_cancelled()?;
+        Ok(Op::new())
+    }
+
+    /// Drives a poll-style operation to completion: where it is pending, the park registers the
+    /// task for cancellation (an interrupted wait fails with `Cancelled`), and the call has
+    /// waited.
+    async fn wait<T>(
+        &mut self,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> io::Result<T> {
+        let Op { park, waited } = self;
+        std::future::poll_fn(|cx| match poll(cx) {
+            Poll::Ready(r) => {
+                park.unpark();
+                Poll::Ready(r)
             }
-        },
-    })
-    .await
+            Poll::Pending => match park.poll_cancel(cx) {
+                Poll::Ready(c) => Poll::Ready(Err(c.into())),
+                Poll::Pending => {
+                    *waited = true;
+                    Poll::Pending
+                }
+            },
+        })
+        .await
+    }
+
+    /// The schedule point of a call that did not wait: a cancel-shielded yield, to be passed
+    /// *before* the call moves anything, so that a future dropped there has moved nothing. A
+    /// call that waited already passed one.
+    async fn schedule_point(&self) {
+        if !self.waited {
+            lowlevel::cancel_shielded_checkpoint().await;
+        }
+    }
+
+    /// Between two steps of a long call: a cancel point if the step waited (the wait was its
+    /// schedule point), otherwise a full checkpoint, so that steps that never wait neither hog
+    /// the thread nor ignore a cancellation. The next step starts afresh.
+    async fn next_step(&mut self) -> Result<(), Cancelled> {
+        let point =
+            if self.waited { lowlevel::checkpoint_if_cancelled() } else { lowlevel::checkpoint().await };
+        self.waited = false;
+        point
+    }
+}
+
+/// One `poll_write` of `writer` that moves something: retried on `Interrupted`, and a
+/// `WriteZero` error if the writer accepted none of a non-empty `buf` (it would accept nothing
+/// the next time either, and a loop would spin).
+fn poll_write_some<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    loop {
+        match Pin::new(&mut *writer).poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) if !buf.is_empty() => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the writer accepted no bytes",
+                )));
+            }
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
 }
 
 /// A [`copy`] that stopped before the end of the stream: how far it got, and why.
@@ -147,35 +215,17 @@ where
 {
     let mut copied = 0u64;
     let fail = |copied, error| CopyError { copied, error };
-    lowlevel::checkpoint_if_cancelled().map_err(|c| fail(0, c.into()))?;
-    let mut park = Park::new();
+    let mut op = Op::start().map_err(|c| fail(0, c.into()))?;
     loop {
-        let mut waited = false;
-        if reader.fill_some(&mut park, &mut waited).await.map_err(|e| fail(copied, e))? == 0 {
-            wait(&mut park, &mut waited, |cx| Pin::new(&mut *writer).poll_flush(cx))
-                .await
-                .map_err(|e| fail(copied, e))?;
-            if !waited {
-                lowlevel::cancel_shielded_checkpoint().await;
-            }
+        if reader.fill_some(&mut op).await.map_err(|e| fail(copied, e))? == 0 {
+            op.wait(|cx| Pin::new(&mut *writer).poll_flush(cx)).await.map_err(|e| fail(copied, e))?;
+            op.schedule_point().await;
             return Ok(copied);
         }
-        let n = loop {
-            let r = wait(&mut park, &mut waited, |cx| Pin::new(&mut *writer).poll_write(cx, reader.buffer()))
-                .await;
-            match r {
-                Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::WriteZero, "the writer accepted no bytes");
-                    return Err(fail(copied, e));
-                }
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail(copied, e)),
-            }
-        };
+        let n =
+            op.wait(|cx| poll_write_some(writer, cx, reader.buffer())).await.map_err(|e| fail(copied, e))?;
         reader.consume(n);
         copied += n as u64;
-        let point = if waited { lowlevel::checkpoint_if_cancelled() } else { lowlevel::checkpoint().await };
-        point.map_err(|c| fail(copied, c.into()))?;
+        op.next_step().await.map_err(|c| fail(copied, c.into()))?;
     }
 }
