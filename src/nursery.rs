@@ -161,10 +161,11 @@ type BoxedChild<'n, E> = Pin<Box<dyn Child<E> + 'n>>;
 struct Slot<'n, E> {
     /// `None` while the child is being polled.
     task: Option<ManuallyDrop<BoxedChild<'n, E>>>,
-    /// The child's waker, made at its first poll (from the run's pool) and kept until it ends.
-    /// Kept as the `Arc` (8 bytes; a `Waker` is made from a clone for each poll) so that it can go
-    /// back to the pool.
-    waker: Option<Arc<TaskWaker>>,
+    /// The child's waker, once it has been polled and is still running. Its first poll borrows an
+    /// `Arc<TaskWaker>` from the run's pool, and a child that finishes in that poll gives it back
+    /// (short-lived children allocate no waker); a child that parks keeps it here as a `Waker`,
+    /// so that its later polls need no reference-count traffic.
+    waker: Option<Waker>,
     /// The child's own cancel-status node, once it has one (`NIL` before).
     node: u32,
     /// Whether the child may need a node of its own (it has a handle that can cancel it). The
@@ -279,9 +280,7 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
             if slot.node != NIL {
                 n.core.cancel.borrow_mut().exit(slot.node);
             }
-            if let Some(w) = slot.waker {
-                n.core.wakers.borrow_mut().put(w);
-            }
+            drop(slot.waker);
         }
         let parent = n.core.sched.borrow_mut().close_group(n.group);
         drop(parent);

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::{BodyState, BoxedChild, Nursery, RunState};
@@ -15,7 +16,15 @@ use crate::cancel::{self, StatusGuard};
 use crate::error::{CancelError, JoinError, NurseryError};
 use crate::runtime::cancel_tree::NIL;
 use crate::runtime::context;
-use crate::runtime::sched::BODY;
+use crate::runtime::sched::{BODY, TaskWaker};
+
+/// A child's waker during one poll.
+enum ChildWaker {
+    /// Kept in the slot since an earlier poll.
+    Kept(Waker),
+    /// First poll: a `Waker` on a pooled `Arc`, which goes back to the pool if the child ends now.
+    First(Waker, Arc<TaskWaker>),
+}
 
 impl<'n, 'env, E> Nursery<'n, 'env, E> {
     pub(super) fn poll_nursery<B, T>(
@@ -114,8 +123,11 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 Some(slot) => match slot.task.take() {
                     Some(t) => {
                         let waker = match slot.waker.take() {
-                            Some(w) => w,
-                            None => core.wakers.borrow_mut().get(&core.shared, self.target(index)),
+                            Some(w) => ChildWaker::Kept(w),
+                            None => {
+                                let arc = core.wakers.borrow_mut().get(&core.shared, self.target(index));
+                                ChildWaker::First(Waker::from(arc.clone()), arc)
+                            }
                         };
                         Some((t, waker, slot.node, slot.wants_node))
                     }
@@ -132,12 +144,14 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             core.materialized.replace(NIL),
             core.begin_turn(),
         );
-        let task_waker = Waker::from(waker.clone());
-        let (data, vtable) = context::waker_id(&task_waker);
+        let task_waker = match &waker {
+            ChildWaker::Kept(w) | ChildWaker::First(w, _) => w,
+        };
+        let (data, vtable) = context::waker_id(task_waker);
         let prev_entity = core.entity.replace((self.target(index), data, vtable));
         let res = {
             let _status = StatusGuard::enter_lazy(core, status, lazy);
-            let mut cx = Context::from_waker(&task_waker);
+            let mut cx = Context::from_waker(task_waker);
             catch_unwind(AssertUnwindSafe(|| task.as_mut().poll_child(&mut cx)))
         };
         core.entity.set(prev_entity);
@@ -151,7 +165,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 let mut inner = self.inner.borrow_mut();
                 let slot = &mut inner.children[index as usize - 1];
                 slot.task = Some(task);
-                slot.waker = Some(waker);
+                slot.waker = Some(match waker {
+                    ChildWaker::Kept(w) | ChildWaker::First(w, _) => w,
+                });
                 slot.node = node;
                 return;
             }
@@ -185,8 +201,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 self.finish_child(index, task, node);
             }
         }
-        drop(task_waker);
-        core.wakers.borrow_mut().put(waker);
+        if let ChildWaker::First(w, arc) = waker {
+            drop(w);
+            core.wakers.borrow_mut().put(arc);
+        }
     }
 
     /// After a poll of child `index`, works out its node: `before` (its node before the poll),
