@@ -1,6 +1,8 @@
 //! `hatchery::io` (BufReader, BufWriter, copy) and the memory stream, unit by unit: exact bytes,
 //! exact virtual instants, and what a cancelled or dropped call leaves behind.
 
+mod support;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -11,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
-use hatchery::io::{BufReader, BufWriter, copy};
+use hatchery::io::{BufReader, BufWriter, copy, copy_bidirectional};
 use hatchery::lowlevel::{self, Timer};
 use hatchery::testing::{
     self, MemoryStream, assert_checkpoints, memory_stream_pair, memory_stream_pair_with_capacity,
@@ -549,26 +551,28 @@ fn close_flushes_then_shuts_down_writing() {
 #[test]
 fn a_buffered_write_dropped_at_its_schedule_point_buffered_nothing() {
     // A budget of 0: every schedule point yields, so the future can be dropped there.
-    testing::builder().yield_budget(0).run(async {
-        let (a, _b) = memory_stream_pair();
-        let mut w = BufWriter::new(&a);
-        for _ in 0..2 {
-            let pending = {
-                let fut = pin!(w.write_all(b"abc"));
-                poll_once(fut).await.is_pending()
-            };
-            assert!(pending, "write_all stopped at its schedule point");
-            assert!(w.buffer().is_empty(), "the dropped write_all buffered nothing");
-            let pending = {
-                let fut = pin!(w.write(b"abc"));
-                poll_once(fut).await.is_pending()
-            };
-            assert!(pending, "write stopped at its schedule point");
-            assert!(w.buffer().is_empty(), "the dropped write buffered nothing");
-        }
-        Ok::<_, io::Error>(())
-    })
-    .unwrap();
+    testing::builder()
+        .yield_budget(0)
+        .run(async {
+            let (a, _b) = memory_stream_pair();
+            let mut w = BufWriter::new(&a);
+            for _ in 0..2 {
+                let pending = {
+                    let fut = pin!(w.write_all(b"abc"));
+                    poll_once(fut).await.is_pending()
+                };
+                assert!(pending, "write_all stopped at its schedule point");
+                assert!(w.buffer().is_empty(), "the dropped write_all buffered nothing");
+                let pending = {
+                    let fut = pin!(w.write(b"abc"));
+                    poll_once(fut).await.is_pending()
+                };
+                assert!(pending, "write stopped at its schedule point");
+                assert!(w.buffer().is_empty(), "the dropped write buffered nothing");
+            }
+            Ok::<_, io::Error>(())
+        })
+        .unwrap();
 }
 
 #[test]
@@ -723,6 +727,213 @@ fn copy_between_ready_streams_yields_and_stops_when_cancelled() {
         assert!(sink.0 > 0 && sink.0.is_multiple_of(100) && sink.0 <= 1000, "{}", sink.0);
         Ok::<_, io::Error>(())
     })
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// copy_bidirectional
+
+/// Reads `s` to end of stream: the bytes and the instant of the end.
+async fn read_to_eof(s: &MemoryStream) -> io::Result<(Vec<u8>, Instant)> {
+    let mut all = Vec::new();
+    let mut buf = [0; 7];
+    loop {
+        let k = s.read(&mut buf).await?;
+        if k == 0 {
+            return Ok((all, now()));
+        }
+        all.extend_from_slice(&buf[..k]);
+    }
+}
+
+#[test]
+fn copy_bidirectional_copies_both_ways_and_passes_each_end_of_stream_on() {
+    testing::run(support::watchdog(async {
+        let (client, proxy_in) = memory_stream_pair();
+        let (proxy_out, server) = memory_stream_pair();
+        nursery(async |n| {
+            let proxy = n.spawn(async {
+                // Small buffers: many rounds each way.
+                let mut a = BufReader::with_capacity(4, &proxy_in);
+                let mut b = BufReader::with_capacity(4, &proxy_out);
+                let counts = copy_bidirectional(&mut a, &mut b).await?;
+                Ok::<_, io::Error>((counts, now()))
+            });
+            let server_side = n.spawn(async {
+                let request = read_to_eof(&server).await?;
+                // Half-closed: the server still answers, in two parts.
+                hatchery::sleep_until(at(1000)).await?;
+                server.write_all(b"hi, client").await?;
+                hatchery::sleep_until(at(2000)).await?;
+                server.write_all(b"; bye").await?;
+                server.shutdown(Shutdown::Write).await?;
+                Ok::<_, io::Error>(request)
+            });
+            client.write_all(b"hello, server").await?;
+            client.shutdown(Shutdown::Write).await?;
+            let response = read_to_eof(&client).await?;
+            assert_eq!(response, (b"hi, client; bye".to_vec(), at(2000)));
+            assert_eq!(
+                server_side.await?,
+                (b"hello, server".to_vec(), at(0)),
+                "the client's end came at once"
+            );
+            assert_eq!(proxy.await?, ((13, 15), at(2000)), "both ends of stream passed on");
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok::<_, io::Error>(())
+    }))
+    .unwrap();
+}
+
+#[test]
+fn a_cancelled_copy_bidirectional_reports_both_counts_and_loses_nothing() {
+    testing::run(support::watchdog(async {
+        let up: Vec<u8> = (0..50).collect();
+        let down: Vec<u8> = (100..112).collect();
+        let (client, proxy_in) = memory_stream_pair();
+        // The server does not read yet: each direction of its pair holds 16 bytes.
+        let (proxy_out, server) = memory_stream_pair_with_capacity(16);
+        client.write_all(&up).await?;
+        server.write_all(&down).await?;
+        let mut a = BufReader::with_capacity(10, &proxy_in);
+        let mut b = BufReader::with_capacity(10, &proxy_out);
+        let counts = std::cell::Cell::new((0, 0));
+        let res = move_on_after(ms(500), async {
+            let e = copy_bidirectional(&mut a, &mut b).await.unwrap_err();
+            assert!(is::<Cancelled>(&e.error), "{e:?}");
+            counts.set((e.a_to_b, e.b_to_a));
+            Err::<(), _>(e)
+        })
+        .await;
+        assert!(matches!(res, Ok(None)), "the scope absorbed the cancellation: {res:?}");
+        assert_eq!(now(), at(500), "cancelled at its deadline, not before");
+        assert_eq!(counts.get(), (16, 12), "as much as the server's direction holds; all of the other");
+        assert_eq!(a.buffer(), &up[16..20], "the rest of the chunk in flight waits in the reader");
+        assert!(b.buffer().is_empty());
+        // Resume: every byte arrives exactly once, in order, and the ends of stream follow.
+        client.shutdown(Shutdown::Write).await?;
+        server.shutdown(Shutdown::Write).await?;
+        nursery(async |n| {
+            let server_got = n.spawn(async { read_to_eof(&server).await });
+            assert_eq!(copy_bidirectional(&mut a, &mut b).await?, (34, 0));
+            assert_eq!(server_got.await?.0, up);
+            assert_eq!(read_to_eof(&client).await?.0, down);
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok::<_, io::Error>(())
+    }))
+    .unwrap();
+}
+
+#[test]
+fn copy_bidirectional_is_a_checkpoint_and_a_cancelled_scope_moves_nothing() {
+    testing::run(support::watchdog(async {
+        let (client, proxy_in) = memory_stream_pair();
+        let (proxy_out, server) = memory_stream_pair();
+        client.write_all(b"up").await?;
+        client.shutdown(Shutdown::Write).await?;
+        server.write_all(b"down").await?;
+        server.shutdown(Shutdown::Write).await?;
+        let mut a = BufReader::new(&proxy_in);
+        let mut b = BufReader::new(&proxy_out);
+        let res = cancelled_scope().run(copy_bidirectional(&mut a, &mut b)).await;
+        assert!(matches!(res, Ok(None)), "{res:?}");
+        assert_eq!(
+            (proxy_in.statistics().incoming_buffered, proxy_out.statistics().incoming_buffered),
+            (2, 4)
+        );
+        assert!(a.buffer().is_empty() && b.buffer().is_empty(), "nothing was read");
+        let counts = assert_checkpoints(copy_bidirectional(&mut a, &mut b)).await?;
+        assert_eq!(counts, (2, 4));
+        assert_eq!(read_to_eof(&server).await?.0, b"up");
+        assert_eq!(read_to_eof(&client).await?.0, b"down");
+        Ok::<_, io::Error>(())
+    }))
+    .unwrap();
+}
+
+#[test]
+fn copy_bidirectional_over_loopback_tcp_is_cancelled_at_its_deadline() {
+    support::run_with_sockets(support::watchdog(async {
+        let (client, proxy_in) = support::tcp_pair().await?;
+        let (proxy_out, server) = support::tcp_pair().await?;
+        // Less than loopback buffers, so that everything goes through before the deadline.
+        let up: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let down: Vec<u8> = (0..20_000u32).map(|i| (i / 3) as u8).collect();
+        let mut a = BufReader::new(&proxy_in);
+        let mut b = BufReader::new(&proxy_out);
+        let counts = std::cell::Cell::new((0, 0));
+        nursery(async |n| {
+            n.start_soon(async {
+                client.write_all(&up).await?;
+                server.write_all(&down).await?;
+                Ok::<_, io::Error>(())
+            });
+            let res = move_on_after(Duration::from_secs(5), async {
+                let e = copy_bidirectional(&mut a, &mut b).await.unwrap_err();
+                assert!(is::<Cancelled>(&e.error), "{e:?}");
+                counts.set((e.a_to_b, e.b_to_a));
+                Err::<(), _>(e)
+            })
+            .await;
+            assert!(matches!(res, Ok(None)), "{res:?}");
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        assert_eq!(now(), Instant::ZERO + Duration::from_secs(5));
+        assert_eq!(counts.get(), (10_000, 20_000), "everything sent had gone through");
+        assert!(a.buffer().is_empty() && b.buffer().is_empty());
+        let mut got = vec![0; up.len()];
+        let mut r = BufReader::new(&server);
+        r.read_exact(&mut got).await?;
+        assert!(got == up, "the server got the client's bytes, in order");
+        let mut got = vec![0; down.len()];
+        let mut r = BufReader::new(&client);
+        r.read_exact(&mut got).await?;
+        assert!(got == down, "the client got the server's bytes, in order");
+        // Both ends close: a new copy passes both ends of stream on.
+        client.shutdown(Shutdown::Write).await?;
+        server.shutdown(Shutdown::Write).await?;
+        assert_eq!(copy_bidirectional(&mut a, &mut b).await?, (0, 0));
+        let mut buf = [0; 8];
+        assert_eq!((server.read(&mut buf).await?, client.read(&mut buf).await?), (0, 0));
+        Ok::<_, io::Error>(())
+    }))
+    .unwrap();
+}
+
+#[test]
+fn copy_bidirectional_stops_at_a_reset_and_reports_the_counts() {
+    support::run_with_sockets(support::watchdog(async {
+        let (client, proxy_in) = support::tcp_pair().await?;
+        let (proxy_out, server) = support::tcp_pair().await?;
+        let mut a = BufReader::new(&proxy_in);
+        let mut b = BufReader::new(&proxy_out);
+        let res = nursery(async |n| {
+            let client = &client;
+            n.start_soon(async move {
+                client.write_all(&[1; 100]).await?;
+                let mut got = [0; 100];
+                BufReader::new(&server).read_exact(&mut got).await?;
+                server.close_with_reset();
+                drop(server); // the reset goes out now
+                Ok::<_, io::Error>(())
+            });
+            Ok::<_, io::Error>(copy_bidirectional(&mut a, &mut b).await)
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        let e = res.unwrap().unwrap_err();
+        assert_eq!(e.error.kind(), io::ErrorKind::ConnectionReset, "{e:?}");
+        assert_eq!((e.a_to_b, e.b_to_a), (100, 0));
+        Ok::<_, io::Error>(())
+    }))
     .unwrap();
 }
 

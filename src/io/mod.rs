@@ -8,6 +8,9 @@
 //!   did not write; a cancelled `write_all` says how much it accepted.
 //! - [`copy`]: moves a reader's bytes to a writer; cancelled, it says how much it copied and the
 //!   rest is still in the reader's buffer or the stream.
+//! - [`copy_bidirectional`]: both ways between two streams at once, passing each end of stream
+//!   on as a shutdown of the other side's writing (a proxy's loop); cancelled, it says how much
+//!   went each way, and the rest is still in the readers' buffers or the streams.
 //!
 //! They work over anything that implements `futures_io::AsyncRead`/`AsyncWrite`: hatchery's
 //! [`TcpStream`](crate::net::TcpStream), [`UnixStream`](crate::net::UnixStream) and
@@ -32,17 +35,19 @@
 
 mod buf_reader;
 mod buf_writer;
+mod copying;
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_io::{AsyncRead, AsyncWrite};
+use futures_io::AsyncWrite;
 
 pub use buf_reader::BufReader;
 pub use buf_writer::BufWriter;
+pub use copying::{CopyBidirectionalError, CopyError, copy, copy_bidirectional};
 
-use crate::error::{CancelError, Cancelled};
+use crate::error::Cancelled;
 use crate::lowlevel::{self, Park};
 
 /// Buffer size of [`BufReader::new`] and [`BufWriter::new`], as `std::io`'s.
@@ -136,96 +141,5 @@ fn poll_write_some<W: AsyncWrite + Unpin + ?Sized>(
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             other => return other,
         }
-    }
-}
-
-/// A [`copy`] that stopped before the end of the stream: how far it got, and why.
-///
-/// `copied` bytes went to the writer, in order; every other byte is still in the reader's
-/// buffer or in the stream. It converts into `io::Error` (keeping a [`Cancelled`] findable) and
-/// into [`Error`](crate::Error), and implements [`CancelError`], so a cancel scope around a
-/// cancelled copy absorbs it.
-#[derive(Debug, thiserror::Error)]
-#[error("copy stopped after {copied} bytes")]
-#[non_exhaustive]
-pub struct CopyError {
-    /// Bytes written to the writer before the error.
-    pub copied: u64,
-    /// Why it stopped.
-    #[source]
-    pub error: io::Error,
-}
-
-impl From<CopyError> for io::Error {
-    fn from(e: CopyError) -> io::Error {
-        e.error
-    }
-}
-
-impl From<CopyError> for crate::Error {
-    fn from(e: CopyError) -> crate::Error {
-        crate::Error::Io(e.error)
-    }
-}
-
-impl CancelError for CopyError {
-    fn cancelled(&self) -> Option<&Cancelled> {
-        self.error.cancelled()
-    }
-}
-
-/// Copies everything from `reader` to `writer` until the reader's end of stream, then flushes
-/// the writer (it does not close it: call `poll_close`, or `shutdown`, to pass the end of
-/// stream on). The number of bytes copied.
-///
-/// Bytes leave the reader's buffer only once the writer took them, so nothing is lost if the
-/// copy is cancelled, fails or is dropped: what was not copied is still in `reader` (see
-/// [`BufReader::buffer`]) or in its stream. A checkpoint; between chunks that needed no wait it
-/// passes a full checkpoint, so a copy between streams that are always ready neither hogs the
-/// thread nor ignores a cancellation.
-///
-/// ```
-/// use std::net::Shutdown;
-/// use hatchery::io::{BufReader, copy};
-/// use hatchery::testing::{self, memory_stream_pair};
-///
-/// testing::run(async {
-///     let (a, b) = memory_stream_pair();
-///     let (c, d) = memory_stream_pair();
-///     a.write_all(b"forwarded").await?;
-///     a.shutdown(Shutdown::Write).await?;
-///     let n = copy(&mut BufReader::new(&b), &mut &c).await?;
-///     assert_eq!(n, 9);
-///     let mut buf = [0; 16];
-///     let k = d.read(&mut buf).await?;
-///     assert_eq!(&buf[..k], b"forwarded");
-///     Ok::<_, std::io::Error>(())
-/// })
-/// .unwrap();
-/// ```
-///
-/// # Errors
-///
-/// [`CopyError`] with the count: [`Cancelled`], `WriteZero` if the writer accepted nothing,
-/// or the reader's or writer's error.
-pub async fn copy<R, W>(reader: &mut BufReader<R>, writer: &mut W) -> Result<u64, CopyError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + ?Sized,
-{
-    let mut copied = 0u64;
-    let fail = |copied, error| CopyError { copied, error };
-    let mut op = Op::start().map_err(|c| fail(0, c.into()))?;
-    loop {
-        if reader.fill_some(&mut op).await.map_err(|e| fail(copied, e))? == 0 {
-            op.wait(|cx| Pin::new(&mut *writer).poll_flush(cx)).await.map_err(|e| fail(copied, e))?;
-            op.schedule_point().await;
-            return Ok(copied);
-        }
-        let n =
-            op.wait(|cx| poll_write_some(writer, cx, reader.buffer())).await.map_err(|e| fail(copied, e))?;
-        reader.consume(n);
-        copied += n as u64;
-        op.next_step().await.map_err(|c| fail(copied, c.into()))?;
     }
 }

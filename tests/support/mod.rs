@@ -106,3 +106,27 @@ pub async fn poll_twice<F: std::future::Future + ?Sized>(mut fut: std::pin::Pin<
         }
     }
 }
+
+/// Runs `f` on the virtual clock with a fixed seed, jumping only after 20 ms of real idleness
+/// (not at once, as `testing::run` does), so that bytes in flight on loopback are never
+/// overtaken by a jump.
+pub fn run_with_sockets<F: std::future::Future>(f: F) -> F::Output {
+    hatchery::testing::builder()
+        .clock(hatchery::testing::MockClock::with_autojump(Duration::from_millis(20)))
+        .run(f)
+}
+
+/// A connected TCP pair on loopback: (client, server).
+pub async fn tcp_pair() -> std::io::Result<(hatchery::net::TcpStream, hatchery::net::TcpStream)> {
+    let listener = hatchery::net::TcpListener::bind(([127, 0, 0, 1], 0))?;
+    let client = hatchery::net::TcpStream::connect(listener.local_addr()?).await?;
+    let (server, peer) = listener.accept().await?;
+    assert_eq!(peer, client.local_addr()?);
+    Ok((client, server))
+}
+
+/// `f` under a deadline a virtual hour away: on an autojumping clock, a test that would hang
+/// fails at once with `TimedOut` instead.
+pub async fn watchdog<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    hatchery::fail_after(Duration::from_secs(3600), f).await
+}
