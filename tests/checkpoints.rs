@@ -365,3 +365,40 @@ fn operations_in_a_cancelled_scope_fail_at_once_s2_1() {
         assert_eq!(now(), at(1), "the cancelled child did not hold the nursery");
     });
 }
+
+#[test]
+fn generate_and_its_yield_and_recv_are_checkpoints_s2_1_s6_11() {
+    use hatchery::sync::{Yielder, generate};
+    testing::run(async {
+        // The call itself: a cancel point on entry, the nursery's schedule point at the end,
+        // even when the consumer never asks (and the producer never starts).
+        let r = assert_checkpoints(generate(
+            async |y: &mut Yielder<u32>| y.yield_(1).await,
+            async |_items| Ok::<_, Cancelled>(5),
+        ))
+        .await;
+        assert_eq!(r.unwrap(), 5);
+        let r = generate(
+            async |y| {
+                sleep(secs(2)).await?;
+                // Hands 1 over at once (it was asked for), then waits for the next request.
+                assert_checkpoints(y.yield_(1)).await?;
+                // Cancelled while waiting: the consumer is done.
+                assert_checkpoints(y.yield_(2)).await?;
+                Ok::<_, Error>(())
+            },
+            async |items| {
+                // A receive that gives up leaves item 1 to be handed over meanwhile...
+                assert!(hatchery::move_on_after(secs(1), items.recv()).await?.is_none());
+                sleep(secs(2)).await?;
+                // ...so this one finds it there without waiting: still a checkpoint.
+                assert_eq!(assert_checkpoints(items.recv()).await?, 1);
+                // This one waits for the producer.
+                assert_eq!(assert_checkpoints(items.recv()).await?, 2);
+                Ok(now())
+            },
+        )
+        .await;
+        assert_eq!(r.unwrap(), at(3));
+    });
+}

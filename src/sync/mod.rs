@@ -5,6 +5,11 @@
 // -- channels (memory channels) --
 pub mod channel;
 
+// -- a lazy producer task feeding a consumer (Trio's `as_safe_channel`) --
+mod generate;
+
+pub use generate::{Items, ItemsRecv, YieldFuture, Yielder, generate};
+
 // -- synchronisation primitives (parking lot, Event, Mutex, Semaphore, CapacityLimiter, Condition) --
 mod condition;
 mod event;

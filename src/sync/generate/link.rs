@@ -1,0 +1,282 @@
+//! The state machine one [`generate`](super::generate) call shares between its producer, its
+//! consumer and its frame. The ground rules are in the parent module's docs; in short: `asked`
+//! is the standing request (set by a receive, cleared by the yield that answers it), `item` the
+//! one item handed over and not yet taken, and each side has one waker slot.
+//!
+//! Every method borrows the state only for its own bookkeeping: wakers are woken, old wakers and
+//! items dropped, and the cancel scope cancelled after the borrow ends.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::super::channel::RecvError;
+use crate::CancelHandle;
+use crate::error::{CancelSource, Cancelled};
+use crate::lowlevel::{Park, checkpoint_if_cancelled};
+
+/// The reason the producer's scope is cancelled with when the consumer is done.
+pub(super) const CONSUMER_DONE: &str = "generate: the consumer is done";
+
+/// How the producer finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// It returned `Ok` (or was cancelled because the consumer was done).
+    Returned,
+    /// It returned an error or panicked.
+    Failed,
+}
+
+/// The state one call shares between its producer, its consumer and its frame.
+pub(super) struct Link<T> {
+    state: RefCell<State<T>>,
+    /// The producer's own cancel scope: cancelled when the consumer is done.
+    producer_scope: CancelHandle,
+}
+
+pub(super) struct State<T> {
+    /// The consumer asked for an item and no yield has answered yet.
+    pub(super) asked: bool,
+    /// The item handed over and not yet taken. Invariant: `Some` implies `!asked`.
+    pub(super) item: Option<T>,
+    /// How the producer finished, once it has.
+    pub(super) end: Option<End>,
+    /// The consumer is done (its body finished, or it closed its `Items`).
+    pub(super) consumer_done: bool,
+    /// The waiting receive's waker.
+    consumer: Option<Waker>,
+    /// The waiting producer's waker (waiting for a request, before it starts or in a yield).
+    producer: Option<Waker>,
+}
+
+/// What a receive found when it began.
+pub(super) enum Begin<T> {
+    /// The item that was there, now taken.
+    Item(T),
+    /// Waiting for the producer: the request is made and the waker stored.
+    Wait,
+    Failed(RecvError),
+}
+
+/// What a yield found when it tried to hand its value over.
+pub(super) enum Hand<T> {
+    /// Handed over.
+    Done,
+    /// Nobody asked yet: the value comes back; the waker is stored.
+    Wait(T),
+    /// The consumer is done: the value comes back, to be dropped.
+    Gone(T),
+}
+
+/// What a producer waiting for a request found.
+pub(super) enum Ask {
+    Asked,
+    /// Not yet; the waker is stored.
+    Wait,
+    Gone,
+}
+
+/// Stores `waker` in `slot` (unless the one there wakes the same task); returns the old waker,
+/// to be dropped after the borrow.
+fn store(slot: &mut Option<Waker>, waker: &Waker) -> Option<Waker> {
+    match slot {
+        Some(w) if w.will_wake(waker) => None,
+        slot => slot.replace(waker.clone()),
+    }
+}
+
+impl<T> Link<T> {
+    pub(super) fn new(producer_scope: CancelHandle) -> Self {
+        Link {
+            state: RefCell::new(State {
+                asked: false,
+                item: None,
+                end: None,
+                consumer_done: false,
+                consumer: None,
+                producer: None,
+            }),
+            producer_scope,
+        }
+    }
+
+    /// A view of the state, for `Debug` (`None` while it is borrowed).
+    pub(super) fn peek<R>(&self, f: impl FnOnce(&State<T>) -> R) -> Option<R> {
+        self.state.try_borrow().ok().map(|st| f(&st))
+    }
+
+    /// The consumer is done: cancel the producer, drop the untaken item. Idempotent.
+    pub(super) fn consumer_done(&self) {
+        let (item, waker) = {
+            let mut st = self.state.borrow_mut();
+            if st.consumer_done {
+                return;
+            }
+            st.consumer_done = true;
+            (st.item.take(), st.producer.take())
+        };
+        self.producer_scope.cancel_with_reason(CONSUMER_DONE);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        drop(item);
+    }
+
+    pub(super) fn is_consumer_done(&self) -> bool {
+        self.state.borrow().consumer_done
+    }
+
+    /// The producer finished: wake a waiting receive to report it.
+    pub(super) fn producer_done(&self, end: End) {
+        let waker = {
+            let mut st = self.state.borrow_mut();
+            st.end.get_or_insert(end);
+            st.consumer.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    // ---- the consumer's side ----
+
+    /// Begins a receive, after its cancel point: takes the item, or makes the request (if not
+    /// made yet) and waits, or reports the end.
+    pub(super) fn begin_recv(&self, cx: &Context<'_>) -> Begin<T> {
+        let mut st = self.state.borrow_mut();
+        if st.consumer_done {
+            return Begin::Failed(RecvError::Closed);
+        }
+        if let Some(v) = st.item.take() {
+            return Begin::Item(v);
+        }
+        if let Some(end) = st.end {
+            drop(st);
+            return Begin::Failed(end_error(end));
+        }
+        let producer = if st.asked {
+            None
+        } else {
+            st.asked = true;
+            st.producer.take()
+        };
+        let old = store(&mut st.consumer, cx.waker());
+        drop(st);
+        drop(old);
+        if let Some(w) = producer {
+            w.wake();
+        }
+        Begin::Wait
+    }
+
+    /// Polls a waiting receive. An item or the producer's end wins over a cancellation; a
+    /// cancellation leaves the request standing.
+    pub(super) fn poll_recv(&self, park: &mut Park, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
+        let mut st = self.state.borrow_mut();
+        let r = if let Some(v) = st.item.take() {
+            Ok(v)
+        } else if st.consumer_done {
+            // `close` between two polls of the `Stream`.
+            Err(None)
+        } else if let Some(end) = st.end {
+            Err(Some(end))
+        } else {
+            let old = store(&mut st.consumer, cx.waker());
+            drop(st);
+            drop(old);
+            let Poll::Ready(c) = park.poll_cancel(cx) else { return Poll::Pending };
+            self.forget_consumer();
+            return Poll::Ready(Err(RecvError::Cancelled(c)));
+        };
+        let old = st.consumer.take();
+        drop(st);
+        drop(old);
+        park.unpark();
+        Poll::Ready(r.map_err(|end| end.map_or(RecvError::Closed, end_error)))
+    }
+
+    /// Puts back an item taken by a receive that was dropped before it returned it.
+    pub(super) fn restore(&self, v: T) {
+        let mut st = self.state.borrow_mut();
+        if st.consumer_done || st.item.is_some() {
+            // Cannot happen while the receive holds the `Items` exclusively; drop the item as
+            // the consumer being done would have.
+            drop(st);
+            drop(v);
+            return;
+        }
+        st.item = Some(v);
+    }
+
+    /// A waiting receive went away.
+    pub(super) fn forget_consumer(&self) {
+        let old = self.state.borrow_mut().consumer.take();
+        drop(old);
+    }
+
+    // ---- the producer's side ----
+
+    /// Hands `value` over if the consumer asked.
+    pub(super) fn try_hand(&self, value: T, cx: &Context<'_>) -> Hand<T> {
+        let mut st = self.state.borrow_mut();
+        if st.consumer_done {
+            return Hand::Gone(value);
+        }
+        if !st.asked {
+            let old = store(&mut st.producer, cx.waker());
+            drop(st);
+            drop(old);
+            return Hand::Wait(value);
+        }
+        debug_assert!(st.item.is_none(), "hatchery internal error: an item was asked for twice");
+        st.asked = false;
+        st.item = Some(value);
+        let consumer = st.consumer.take();
+        drop(st);
+        if let Some(w) = consumer {
+            w.wake();
+        }
+        Hand::Done
+    }
+
+    /// Whether the consumer asked for an item (the producer's start, and the end of a yield).
+    /// Checked after `consumer_done`: a request from a consumer that is gone is moot.
+    pub(super) fn poll_ask(&self, cx: &Context<'_>) -> Ask {
+        let mut st = self.state.borrow_mut();
+        if st.consumer_done {
+            return Ask::Gone;
+        }
+        let old = if st.asked { st.producer.take() } else { store(&mut st.producer, cx.waker()) };
+        let asked = st.asked;
+        drop(st);
+        drop(old);
+        if asked { Ask::Asked } else { Ask::Wait }
+    }
+
+    /// A waiting yield went away.
+    pub(super) fn forget_producer(&self) {
+        let old = self.state.borrow_mut().producer.take();
+        drop(old);
+    }
+}
+
+/// The consumer's error for the producer's end.
+fn end_error(end: End) -> RecvError {
+    match end {
+        End::Returned => RecvError::EndOfChannel,
+        // The failure cancelled the nursery, so the consumer is cancelled too, unless shielded.
+        End::Failed => match checkpoint_if_cancelled() {
+            Err(c) => RecvError::Cancelled(c),
+            Ok(()) => RecvError::Closed,
+        },
+    }
+}
+
+/// The cancellation a yield reports once the consumer is done: the producer scope's own
+/// cancellation, or, where a shield hides it, the same cause (so that scope still absorbs it).
+pub(super) fn consumer_done_cancelled() -> Cancelled {
+    match checkpoint_if_cancelled() {
+        Err(c) => c,
+        Ok(()) => Cancelled::new(CancelSource::Explicit, Some(Arc::from(CONSUMER_DONE))),
+    }
+}
