@@ -124,7 +124,7 @@ impl Future for YieldNow {
             YieldState::Always => core.schedule_points.set(core.schedule_points.get() + 1),
         }
         self.state = YieldState::Yielded;
-        cx.waker().wake_by_ref();
+        core.wake_self(cx.waker());
         Poll::Pending
     }
 }

@@ -171,8 +171,9 @@ impl<T> Future for JoinHandle<'_, T> {
                         if this.out.is_finished() { JoinState::Yielding } else { JoinState::Waiting };
                     if let JoinState::Yielding = this.state {
                         // Fast path: a schedule point that cannot fail, then the value (S2.3).
-                        if !context::core().pass_schedule_point() {
-                            cx.waker().wake_by_ref();
+                        let core = context::core();
+                        if !core.pass_schedule_point() {
+                            core.wake_self(cx.waker());
                             return Poll::Pending;
                         }
                     }

@@ -86,7 +86,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             // Closing is a schedule point, never a cancel point (S3.9).
             st.closing = true;
             if !core.pass_schedule_point() {
-                cx.waker().wake_by_ref();
+                core.wake_self(cx.waker());
                 return Poll::Pending;
             }
         }

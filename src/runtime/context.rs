@@ -217,6 +217,18 @@ impl Core {
         self.budget.replace(self.yield_budget)
     }
 
+    /// Wakes the task being polled, whose `Context` holds `waker`: straight into the scheduler
+    /// when `waker` is that task's own (no thread-local lookup), else through the waker (a
+    /// foreign combinator's).
+    pub(crate) fn wake_self(&self, waker: &Waker) {
+        let (target, data, vtable) = self.entity.get();
+        if waker_id(waker) == (data, vtable) {
+            self.wake(target);
+        } else {
+            waker.wake_by_ref();
+        }
+    }
+
     /// Routes a wake-up that happened on this thread.
     pub(crate) fn wake(&self, t: WakeTarget) {
         let parent = self.sched.borrow_mut().wake(t);
