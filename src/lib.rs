@@ -8,6 +8,10 @@
 //! - **Cancel scopes with deadlines and shields.** [`CancelScope`], [`move_on_after`],
 //!   [`fail_after`]: level-triggered, cooperative cancellation delivered at checkpoints; the
 //!   scope that was cancelled absorbs it.
+//! - **Channels that lose nothing**: [`channel`] (rendezvous or bounded) and [`unbounded`]; a
+//!   cancelled `send` hands its value back, a cancelled `recv` took nothing. Locks, semaphores,
+//!   events and [`sync::generate`] (a lazy producer task feeding a consumer, Trio's
+//!   `as_safe_channel`) in [`sync`].
 //! - **Sockets, servers and blocking work**: [`net`] (TCP, UDP, Unix; [`net::serve_tcp`],
 //!   [`net::connect_tcp`] with happy eyeballs), [`to_thread`], and [`signal`] for Ctrl-C as a
 //!   cancellation. Every socket operation is a checkpoint and loses nothing when cancelled.
