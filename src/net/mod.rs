@@ -21,6 +21,7 @@
 //! nothing here resolves host names except [`connect_tcp`], which does so on the blocking pool.
 
 mod connect;
+mod datagram;
 mod serve;
 pub(crate) mod stream;
 pub mod tcp;

@@ -46,92 +46,6 @@ impl UdpSocket {
         Ok(UdpSocket { src: IoSource::new(std::net::UdpSocket::from(socket))? })
     }
 
-    /// Wraps a socket from `std`, switching it to non-blocking mode.
-    ///
-    /// # Errors
-    ///
-    /// The OS error.
-    ///
-    /// # Panics
-    ///
-    /// Outside a run.
-    pub fn from_std(s: std::net::UdpSocket) -> io::Result<UdpSocket> {
-        s.set_nonblocking(true)?;
-        Ok(UdpSocket { src: IoSource::new(s)? })
-    }
-
-    /// The `std` socket back (still non-blocking).
-    pub fn into_std(self) -> std::net::UdpSocket {
-        self.src.into_inner()
-    }
-
-    /// Sets the default peer for [`send`](Self::send) and the only one [`recv`](Self::recv)
-    /// hears from. Does not block (UDP has no handshake).
-    ///
-    /// # Errors
-    ///
-    /// The OS error.
-    pub fn connect(&self, addr: impl Into<SocketAddr>) -> io::Result<()> {
-        self.src.get_ref().connect(addr.into())
-    }
-
-    /// The local address.
-    ///
-    /// # Errors
-    ///
-    /// The OS error.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.src.get_ref().local_addr()
-    }
-
-    /// The connected peer's address.
-    ///
-    /// # Errors
-    ///
-    /// The OS error (`NotConnected` if not connected).
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.src.get_ref().peer_addr()
-    }
-
-    /// Sends a datagram to `addr`. A checkpoint.
-    ///
-    /// # Errors
-    ///
-    /// The OS error; [`Cancelled`](crate::Cancelled) (nothing was sent).
-    pub async fn send_to(&self, buf: &[u8], addr: impl Into<SocketAddr>) -> io::Result<usize> {
-        let addr = addr.into();
-        self.src.write_with(|s| s.send_to(buf, addr)).await
-    }
-
-    /// Sends a datagram to the connected peer. A checkpoint.
-    ///
-    /// # Errors
-    ///
-    /// As [`send_to`](Self::send_to).
-    pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.src.write_with(|s| s.send(buf)).await
-    }
-
-    /// Receives one datagram (truncated to `buf`) and its sender. A checkpoint; cancelled, it
-    /// takes nothing.
-    ///
-    /// # Errors
-    ///
-    /// The OS error; [`Cancelled`](crate::Cancelled); [`BusyResource`](crate::BusyResource) if
-    /// another task is receiving.
-    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.src.read_with(|s| s.recv_from(buf)).await
-    }
-
-    /// Receives one datagram from the connected peer. A checkpoint.
-    ///
-    /// # Errors
-    ///
-    /// As [`recv_from`](Self::recv_from).
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.src.read_with(|s| s.recv(buf)).await
-    }
-
     /// Sets `SO_BROADCAST`.
     ///
     /// # Errors
@@ -142,4 +56,4 @@ impl UdpSocket {
     }
 }
 
-super::fd_impls!(UdpSocket; src);
+super::datagram::datagram_socket!(UdpSocket, std::net::UdpSocket, SocketAddr, addr: impl Into<SocketAddr> => addr.into());

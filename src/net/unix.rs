@@ -265,91 +265,11 @@ impl UnixDatagram {
         let (a, b) = std::os::unix::net::UnixDatagram::pair()?;
         Ok((UnixDatagram::from_std(a)?, UnixDatagram::from_std(b)?))
     }
-
-    /// Wraps a socket from `std`, switching it to non-blocking mode.
-    ///
-    /// # Errors
-    ///
-    /// The OS error.
-    ///
-    /// # Panics
-    ///
-    /// Outside a run.
-    pub fn from_std(s: std::os::unix::net::UnixDatagram) -> io::Result<UnixDatagram> {
-        s.set_nonblocking(true)?;
-        Ok(UnixDatagram { src: IoSource::new(s)? })
-    }
-
-    /// The `std` socket back (still non-blocking).
-    pub fn into_std(self) -> std::os::unix::net::UnixDatagram {
-        self.src.into_inner()
-    }
-
-    /// Sets the default peer for [`send`](Self::send) and the only one
-    /// [`recv`](Self::recv) hears from. Does not block.
-    ///
-    /// # Errors
-    ///
-    /// The OS error.
-    pub fn connect(&self, path: impl AsRef<Path>) -> io::Result<()> {
-        self.src.get_ref().connect(path)
-    }
-
-    /// The local address.
-    ///
-    /// # Errors
-    ///
-    /// The OS error.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.src.get_ref().local_addr()
-    }
-
-    /// The connected peer's address.
-    ///
-    /// # Errors
-    ///
-    /// The OS error.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.src.get_ref().peer_addr()
-    }
-
-    /// Sends a datagram to `path`. A checkpoint.
-    ///
-    /// # Errors
-    ///
-    /// The OS error; [`Cancelled`](crate::Cancelled) (nothing was sent).
-    pub async fn send_to(&self, buf: &[u8], path: impl AsRef<Path>) -> io::Result<usize> {
-        let path = path.as_ref();
-        self.src.write_with(|s| s.send_to(buf, path)).await
-    }
-
-    /// Sends a datagram to the connected peer. A checkpoint.
-    ///
-    /// # Errors
-    ///
-    /// As [`send_to`](Self::send_to).
-    pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.src.write_with(|s| s.send(buf)).await
-    }
-
-    /// Receives one datagram (truncated to `buf`) and its sender. A checkpoint; cancelled, it
-    /// takes nothing.
-    ///
-    /// # Errors
-    ///
-    /// The OS error; [`Cancelled`](crate::Cancelled).
-    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.src.read_with(|s| s.recv_from(buf)).await
-    }
-
-    /// Receives one datagram from the connected peer. A checkpoint.
-    ///
-    /// # Errors
-    ///
-    /// As [`recv_from`](Self::recv_from).
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.src.read_with(|s| s.recv(buf)).await
-    }
 }
 
-super::fd_impls!(UnixDatagram; src);
+super::datagram::datagram_socket!(
+    UnixDatagram,
+    std::os::unix::net::UnixDatagram,
+    SocketAddr,
+    path: impl AsRef<Path> => path.as_ref()
+);
