@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::num::NonZeroUsize;
@@ -14,12 +12,13 @@ use std::time::Duration;
 
 use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
 use hatchery::io::{BufReader, BufWriter, copy, copy_bidirectional};
-use hatchery::lowlevel::{self, Timer};
+use hatchery::lowlevel;
 use hatchery::testing::{
     self, MemoryStream, assert_checkpoints, memory_stream_pair, memory_stream_pair_with_capacity,
     wait_all_tasks_blocked,
 };
 use hatchery::{BusyResource, CancelScope, Cancelled, ClosedResource, Instant, move_on_after, now, nursery};
+use support::{Scripted, cancelled_scope, is, poll_once};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -27,67 +26,6 @@ fn ms(n: u64) -> Duration {
 
 fn at(n: u64) -> Instant {
     Instant::ZERO + ms(n)
-}
-
-fn is<E: std::error::Error + 'static>(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<E>())
-}
-
-fn cancelled_scope() -> CancelScope {
-    let s = CancelScope::new();
-    s.handle().cancel();
-    s
-}
-
-/// A foreign (non-hatchery) reader that delivers scripted chunks at virtual instants, then end of
-/// stream. It waits on a `lowlevel::Timer` and never looks at cancellation itself, so a
-/// `BufReader` over it must register for cancellation on its own.
-struct Scripted {
-    chunks: VecDeque<(Instant, Vec<u8>)>,
-    eof_at: Instant,
-    timer: Timer,
-    armed: Option<Instant>,
-}
-
-impl Scripted {
-    /// `chunks` as (milliseconds, bytes), then end of stream at `eof_ms`.
-    fn new(chunks: &[(u64, &[u8])], eof_ms: u64) -> Scripted {
-        Scripted {
-            chunks: chunks.iter().map(|&(t, b)| (at(t), b.to_vec())).collect(),
-            eof_at: at(eof_ms),
-            timer: Timer::new(),
-            armed: None,
-        }
-    }
-}
-
-impl AsyncRead for Scripted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let due = self.chunks.front().map_or(self.eof_at, |c| c.0);
-        if lowlevel::current_time() < due {
-            if self.armed != Some(due) {
-                self.timer.reset();
-                self.armed = Some(due);
-            }
-            if self.timer.poll_at(due, cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-        let Some((_, data)) = self.chunks.front_mut() else { return Poll::Ready(Ok(0)) };
-        let n = data.len().min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        data.drain(..n);
-        if data.is_empty() {
-            self.chunks.pop_front();
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-/// Polls `fut` once with the task's waker.
-async fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
-    let mut fut = fut;
-    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,26 +8,9 @@ use std::time::Duration;
 
 use hatchery::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixStream};
 use hatchery::testing::{self, wait_all_tasks_blocked};
-use hatchery::{BusyResource, CancelScope, Cancelled, ClosedResource, move_on_after, nursery};
+use hatchery::{BusyResource, Cancelled, ClosedResource, move_on_after, nursery};
 
-fn cancelled_scope() -> CancelScope {
-    let s = CancelScope::new();
-    s.handle().cancel();
-    s
-}
-
-fn inner<E: std::error::Error + 'static>(e: &io::Error) -> Option<&E> {
-    e.get_ref().and_then(|i| i.downcast_ref::<E>())
-}
-
-async fn tcp_pair() -> io::Result<(TcpStream, TcpStream)> {
-    let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
-    let addr = listener.local_addr()?;
-    let client = TcpStream::connect(addr).await?;
-    let (server, peer) = listener.accept().await?;
-    assert_eq!(peer, client.local_addr()?);
-    Ok((client, server))
-}
+use support::{cancelled_scope, inner, tcp_pair};
 
 #[test]
 fn tcp_round_trip_and_eof() {

@@ -17,20 +17,21 @@
 //!
 //! Default 256 and 128 cases; set `PROPTEST_CASES` for more.
 
+mod support;
+
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::num::NonZeroUsize;
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_io::AsyncRead;
 use hatchery::io::BufReader;
-use hatchery::lowlevel::{self, Timer};
 use hatchery::testing::{self, memory_stream_pair_with_capacity};
 use hatchery::{CancelScope, Instant, SchedulePolicy, move_on_after, move_on_at, now, nursery, sleep};
 use proptest::prelude::*;
+use support::{Scripted, poll_once};
 
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -42,38 +43,6 @@ fn us(t: u64) -> Instant {
 
 fn now_us() -> u64 {
     now().since_origin().as_micros() as u64
-}
-
-/// Delivers chunks at their instants (microseconds), then end of stream; waits on a timer and
-/// never looks at cancellation itself.
-struct Scripted {
-    chunks: VecDeque<(u64, Vec<u8>)>,
-    eof_at: u64,
-    timer: Timer,
-    armed: Option<u64>,
-}
-
-impl AsyncRead for Scripted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let due = self.chunks.front().map_or(self.eof_at, |c| c.0);
-        if lowlevel::current_time() < us(due) {
-            if self.armed != Some(due) {
-                self.timer.reset();
-                self.armed = Some(due);
-            }
-            if self.timer.poll_at(us(due), cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-        let Some((_, data)) = self.chunks.front_mut() else { return Poll::Ready(Ok(0)) };
-        let n = data.len().min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        data.drain(..n);
-        if data.is_empty() {
-            self.chunks.pop_front();
-        }
-        Poll::Ready(Ok(n))
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -246,14 +215,11 @@ fn check(got: &io::Result<Vec<u8>>, expect: &Expect, rest: &[u8]) -> Result<usiz
     }
 }
 
-async fn poll_once<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
-}
-
-/// Splits `input` into chunks of the given sizes (cycled), at increasing whole milliseconds.
 /// Chunks with their arrival instants (µs).
 type Chunks = VecDeque<(u64, Vec<u8>)>;
 
+/// Splits `input` into chunks of the given sizes (cycled), at increasing whole milliseconds:
+/// the chunks, each byte's arrival instant and the instant of the end of stream (µs).
 fn schedule(input: &[u8], sizes: &[usize], gaps: &[u64]) -> (Chunks, Vec<u64>, u64) {
     let mut chunks = VecDeque::new();
     let mut arrival = Vec::new();
@@ -287,7 +253,7 @@ proptest! {
         // A gap of 0 puts two chunks at the same instant: both are there at once.
         let model = Model { input: input.clone(), arrival, eof_at };
         let result: Result<(), TestCaseError> = testing::run(async {
-            let reader = Scripted { chunks, eof_at, timer: Timer::new(), armed: None };
+            let reader = Scripted::at(chunks.into_iter().map(|(t, b)| (us(t), b)), us(eof_at));
             let mut r = BufReader::with_capacity(capacity, reader);
             let mut p = 0;
             let mut collected = Vec::new();

@@ -18,7 +18,7 @@ use hatchery::testing::{self, registrations, wait_all_tasks_blocked};
 use hatchery::{
     BusyResource, CancelScope, Cancelled, ClosedResource, fail_after, move_on_after, now, nursery, sleep,
 };
-use support::{at, secs};
+use support::{at, inner, secs};
 
 /// A connected, non-blocking socket pair, both ends registered.
 fn socket_pair() -> io::Result<(IoSource<UnixStream>, IoSource<UnixStream>)> {
@@ -48,11 +48,6 @@ where
     for<'a> &'a T: Write,
 {
     src.write_with(|mut s| s.write(data)).await
-}
-
-/// The error inside an `io::Error`, downcast.
-fn inner<E: std::error::Error + 'static>(e: &io::Error) -> Option<&E> {
-    e.get_ref().and_then(|i| i.downcast_ref::<E>())
 }
 
 /// Whether a non-blocking read on `src` right now would block (nothing buffered).

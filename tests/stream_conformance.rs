@@ -3,20 +3,21 @@
 //! pairs and in-memory streams. Each check is a test per kind (`tcp::round_trip`,
 //! `unix::round_trip`, `memory::round_trip`, ...).
 
+mod support;
+
 use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 use std::time::Duration;
 
 use hatchery::io::{BufReader, BufWriter};
-use hatchery::net::{TcpListener, TcpStream, UnixStream};
-use hatchery::testing::{
-    MemoryStream, MockClock, assert_checkpoints, memory_stream_pair, wait_all_tasks_blocked,
-};
+use hatchery::net::{TcpStream, UnixStream};
+use hatchery::testing::{MemoryStream, assert_checkpoints, memory_stream_pair, wait_all_tasks_blocked};
 use hatchery::{
-    BusyResource, CancelScope, Cancelled, ClosedResource, Instant, WriteAllError, fail_after, move_on_after,
-    now, nursery,
+    BusyResource, Cancelled, ClosedResource, Instant, WriteAllError, move_on_after, now, nursery,
 };
+use std::pin::pin;
+use support::{cancelled_scope, is, poll_once, tcp_pair};
 
 /// The stream API the checks use: what `TcpStream`, `UnixStream` and `MemoryStream` share.
 trait TestStream {
@@ -63,13 +64,6 @@ macro_rules! impl_test_stream {
 
 impl_test_stream!(TcpStream, UnixStream, MemoryStream);
 
-async fn tcp_pair() -> io::Result<(TcpStream, TcpStream)> {
-    let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
-    let client = TcpStream::connect(listener.local_addr()?).await?;
-    let (server, _) = listener.accept().await?;
-    Ok((client, server))
-}
-
 async fn unix_pair() -> io::Result<(UnixStream, UnixStream)> {
     UnixStream::pair()
 }
@@ -79,9 +73,9 @@ async fn memory_pair() -> io::Result<(MemoryStream, MemoryStream)> {
 }
 
 /// Runs one check on a fresh pair, on the virtual clock. The clock jumps only after 20 ms of
-/// real idleness (not at once, as `testing::run` does), so that data in flight on loopback is
-/// never overtaken by a jump; the virtual-hour watchdog then turns a check that hangs into a
-/// failure within a fraction of a second.
+/// real idleness (`support::sockets_builder`), so that data in flight on loopback is never
+/// overtaken by a jump; the virtual-hour watchdog then turns a check that hangs into a failure
+/// within a fraction of a second.
 ///
 /// `yield_budget` is the run's [`hatchery::Builder::yield_budget`]: the checks that drop a
 /// future at its schedule point run with 0, so that every schedule point yields.
@@ -90,14 +84,12 @@ where
     M: AsyncFnOnce() -> io::Result<(S, S)>,
     C: AsyncFnOnce(S, S) -> io::Result<()>,
 {
-    hatchery::Builder::new()
-        .clock(MockClock::with_autojump(Duration::from_millis(20)))
-        .seed(0x5eed)
+    support::sockets_builder()
         .yield_budget(yield_budget)
-        .run(async {
+        .run(support::watchdog(async {
             let (a, b) = make().await?;
-            fail_after(Duration::from_secs(3600), check(a, b)).await
-        })
+            check(a, b).await
+        }))
         .unwrap();
 }
 
@@ -151,27 +143,11 @@ all_suites!([
     a_read_or_write_dropped_at_its_schedule_point_did_nothing,
 ]);
 
-fn is<E: std::error::Error + 'static>(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<E>())
-}
-
-fn cancelled_scope() -> CancelScope {
-    let s = CancelScope::new();
-    s.handle().cancel();
-    s
-}
-
 fn at_ms(ms: u64) -> Instant {
     Instant::ZERO + Duration::from_millis(ms)
 }
 
 /// Reads exactly `n` bytes with plain reads.
-/// Polls `fut` once and drops it: whether it was still pending.
-async fn poll_once<F: std::future::Future>(fut: F) -> bool {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx).is_pending())).await
-}
-
 async fn read_n<S: TestStream>(s: &S, n: usize) -> io::Result<Vec<u8>> {
     let mut out = vec![0; n];
     let mut got = 0;
@@ -461,10 +437,14 @@ mod checks {
         a.write_all(b"abc").await?;
         b.readable().await?;
         let mut buf = [0; 8];
-        assert!(poll_once(b.read(&mut buf)).await, "the read stopped at its schedule point");
+        let polled = poll_once(pin!(b.read(&mut buf))).await;
+        assert!(polled.is_pending(), "the read stopped at its schedule point");
         assert_eq!(read_n(&b, 3).await?, b"abc", "the dropped read took nothing");
         a.writable().await?;
-        assert!(poll_once(a.write(b"xyz")).await, "the write stopped at its schedule point");
+        assert!(
+            poll_once(pin!(a.write(b"xyz"))).await.is_pending(),
+            "the write stopped at its schedule point"
+        );
         a.shutdown(Shutdown::Write).await?;
         assert_eq!(read_to_eof(&b).await?, b"", "the dropped write sent nothing");
         Ok(())

@@ -5,11 +5,9 @@
 mod support;
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use hatchery::testing::{self, assert_checkpoints, registrations, wait_all_tasks_blocked};
@@ -17,17 +15,11 @@ use hatchery::{
     CancelError, CancelScope, Cancelled, ChannelStatistics, ClosedResource, Error, RecvError, SendError,
     SendErrorKind, TryRecvError, TrySendError, channel, move_on_after, now, nursery, sleep, unbounded,
 };
-use support::{DropCounter, DropToken, Log, at, secs};
+use support::{DropCounter, DropToken, Log, at, poll_once, secs};
 
 /// What `StreamExt::next` does.
 async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
-}
-
-/// Polls `fut` once with the current task's waker.
-async fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
-    let mut fut = Some(fut);
-    std::future::poll_fn(|cx: &mut Context<'_>| Poll::Ready(fut.take().unwrap().poll(cx))).await
 }
 
 fn stats(

@@ -4,10 +4,7 @@
 
 mod support;
 
-use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
-use std::task::Poll;
 
 use hatchery::lowlevel::checkpoint;
 use hatchery::sync::{
@@ -18,30 +15,11 @@ use hatchery::testing::{
     self, assert_checkpoints, assert_no_checkpoints, registrations, wait_all_tasks_blocked,
 };
 use hatchery::{CancelError, CancelScope, Cancelled, Error, move_on_after, now, nursery, sleep};
-use support::{Log, at, secs};
-
-/// Polls `fut` once with the current task's waker.
-async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
-}
+use support::{Log, at, in_cancelled_scope, poll_once, secs};
 
 /// `what@seconds` on the virtual clock.
 fn stamp(log: &Log, what: impl std::fmt::Display) {
     log.push(format!("{what}@{}", now().since_origin().as_secs()));
-}
-
-/// Runs `f` inside a scope cancelled before it starts; returns what `f` returned.
-async fn in_cancelled_scope<T, F: Future<Output = T>>(f: F) -> T {
-    let scope = CancelScope::new();
-    scope.handle().cancel();
-    let mut out = None;
-    let _ = scope
-        .run(async {
-            out = Some(f.await);
-            Ok::<_, Cancelled>(())
-        })
-        .await;
-    out.unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

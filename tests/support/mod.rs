@@ -2,10 +2,18 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hatchery::Instant;
+use futures_io::AsyncRead;
+use hatchery::lowlevel::{self, Timer};
+use hatchery::net::{TcpListener, TcpStream};
+use hatchery::{CancelScope, Cancelled, Instant};
 
 /// Seconds after the virtual clock's origin.
 pub fn at(secs: u64) -> Instant {
@@ -94,11 +102,11 @@ impl hatchery::CancelError for TestError {
 /// Polls `fut` once with the current task's waker, then lets one batch pass and polls it once
 /// more: enough for a nursery future to start its children and let them park, without driving
 /// it to completion.
-pub async fn poll_twice<F: std::future::Future + ?Sized>(mut fut: std::pin::Pin<&mut F>) {
+pub async fn poll_twice<F: Future + ?Sized>(mut fut: Pin<&mut F>) {
     for round in 0..2 {
         std::future::poll_fn(|cx| {
             let _ = fut.as_mut().poll(cx);
-            std::task::Poll::Ready(())
+            Poll::Ready(())
         })
         .await;
         if round == 0 {
@@ -107,19 +115,22 @@ pub async fn poll_twice<F: std::future::Future + ?Sized>(mut fut: std::pin::Pin<
     }
 }
 
-/// Runs `f` on the virtual clock with a fixed seed, jumping only after 20 ms of real idleness
-/// (not at once, as `testing::run` does), so that bytes in flight on loopback are never
-/// overtaken by a jump.
-pub fn run_with_sockets<F: std::future::Future>(f: F) -> F::Output {
-    hatchery::testing::builder()
-        .clock(hatchery::testing::MockClock::with_autojump(Duration::from_millis(20)))
-        .run(f)
+/// `testing::builder()` (virtual clock, fixed seed) with a clock that jumps only after 20 ms of
+/// real idleness, not at once, so that bytes in flight on loopback are never overtaken by a
+/// jump.
+pub fn sockets_builder() -> hatchery::Builder {
+    hatchery::testing::builder().clock(hatchery::testing::MockClock::with_autojump(Duration::from_millis(20)))
+}
+
+/// Runs `f` with [`sockets_builder`]'s set-up.
+pub fn run_with_sockets<F: Future>(f: F) -> F::Output {
+    sockets_builder().run(f)
 }
 
 /// A connected TCP pair on loopback: (client, server).
-pub async fn tcp_pair() -> std::io::Result<(hatchery::net::TcpStream, hatchery::net::TcpStream)> {
-    let listener = hatchery::net::TcpListener::bind(([127, 0, 0, 1], 0))?;
-    let client = hatchery::net::TcpStream::connect(listener.local_addr()?).await?;
+pub async fn tcp_pair() -> io::Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
+    let client = TcpStream::connect(listener.local_addr()?).await?;
     let (server, peer) = listener.accept().await?;
     assert_eq!(peer, client.local_addr()?);
     Ok((client, server))
@@ -127,6 +138,88 @@ pub async fn tcp_pair() -> std::io::Result<(hatchery::net::TcpStream, hatchery::
 
 /// `f` under a deadline a virtual hour away: on an autojumping clock, a test that would hang
 /// fails at once with `TimedOut` instead.
-pub async fn watchdog<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+pub async fn watchdog<T>(f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     hatchery::fail_after(Duration::from_secs(3600), f).await
+}
+
+/// Polls `fut` once with the current task's waker and drops it: `Ready` with its output, or
+/// `Pending`. Takes any `Unpin` future: a pinned reference (`fut.as_mut()`, `pin!(f)`) or a
+/// `&mut` to an `Unpin` one.
+pub async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
+}
+
+/// A cancel scope, already cancelled: what runs in it fails at its first cancel point.
+pub fn cancelled_scope() -> CancelScope {
+    let scope = CancelScope::new();
+    scope.handle().cancel();
+    scope
+}
+
+/// Runs `f` inside a scope cancelled before it starts; returns what `f` returned.
+pub async fn in_cancelled_scope<T, F: Future<Output = T>>(f: F) -> T {
+    let mut out = None;
+    let _ = cancelled_scope()
+        .run(async {
+            out = Some(f.await);
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+    out.expect("the scope runs its body, which sees the cancellation at its first cancel point")
+}
+
+/// The error of type `E` inside an `io::Error`, if that is what it holds.
+pub fn inner<E: std::error::Error + 'static>(e: &io::Error) -> Option<&E> {
+    e.get_ref().and_then(|i| i.downcast_ref::<E>())
+}
+
+/// Whether an `io::Error` holds an error of type `E`.
+pub fn is<E: std::error::Error + 'static>(e: &io::Error) -> bool {
+    inner::<E>(e).is_some()
+}
+
+/// A foreign (non-hatchery) reader that delivers scripted chunks at virtual instants, then end
+/// of stream. It waits on a `lowlevel::Timer` and never looks at cancellation itself, so a
+/// `BufReader` over it must register for cancellation on its own.
+pub struct Scripted {
+    chunks: VecDeque<(Instant, Vec<u8>)>,
+    eof_at: Instant,
+    timer: Timer,
+    armed: Option<Instant>,
+}
+
+impl Scripted {
+    /// `chunks` as (milliseconds, bytes), then end of stream at `eof_ms`.
+    pub fn new(chunks: &[(u64, &[u8])], eof_ms: u64) -> Scripted {
+        let ms = |t| Instant::ZERO + Duration::from_millis(t);
+        Scripted::at(chunks.iter().map(|&(t, b)| (ms(t), b.to_vec())), ms(eof_ms))
+    }
+
+    /// `chunks` at their instants (in order), then end of stream at `eof_at`.
+    pub fn at(chunks: impl IntoIterator<Item = (Instant, Vec<u8>)>, eof_at: Instant) -> Scripted {
+        Scripted { chunks: chunks.into_iter().collect(), eof_at, timer: Timer::new(), armed: None }
+    }
+}
+
+impl AsyncRead for Scripted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let due = self.chunks.front().map_or(self.eof_at, |c| c.0);
+        if lowlevel::current_time() < due {
+            if self.armed != Some(due) {
+                self.timer.reset();
+                self.armed = Some(due);
+            }
+            if self.timer.poll_at(due, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let Some((_, data)) = self.chunks.front_mut() else { return Poll::Ready(Ok(0)) };
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        data.drain(..n);
+        if data.is_empty() {
+            self.chunks.pop_front();
+        }
+        Poll::Ready(Ok(n))
+    }
 }
