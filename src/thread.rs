@@ -46,22 +46,23 @@
 //! counts a task waiting for its thread as blocked, as Trio does.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::fmt;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::rc::Rc;
+#[cfg(test)]
+use std::sync::Condvar;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::error::{CancelError, Cancelled};
 use crate::lowlevel::{Park, RunHandle, cancel_shielded_checkpoint, checkpoint_if_cancelled, run_handle};
-use crate::runtime::{current_run_id, external_work_finished, external_work_started};
-use crate::sync::CapacityLimiter;
+use crate::runtime::{context, external_work_finished, external_work_started};
+use crate::sync::{CapacityLimiter, OwnedCapacityToken};
 
 /// Tokens of the per-run default limiter (Trio's default, too).
 pub const DEFAULT_TOKENS: usize = 40;
@@ -76,11 +77,8 @@ const THREAD_NAME: &str = "hatchery-blocking";
 static POOL: Pool = Pool::new(IDLE_TIMEOUT);
 
 thread_local! {
-    /// On a run's thread: the default limiter of the run on this thread, with that run's id.
-    /// Replaced when a later run asks for its own.
-    static DEFAULT_LIMITER: RefCell<Option<(u64, Rc<CapacityLimiter>)>> = const { RefCell::new(None) };
     /// On a run's thread: the tokens of abandoned jobs whose threads may still run.
-    static ABANDONED: RefCell<Vec<(Arc<dyn JobControl>, OwnedToken)>> = const { RefCell::new(Vec::new()) };
+    static ABANDONED: RefCell<Vec<(Arc<dyn JobControl>, OwnedCapacityToken)>> = const { RefCell::new(Vec::new()) };
     /// On a pool thread: the job it is running.
     static WORKER_JOB: RefCell<Option<Arc<dyn JobControl>>> = const { RefCell::new(None) };
 }
@@ -220,7 +218,11 @@ impl ThreadOptions {
         checkpoint_if_cancelled()?;
         sweep_abandoned();
         let limiter = self.limiter.unwrap_or_else(default_limiter);
-        let token = OwnedToken::acquire(limiter).await?;
+        // A free token is taken without yielding: the wait for the job is the schedule point.
+        let token = match limiter.try_acquire_owned() {
+            Ok(token) => token,
+            Err(_) => limiter.acquire_owned().await?,
+        };
         // The wait for a token completes even if a cancellation arrives meanwhile; nothing has
         // started yet, so honour it now (the token goes back) rather than start a thread that
         // would be cancelled at once.
@@ -232,11 +234,8 @@ impl ThreadOptions {
             panic!("hatchery::to_thread could not start a thread for the blocking pool: {e}");
         }
         let mut wait = JobWait {
-            job,
-            token: Some(token),
-            park: Park::new(),
+            live: Some(Live { job, token, park: Park::new(), _work: ExternalWork::start() }),
             abandon_on_cancel: self.abandon_on_cancel,
-            work_run: Some(external_work_started()),
             waited: false,
         };
         let outcome = (&mut wait).await;
@@ -253,7 +252,8 @@ impl ThreadOptions {
 }
 
 /// The run's default limiter for [`to_thread`] (Trio's `current_default_thread_limiter`):
-/// [`DEFAULT_TOKENS`] tokens, created on first use, one per run. Change its size with
+/// [`DEFAULT_TOKENS`] tokens, created on first use, one per run (the run drops its share when
+/// it ends). Change its size with
 /// [`set_total_tokens`](CapacityLimiter::set_total_tokens); it applies to the rest of the run.
 ///
 /// ```
@@ -270,19 +270,7 @@ impl ThreadOptions {
 ///
 /// Outside a run.
 pub fn default_limiter() -> Rc<CapacityLimiter> {
-    let run = current_run_id();
-    let (limiter, old) = DEFAULT_LIMITER.with(|d| {
-        let mut d = d.borrow_mut();
-        match &*d {
-            Some((id, l)) if *id == run => (l.clone(), None),
-            _ => {
-                let l = Rc::new(CapacityLimiter::new(DEFAULT_TOKENS));
-                (l.clone(), d.replace((run, l)))
-            }
-        }
-    });
-    drop(old); // the limiter of an earlier run, dropped outside the borrow
-    limiter
+    context::core().default_thread_limiter(|| CapacityLimiter::new(DEFAULT_TOKENS))
 }
 
 /// Inside a [`to_thread`] closure: `Err(Cancelled)` if a cancellation has been delivered to the
@@ -536,14 +524,25 @@ impl<R: Send + 'static> JobControl for Job<R> {
 /// The waiting half of a job, on the run's thread. Dropping it before the job finished
 /// abandons the job.
 struct JobWait<R: Send + 'static> {
-    job: Arc<Job<R>>,
-    token: Option<OwnedToken>,
-    park: Park,
+    /// Everything the wait holds while the job is outstanding; `None` once it finished or was
+    /// abandoned. Taking it out is the only way to end the wait, so each of its parts is
+    /// released exactly once, whichever path ends it (a result, a cancellation, a drop, a panic).
+    live: Option<Live<R>>,
     abandon_on_cancel: bool,
-    /// The run whose "external work" count this wait holds (DESIGN §6), until it ends.
-    work_run: Option<u64>,
     /// Returned `Pending` at least once (so it passed a schedule point).
     waited: bool,
+}
+
+/// What a [`JobWait`] holds while its job is outstanding.
+struct Live<R: Send + 'static> {
+    job: Arc<Job<R>>,
+    /// The job's limiter token: returned when the wait ends, or kept in [`ABANDONED`] until the
+    /// thread finishes.
+    token: OwnedCapacityToken,
+    /// The registration for cancellation.
+    park: Park,
+    /// Stops the virtual clock's autojump while the task waits for the thread.
+    _work: ExternalWork,
 }
 
 impl<R: Send + 'static> Future for JobWait<R> {
@@ -551,35 +550,36 @@ impl<R: Send + 'static> Future for JobWait<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let live = this.live.as_mut().expect("hatchery internal error: a job's wait polled after it ended");
         // Completion first: a result that is there wins over a cancellation.
-        let done = this.job.lock().outcome.take();
+        let done = live.job.lock().outcome.take();
         if let Some(out) = done {
-            this.finish();
+            this.live = None;
             return Poll::Ready(Ok(out));
         }
-        if let Poll::Ready(c) = this.park.poll_cancel(cx) {
-            let mut st = this.job.lock();
+        if let Poll::Ready(c) = live.park.poll_cancel(cx) {
+            let mut st = live.job.lock();
             st.cancelled.get_or_insert_with(|| c.clone());
             if this.abandon_on_cancel {
                 if let Some(out) = st.outcome.take() {
                     drop(st);
-                    this.finish();
+                    this.live = None;
                     return Poll::Ready(Ok(out));
                 }
                 st.abandoned = true;
                 st.waker = None;
                 drop(st);
-                this.abandon();
+                abandon(this.live.take());
                 return Poll::Ready(Err(c));
             }
             // Default mode: the cancellation is noted for `check_cancelled` and stays pending
             // for the next checkpoint; keep waiting (S10.2). The park is no longer registered,
             // and needs not be: only the job wakes this task now.
         }
-        let mut st = this.job.lock();
+        let mut st = live.job.lock();
         if let Some(out) = st.outcome.take() {
             drop(st);
-            this.finish();
+            this.live = None;
             return Poll::Ready(Ok(out));
         }
         match &st.waker {
@@ -592,112 +592,66 @@ impl<R: Send + 'static> Future for JobWait<R> {
     }
 }
 
-impl<R: Send + 'static> JobWait<R> {
-    /// The job finished and its outcome was taken: return the token at once (to the oldest
-    /// waiter of the limiter) and stop counting as outstanding work.
-    fn finish(&mut self) {
-        self.park.unpark();
-        self.token = None;
-        if let Some(run) = self.work_run.take() {
-            external_work_finished(run);
-        }
-    }
-
-    /// Nobody waits any more (the job's state says `abandoned`) but the thread runs on: its
-    /// token moves to this thread's abandoned list until the thread finishes.
-    fn abandon(&mut self) {
-        self.park.unpark();
-        if let Some(run) = self.work_run.take() {
-            external_work_finished(run);
-        }
-        if let Some(token) = self.token.take() {
-            let entry: (Arc<dyn JobControl>, OwnedToken) = (self.job.clone(), token);
-            // During thread teardown the list may be gone; the token is then returned at once.
-            let _ = ABANDONED.try_with(|a| a.borrow_mut().push(entry));
-        }
-    }
+/// Nobody waits any more (the job's state says `abandoned`) but the thread runs on: the job's
+/// token moves to this thread's abandoned list until the thread finishes; the rest of `live`
+/// (its registration, its external work) ends now.
+fn abandon<R: Send + 'static>(live: Option<Live<R>>) {
+    let Some(Live { job, token, park, _work: work }) = live else { return };
+    drop(park);
+    drop(work);
+    let entry: (Arc<dyn JobControl>, OwnedCapacityToken) = (job, token);
+    // During thread teardown the list may be gone; the token is then returned at once.
+    let _ = ABANDONED.try_with(|a| a.borrow_mut().push(entry));
 }
 
 impl<R: Send + 'static> Drop for JobWait<R> {
     /// The abort path: dropped while the thread runs, the job is abandoned (the thread cannot
     /// be stopped); dropped after it finished, the uncollected outcome is dropped.
     fn drop(&mut self) {
-        if self.token.is_none() && self.work_run.is_none() {
-            return; // finished or abandoned already
-        }
-        let mut st = self.job.lock();
+        let Some(live) = self.live.take() else { return };
+        let mut st = live.job.lock();
         if st.finished {
             let out = st.outcome.take();
             drop(st);
             drop(out);
-            self.finish();
+            drop(live);
         } else {
             st.abandoned = true;
             st.waker = None;
             drop(st);
-            self.abandon();
+            abandon(Some(live));
         }
     }
 }
 
+/// One unit of the run's external work (DESIGN §6) while a task waits for its thread: counted
+/// when created, uncounted when dropped, so no path can leave it counted or uncount it twice.
+/// Dropped after its run has ended, it does nothing.
+struct ExternalWork {
+    run: u64,
+}
+
+impl ExternalWork {
+    /// Counts one unit of external work of the current run.
+    fn start() -> ExternalWork {
+        ExternalWork { run: external_work_started() }
+    }
+}
+
+impl Drop for ExternalWork {
+    fn drop(&mut self) {
+        external_work_finished(self.run);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// Limiter tokens that outlive the call
-
-/// A limiter token that owns its limiter, so an abandoned job can keep it after its call has
-/// returned. Dropping it returns the token.
-///
-/// [`CapacityToken`](crate::sync::CapacityToken) borrows its limiter, and safe Rust cannot
-/// store a borrow next to the `Rc` it borrows from. A future can: the keeper below is an
-/// `async` block that owns the `Rc`, borrows the token from it, and then stays suspended for
-/// ever; the compiler builds that self-referential frame. Dropping the boxed keeper drops the
-/// token (returning it) and then the `Rc`. DESIGN §7c explains the choice.
-struct OwnedToken {
-    _keeper: Pin<Box<dyn Future<Output = ()>>>,
-}
-
-impl OwnedToken {
-    /// Takes a token from `limiter`, waiting in its FIFO queue if none is free: a cancellable
-    /// checkpoint of the calling task when it waits, nothing at all when a token is free.
-    async fn acquire(limiter: Rc<CapacityLimiter>) -> Result<OwnedToken, Cancelled> {
-        let report: Rc<Cell<Option<Result<(), Cancelled>>>> = Rc::new(Cell::new(None));
-        let keeper_report = report.clone();
-        let mut keeper: Pin<Box<dyn Future<Output = ()>>> = Box::pin(async move {
-            let token = match limiter.try_acquire() {
-                Ok(token) => token,
-                Err(_) => match limiter.acquire().await {
-                    Ok(token) => token,
-                    Err(c) => return keeper_report.set(Some(Err(c))),
-                },
-            };
-            keeper_report.set(Some(Ok(())));
-            let _held = token;
-            std::future::pending::<()>().await;
-        });
-        // Polled from this task, so the wait for a token registers this task's waker and its
-        // cancel status, exactly as `limiter.acquire()` awaited here would.
-        std::future::poll_fn(|cx| {
-            let _ = keeper.as_mut().poll(cx);
-            match report.take() {
-                Some(r) => Poll::Ready(r),
-                None => Poll::Pending,
-            }
-        })
-        .await?;
-        Ok(OwnedToken { _keeper: keeper })
-    }
-}
-
-impl fmt::Debug for OwnedToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OwnedToken")
-    }
-}
+// Abandoned jobs' tokens
 
 /// Returns the tokens of abandoned jobs whose threads have finished. Runs on a run's thread:
 /// queued by each abandoned job as it finishes, and at the start of every `to_thread` call (which
 /// also catches the jobs that finished after their run ended).
 fn sweep_abandoned() {
-    let done: Vec<(Arc<dyn JobControl>, OwnedToken)> = ABANDONED
+    let done: Vec<(Arc<dyn JobControl>, OwnedCapacityToken)> = ABANDONED
         .try_with(|a| {
             let mut a = a.borrow_mut();
             if a.is_empty() {
@@ -723,9 +677,13 @@ type Task = Box<dyn FnOnce() + Send + 'static>;
 /// Hand-off is direct: an idle thread waits on a channel of its own, and `submit` gives the
 /// task to the most recently idle thread (so the others stay idle and time out) or starts a
 /// new one. No thread polls or spins.
+///
+/// The unit tests below watch the pool's state change through a condition variable; that
+/// part (`changed`, `watchers`) exists only in test builds.
 struct Pool {
     inner: Mutex<PoolInner>,
-    /// Notified when a thread exits, and when one goes idle while someone watches (tests).
+    /// Notified, while someone watches, when a thread goes idle or exits.
+    #[cfg(test)]
     changed: Condvar,
     idle_timeout: Duration,
 }
@@ -736,7 +694,8 @@ struct PoolInner {
     /// Threads alive (working or idle).
     threads: usize,
     next_id: u64,
-    /// Callers waiting on `changed` for a thread to go idle (only tests do).
+    /// Unit tests waiting on `changed` (in `wait_until`).
+    #[cfg(test)]
     watchers: usize,
 }
 
@@ -748,7 +707,14 @@ struct IdleThread {
 impl Pool {
     const fn new(idle_timeout: Duration) -> Pool {
         Pool {
-            inner: Mutex::new(PoolInner { idle: Vec::new(), threads: 0, next_id: 0, watchers: 0 }),
+            inner: Mutex::new(PoolInner {
+                idle: Vec::new(),
+                threads: 0,
+                next_id: 0,
+                #[cfg(test)]
+                watchers: 0,
+            }),
+            #[cfg(test)]
             changed: Condvar::new(),
             idle_timeout,
         }
@@ -779,8 +745,9 @@ impl Pool {
         let spawned =
             std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || self.work(id, task));
         if let Err(e) = spawned {
-            self.lock().threads -= 1;
-            self.changed.notify_all();
+            let mut inner = self.lock();
+            inner.threads -= 1;
+            self.notify_watchers(&inner);
             return Err(e);
         }
         Ok(())
@@ -796,9 +763,7 @@ impl Pool {
             let _ = catch_unwind(AssertUnwindSafe(task));
             let mut inner = self.lock();
             inner.idle.push(IdleThread { id, hand_off: hand_off.clone() });
-            if inner.watchers > 0 {
-                self.changed.notify_all();
-            }
+            self.notify_watchers(&inner);
             drop(inner);
             task = match tasks.recv_timeout(self.idle_timeout) {
                 Ok(t) => t,
@@ -807,8 +772,7 @@ impl Pool {
                     if let Some(pos) = inner.idle.iter().position(|t| t.id == id) {
                         inner.idle.remove(pos);
                         inner.threads -= 1;
-                        drop(inner);
-                        self.changed.notify_all();
+                        self.notify_watchers(&inner);
                         return;
                     }
                     drop(inner);
@@ -825,6 +789,18 @@ impl Pool {
             };
         }
     }
+
+    /// Tells the unit tests waiting in [`wait_until`](Pool::wait_until) that the state changed.
+    #[cfg(test)]
+    fn notify_watchers(&self, inner: &PoolInner) {
+        if inner.watchers > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Outside unit tests nobody watches.
+    #[cfg(not(test))]
+    fn notify_watchers(&self, _inner: &PoolInner) {}
 
     #[cfg(test)]
     fn threads(&self) -> usize {

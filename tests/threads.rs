@@ -9,7 +9,6 @@ mod support;
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -25,30 +24,11 @@ use hatchery::thread::{
 use hatchery::{
     CancelScope, CancelSource, Cancelled, Error, Instant, move_on_after, now, nursery, sleep, to_thread,
 };
-use support::{Log, at, secs};
+use support::{Log, at, in_cancelled_scope, poll_once, secs};
 
 /// How long a test waits for a pool thread to report back before it fails (never reached when
 /// things work).
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Runs `f` inside a scope cancelled before it starts; returns what `f` returned.
-async fn in_cancelled_scope<T, F: Future<Output = T>>(f: F) -> T {
-    let scope = CancelScope::new();
-    scope.handle().cancel();
-    let mut out = None;
-    let _ = scope
-        .run(async {
-            out = Some(f.await);
-            Ok::<_, Cancelled>(())
-        })
-        .await;
-    out.unwrap()
-}
-
-/// Polls `fut` once with the current task's waker.
-async fn poll_once<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
-}
 
 /// Sends `()` when dropped: tells a test that a value on another thread is gone.
 struct DropSignal(mpsc::Sender<()>);
@@ -244,6 +224,19 @@ fn the_default_limiter_has_40_tokens_and_belongs_to_its_run() {
         assert!(!Rc::ptr_eq(&l, &first), "a new run has a new limiter");
         assert_eq!(l.total_tokens(), 40, "a change in one run does not leak into the next");
     });
+}
+
+#[test]
+fn the_default_limiter_goes_with_its_run() {
+    let (weak, jobs_limiter) = testing::run(async {
+        let l = default_limiter();
+        // A job of its own keeps a share of it while it runs; none is left after.
+        let ptr = to_thread(|| ()).await.map(|()| Rc::as_ptr(&default_limiter()));
+        assert_eq!(ptr, Ok(Rc::as_ptr(&l)));
+        (Rc::downgrade(&l), Rc::strong_count(&l))
+    });
+    assert_eq!(jobs_limiter, 2, "the run and this test held it, no finished job did");
+    assert!(weak.upgrade().is_none(), "dropped when its run ended, not kept for a later run");
 }
 
 #[test]
@@ -550,6 +543,63 @@ fn dropping_the_waiting_future_abandons_the_job() {
         let _token = limiter.acquire().await.unwrap(); // returned when the thread finished
     });
     assert_eq!(report.recv_timeout(PATIENCE).unwrap(), Err(FromThreadError::Abandoned));
+}
+
+#[test]
+fn the_clock_autojumps_again_however_the_wait_for_a_thread_ended() {
+    let (go, wait_go) = mpsc::channel::<()>();
+    testing::run(async {
+        // A value.
+        assert_eq!(to_thread(|| 1).await, Ok(1));
+        sleep(secs(1)).await.unwrap();
+        assert_eq!(now(), at(1));
+        // A panic, resumed in the task and caught here.
+        let mut job = Box::pin(to_thread(|| -> u8 { panic!("boom (expected by this test)") }));
+        let caught =
+            std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| job.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+                Err(panic) => Poll::Ready(Err(panic)),
+            })
+            .await;
+        assert!(caught.is_err(), "the panic came through");
+        drop(job);
+        sleep(secs(1)).await.unwrap();
+        assert_eq!(now(), at(2));
+        // The future dropped while its thread runs on.
+        let mut job = Box::pin(to_thread(move || wait_go.recv_timeout(PATIENCE).unwrap()));
+        assert!(poll_once(job.as_mut()).await.is_pending());
+        drop(job);
+        sleep(secs(1)).await.unwrap();
+        assert_eq!(now(), at(3), "the abandoned thread does not hold the clock");
+        // A cancellation in the default mode: the wait goes on and ends with the thread's value.
+        let (give, wait_give) = mpsc::channel::<u8>();
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        nursery(async |n| {
+            n.start_soon(async move {
+                wait_all_tasks_blocked().await?;
+                handle.cancel();
+                wait_all_tasks_blocked().await?; // the waiting task saw it, and waits on
+                give.send(5).unwrap();
+                Ok(())
+            });
+            let r = scope
+                .run(async {
+                    assert_eq!(to_thread(move || wait_give.recv_timeout(PATIENCE).unwrap()).await, Ok(5));
+                    checkpoint().await
+                })
+                .await;
+            assert_eq!(r, Ok(None), "the scope absorbed the cancellation at the next checkpoint");
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(now(), at(3));
+        sleep(secs(1)).await.unwrap();
+        assert_eq!(now(), at(4));
+    });
+    go.send(()).unwrap();
 }
 
 #[test]

@@ -91,6 +91,9 @@ pub(crate) struct Core {
     /// Work outside the run that a task is waiting for (a `to_thread` job): while it is not zero,
     /// a virtual clock does not autojump (DESIGN §6).
     pub(crate) external_work: Cell<usize>,
+    /// The run's default limiter for `to_thread`, created on first use
+    /// ([`Core::default_thread_limiter`]) and dropped with the run (DESIGN §7c).
+    thread_limiter: std::cell::OnceCell<Rc<crate::sync::CapacityLimiter>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -139,6 +142,7 @@ impl Core {
             next_id: Cell::new(1),
             live_tasks: Cell::new(1),
             external_work: Cell::new(0),
+            thread_limiter: std::cell::OnceCell::new(),
         }
     }
 
@@ -227,6 +231,15 @@ impl Core {
         } else {
             waker.wake_by_ref();
         }
+    }
+
+    /// The run's default limiter for `to_thread`: the one `make` creates on the first call,
+    /// the same one for the rest of the run.
+    pub(crate) fn default_thread_limiter(
+        &self,
+        make: impl FnOnce() -> crate::sync::CapacityLimiter,
+    ) -> Rc<crate::sync::CapacityLimiter> {
+        self.thread_limiter.get_or_init(|| Rc::new(make())).clone()
     }
 
     /// Routes a wake-up that happened on this thread.

@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::TryAcquireError;
@@ -183,6 +184,29 @@ impl CapacityLimiter {
         }
     }
 
+    /// [`try_acquire`](CapacityLimiter::try_acquire) for a holder that outlives any borrow of
+    /// the limiter: the token keeps the limiter alive.
+    pub(crate) fn try_acquire_owned(self: &Rc<Self>) -> Result<OwnedCapacityToken, TryAcquireError> {
+        match self.try_take() {
+            Take::Taken => Ok(OwnedCapacityToken { limiter: self.clone() }),
+            Take::Busy | Take::Broken => Err(TryAcquireError::new()),
+        }
+    }
+
+    /// [`acquire`](CapacityLimiter::acquire) for a holder that outlives any borrow of the
+    /// limiter; the same checkpoint, fairness and cancellation rules.
+    pub(crate) async fn acquire_owned(self: Rc<Self>) -> Result<OwnedCapacityToken, Cancelled> {
+        let mut acquire = Acquire::new(&*self);
+        let granted = std::future::poll_fn(|cx| acquire.poll(cx)).await;
+        // No await between the grant and the token: a future dropped earlier gave it back.
+        drop(acquire);
+        match granted {
+            Ok(()) => Ok(OwnedCapacityToken { limiter: self }),
+            Err(Failed::Cancelled(c)) => Err(c),
+            Err(Failed::Broken) => unreachable!("hatchery internal error: a limiter's lot is never broken"),
+        }
+    }
+
     /// Counts for introspection.
     pub fn statistics(&self) -> CapacityLimiterStatistics {
         CapacityLimiterStatistics {
@@ -249,6 +273,27 @@ impl Drop for CapacityToken<'_> {
     }
 }
 
+/// A token that owns a share of its limiter, returned when dropped: for a holder that must keep
+/// its token after the code that acquired it has returned (an abandoned `to_thread` job keeps
+/// its token until its thread finishes, DESIGN §7c). Crate-internal: users move a
+/// [`CapacityToken`] instead.
+pub(crate) struct OwnedCapacityToken {
+    limiter: Rc<CapacityLimiter>,
+}
+
+impl fmt::Debug for OwnedCapacityToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedCapacityToken").finish_non_exhaustive()
+    }
+}
+
+impl Drop for OwnedCapacityToken {
+    /// Returns the token: hands it to the oldest waiter if the count allows.
+    fn drop(&mut self) {
+        self.limiter.give_back();
+    }
+}
+
 /// Future of [`CapacityLimiter::acquire`]. Dropping it leaves no trace; a token already handed
 /// to it goes on to the next waiter.
 #[must_use = "futures do nothing unless awaited"]
@@ -268,5 +313,49 @@ impl<'a> Future for LimiterAcquire<'a> {
             Err(Failed::Cancelled(c)) => Err(c),
             Err(Failed::Broken) => unreachable!("hatchery internal error: a limiter's lot is never broken"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::CapacityLimiter;
+    use crate::testing::{self, registrations};
+    use crate::{Instant, move_on_after, now};
+
+    #[test]
+    fn an_owned_token_keeps_its_limiter_and_returns_its_token_when_dropped() {
+        let limiter = Rc::new(CapacityLimiter::new(1));
+        let token = limiter.try_acquire_owned().unwrap();
+        assert!(limiter.try_acquire_owned().is_err(), "the only token is out");
+        let weak = Rc::downgrade(&limiter);
+        drop(limiter);
+        let limiter = weak.upgrade().expect("the token keeps the limiter alive");
+        assert_eq!(limiter.borrowed_tokens(), 1);
+        drop(token);
+        assert_eq!(limiter.borrowed_tokens(), 0);
+        drop(limiter);
+        assert!(weak.upgrade().is_none(), "nothing else held it");
+    }
+
+    #[test]
+    fn acquire_owned_waits_its_turn_and_a_cancelled_wait_leaves_nothing() {
+        testing::run(async {
+            let limiter = Rc::new(CapacityLimiter::new(1));
+            let first = limiter.clone().acquire_owned().await.unwrap();
+            let base = registrations();
+            let r = move_on_after(Duration::from_secs(2), limiter.clone().acquire_owned()).await;
+            assert!(matches!(r, Ok(None)), "cancelled by the deadline while it waited");
+            assert_eq!(now(), Instant::ZERO + Duration::from_secs(2));
+            assert_eq!(registrations(), base);
+            assert_eq!((limiter.borrowed_tokens(), limiter.statistics().tasks_waiting), (1, 0));
+            drop(first);
+            let second = limiter.clone().acquire_owned().await.unwrap();
+            assert_eq!(limiter.borrowed_tokens(), 1);
+            drop(second);
+            assert_eq!(limiter.borrowed_tokens(), 0);
+        });
     }
 }

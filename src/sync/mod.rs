@@ -20,6 +20,7 @@ mod semaphore;
 
 pub use condition::{Condition, ConditionStatistics, ConditionWait, WaitError};
 pub use event::{Event, EventStatistics, EventWait};
+pub(crate) use limiter::OwnedCapacityToken;
 pub use limiter::{CapacityLimiter, CapacityLimiterStatistics, CapacityToken, LimiterAcquire};
 pub use mutex::{BrokenMutex, LockError, Mutex, MutexGuard, MutexLock, MutexStatistics, TryLockError};
 pub use semaphore::{
