@@ -71,9 +71,9 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::pin::{Pin, pin};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 use signal_hook::SigId;
 use signal_hook::iterator::backend::SignalDelivery;
@@ -494,18 +494,20 @@ where
     let handle = scope.handle();
     let mut body = pin!(scope.run(body));
     let mut first = None;
-    let mut watching = true;
+    let mut watcher = Some(Watcher::new());
     let out = std::future::poll_fn(|cx| {
-        if watching {
-            match futures_core::Stream::poll_next(Pin::new(&mut signals), cx) {
+        if let Some(w) = &mut watcher
+            && let Some(mut wcx) = w.context_if_woken(cx)
+        {
+            match futures_core::Stream::poll_next(Pin::new(&mut signals), &mut wcx) {
                 Poll::Ready(Some(Ok(sig))) => {
-                    watching = false;
+                    watcher = None;
                     first = Some(sig);
                     handle.cancel_with_reason(format!("{} received", signal_name(sig)));
                 }
                 // The code around is cancelled: the body sees that too and ends; nothing
                 // left to watch for (a second signal still ends the process).
-                Poll::Ready(Some(Err(_)) | None) => watching = false,
+                Poll::Ready(Some(Err(_)) | None) => watcher = None,
                 Poll::Pending => {}
             }
         }
@@ -525,6 +527,57 @@ where
             unreachable!("hatchery internal error: only a signal cancels the scope of ctrl_c_cancels")
         }
         (Err(e), _) => Err(e),
+    }
+}
+
+/// The signal receiver's side of [`ctrl_c_cancels`]: the receiver is polled with a waker of
+/// its own, and only on the polls after that waker was woken (a signal arrived, or the code
+/// around was cancelled), not on every poll of the body. A body that yields a million times
+/// costs the receiver nothing.
+struct Watcher {
+    flag: Arc<WatcherWake>,
+    /// A waker of `flag`, for the receiver's `Context`.
+    waker: Waker,
+    /// The task waker last stored in `flag`, to compare without its lock.
+    task: Waker,
+}
+
+/// Records that the receiver was woken, and wakes the task.
+struct WatcherWake {
+    /// Set by a wake-up, cleared just before the receiver is polled.
+    woken: AtomicBool,
+    task: Mutex<Waker>,
+}
+
+impl Wake for WatcherWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        // Cloned out of the lock: the task's waker runs with no lock of ours held.
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        task.wake();
+    }
+}
+
+impl Watcher {
+    fn new() -> Watcher {
+        let flag =
+            Arc::new(WatcherWake { woken: AtomicBool::new(true), task: Mutex::new(Waker::noop().clone()) });
+        Watcher { waker: Waker::from(flag.clone()), flag, task: Waker::noop().clone() }
+    }
+
+    /// Makes a wake-up of the receiver wake the task of `cx`; then, if the receiver was woken
+    /// since its last poll (or was never polled), the `Context` to poll it with.
+    fn context_if_woken(&mut self, cx: &Context<'_>) -> Option<Context<'_>> {
+        if !self.task.will_wake(cx.waker()) {
+            self.task = cx.waker().clone();
+            *self.flag.task.lock().unwrap_or_else(|e| e.into_inner()) = self.task.clone();
+        }
+        // Cleared before the poll, so a wake-up during or after it is not lost.
+        self.flag.woken.swap(false, Ordering::SeqCst).then(|| Context::from_waker(&self.waker))
     }
 }
 
@@ -655,5 +708,56 @@ mod disposition {
             assert!(!in_mask(status, "SigBlk:", 2), "a missing line is an empty mask");
             assert!(!in_mask(status, "SigIgn:", 0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::{Outcome, ctrl_c_cancels};
+    use crate::runtime::context;
+    use crate::testing;
+
+    /// Returns `Pending` `n` times, waking itself each time, then `Ok(7)`: a body that yields
+    /// without passing a cancel point.
+    struct Yields(u32);
+
+    impl Future for Yields {
+        type Output = io::Result<u32>;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u32>> {
+            if self.0 == 0 {
+                return Poll::Ready(Ok(7));
+            }
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    /// The cancel points the task passes in `ctrl_c_cancels` around a body of `n` yields. The
+    /// body passes none; each poll of the waiting receiver is one.
+    fn cancel_points_around(n: u32) -> u64 {
+        testing::run(async {
+            let before = context::core().cancel_points.get();
+            let out = ctrl_c_cancels(Yields(n)).await.unwrap();
+            assert_eq!(out, Outcome::Completed(7));
+            context::core().cancel_points.get() - before
+        })
+    }
+
+    #[test]
+    fn the_receiver_is_polled_when_woken_not_on_every_poll_of_the_body() {
+        let idle = cancel_points_around(0);
+        assert!(idle > 0, "the receiver was polled once, to register");
+        assert_eq!(
+            cancel_points_around(1000),
+            idle,
+            "a thousand polls of the body cost the receiver nothing"
+        );
     }
 }

@@ -29,7 +29,7 @@ use hatchery::signal::{Outcome, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, Signals, ctrl
 use hatchery::testing::{self, assert_checkpoints, registrations, wait_all_tasks_blocked};
 use hatchery::{CancelScope, Cancelled, move_on_after, now, nursery, sleep, sleep_forever};
 use signal_hook::low_level::raise;
-use support::{Log, at, secs};
+use support::{Log, at, in_cancelled_scope, secs};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -40,20 +40,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// How long a test waits for a child process before it fails (never reached when things work).
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Runs `f` inside a scope cancelled before it starts; returns what `f` returned.
-async fn in_cancelled_scope<T, F: Future<Output = T>>(f: F) -> T {
-    let scope = CancelScope::new();
-    scope.handle().cancel();
-    let mut out = None;
-    let _ = scope
-        .run(async {
-            out = Some(f.await);
-            Ok::<_, Cancelled>(())
-        })
-        .await;
-    out.unwrap()
-}
 
 /// What `StreamExt::next` does.
 async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
