@@ -723,3 +723,31 @@ fn the_clock_does_not_autojump_while_a_thread_job_runs_s8_3() {
     });
     assert_eq!(log.take(), ["thread done@0", "sleeper@10"]);
 }
+
+/// Thread jobs finishing one after another, each waking the loop from its pool thread while the
+/// loop waits for I/O. On polling's poll(2) backend a wake-up could make the wait fail with
+/// EAGAIN (its `notify` raises a flag before it writes the pipe); the reactor takes that as a
+/// wake-up. Real clock: the race needs a real wait; 3,000 short jobs take well under a second.
+#[test]
+fn a_storm_of_thread_wakeups_never_fails_the_wait() {
+    let total = hatchery::run(async {
+        let sum = std::cell::Cell::new(0u64);
+        for round in 0..30u64 {
+            nursery(async |n| {
+                for i in 0..100u64 {
+                    let sum = &sum;
+                    n.start_soon(async move {
+                        let v = to_thread(move || round * 100 + i).await?;
+                        sum.set(sum.get() + v);
+                        Ok(())
+                    });
+                }
+                Ok::<_, Cancelled>(())
+            })
+            .await
+            .unwrap();
+        }
+        sum.get()
+    });
+    assert_eq!(total, (0..3_000u64).sum::<u64>());
+}
