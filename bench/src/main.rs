@@ -482,76 +482,67 @@ fn prepare_http(opts: &Options) -> Option<Option<PathBuf>> {
 
 /// The median system calls per round trip by name, per runtime, as a table (`tcp_echo`).
 fn print_syscalls(w: Workload, per_rt: &[Vec<common::PerOp>]) {
-    let mut names: Vec<String> = Vec::new();
     // (calls, errors) medians per runtime and name; a name missing from a rep counts 0 there.
-    let mut med: Vec<BTreeMap<String, (f64, f64)>> = vec![BTreeMap::new(); per_rt.len()];
-    for (i, reps) in per_rt.iter().enumerate() {
-        let mut all: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-        for (r, sample) in reps.iter().enumerate() {
-            for (name, calls, errors) in sample {
-                let e = all.entry(name).or_default();
-                e.0.resize(r, 0.0);
-                e.1.resize(r, 0.0);
-                e.0.push(*calls);
-                e.1.push(*errors);
+    let med: Vec<BTreeMap<&str, (f64, f64)>> = per_rt
+        .iter()
+        .map(|reps| {
+            let mut all: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+            for (r, sample) in reps.iter().enumerate() {
+                for (name, calls, errors) in sample {
+                    let e = all.entry(name).or_default();
+                    e.0.resize(r, 0.0);
+                    e.1.resize(r, 0.0);
+                    e.0.push(*calls);
+                    e.1.push(*errors);
+                }
             }
-        }
-        for (name, (mut calls, mut errors)) in all {
-            calls.resize(reps.len(), 0.0);
-            errors.resize(reps.len(), 0.0);
-            med[i].insert(name.to_string(), (median(&calls), median(&errors)));
-            if !names.iter().any(|n| n == name) {
-                names.push(name.to_string());
-            }
-        }
-    }
+            all.into_iter()
+                .map(|(name, (mut calls, mut errors))| {
+                    calls.resize(reps.len(), 0.0);
+                    errors.resize(reps.len(), 0.0);
+                    (name, (median(&calls), median(&errors)))
+                })
+                .collect()
+        })
+        .collect();
+    let calls_of = |i: usize, n: &str| med[i].get(n).map_or(0.0, |c| c.0);
+    // Every name any runtime made, hatchery's most frequent first.
+    let mut names: Vec<&str> = med.iter().flat_map(|m| m.keys().copied()).collect();
     if names.is_empty() {
         return;
     }
-    let calls_of = |i: usize, n: &str| med[i].get(n).map_or(0.0, |c| c.0);
     names.sort_by(|a, b| calls_of(0, b).total_cmp(&calls_of(0, a)).then_with(|| a.cmp(b)));
+    names.dedup();
     println!(
         "\n{} server system calls per round trip, by name (medians; failed calls in brackets):\n",
         w.name()
     );
     println!("| syscall | {} |", Runtime::ALL.map(|r| r.label()).join(" | "));
     println!("|---|---|---|---|---|");
+    // One cell per runtime: `-` for a runtime without samples, else `cell(i)`.
+    let cells = |cell: &dyn Fn(usize) -> String| {
+        let cells: Vec<String> =
+            (0..per_rt.len()).map(|i| if per_rt[i].is_empty() { "-".to_string() } else { cell(i) }).collect();
+        cells.join(" | ")
+    };
     // Calls below this per round trip (the tracer's own attach, the `go` write, closing) are
     // summed into one row.
     const NOISE: f64 = 0.005;
-    let cell = |i: usize, n: &str| match med[i].get(n) {
-        None if per_rt[i].is_empty() => "-".to_string(),
-        None => "0".to_string(),
-        Some((c, e)) if e.is_nan() || *e < NOISE => fmt_value(*c),
-        Some((c, e)) => format!("{} ({} failed)", fmt_value(*c), fmt_value(*e)),
-    };
-    let (shown, rest): (Vec<&String>, Vec<&String>) =
-        names.iter().partition(|n| (0..per_rt.len()).any(|i| calls_of(i, n) >= NOISE));
+    let (shown, rest): (Vec<&str>, Vec<&str>) =
+        names.into_iter().partition(|n| (0..per_rt.len()).any(|i| calls_of(i, n) >= NOISE));
     for n in shown {
-        println!("| {n} | {} |", (0..per_rt.len()).map(|i| cell(i, n)).collect::<Vec<_>>().join(" | "));
+        let cell = |i: usize| match med[i].get(n) {
+            None => "0".to_string(),
+            Some((c, e)) if e.is_nan() || *e < NOISE => fmt_value(*c),
+            Some((c, e)) => format!("{} ({} failed)", fmt_value(*c), fmt_value(*e)),
+        };
+        println!("| {n} | {} |", cells(&cell));
     }
     if !rest.is_empty() {
-        let other: Vec<String> = (0..per_rt.len())
-            .map(|i| {
-                if per_rt[i].is_empty() {
-                    "-".to_string()
-                } else {
-                    fmt_value(rest.iter().map(|n| calls_of(i, n)).sum())
-                }
-            })
-            .collect();
-        println!(
-            "| other ({}) | {} |",
-            rest.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
-            other.join(" | ")
-        );
+        let other = cells(&|i| fmt_value(rest.iter().map(|n| calls_of(i, n)).sum()));
+        println!("| other ({}) | {other} |", rest.join(", "));
     }
-    let totals: Vec<String> = (0..per_rt.len())
-        .map(|i| {
-            if per_rt[i].is_empty() { "-".to_string() } else { fmt_value(med[i].values().map(|c| c.0).sum()) }
-        })
-        .collect();
-    println!("| **sum of medians** | {} |", totals.join(" | "));
+    println!("| **sum of medians** | {} |", cells(&|i| fmt_value(med[i].values().map(|c| c.0).sum())));
 }
 
 /// The size of `n` in a workload's heading.
