@@ -172,14 +172,13 @@ impl EchoRun {
                 let (t1, cpu1) = self.end.get().expect("stop was not called");
                 let trips = (self.conns * self.per_conn) as f64;
                 let per = |v: u64| v as f64 / trips;
-                let mut syscalls: crate::common::PerOp = self
+                let syscalls: crate::common::PerOp = self
                     .counts
                     .into_inner()
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(name, calls, errors)| (name, per(calls), errors.map_or(f64::NAN, per)))
                     .collect();
-                syscalls.sort_by(|a, b| b.1.total_cmp(&a.1));
                 let total = if syscalls.is_empty() { f64::NAN } else { syscalls.iter().map(|s| s.1).sum() };
                 Sample {
                     values: vec![
@@ -221,9 +220,14 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 fn round_trip(s: &mut TcpStream, c: u64, i: u64) -> io::Result<()> {
     let m = message(c, i);
     s.write_all(&m)?;
+    read_echo(s, &m, c, i)
+}
+
+/// Reads the echo of `m`, round trip `i` of connection `c`, and checks that it is intact.
+fn read_echo(s: &mut TcpStream, m: &[u8; ECHO_MSG], c: u64, i: u64) -> io::Result<()> {
     let mut back = [0u8; ECHO_MSG];
     s.read_exact(&mut back)?;
-    if back != m {
+    if back != *m {
         return Err(io::Error::other(format!("connection {c}, round trip {i}: the echo differs")));
     }
     Ok(())
@@ -325,11 +329,7 @@ fn idle_client(addr: SocketAddr, conns: u64) -> io::Result<u64> {
     }
     let mut bytes = 0;
     for (c, s) in streams.iter_mut().enumerate() {
-        let mut back = [0u8; ECHO_MSG];
-        s.read_exact(&mut back)?;
-        if back != message(c as u64, 0) {
-            return Err(io::Error::other(format!("connection {c}: the echo differs")));
-        }
+        read_echo(s, &message(c as u64, 0), c as u64, 0)?;
         bytes += ECHO_MSG as u64;
     }
     Ok(bytes)
