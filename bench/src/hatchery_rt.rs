@@ -317,8 +317,8 @@ async fn http_conn(stream: TcpStream) -> io::Result<()> {
     }
 }
 
-/// The bench crate's own minimal HTTP responder on hatchery (`http_wrk` uses it only when
-/// `examples/hello_http.rs` cannot be built): serves forever.
+/// The bench crate's own minimal HTTP responder on hatchery (`http_wrk` uses it with
+/// `--hello-http bench`, or when `examples/hello_http` cannot be built): serves forever.
 pub fn http_server(addr: SocketAddr, listening: impl FnOnce(SocketAddr)) -> io::Result<()> {
     run(async {
         let listener = TcpListener::bind(addr)?;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::common::{HTTP_BODY, HTTP_PATH, Runtime, Sample, WRK_CONNS};
+use crate::common::{HTTP_BODY, HTTP_PATH, Runtime, Sample, WRK_CONNS, Workload};
 use crate::echo::spawn_tied;
 
 /// The read buffer of a connection; a request head must fit.
@@ -58,7 +58,7 @@ impl HttpConn {
         while let Some(end) = find(&self.buf[start..self.filled], b"\r\n\r\n") {
             let head = &self.buf[start..start + end];
             start += end + 4;
-            close |= respond(head, &mut self.out, &date)?;
+            close = respond(head, &mut self.out, &date)?;
             if close {
                 break;
             }
@@ -195,7 +195,7 @@ pub fn wrk_installed() -> bool {
     Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
-/// Builds `examples/hello_http.rs` (release) into the target directory of this executable and
+/// Builds `examples/hello_http` (release) into the target directory of this executable and
 /// returns its path, or why it cannot.
 pub fn build_hello_http() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -321,7 +321,7 @@ pub fn http_wrk(rt: Runtime, secs: u64, hello_http: Option<&Path>) -> Sample {
         Ok(s) => s,
         Err(e) => {
             eprintln!("http_wrk on {}: {e}", rt.label());
-            Sample::of(vec![f64::NAN; 4])
+            Sample::of(vec![f64::NAN; Workload::HttpWrk.metrics().len()])
         }
     }
 }

@@ -87,10 +87,6 @@ pub struct Tracing {
     control: Option<(File, File)>,
 }
 
-fn tracer_error(what: &str) -> io::Error {
-    io::Error::other(what.to_string())
-}
-
 /// Makes a FIFO at `path`.
 fn mkfifo(path: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -103,7 +99,7 @@ fn mkfifo(path: &Path) -> io::Result<()> {
 }
 
 /// Sends SIGINT to a process of ours (the tracers print their counts on it).
-pub fn interrupt(child: &Child) {
+fn interrupt(child: &Child) {
     let pid = child.id() as libc::pid_t;
     // SAFETY: plain syscall on a pid we spawned and have not reaped yet.
     unsafe { libc::kill(pid, libc::SIGINT) };
@@ -187,10 +183,10 @@ impl Tracing {
     fn check_alive(&mut self, deadline: Instant) -> io::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
-            return Err(tracer_error(&format!("{} exited ({status}): {}", self.kind.name(), log.trim())));
+            return Err(io::Error::other(format!("{} exited ({status}): {}", self.kind.name(), log.trim())));
         }
         if Instant::now() > deadline {
-            return Err(tracer_error(&format!("{} did not attach in time", self.kind.name())));
+            return Err(io::Error::other(format!("{} did not attach in time", self.kind.name())));
         }
         std::thread::sleep(Duration::from_millis(2));
         Ok(())
@@ -231,7 +227,7 @@ impl Tracing {
             TracerKind::Strace => parse_strace(&text),
         };
         if counts.is_empty() {
-            return Err(tracer_error(&format!(
+            return Err(io::Error::other(format!(
                 "{} counted nothing ({status}): {} {}",
                 self.kind.name(),
                 text.trim(),
