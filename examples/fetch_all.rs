@@ -28,7 +28,6 @@
 //! `100 requests in 1.01s: 98 ok, 2 timed out, 0 failed, 0 unfinished`.
 
 use std::cell::{Cell, RefCell};
-use std::fmt::Write as _;
 use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -174,15 +173,17 @@ async fn fetch_all(target: &Target, stall_port: Option<u16>, options: &Options) 
     let limiter = CapacityLimiter::new(options.concurrency);
     let start = now();
     let count = options.count;
-    // `K` of the `N` requests, spread evenly, go to the black hole.
-    let stalls =
-        |i: usize| stall_port.is_some() && (i + 1) * options.stall / count != i * options.stall / count;
+    // `K` of the `N` requests, spread evenly, go to the black hole (if there is one).
+    let port_of = |i: usize| match stall_port {
+        Some(port) if (i + 1) * options.stall / count != i * options.stall / count => port,
+        _ => target.port,
+    };
     let finished = move_on_after(
         options.deadline,
         nursery(async |n| {
             for i in 0..count {
                 let (tally, limiter) = (&tally, &limiter);
-                let port = if stalls(i) { stall_port.unwrap_or(target.port) } else { target.port };
+                let port = port_of(i);
                 n.start_soon(async move {
                     let _token = limiter.acquire().await?;
                     let name = format!("name-{i}");
@@ -214,10 +215,11 @@ async fn fetch_all(target: &Target, stall_port: Option<u16>, options: &Options) 
         println!("the overall deadline ({:?}) passed", options.deadline);
     }
     let (ok, timed_out, failed) = (tally.ok.get(), tally.timed_out.get(), tally.failed.get());
-    let mut summary =
-        format!("{count} requests in {:.2}s: {ok} ok, {timed_out} timed out", elapsed.as_secs_f64());
-    let _ = write!(summary, ", {failed} failed, {} unfinished", count - ok - timed_out - failed);
-    println!("{summary}");
+    let unfinished = count - ok - timed_out - failed;
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{count} requests in {secs:.2}s: {ok} ok, {timed_out} timed out, {failed} failed, {unfinished} unfinished"
+    );
     Ok(())
 }
 

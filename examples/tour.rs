@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::net::Shutdown;
 use std::time::Duration;
 
+use hatchery::io::BufReader;
 use hatchery::net::{TcpStream, serve_tcp};
 use hatchery::testing::MockClock;
 use hatchery::{
@@ -343,13 +344,7 @@ async fn client(name: &str, addr: std::net::SocketAddr) -> Result<(), Error> {
     let line = format!("hello from {name}");
     conn.write_all(line.as_bytes()).await?;
     let mut echoed = vec![0; line.len()];
-    let mut got = 0;
-    while got < echoed.len() {
-        match conn.read(&mut echoed[got..]).await? {
-            0 => return Err(Error::other("the server hung up early")),
-            n => got += n,
-        }
-    }
+    BufReader::new(&conn).read_exact(&mut echoed).await?; // reads until all of it is here
     say!("{name}: the server echoed {:?}", String::from_utf8_lossy(&echoed));
     conn.shutdown(Shutdown::Write).await?;
     Ok(())
