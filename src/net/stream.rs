@@ -1,5 +1,6 @@
-//! What TCP and Unix stream sockets share: [`StreamCore`], and the macro that gives each stream
-//! type its methods, its halves and its `futures-io` impls.
+//! What hatchery's byte streams share: [`StreamEnd`], which holds Trio's stream rules once for
+//! the socket streams' [`StreamCore`] and for the memory stream, and the macros that give each
+//! stream type its methods, its halves and its `futures-io` impls.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -9,6 +10,186 @@ use std::task::{Context, Poll};
 
 use crate::error::{BusyResource, ClosedResource, WriteAllError};
 use crate::lowlevel::{self, IoSource, Park};
+
+/// A direction of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+/// Marks one direction in use for the length of an operation (Trio's conflict detector).
+struct InUse<'a>(&'a Cell<bool>);
+
+impl<'a> InUse<'a> {
+    fn enter(end: &'a (impl StreamEnd + ?Sized), dir: Dir) -> io::Result<InUse<'a>> {
+        let flag = end.in_use(dir);
+        if flag.replace(true) {
+            return Err(busy(dir));
+        }
+        Ok(InUse(flag))
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+fn busy(dir: Dir) -> io::Error {
+    BusyResource(match dir {
+        Dir::Read => "read",
+        Dir::Write => "write",
+    })
+    .into()
+}
+
+/// The error of a read into an empty buffer, for every stream type and `BufReader`.
+pub(crate) fn empty_read() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "read into an empty buffer (0 bytes read would mean end of stream)",
+    )
+}
+
+/// One end of a byte stream with Trio's stream rules (S9.1, S9.2): the socket streams'
+/// [`StreamCore`] and [`MemoryStream`](crate::testing::MemoryStream). An end provides its flags
+/// and its raw steps; the provided methods apply the rules around them, so every kind of stream
+/// keeps the same ones: one operation per direction at a time (a second gets `BusyResource`),
+/// `ClosedResource` once closed (for writing, also once shut down), `InvalidInput` for an empty
+/// read, an empty write that is still a checkpoint, `write_all`'s count, `shutdown` that
+/// checkpoints before it acts, and poll-style operations that are not checkpoints.
+pub(crate) trait StreamEnd {
+    /// The flag that marks `dir` in use for the length of an operation.
+    fn in_use(&self, dir: Dir) -> &Cell<bool>;
+
+    /// Whether the end was closed.
+    fn is_closed(&self) -> bool;
+
+    /// Whether writing was shut down.
+    fn write_shut(&self) -> bool;
+
+    /// One read into a non-empty `buf`, waiting until it can complete. A checkpoint that has
+    /// done nothing if it is cancelled or dropped.
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// One write of a non-empty `buf`, waiting until it can complete (as `read_some`).
+    async fn write_some(&self, buf: &[u8]) -> io::Result<usize>;
+
+    /// Waits until an operation in `dir` would not wait. A checkpoint.
+    async fn wait_ready(&self, dir: Dir) -> io::Result<()>;
+
+    /// Shuts down `how`, at once.
+    fn shutdown_now(&self, how: Shutdown) -> io::Result<()>;
+
+    /// The poll-style `read_some`: not a checkpoint; fails with `Cancelled` only where it would
+    /// block in a cancelled scope.
+    fn poll_read_some(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+
+    /// The poll-style `write_some` (see `poll_read_some`).
+    fn poll_write_some(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+
+    // The rules, once for every end (documented on the public methods of each stream type).
+
+    fn check_open(&self) -> io::Result<()> {
+        if self.is_closed() { Err(ClosedResource.into()) } else { Ok(()) }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.is_closed() || self.write_shut() { Err(ClosedResource.into()) } else { Ok(()) }
+    }
+
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Err(empty_read());
+        }
+        let _in_use = InUse::enter(self, Dir::Read)?;
+        self.check_open()?;
+        self.read_some(buf).await
+    }
+
+    async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let _in_use = InUse::enter(self, Dir::Write)?;
+        self.check_writable()?;
+        if buf.is_empty() {
+            lowlevel::checkpoint().await?;
+            return Ok(0);
+        }
+        self.write_some(buf).await
+    }
+
+    async fn write_all(&self, buf: &[u8]) -> Result<(), WriteAllError> {
+        let fail = |written, error| WriteAllError { written, error };
+        let _in_use = InUse::enter(self, Dir::Write).map_err(|e| fail(0, e))?;
+        self.check_writable().map_err(|e| fail(0, e))?;
+        if buf.is_empty() {
+            return lowlevel::checkpoint().await.map_err(|c| fail(0, c.into()));
+        }
+        let mut written = 0;
+        while written < buf.len() {
+            match self.write_some(&buf[written..]).await {
+                Ok(0) => return Err(fail(written, io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) => return Err(fail(written, e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        let _in_use = match how {
+            Shutdown::Read => None,
+            Shutdown::Write | Shutdown::Both => Some(InUse::enter(self, Dir::Write)?),
+        };
+        self.check_open()?;
+        lowlevel::checkpoint().await?;
+        self.shutdown_now(how)
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        let _in_use = InUse::enter(self, Dir::Read)?;
+        self.check_open()?;
+        self.wait_ready(Dir::Read).await
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        let _in_use = InUse::enter(self, Dir::Write)?;
+        self.check_writable()?;
+        self.wait_ready(Dir::Write).await
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.in_use(Dir::Read).get() {
+            return Poll::Ready(Err(busy(Dir::Read)));
+        }
+        self.check_open()?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.poll_read_some(cx, buf)
+    }
+
+    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.in_use(Dir::Write).get() {
+            return Poll::Ready(Err(busy(Dir::Write)));
+        }
+        self.check_writable()?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.poll_write_some(cx, buf)
+    }
+
+    /// `futures-io`'s `poll_close`: shuts down writing.
+    fn poll_close(&self) -> Poll<io::Result<()>> {
+        if self.in_use(Dir::Write).get() {
+            return Poll::Ready(Err(busy(Dir::Write)));
+        }
+        self.check_open()?;
+        Poll::Ready(self.shutdown_now(Shutdown::Write))
+    }
+}
 
 /// A connected stream socket type from `std` (`TcpStream`, `UnixStream`).
 pub(crate) trait SocketIo: AsFd + 'static
@@ -30,26 +211,8 @@ impl SocketIo for std::os::unix::net::UnixStream {
     }
 }
 
-/// Marks one direction in use for the length of an operation (Trio's conflict detector).
-pub(crate) struct InUse<'a>(&'a Cell<bool>);
-
-impl<'a> InUse<'a> {
-    pub(crate) fn enter(flag: &'a Cell<bool>, what: &'static str) -> io::Result<InUse<'a>> {
-        if flag.replace(true) {
-            return Err(BusyResource(what).into());
-        }
-        Ok(InUse(flag))
-    }
-}
-
-impl Drop for InUse<'_> {
-    fn drop(&mut self) {
-        self.0.set(false);
-    }
-}
-
-/// A registered, non-blocking stream socket with Trio's stream rules (S9.1, S9.2): one
-/// operation per direction at a time, `close` from any task, a write side that stays shut.
+/// A registered, non-blocking stream socket: the [`StreamEnd`] of `TcpStream` and `UnixStream`,
+/// plus `close` from any task and a write side that stays shut.
 #[derive(Debug)]
 pub(crate) struct StreamCore<T: SocketIo>
 where
@@ -62,14 +225,6 @@ where
     closed: Cell<bool>,
     /// Cancellation registrations of the poll-style (`futures-io`) reads and writes.
     poll_parks: RefCell<[Park; 2]>,
-}
-
-/// The error of a read into an empty buffer, for every stream type.
-pub(crate) fn empty_read() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "read into an empty buffer (0 bytes read would mean end of stream)",
-    )
 }
 
 impl<T: SocketIo> StreamCore<T>
@@ -96,23 +251,6 @@ where
         self.src.into_inner()
     }
 
-    fn check_open(&self) -> io::Result<()> {
-        if self.closed.get() { Err(ClosedResource.into()) } else { Ok(()) }
-    }
-
-    fn check_writable(&self) -> io::Result<()> {
-        if self.closed.get() || self.write_shut.get() { Err(ClosedResource.into()) } else { Ok(()) }
-    }
-
-    pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Err(empty_read());
-        }
-        let _in_use = InUse::enter(&self.reading, "read")?;
-        self.check_open()?;
-        self.src.read_with(|s| self.read_now(s, buf)).await
-    }
-
     /// One `read` syscall. A short read drained the socket: say so at once rather than learn
     /// it from a read that fails with `WouldBlock` (not at end of stream, 0, after which no new
     /// edge would come). At once, inside the operation: the checkpoint after it yields, and an
@@ -134,46 +272,57 @@ where
         Ok(n)
     }
 
-    pub(crate) async fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let _in_use = InUse::enter(&self.writing, "write")?;
-        self.check_writable()?;
-        if buf.is_empty() {
-            lowlevel::checkpoint().await?;
-            return Ok(0);
+    pub(crate) fn close(&self) {
+        if self.mark_closed() {
+            // Let the peer see the end now; the descriptor itself closes when the owner drops it.
+            let _ = self.src.get_ref().shutdown(Shutdown::Both);
         }
-        self.write_some(buf).await
+    }
+
+    /// Marks the stream closed and wakes its waiters with `ClosedResource`, shutting nothing
+    /// down (an abortive close must not send an end of stream before its reset). Whether this
+    /// call closed it (`false` if it was closed already).
+    pub(crate) fn mark_closed(&self) -> bool {
+        if self.closed.replace(true) {
+            return false;
+        }
+        self.src.notify_closing();
+        true
+    }
+}
+
+impl<T: SocketIo> StreamEnd for StreamCore<T>
+where
+    for<'a> &'a T: Read + Write,
+{
+    fn in_use(&self, dir: Dir) -> &Cell<bool> {
+        match dir {
+            Dir::Read => &self.reading,
+            Dir::Write => &self.writing,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn write_shut(&self) -> bool {
+        self.write_shut.get()
+    }
+
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.src.read_with(|s| self.read_now(s, buf)).await
     }
 
     async fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
         self.src.write_with(|s| self.write_now(s, buf)).await
     }
 
-    pub(crate) async fn write_all(&self, buf: &[u8]) -> Result<(), WriteAllError> {
-        let fail = |written, error| WriteAllError { written, error };
-        let _in_use = InUse::enter(&self.writing, "write").map_err(|e| fail(0, e))?;
-        self.check_writable().map_err(|e| fail(0, e))?;
-        if buf.is_empty() {
-            return lowlevel::checkpoint().await.map_err(|c| fail(0, c.into()));
+    async fn wait_ready(&self, dir: Dir) -> io::Result<()> {
+        match dir {
+            Dir::Read => self.src.readable().await,
+            Dir::Write => self.src.writable().await,
         }
-        let mut written = 0;
-        while written < buf.len() {
-            match self.write_some(&buf[written..]).await {
-                Ok(0) => return Err(fail(written, io::ErrorKind::WriteZero.into())),
-                Ok(n) => written += n,
-                Err(e) => return Err(fail(written, e)),
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        let _in_use = match how {
-            Shutdown::Read => None,
-            Shutdown::Write | Shutdown::Both => Some(InUse::enter(&self.writing, "write")?),
-        };
-        self.check_open()?;
-        lowlevel::checkpoint().await?;
-        self.shutdown_now(how)
     }
 
     fn shutdown_now(&self, how: Shutdown) -> io::Result<()> {
@@ -192,75 +341,20 @@ where
         Ok(())
     }
 
-    pub(crate) fn close(&self) {
-        if self.mark_closed() {
-            // Let the peer see the end now; the descriptor itself closes when the owner drops it.
-            let _ = self.src.get_ref().shutdown(Shutdown::Both);
-        }
-    }
-
-    /// Marks the stream closed and wakes its waiters with `ClosedResource`, shutting nothing
-    /// down (an abortive close must not send an end of stream before its reset). Whether this
-    /// call closed it (`false` if it was closed already).
-    pub(crate) fn mark_closed(&self) -> bool {
-        if self.closed.replace(true) {
-            return false;
-        }
-        self.src.notify_closing();
-        true
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.get()
-    }
-
-    pub(crate) async fn readable(&self) -> io::Result<()> {
-        let _in_use = InUse::enter(&self.reading, "read")?;
-        self.check_open()?;
-        self.src.readable().await
-    }
-
-    pub(crate) async fn writable(&self) -> io::Result<()> {
-        let _in_use = InUse::enter(&self.writing, "write")?;
-        self.check_writable()?;
-        self.src.writable().await
-    }
-
-    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        if self.reading.get() {
-            return Poll::Ready(Err(BusyResource("read").into()));
-        }
-        self.check_open()?;
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
+    fn poll_read_some(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let mut parks = self.poll_parks.borrow_mut();
         self.src.poll_read_with(cx, &mut parks[0], |s| self.read_now(s, buf))
     }
 
-    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.writing.get() {
-            return Poll::Ready(Err(BusyResource("write").into()));
-        }
-        self.check_writable()?;
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
+    fn poll_write_some(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut parks = self.poll_parks.borrow_mut();
         self.src.poll_write_with(cx, &mut parks[1], |s| self.write_now(s, buf))
-    }
-
-    pub(crate) fn poll_close(&self) -> Poll<io::Result<()>> {
-        if self.writing.get() {
-            return Poll::Ready(Err(BusyResource("write").into()));
-        }
-        self.check_open()?;
-        Poll::Ready(self.shutdown_now(Shutdown::Write))
     }
 }
 
 /// Gives a stream type (a struct with a `core: StreamCore<$std>` field) its stream methods, its
-/// `futures-io` impls (on the type and on a shared reference to it) and its halves.
+/// `futures-io` impls (on the type and on a shared reference to it) and its halves. Like the
+/// macros below, it calls [`StreamEnd`]'s methods: expand it where that trait is in scope.
 macro_rules! stream_type {
     ($Stream:ident, $std:ty) => {
         impl $Stream {
@@ -534,32 +628,33 @@ macro_rules! half_methods {
     };
 }
 
-/// `futures_io::AsyncRead` for `$T`, whose `StreamCore` is at `self.$path`.
+/// `futures_io::AsyncRead` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`).
 macro_rules! async_read_impl {
-    ($T:ty; $($path:ident).+) => {
+    ($T:ty $(; $($path:ident).+)?) => {
         impl futures_io::AsyncRead for $T {
             fn poll_read(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 buf: &mut [u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.$($path).+.poll_read(cx, buf)
+                (&*self)$($(.$path)+)?.poll_read(cx, buf)
             }
         }
     };
 }
 
-/// `futures_io::AsyncWrite` for `$T`, whose `StreamCore` is at `self.$path`: writes go straight
-/// to the socket (flushing has nothing to do), and closing shuts down writing.
+/// `futures_io::AsyncWrite` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`):
+/// writes go straight to the stream (flushing has nothing to do), and closing shuts down
+/// writing.
 macro_rules! async_write_impl {
-    ($T:ty; $($path:ident).+) => {
+    ($T:ty $(; $($path:ident).+)?) => {
         impl futures_io::AsyncWrite for $T {
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.$($path).+.poll_write(cx, buf)
+                (&*self)$($(.$path)+)?.poll_write(cx, buf)
             }
 
             fn poll_flush(
@@ -569,11 +664,12 @@ macro_rules! async_write_impl {
                 std::task::Poll::Ready(Ok(()))
             }
 
+            /// Shuts down writing (the peer reads end of stream after the data).
             fn poll_close(
                 self: std::pin::Pin<&mut Self>,
                 _cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                self.$($path).+.poll_close()
+                (&*self)$($(.$path)+)?.poll_close()
             }
         }
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use super::stream::{StreamCore, stream_type};
+use super::stream::{StreamCore, StreamEnd, stream_type};
 use crate::lowlevel::{self, IoSource};
 
 /// How many connections the kernel may queue before `accept` (it caps this at its own

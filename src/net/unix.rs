@@ -6,7 +6,7 @@ use std::path::Path;
 
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
-use super::stream::{StreamCore, stream_type};
+use super::stream::{StreamCore, StreamEnd, stream_type};
 use crate::lowlevel::{self, IoSource};
 
 /// A Unix domain socket listening for stream connections.

@@ -10,27 +10,28 @@
 //! detector (one operation per direction), its `closed` flag and two [`Park`]s for the
 //! poll-style (`futures-io`) operations.
 //!
-//! An operation follows the parking protocol of [`lowlevel`]: a cancel point
-//! on entry; if it can complete at once, a cancel-shielded schedule point **before** it touches
-//! the pipe (so a future dropped during that yield has done nothing: no byte taken or given
-//! without the caller learning it); then it completes synchronously in the poll that returns
-//! `Ready`. Otherwise it puts its waker in its slot and parks with a [`Park`]; whoever changes
-//! the pipe (a write, a read that frees space, a shutdown, a close) wakes the slot, and the
-//! operation decides on its own next poll: completed, or cancelled (nothing touched).
+//! The stream rules (one operation per direction, closed and shut-down checks, empty buffers,
+//! `write_all`'s count) are the socket streams' own: `MemoryStream` is a [`StreamEnd`] and gives
+//! only its flags and raw steps. A step follows the parking protocol of [`lowlevel`]: a cancel
+//! point on entry; if it can complete at once, a cancel-shielded schedule point **before** it
+//! touches the pipe (so a future dropped during that yield has done nothing: no byte taken or
+//! given without the caller learning it); then it completes synchronously in the poll that
+//! returns `Ready`. Otherwise it puts its waker in its slot and parks with a [`Park`]; whoever
+//! changes the pipe (a write, a read that frees space, a shutdown, a close) wakes the slot, and
+//! the operation decides on its own next poll: completed, or cancelled (nothing touched).
 
-use crate::net::stream::{InUse, empty_read};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
 use std::num::NonZeroUsize;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use crate::error::{BusyResource, ClosedResource, WriteAllError};
+use crate::error::{ClosedResource, WriteAllError};
 use crate::lowlevel::{self, Park};
+use crate::net::stream::{Dir, StreamEnd};
 
 /// Bytes each direction of [`memory_stream_pair`] buffers: 64 KiB, a socket buffer's order of
 /// magnitude.
@@ -80,7 +81,7 @@ pub fn memory_stream_pair_with_capacity(capacity: usize) -> (MemoryStream, Memor
 ///   dropped) before it completes, it has no effect: a cancelled [`read`](Self::read) took no
 ///   byte, a cancelled [`write`](Self::write) gave none;
 /// - all methods take `&self`; a second task reading (or writing) while another does gets
-///   [`BusyResource`];
+///   [`BusyResource`](crate::BusyResource);
 /// - [`close`](Self::close), from any task, wakes this end's blocked tasks with
 ///   [`ClosedResource`] and fails later operations the same way; the peer
 ///   reads what was already written and then end of stream, and its writes fail with
@@ -109,7 +110,7 @@ pub struct MemoryStream {
     max_read: Cell<Option<NonZeroUsize>>,
     max_write: Cell<Option<NonZeroUsize>>,
     /// Cancellation registrations of the poll-style reads and writes.
-    poll_parks: RefCell<[Park; 2]>,
+    poll_parks: [RefCell<Park>; 2],
 }
 
 /// What [`MemoryStream::statistics`] reports.
@@ -149,12 +150,6 @@ impl Pipe {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Read,
-    Write,
-}
-
 /// Empties this end's waker slot of one direction when an operation ends or is dropped.
 struct SlotGuard<'a> {
     stream: &'a MemoryStream,
@@ -182,7 +177,7 @@ impl MemoryStream {
             closed: Cell::new(false),
             max_read: Cell::new(None),
             max_write: Cell::new(None),
-            poll_parks: RefCell::new([Park::new(), Park::new()]),
+            poll_parks: [RefCell::new(Park::new()), RefCell::new(Park::new())],
         }
     }
 
@@ -192,18 +187,6 @@ impl MemoryStream {
 
     fn outbound(&self) -> usize {
         self.side
-    }
-
-    fn check_open(&self) -> io::Result<()> {
-        if self.closed.get() { Err(ClosedResource.into()) } else { Ok(()) }
-    }
-
-    fn check_writable(&self) -> io::Result<()> {
-        if self.closed.get() || self.pair.borrow().pipes[self.outbound()].eof {
-            Err(ClosedResource.into())
-        } else {
-            Ok(())
-        }
     }
 
     /// This end's waker slot for `dir`.
@@ -295,43 +278,64 @@ impl MemoryStream {
         Some(Ok(n))
     }
 
-    /// Whether a read would complete now, with bytes, end of stream or an error.
-    fn read_ready(&self) -> Option<io::Result<()>> {
-        self.read_now(&mut [0], false).map(|r| r.map(drop))
+    /// Whether an operation in `dir` would complete now (`None`: it would wait). A write that
+    /// would fail because the peer no longer reads counts as ready: the write reports it.
+    fn ready(&self, dir: Dir) -> Option<io::Result<()>> {
+        let r = match dir {
+            Dir::Read => self.read_now(&mut [0], false),
+            Dir::Write => self.write_now(&[0], false),
+        };
+        match r? {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Some(Ok(())),
+            r => Some(r.map(drop)),
+        }
     }
 
-    /// Whether a write would complete now.
-    fn write_ready(&self) -> Option<io::Result<()>> {
-        self.write_now(&[0], false).map(|r| r.map(drop))
-    }
-
-    /// The parking protocol around `attempt`: a cancel point; if `ready` says the attempt would
-    /// complete, a cancel-shielded schedule point *before* it runs; else park until it completes
-    /// or the wait is cancelled. The attempt runs only in the poll that returns its result.
+    /// The parking protocol around `attempt`: a cancel point; if `attempt` says (without
+    /// committing) that it would complete, a cancel-shielded schedule point *before* it runs;
+    /// else park until it completes or the wait is cancelled. The attempt commits only in the
+    /// poll that returns its result.
     async fn op<R>(
         &self,
         dir: Dir,
-        ready: impl Fn(&Self) -> bool,
-        mut attempt: impl FnMut(&Self) -> Option<io::Result<R>>,
+        mut attempt: impl FnMut(&Self, bool) -> Option<io::Result<R>>,
     ) -> io::Result<R> {
         lowlevel::checkpoint_if_cancelled()?;
-        if ready(self) {
+        if attempt(self, false).is_some() {
             lowlevel::cancel_shielded_checkpoint().await;
             // A cancellation that arrived during the yield still finds nothing done (as
             // `IoSource::read_with`).
             lowlevel::checkpoint_if_cancelled()?;
         }
         let _slot = SlotGuard { stream: self, dir };
-        let mut park = Park::new();
-        std::future::poll_fn(|cx| {
-            if let Some(r) = attempt(self) {
-                park.unpark();
-                return Poll::Ready(r);
+        let park = RefCell::new(Park::new());
+        std::future::poll_fn(|cx| self.poll_attempt(dir, cx, &park, &mut attempt)).await
+    }
+
+    /// One poll of `attempt`: its result; or its waker in the slot and `park` registered for
+    /// cancellation (`Cancelled`, with the slot emptied, in a cancelled scope). Not a
+    /// checkpoint: a poll-style operation is this alone, with a `Park` of the stream's. `park`
+    /// is borrowed only briefly, never while `attempt` or `slot_set` wake tasks.
+    fn poll_attempt<R>(
+        &self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        park: &RefCell<Park>,
+        attempt: &mut impl FnMut(&Self, bool) -> Option<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if let Some(r) = attempt(self, true) {
+            park.borrow_mut().unpark();
+            return Poll::Ready(r);
+        }
+        self.slot_set(dir, cx.waker());
+        let cancelled = park.borrow_mut().poll_cancel(cx);
+        match cancelled {
+            Poll::Ready(c) => {
+                drop(self.slot_take(dir));
+                Poll::Ready(Err(c.into()))
             }
-            self.slot_set(dir, cx.waker());
-            park.poll_cancel(cx).map(|c| Err(c.into()))
-        })
-        .await
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Reads what is available, waiting until something is: the number of bytes read, or `0`
@@ -340,16 +344,11 @@ impl MemoryStream {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for an empty `buf`; [`BusyResource`] if another task
+    /// `InvalidInput` for an empty `buf`; [`BusyResource`](crate::BusyResource) if another task
     /// is reading; [`ClosedResource`] once this end is closed;
     /// [`Cancelled`](crate::Cancelled).
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Err(empty_read());
-        }
-        let _in_use = InUse::enter(&self.reading, "read")?;
-        self.check_open()?;
-        self.op(Dir::Read, |s| s.read_ready().is_some(), |s| s.read_now(buf, true)).await
+        StreamEnd::read(self, buf).await
     }
 
     /// Writes some of `buf` (at most the free space of this direction, and at most the
@@ -358,22 +357,12 @@ impl MemoryStream {
     ///
     /// # Errors
     ///
-    /// [`BusyResource`] if another task is writing;
+    /// [`BusyResource`](crate::BusyResource) if another task is writing;
     /// [`ClosedResource`] once closed or shut down for writing;
     /// `BrokenPipe` once the peer closed or shut down reading; [`Cancelled`](crate::Cancelled)
     /// (nothing was written).
     pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let _in_use = InUse::enter(&self.writing, "write")?;
-        self.check_writable()?;
-        if buf.is_empty() {
-            lowlevel::checkpoint().await?;
-            return Ok(0);
-        }
-        self.write_some(buf).await
-    }
-
-    async fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
-        self.op(Dir::Write, |s| s.write_ready().is_some(), |s| s.write_now(buf, true)).await
+        StreamEnd::write(self, buf).await
     }
 
     /// Writes all of `buf`, waiting for room as often as needed. A checkpoint, even for an
@@ -387,20 +376,7 @@ impl MemoryStream {
     ///
     /// As [`write`](Self::write), with the count.
     pub async fn write_all(&self, buf: &[u8]) -> Result<(), WriteAllError> {
-        let fail = |written, error| WriteAllError { written, error };
-        let _in_use = InUse::enter(&self.writing, "write").map_err(|e| fail(0, e))?;
-        self.check_writable().map_err(|e| fail(0, e))?;
-        if buf.is_empty() {
-            return lowlevel::checkpoint().await.map_err(|c| fail(0, c.into()));
-        }
-        let mut written = 0;
-        while written < buf.len() {
-            match self.write_some(&buf[written..]).await {
-                Ok(n) => written += n,
-                Err(e) => return Err(fail(written, e)),
-            }
-        }
-        Ok(())
+        StreamEnd::write_all(self, buf).await
     }
 
     /// Shuts down reading, writing or both (`send_eof` is `Shutdown::Write`). A checkpoint,
@@ -413,42 +389,10 @@ impl MemoryStream {
     ///
     /// # Errors
     ///
-    /// [`BusyResource`] if writing is shut down while another task
+    /// [`BusyResource`](crate::BusyResource) if writing is shut down while another task
     /// writes; [`ClosedResource`]; [`Cancelled`](crate::Cancelled).
     pub async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        let _in_use = match how {
-            Shutdown::Read => None,
-            Shutdown::Write | Shutdown::Both => Some(InUse::enter(&self.writing, "write")?),
-        };
-        self.check_open()?;
-        lowlevel::checkpoint().await?;
-        self.shutdown_now(how);
-        Ok(())
-    }
-
-    fn shutdown_now(&self, how: Shutdown) {
-        let (write, read) = match how {
-            Shutdown::Write => (true, false),
-            Shutdown::Read => (false, true),
-            Shutdown::Both => (true, true),
-        };
-        let mut wake = Vec::new();
-        let mut pair = self.pair.borrow_mut();
-        if write {
-            let out = &mut pair.pipes[self.outbound()];
-            out.eof = true;
-            wake.extend(out.reader.take());
-            wake.extend(out.writer.take());
-        }
-        if read {
-            let inb = &mut pair.pipes[self.inbound()];
-            inb.reader_gone = true;
-            inb.buf = VecDeque::new();
-            wake.extend(inb.reader.take());
-            wake.extend(inb.writer.take());
-        }
-        drop(pair);
-        wake.into_iter().for_each(Waker::wake);
+        StreamEnd::shutdown(self, how).await
     }
 
     /// Closes this end from any task that can reach it: its blocked tasks wake with
@@ -459,7 +403,7 @@ impl MemoryStream {
         if self.closed.replace(true) {
             return;
         }
-        self.shutdown_now(Shutdown::Both);
+        let _ = self.shutdown_now(Shutdown::Both);
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -473,9 +417,7 @@ impl MemoryStream {
     ///
     /// As [`read`](Self::read).
     pub async fn readable(&self) -> io::Result<()> {
-        let _in_use = InUse::enter(&self.reading, "read")?;
-        self.check_open()?;
-        self.op(Dir::Read, |s| s.read_ready().is_some(), Self::read_ready).await
+        StreamEnd::readable(self).await
     }
 
     /// Waits until a write would not wait (there is room, or the write would fail at once)
@@ -486,13 +428,7 @@ impl MemoryStream {
     /// As [`write`](Self::write), except that a peer that no longer reads is not an error here
     /// (the write will report it).
     pub async fn writable(&self) -> io::Result<()> {
-        let _in_use = InUse::enter(&self.writing, "write")?;
-        self.check_writable()?;
-        let ready = |s: &Self| match s.write_ready() {
-            Some(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => Some(Ok(())),
-            r => r,
-        };
-        self.op(Dir::Write, |s| ready(s).is_some(), ready).await
+        StreamEnd::writable(self).await
     }
 
     /// Caps the bytes one read (of this end) returns: `None` for no cap. For tests of code
@@ -517,63 +453,68 @@ impl MemoryStream {
             capacity: pair.pipes[0].capacity,
         }
     }
+}
 
-    fn poll_read_impl(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        if self.reading.get() {
-            return Poll::Ready(Err(BusyResource("read").into()));
+impl StreamEnd for MemoryStream {
+    fn in_use(&self, dir: Dir) -> &Cell<bool> {
+        match dir {
+            Dir::Read => &self.reading,
+            Dir::Write => &self.writing,
         }
-        self.check_open()?;
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.poll_op(Dir::Read, cx, |s| s.read_now(buf, true))
     }
 
-    fn poll_write_impl(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.writing.get() {
-            return Poll::Ready(Err(BusyResource("write").into()));
-        }
-        self.check_writable()?;
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.poll_op(Dir::Write, cx, |s| s.write_now(buf, true))
+    fn is_closed(&self) -> bool {
+        self.closed.get()
     }
 
-    /// The poll-style twin of [`op`](Self::op): not a checkpoint; fails with `Cancelled` only
-    /// where it would block in a cancelled scope.
-    fn poll_op<R>(
-        &self,
-        dir: Dir,
-        cx: &mut Context<'_>,
-        attempt: impl FnOnce(&Self) -> Option<io::Result<R>>,
-    ) -> Poll<io::Result<R>> {
-        let i = match dir {
-            Dir::Read => 0,
-            Dir::Write => 1,
+    fn write_shut(&self) -> bool {
+        self.pair.borrow().pipes[self.outbound()].eof
+    }
+
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.op(Dir::Read, |s, commit| s.read_now(buf, commit)).await
+    }
+
+    async fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
+        self.op(Dir::Write, |s, commit| s.write_now(buf, commit)).await
+    }
+
+    async fn wait_ready(&self, dir: Dir) -> io::Result<()> {
+        self.op(dir, |s, _| s.ready(dir)).await
+    }
+
+    fn shutdown_now(&self, how: Shutdown) -> io::Result<()> {
+        let (write, read) = match how {
+            Shutdown::Write => (true, false),
+            Shutdown::Read => (false, true),
+            Shutdown::Both => (true, true),
         };
-        if let Some(r) = attempt(self) {
-            self.poll_parks.borrow_mut()[i].unpark();
-            return Poll::Ready(r);
+        let mut wake = Vec::new();
+        let mut pair = self.pair.borrow_mut();
+        if write {
+            let out = &mut pair.pipes[self.outbound()];
+            out.eof = true;
+            wake.extend(out.reader.take());
+            wake.extend(out.writer.take());
         }
-        self.slot_set(dir, cx.waker());
-        let cancelled = self.poll_parks.borrow_mut()[i].poll_cancel(cx);
-        match cancelled {
-            Poll::Ready(c) => {
-                drop(self.slot_take(dir));
-                Poll::Ready(Err(c.into()))
-            }
-            Poll::Pending => Poll::Pending,
+        if read {
+            let inb = &mut pair.pipes[self.inbound()];
+            inb.reader_gone = true;
+            inb.buf = VecDeque::new();
+            wake.extend(inb.reader.take());
+            wake.extend(inb.writer.take());
         }
+        drop(pair);
+        wake.into_iter().for_each(Waker::wake);
+        Ok(())
     }
 
-    fn poll_close_impl(&self) -> Poll<io::Result<()>> {
-        if self.writing.get() {
-            return Poll::Ready(Err(BusyResource("write").into()));
-        }
-        self.check_open()?;
-        self.shutdown_now(Shutdown::Write);
-        Poll::Ready(Ok(()))
+    fn poll_read_some(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.poll_attempt(Dir::Read, cx, &self.poll_parks[0], &mut |s, commit| s.read_now(buf, commit))
+    }
+
+    fn poll_write_some(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_attempt(Dir::Write, cx, &self.poll_parks[1], &mut |s, commit| s.write_now(buf, commit))
     }
 }
 
@@ -596,44 +537,7 @@ impl fmt::Debug for MemoryStream {
     }
 }
 
-impl futures_io::AsyncRead for MemoryStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        self.poll_read_impl(cx, buf)
-    }
-}
-
-impl futures_io::AsyncRead for &MemoryStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        self.poll_read_impl(cx, buf)
-    }
-}
-
-impl futures_io::AsyncWrite for MemoryStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.poll_write_impl(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    /// Shuts down writing (the peer reads end of stream after the data).
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_close_impl()
-    }
-}
-
-impl futures_io::AsyncWrite for &MemoryStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.poll_write_impl(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    /// Shuts down writing (the peer reads end of stream after the data).
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_close_impl()
-    }
-}
+crate::net::stream::async_read_impl!(MemoryStream);
+crate::net::stream::async_read_impl!(&MemoryStream);
+crate::net::stream::async_write_impl!(MemoryStream);
+crate::net::stream::async_write_impl!(&MemoryStream);
