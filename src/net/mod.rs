@@ -20,6 +20,10 @@
 //! Addresses are taken as `impl Into<SocketAddr>` (a `SocketAddr`, or `([127, 0, 0, 1], 80)`):
 //! nothing here resolves host names except [`connect_tcp`], which does so on the blocking pool.
 
+use std::io;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
 mod connect;
 mod datagram;
 mod serve;
@@ -52,7 +56,14 @@ macro_rules! fd_impls {
 }
 pub(crate) use fd_impls;
 
-/// `EINPROGRESS`: a non-blocking `connect` has started.
-fn tcp_einprogress() -> i32 {
-    if cfg!(any(target_os = "linux", target_os = "android")) { 115 } else { 36 }
+/// A new non-blocking stream socket whose `connect` to `addr` has started (`EINPROGRESS`, the
+/// usual answer, is no error). Register it, then wait with
+/// [`StreamCore::connected`](stream::StreamCore::connected).
+fn start_connect(domain: Domain, protocol: Option<Protocol>, addr: &SockAddr) -> io::Result<Socket> {
+    const EINPROGRESS: i32 = if cfg!(any(target_os = "linux", target_os = "android")) { 115 } else { 36 };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), protocol)?;
+    match socket.connect(addr) {
+        Err(e) if e.raw_os_error() != Some(EINPROGRESS) => Err(e),
+        _ => Ok(socket),
+    }
 }

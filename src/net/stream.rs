@@ -8,6 +8,8 @@ use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::task::{Context, Poll};
 
+use socket2::SockRef;
+
 use crate::error::{BusyResource, ClosedResource, WriteAllError};
 use crate::lowlevel::{self, IoSource, Park};
 
@@ -270,6 +272,17 @@ where
             self.src.clear_writable();
         }
         Ok(n)
+    }
+
+    /// Waits until the `connect` started on this socket ([`start_connect`](super::start_connect))
+    /// has finished: its error, if it failed. A checkpoint.
+    pub(crate) async fn connected(&self) -> io::Result<()> {
+        // Writable means the attempt finished; SO_ERROR tells how.
+        self.writable().await?;
+        match SockRef::from(self.get_ref()).take_error()? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn close(&self) {

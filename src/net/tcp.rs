@@ -163,18 +163,9 @@ impl TcpStream {
     pub async fn connect(addr: impl Into<SocketAddr>) -> io::Result<TcpStream> {
         let addr = addr.into();
         lowlevel::checkpoint_if_cancelled()?;
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
-        match socket.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(super::tcp_einprogress()) => {}
-            Err(e) => return Err(e),
-        }
-        let stream = TcpStream::from_connected(std::net::TcpStream::from(socket))?;
-        // Writable means the connection attempt finished; SO_ERROR tells how.
-        stream.core.writable().await?;
-        if let Some(e) = SockRef::from(stream.core.get_ref()).take_error()? {
-            return Err(e);
-        }
+        let socket = super::start_connect(Domain::for_address(addr), Some(Protocol::TCP), &addr.into())?;
+        let stream = TcpStream::from_connected(socket.into())?;
+        stream.core.connected().await?;
         Ok(stream)
     }
 

@@ -4,7 +4,7 @@ use std::io;
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
 
-use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+use socket2::{Domain, SockAddr};
 
 use super::stream::{StreamCore, StreamEnd, stream_type};
 use crate::lowlevel::{self, IoSource};
@@ -137,17 +137,9 @@ impl UnixStream {
     /// Outside a run.
     pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         lowlevel::checkpoint_if_cancelled()?;
-        let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
-        match socket.connect(&SockAddr::unix(path)?) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(super::tcp_einprogress()) => {}
-            Err(e) => return Err(e),
-        }
-        let stream = UnixStream { core: StreamCore::new(std::os::unix::net::UnixStream::from(socket))? };
-        stream.core.writable().await?;
-        if let Some(e) = SockRef::from(stream.core.get_ref()).take_error()? {
-            return Err(e);
-        }
+        let socket = super::start_connect(Domain::UNIX, None, &SockAddr::unix(path)?)?;
+        let stream = UnixStream { core: StreamCore::new(socket.into())? };
+        stream.core.connected().await?;
         Ok(stream)
     }
 
