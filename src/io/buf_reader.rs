@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
 
@@ -196,14 +196,11 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
         op.wait(|cx| self.poll_fill(cx)).await
     }
 
-    /// Buffers something (at least one byte, unless at end of stream): the number of bytes
-    /// buffered, 0 at end of stream. For `read` and `copy`.
+    /// Buffers something (at least one byte, unless at end of stream), waiting if need be
+    /// (cancellably, through `op`): the number of bytes buffered, 0 at end of stream. For `read`
+    /// and `copy`.
     pub(super) async fn fill_some(&mut self, op: &mut Op) -> io::Result<usize> {
-        if self.pos == self.filled {
-            self.reserve_for(self.capacity);
-            self.fill_more(op).await?;
-        }
-        Ok(self.filled - self.pos)
+        op.wait(|cx| self.poll_fill_buf_impl(cx).map_ok(<[u8]>::len)).await
     }
 
     /// Buffers up to and including the next `byte` (or to end of stream), then passes the
@@ -386,13 +383,9 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
     fn poll_fill_buf_impl(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         if self.pos == self.filled {
             self.reserve_for(self.capacity);
-            match self.poll_fill(cx) {
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            ready!(self.poll_fill(cx))?;
         }
-        Poll::Ready(Ok(&self.buf[self.pos..self.filled]))
+        Poll::Ready(Ok(self.buffer()))
     }
 }
 
@@ -414,11 +407,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for BufReader<R> {
         if this.pos == this.filled && buf.len() >= this.capacity {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        let avail = match this.poll_fill_buf_impl(cx) {
-            Poll::Ready(Ok(avail)) => avail,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
+        let avail = ready!(this.poll_fill_buf_impl(cx))?;
         let n = avail.len().min(buf.len());
         buf[..n].copy_from_slice(&avail[..n]);
         this.consume(n);

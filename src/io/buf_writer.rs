@@ -253,10 +253,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for BufWriter<W> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if buf.len() > this.spare() {
-            match this.poll_flush_buf(cx) {
-                Poll::Ready(Ok(())) => {}
-                other => return other.map_ok(|()| 0),
-            }
+            ready!(this.poll_flush_buf(cx))?;
         }
         if buf.len() >= this.capacity {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
@@ -267,22 +264,15 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for BufWriter<W> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match this.poll_flush_buf(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
-            other => other,
-        }
+        ready!(this.poll_flush_buf(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match this.poll_flush_buf(cx) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_close(cx),
-            other => other,
-        }
+        ready!(this.poll_flush_buf(cx))?;
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        Pin::new(&mut this.inner).poll_close(cx)
     }
 }
 
