@@ -28,6 +28,19 @@ fn at(n: u64) -> Instant {
     Instant::ZERO + ms(n)
 }
 
+/// Reads `s` to end of stream: the bytes and the instant of the end.
+async fn read_to_eof(s: &MemoryStream) -> io::Result<(Vec<u8>, Instant)> {
+    let mut all = Vec::new();
+    let mut buf = [0; 7];
+    loop {
+        let k = s.read(&mut buf).await?;
+        if k == 0 {
+            return Ok((all, now()));
+        }
+        all.extend_from_slice(&buf[..k]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // BufReader
 
@@ -443,17 +456,7 @@ fn a_cancelled_write_all_reports_the_bytes_it_accepted() {
         assert!(matches!(res, Ok(None)));
         assert_eq!(now(), at(1000));
         let got = nursery(async |n| {
-            let reader = n.spawn(async {
-                let mut all = Vec::new();
-                let mut buf = [0; 16];
-                loop {
-                    let k = b.read(&mut buf).await?;
-                    if k == 0 {
-                        return Ok(all);
-                    }
-                    all.extend_from_slice(&buf[..k]);
-                }
-            });
+            let reader = n.spawn(async { read_to_eof(&b).await });
             w.write_all(&data[8..]).await?;
             w.close().await?;
             Ok::<_, io::Error>(reader.await?)
@@ -461,7 +464,7 @@ fn a_cancelled_write_all_reports_the_bytes_it_accepted() {
         .await
         .map_err(|e| e.into_first())?
         .unwrap();
-        assert_eq!(got, data);
+        assert_eq!(got.0, data);
         Ok::<_, io::Error>(())
     })
     .unwrap();
@@ -588,17 +591,7 @@ fn a_cancelled_copy_reports_its_count_and_loses_nothing() {
         assert_eq!(copied.get(), 16, "as much as the destination holds");
         assert_eq!(r.buffer(), &data[16..20], "the rest of the chunk in flight waits in the reader");
         let got = nursery(async |n| {
-            let reader = n.spawn(async {
-                let mut all = Vec::new();
-                let mut buf = [0; 7];
-                loop {
-                    let k = d.read(&mut buf).await?;
-                    if k == 0 {
-                        return Ok(all);
-                    }
-                    all.extend_from_slice(&buf[..k]);
-                }
-            });
+            let reader = n.spawn(async { read_to_eof(&d).await });
             assert_eq!(copy(&mut r, &mut &c).await?, 34);
             c.shutdown(Shutdown::Write).await?;
             Ok::<_, io::Error>(reader.await?)
@@ -606,7 +599,7 @@ fn a_cancelled_copy_reports_its_count_and_loses_nothing() {
         .await
         .map_err(|e| e.into_first())?
         .unwrap();
-        assert_eq!(got, data, "every byte exactly once, in order");
+        assert_eq!(got.0, data, "every byte exactly once, in order");
         Ok::<_, io::Error>(())
     })
     .unwrap();
@@ -670,19 +663,6 @@ fn copy_between_ready_streams_yields_and_stops_when_cancelled() {
 
 // ---------------------------------------------------------------------------------------------
 // copy_bidirectional
-
-/// Reads `s` to end of stream: the bytes and the instant of the end.
-async fn read_to_eof(s: &MemoryStream) -> io::Result<(Vec<u8>, Instant)> {
-    let mut all = Vec::new();
-    let mut buf = [0; 7];
-    loop {
-        let k = s.read(&mut buf).await?;
-        if k == 0 {
-            return Ok((all, now()));
-        }
-        all.extend_from_slice(&buf[..k]);
-    }
-}
 
 #[test]
 fn copy_bidirectional_copies_both_ways_and_passes_each_end_of_stream_on() {
