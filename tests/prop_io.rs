@@ -29,9 +29,9 @@ use std::time::Duration;
 use futures_io::AsyncRead;
 use hatchery::io::BufReader;
 use hatchery::testing::{self, memory_stream_pair_with_capacity};
-use hatchery::{CancelScope, Instant, SchedulePolicy, move_on_after, move_on_at, now, nursery, sleep};
+use hatchery::{Instant, SchedulePolicy, move_on_after, move_on_at, now, nursery, sleep};
 use proptest::prelude::*;
-use support::{Scripted, poll_once};
+use support::{Scripted, cancelled_scope, poll_once};
 
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -52,6 +52,17 @@ enum Kind {
     Exact(usize),
     Read(usize),
     ToEnd,
+}
+
+impl Kind {
+    /// The delimiter of a line or delimiter read.
+    fn delimiter(self) -> Option<u8> {
+        match self {
+            Kind::Line => Some(b'\n'),
+            Kind::Until(b) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,44 +98,36 @@ fn byte() -> impl Strategy<Value = u8> {
     prop_oneof![4 => Just(b'a'), 2 => Just(b'b'), 2 => Just(b'\n'), 1 => Just(0xffu8)]
 }
 
-/// Runs one operation; the bytes it returned. `out` starts with a marker that must survive.
+/// Runs one operation; the bytes it returned. An appending read's `out` starts with a marker
+/// that must survive.
 async fn run_op<R: AsyncRead + Unpin>(r: &mut BufReader<R>, kind: Kind) -> io::Result<Vec<u8>> {
     const MARK: &str = "#";
-    let strip = |mut v: Vec<u8>| {
+    // What an appending read appended after the marker: its count if it succeeded, nothing if
+    // it failed.
+    let appended = |res: io::Result<usize>, mut v: Vec<u8>| {
         assert!(v.starts_with(MARK.as_bytes()), "the caller's buffer lost its contents");
         v.drain(..MARK.len());
-        v
+        match res {
+            Ok(n) => {
+                assert_eq!(n, v.len());
+                Ok(v)
+            }
+            Err(e) => {
+                assert!(v.is_empty(), "a failed {kind:?} appended {v:?}");
+                Err(e)
+            }
+        }
     };
     match kind {
         Kind::Line => {
             let mut s = String::from(MARK);
             let res = r.read_line(&mut s).await;
-            let v = strip(s.into_bytes());
-            match res {
-                Ok(n) => {
-                    assert_eq!(n, v.len());
-                    Ok(v)
-                }
-                Err(e) => {
-                    assert!(v.is_empty(), "a failed read_line appended {v:?}");
-                    Err(e)
-                }
-            }
+            appended(res, s.into_bytes())
         }
         Kind::Until(b) => {
             let mut v = MARK.as_bytes().to_vec();
             let res = r.read_until(b, &mut v).await;
-            let v = strip(v);
-            match res {
-                Ok(n) => {
-                    assert_eq!(n, v.len());
-                    Ok(v)
-                }
-                Err(e) => {
-                    assert!(v.is_empty(), "a failed read_until appended {v:?}");
-                    Err(e)
-                }
-            }
+            appended(res, v)
         }
         Kind::Exact(n) => {
             let mut buf = vec![0x55; n];
@@ -145,11 +148,7 @@ async fn run_op<R: AsyncRead + Unpin>(r: &mut BufReader<R>, kind: Kind) -> io::R
         Kind::ToEnd => {
             let mut v = MARK.as_bytes().to_vec();
             let res = r.read_to_end(&mut v).await;
-            let v = strip(v);
-            res.map(|n| {
-                assert_eq!(n, v.len());
-                v
-            })
+            appended(res, v)
         }
     }
 }
@@ -178,7 +177,7 @@ impl Model {
         let rest = &self.input[p..];
         let (need, expect) = match kind {
             Kind::Line | Kind::Until(_) => {
-                let delim = if let Kind::Until(b) = kind { b } else { b'\n' };
+                let delim = kind.delimiter().unwrap();
                 let (need, line) = match rest.iter().position(|&b| b == delim) {
                     Some(i) => (self.arrival[p + i], &rest[..=i]),
                     None => (self.eof_at, rest),
@@ -275,9 +274,7 @@ proptest! {
                         }
                     }
                     How::PreCancelled => {
-                        let scope = CancelScope::new();
-                        scope.handle().cancel();
-                        let res = scope.run(run_op(&mut r, kind)).await;
+                        let res = cancelled_scope().run(run_op(&mut r, kind)).await;
                         prop_assert!(matches!(res, Ok(None)), "{:?}", res);
                         prop_assert_eq!(now_us(), start);
                         None
@@ -352,16 +349,10 @@ proptest! {
                     let got = match how {
                         How::Plain => Some(run_op(&mut r, kind).await),
                         How::Deadline(d) => {
-                            match move_on_after(Duration::from_micros(d * 500), run_op(&mut r, kind)).await {
-                                Ok(Some(v)) => Some(Ok(v)),
-                                Ok(None) => None,
-                                Err(e) => Some(Err(e)),
-                            }
+                            move_on_after(Duration::from_micros(d * 500), run_op(&mut r, kind)).await.transpose()
                         }
                         How::PreCancelled => {
-                            let scope = CancelScope::new();
-                            scope.handle().cancel();
-                            let res = scope.run(run_op(&mut r, kind)).await;
+                            let res = cancelled_scope().run(run_op(&mut r, kind)).await;
                             assert!(matches!(res, Ok(None)), "{res:?}");
                             None
                         }
@@ -382,7 +373,7 @@ proptest! {
                                 Kind::Exact(n) => assert_eq!(v.len(), n),
                                 Kind::Read(_) => assert!(!v.is_empty() || rest.is_empty()),
                                 Kind::Line | Kind::Until(_) => {
-                                    let delim = if let Kind::Until(b) = kind { b } else { b'\n' };
+                                    let delim = kind.delimiter().unwrap();
                                     let end = rest.iter().position(|&b| b == delim).map_or(rest.len(), |i| i + 1);
                                     assert_eq!(v.len(), end, "{kind:?} stopped early or late");
                                 }
