@@ -171,7 +171,8 @@ fn connect_tcp_to_a_name_and_to_a_closed_port() {
     hatchery::run(async {
         let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
         let port = listener.local_addr()?.port();
-        let s = connect_tcp("127.0.0.1", port).await?;
+        // A name, resolved on the blocking pool (an IP literal would skip the lookup).
+        let s = connect_tcp("localhost", port).await?;
         let (_srv, peer) = listener.accept().await?;
         assert_eq!(peer, s.local_addr()?);
         drop(listener);
