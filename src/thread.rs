@@ -545,81 +545,72 @@ struct Live<R: Send + 'static> {
     _work: ExternalWork,
 }
 
+impl<R: Send + 'static> Live<R> {
+    /// Ends the wait: the outcome if the thread has finished (completion wins), and everything
+    /// held is released. Otherwise `None`, and the job is abandoned (S10.3): its state says so,
+    /// so the thread drops its result; the token moves to this thread's [`ABANDONED`] list until
+    /// the thread finishes; the registration and the external work end now.
+    fn stop(self) -> Option<Result<R, Panic>> {
+        let mut st = self.job.lock();
+        if let Some(out) = st.outcome.take() {
+            drop(st);
+            return Some(out);
+        }
+        st.abandoned = true;
+        let waker = st.waker.take();
+        drop(st);
+        drop(waker);
+        let Live { job, token, park, _work: work } = self;
+        drop(park);
+        drop(work);
+        let entry: (Arc<dyn JobControl>, OwnedCapacityToken) = (job, token);
+        // During thread teardown the list may be gone; the token is then returned at once.
+        let _ = ABANDONED.try_with(|a| a.borrow_mut().push(entry));
+        None
+    }
+}
+
 impl<R: Send + 'static> Future for JobWait<R> {
     type Output = Result<Result<R, Panic>, Cancelled>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let live = this.live.as_mut().expect("hatchery internal error: a job's wait polled after it ended");
-        // Completion first: a result that is there wins over a cancellation.
-        let done = live.job.lock().outcome.take();
-        if let Some(out) = done {
-            this.live = None;
-            return Poll::Ready(Ok(out));
-        }
-        if let Poll::Ready(c) = live.park.poll_cancel(cx) {
-            let mut st = live.job.lock();
-            st.cancelled.get_or_insert_with(|| c.clone());
-            if this.abandon_on_cancel {
-                if let Some(out) = st.outcome.take() {
-                    drop(st);
-                    this.live = None;
-                    return Poll::Ready(Ok(out));
-                }
-                st.abandoned = true;
-                st.waker = None;
-                drop(st);
-                abandon(this.live.take());
-                return Poll::Ready(Err(c));
-            }
-            // Default mode: the cancellation is noted for `check_cancelled` and stays pending
-            // for the next checkpoint; keep waiting (S10.2). The park is no longer registered,
-            // and needs not be: only the job wakes this task now.
-        }
+        // Completion first: an outcome that is there wins over a cancellation. The waker is
+        // stored under the same lock, so a thread that finishes after this wakes the task.
         let mut st = live.job.lock();
         if let Some(out) = st.outcome.take() {
             drop(st);
             this.live = None;
             return Poll::Ready(Ok(out));
         }
-        match &st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => st.waker = Some(cx.waker().clone()),
-        }
+        let old = match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => None,
+            _ => st.waker.replace(cx.waker().clone()),
+        };
         drop(st);
+        drop(old);
+        if let Poll::Ready(c) = live.park.poll_cancel(cx) {
+            live.job.lock().cancelled.get_or_insert_with(|| c.clone());
+            if this.abandon_on_cancel {
+                let live = this.live.take().expect("checked above");
+                return Poll::Ready(live.stop().ok_or(c));
+            }
+            // Default mode: the cancellation is noted for `check_cancelled` and stays pending
+            // for the next checkpoint; keep waiting (S10.2). The park is no longer registered,
+            // and needs not be: only the job wakes this task now.
+        }
         this.waited = true;
         Poll::Pending
     }
-}
-
-/// Nobody waits any more (the job's state says `abandoned`) but the thread runs on: the job's
-/// token moves to this thread's abandoned list until the thread finishes; the rest of `live`
-/// (its registration, its external work) ends now.
-fn abandon<R: Send + 'static>(live: Option<Live<R>>) {
-    let Some(Live { job, token, park, _work: work }) = live else { return };
-    drop(park);
-    drop(work);
-    let entry: (Arc<dyn JobControl>, OwnedCapacityToken) = (job, token);
-    // During thread teardown the list may be gone; the token is then returned at once.
-    let _ = ABANDONED.try_with(|a| a.borrow_mut().push(entry));
 }
 
 impl<R: Send + 'static> Drop for JobWait<R> {
     /// The abort path: dropped while the thread runs, the job is abandoned (the thread cannot
     /// be stopped); dropped after it finished, the uncollected outcome is dropped.
     fn drop(&mut self) {
-        let Some(live) = self.live.take() else { return };
-        let mut st = live.job.lock();
-        if st.finished {
-            let out = st.outcome.take();
-            drop(st);
-            drop(out);
-            drop(live);
-        } else {
-            st.abandoned = true;
-            st.waker = None;
-            drop(st);
-            abandon(Some(live));
+        if let Some(live) = self.live.take() {
+            drop(live.stop());
         }
     }
 }
