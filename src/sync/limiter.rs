@@ -187,24 +187,14 @@ impl CapacityLimiter {
     /// [`try_acquire`](CapacityLimiter::try_acquire) for a holder that outlives any borrow of
     /// the limiter: the token keeps the limiter alive.
     pub(crate) fn try_acquire_owned(self: &Rc<Self>) -> Result<OwnedCapacityToken, TryAcquireError> {
-        match self.try_take() {
-            Take::Taken => Ok(OwnedCapacityToken { limiter: self.clone() }),
-            Take::Busy | Take::Broken => Err(TryAcquireError::new()),
-        }
+        self.try_acquire().map(|token| OwnedCapacityToken::adopt(token, self))
     }
 
     /// [`acquire`](CapacityLimiter::acquire) for a holder that outlives any borrow of the
-    /// limiter; the same checkpoint, fairness and cancellation rules.
+    /// limiter: `acquire` itself, so the same checkpoint, fairness and cancellation rules.
     pub(crate) async fn acquire_owned(self: Rc<Self>) -> Result<OwnedCapacityToken, Cancelled> {
-        let mut acquire = Acquire::new(&*self);
-        let granted = std::future::poll_fn(|cx| acquire.poll(cx)).await;
-        // No await between the grant and the token: a future dropped earlier gave it back.
-        drop(acquire);
-        match granted {
-            Ok(()) => Ok(OwnedCapacityToken { limiter: self }),
-            Err(Failed::Cancelled(c)) => Err(c),
-            Err(Failed::Broken) => unreachable!("hatchery internal error: a limiter's lot is never broken"),
-        }
+        let token = self.acquire().await?;
+        Ok(OwnedCapacityToken::adopt(token, &self))
     }
 
     /// Counts for introspection.
@@ -284,6 +274,16 @@ pub(crate) struct OwnedCapacityToken {
 impl fmt::Debug for OwnedCapacityToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnedCapacityToken").finish_non_exhaustive()
+    }
+}
+
+impl OwnedCapacityToken {
+    /// Takes over `token`, borrowed from `limiter`: the token is forgotten, and this value
+    /// returns it instead.
+    fn adopt(token: CapacityToken<'_>, limiter: &Rc<CapacityLimiter>) -> OwnedCapacityToken {
+        debug_assert!(std::ptr::eq(token.limiter, &**limiter), "a token adopted by another limiter");
+        std::mem::forget(token);
+        OwnedCapacityToken { limiter: limiter.clone() }
     }
 }
 
