@@ -7,8 +7,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::super::channel::RecvError;
-use super::link::{Begin, Link};
-use crate::lowlevel::{Park, YieldNow, cancel_shielded_checkpoint, checkpoint_if_cancelled};
+use super::link::{Link, RecvStart};
+use crate::lowlevel::{Park, YieldNow, cancel_shielded_checkpoint};
 
 #[cfg(doc)]
 use super::generate;
@@ -188,22 +188,14 @@ impl<T> futures_core::Stream for Items<T> {
                 r
             }
             None => {
-                if let Err(c) = checkpoint_if_cancelled() {
-                    return Poll::Ready(Some(Err(RecvError::Cancelled(c))));
-                }
-                match this.link.begin_recv(cx) {
-                    Begin::Item(v) => Ok(v),
-                    Begin::Failed(e) => Err(e),
-                    Begin::Wait => {
-                        let mut park = Park::new();
-                        match this.link.poll_recv(&mut park, cx) {
-                            Poll::Ready(r) => r,
-                            Poll::Pending => {
-                                this.stream = Some(park);
-                                return Poll::Pending;
-                            }
-                        }
+                let mut park = Park::new();
+                match this.link.start_recv(&mut park, cx) {
+                    RecvStart::Now(v) => Ok(v),
+                    RecvStart::Waiting => {
+                        this.stream = Some(park);
+                        return Poll::Pending;
                     }
+                    RecvStart::Failed(e) => Err(e),
                 }
             }
         };
@@ -241,16 +233,14 @@ impl<T> Future for ItemsRecv<'_, T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         match std::mem::replace(&mut this.step, RecvStep::Done) {
-            RecvStep::Start => {
-                if let Err(c) = checkpoint_if_cancelled() {
-                    return Poll::Ready(Err(RecvError::Cancelled(c)));
+            RecvStep::Start => match this.link.start_recv(&mut this.park, cx) {
+                RecvStart::Now(v) => this.pass_schedule_point(cancel_shielded_checkpoint(), v, cx),
+                RecvStart::Waiting => {
+                    this.step = RecvStep::Waiting;
+                    Poll::Pending
                 }
-                match this.link.begin_recv(cx) {
-                    Begin::Item(v) => this.pass_schedule_point(cancel_shielded_checkpoint(), v, cx),
-                    Begin::Wait => this.poll_waiting(cx),
-                    Begin::Failed(e) => Poll::Ready(Err(e)),
-                }
-            }
+                RecvStart::Failed(e) => Poll::Ready(Err(e)),
+            },
             RecvStep::Yield(y, v) => this.pass_schedule_point(y, v, cx),
             RecvStep::Waiting => this.poll_waiting(cx),
             RecvStep::Done => panic!("a hatchery receive future was polled after it completed"),

@@ -49,12 +49,14 @@ pub(super) struct State<T> {
     producer: Option<Waker>,
 }
 
-/// What a receive found when it began.
-pub(super) enum Begin<T> {
-    /// The item that was there, now taken.
-    Item(T),
-    /// Waiting for the producer: the request is made and the waker stored.
-    Wait,
+/// How the start of a receive ended.
+pub(super) enum RecvStart<T> {
+    /// The item that was there, taken without waiting (the caller decides about a schedule
+    /// point).
+    Now(T),
+    /// Waiting for the producer: the request is made, the waker stored and the park registered;
+    /// poll it with [`Link::poll_recv`].
+    Waiting,
     Failed(RecvError),
 }
 
@@ -140,19 +142,23 @@ impl<T> Link<T> {
 
     // ---- the consumer's side ----
 
-    /// Begins a receive, after its cancel point: takes the item, or makes the request (if not
-    /// made yet) and waits, or reports the end.
-    pub(super) fn begin_recv(&self, cx: &Context<'_>) -> Begin<T> {
+    /// The start of a receive, shared by `recv` and the `Stream`: its cancel point, then the
+    /// item if there is one, or the end; otherwise the request (unless one still stands) and
+    /// the wait.
+    pub(super) fn start_recv(&self, park: &mut Park, cx: &mut Context<'_>) -> RecvStart<T> {
+        if let Err(c) = checkpoint_if_cancelled() {
+            return RecvStart::Failed(RecvError::Cancelled(c));
+        }
         let mut st = self.state.borrow_mut();
         if st.consumer_done {
-            return Begin::Failed(RecvError::Closed);
+            return RecvStart::Failed(RecvError::Closed);
         }
         if let Some(v) = st.item.take() {
-            return Begin::Item(v);
+            return RecvStart::Now(v);
         }
         if let Some(end) = st.end {
             drop(st);
-            return Begin::Failed(end_error(end));
+            return RecvStart::Failed(end_error(end));
         }
         let producer = if st.asked {
             None
@@ -160,13 +166,16 @@ impl<T> Link<T> {
             st.asked = true;
             st.producer.take()
         };
-        let old = store(&mut st.consumer, cx.waker());
         drop(st);
-        drop(old);
+        let polled = self.poll_recv(park, cx);
+        // Woken once this receive's waker is stored.
         if let Some(w) = producer {
             w.wake();
         }
-        Begin::Wait
+        match polled {
+            Poll::Pending => RecvStart::Waiting,
+            Poll::Ready(r) => r.map_or_else(RecvStart::Failed, RecvStart::Now),
+        }
     }
 
     /// Polls a waiting receive. An item or the producer's end wins over a cancellation; a

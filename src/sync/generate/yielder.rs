@@ -127,17 +127,7 @@ impl<T> Future for YieldFuture<'_, T> {
                         this.park.unpark();
                         return Poll::Ready(Err(consumer_done_cancelled()));
                     }
-                    Hand::Wait(value) => match this.park.poll_cancel(cx) {
-                        Poll::Pending => {
-                            this.step = YieldStep::Hand(value);
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(c) => {
-                            this.link.forget_producer();
-                            drop(value);
-                            return Poll::Ready(Err(c));
-                        }
-                    },
+                    Hand::Wait(value) => return this.wait_in(YieldStep::Hand(value), cx),
                 },
                 YieldStep::WaitForAsk => match this.link.poll_ask(cx) {
                     Ask::Asked => {
@@ -148,18 +138,27 @@ impl<T> Future for YieldFuture<'_, T> {
                         this.park.unpark();
                         return Poll::Ready(Err(consumer_done_cancelled()));
                     }
-                    Ask::Wait => match this.park.poll_cancel(cx) {
-                        Poll::Pending => {
-                            this.step = YieldStep::WaitForAsk;
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(c) => {
-                            this.link.forget_producer();
-                            return Poll::Ready(Err(c));
-                        }
-                    },
+                    Ask::Wait => return this.wait_in(YieldStep::WaitForAsk, cx),
                 },
                 YieldStep::Done => panic!("a hatchery yield future was polled after it completed"),
+            }
+        }
+    }
+}
+
+impl<T> YieldFuture<'_, T> {
+    /// Waits in `step` (the producer's waker is stored), unless the producer is cancelled: then
+    /// the wait ends, and a value not handed over is dropped.
+    fn wait_in(&mut self, step: YieldStep<T>, cx: &mut Context<'_>) -> Poll<Result<(), Cancelled>> {
+        match self.park.poll_cancel(cx) {
+            Poll::Pending => {
+                self.step = step;
+                Poll::Pending
+            }
+            Poll::Ready(c) => {
+                self.link.forget_producer();
+                drop(step);
+                Poll::Ready(Err(c))
             }
         }
     }
