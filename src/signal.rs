@@ -82,7 +82,7 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 use crate::cancel::CancelScope;
 use crate::error::{CancelError, Cancelled};
 use crate::lowlevel::{IoSource, Park, cancel_shielded_checkpoint, checkpoint_if_cancelled};
-use crate::runtime::current_run_id;
+use crate::runtime::context;
 
 pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 
@@ -172,7 +172,7 @@ impl Signals {
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
         let source = IoSource::new(read.try_clone()?)?;
-        let run = current_run_id();
+        let run = context::core().id;
         // Take the signals away from their usual action before the handlers are in, so a
         // signal in between is dropped rather than fatal.
         for &s in &set {
@@ -258,7 +258,7 @@ impl Signals {
 
     fn check_run(&self) {
         assert!(
-            current_run_id() == self.run,
+            context::core().id == self.run,
             "a hatchery::signal::Signals receiver belongs to the run that created it; create a new one in this run"
         );
     }

@@ -433,16 +433,6 @@ pub(crate) fn now() -> Instant {
     context::core().now()
 }
 
-/// The id of the run on this thread, for run-local state kept outside the core (`thread` keys
-/// its default limiter by it).
-///
-/// # Panics
-///
-/// Outside a run.
-pub(crate) fn current_run_id() -> u64 {
-    context::core().id
-}
-
 /// Records that a task of the current run waits for work outside the run (a `to_thread` job)
 /// that will wake it: until the matching [`external_work_finished`], a virtual clock does not
 /// autojump. Returns the run's id, to pass back.
