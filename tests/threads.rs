@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::task::Poll;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hatchery::lowlevel::checkpoint;
@@ -281,24 +281,31 @@ fn lowering_the_default_limiter_serialises_jobs() {
 
 #[test]
 fn many_jobs_on_the_real_clock() {
-    let total = hatchery::run(async {
+    assert_eq!(sum_of_thread_jobs(1, 200, |i| i * i), (0..200u64).map(|i| i * i).sum::<u64>());
+}
+
+/// Runs `rounds` nurseries, one after another, of `per_round` thread jobs each, on the real
+/// clock; job `k` (counted across rounds) returns `f(k)`. Returns the sum of their values.
+fn sum_of_thread_jobs(rounds: u64, per_round: u64, f: fn(u64) -> u64) -> u64 {
+    hatchery::run(async {
         let sum = std::cell::Cell::new(0u64);
-        nursery(async |n| {
-            for i in 0..200u64 {
-                let sum = &sum;
-                n.start_soon(async move {
-                    let v = to_thread(move || i * i).await?;
-                    sum.set(sum.get() + v);
-                    Ok(())
-                });
-            }
-            Ok::<_, Cancelled>(())
-        })
-        .await
-        .unwrap();
+        for round in 0..rounds {
+            nursery(async |n| {
+                for i in 0..per_round {
+                    let sum = &sum;
+                    n.start_soon(async move {
+                        let v = to_thread(move || f(round * per_round + i)).await?;
+                        sum.set(sum.get() + v);
+                        Ok(())
+                    });
+                }
+                Ok::<_, Cancelled>(())
+            })
+            .await
+            .unwrap();
+        }
         sum.get()
-    });
-    assert_eq!(total, (0..200u64).map(|i| i * i).sum::<u64>());
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -602,12 +609,34 @@ fn the_clock_autojumps_again_however_the_wait_for_a_thread_ended() {
     go.send(()).unwrap();
 }
 
+/// Sends `()` each time it is woken: tells a test that a pool thread woke the task.
+struct ReportWake(mpsc::Sender<()>);
+
+impl Wake for ReportWake {
+    fn wake(self: Arc<Self>) {
+        let _ = self.0.send(());
+    }
+}
+
 #[test]
 fn with_abandon_on_cancel_a_finished_job_still_returns_its_value() {
+    let (go, wait_go) = mpsc::channel::<()>();
     testing::run(async {
         let limiter = Rc::new(CapacityLimiter::new(1));
-        let v = ThreadOptions::new().limiter(limiter.clone()).abandon_on_cancel(true).run(|| 9).await;
-        assert_eq!(v, Ok(9));
+        let mut job =
+            Box::pin(ThreadOptions::new().limiter(limiter.clone()).abandon_on_cancel(true).run(move || {
+                wait_go.recv_timeout(PATIENCE).unwrap();
+                9
+            }));
+        // Polled once by hand, with a waker that reports here when the thread has finished.
+        let (woken_tx, woken) = mpsc::channel();
+        let waker = Waker::from(Arc::new(ReportWake(woken_tx)));
+        assert!(job.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        go.send(()).unwrap();
+        woken.recv_timeout(PATIENCE).expect("the thread finished and woke the waiting task");
+        // A cancellation reaches the task before it sees the outcome: the outcome wins.
+        let v = in_cancelled_scope(poll_once(job.as_mut())).await;
+        assert_eq!(v, Poll::Ready(Ok(9)));
         assert_eq!(limiter.borrowed_tokens(), 0);
     });
 }
@@ -730,24 +759,5 @@ fn the_clock_does_not_autojump_while_a_thread_job_runs_s8_3() {
 /// wake-up. Real clock: the race needs a real wait; 3,000 short jobs take well under a second.
 #[test]
 fn a_storm_of_thread_wakeups_never_fails_the_wait() {
-    let total = hatchery::run(async {
-        let sum = std::cell::Cell::new(0u64);
-        for round in 0..30u64 {
-            nursery(async |n| {
-                for i in 0..100u64 {
-                    let sum = &sum;
-                    n.start_soon(async move {
-                        let v = to_thread(move || round * 100 + i).await?;
-                        sum.set(sum.get() + v);
-                        Ok(())
-                    });
-                }
-                Ok::<_, Cancelled>(())
-            })
-            .await
-            .unwrap();
-        }
-        sum.get()
-    });
-    assert_eq!(total, (0..3_000u64).sum::<u64>());
+    assert_eq!(sum_of_thread_jobs(30, 100, |k| k), (0..3_000u64).sum::<u64>());
 }
