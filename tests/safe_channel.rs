@@ -6,10 +6,11 @@
 mod support;
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::iter;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll};
+use std::task::Poll;
+use std::time::Duration;
 
 use futures_core::Stream;
 use hatchery::lowlevel::checkpoint;
@@ -18,7 +19,7 @@ use hatchery::testing::{self, live_tasks, registrations};
 use hatchery::{
     CancelError, CancelScope, CancelSource, Cancelled, Error, RecvError, move_on_after, now, nursery, sleep,
 };
-use support::{DropCounter, Log, TestError, at, secs};
+use support::{DropCounter, Log, TestError, at, cancelled_scope, poll_once, secs};
 
 const CONSUMER_DONE: &str = "generate: the consumer is done";
 
@@ -37,10 +38,18 @@ async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
-/// Polls `fut` once with the current task's waker.
-async fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
-    let mut fut = Some(fut);
-    std::future::poll_fn(|cx: &mut Context<'_>| Poll::Ready(fut.take().unwrap().poll(cx))).await
+/// The producer of several tests: `yield_`s the items of `items`, each after `period`, until
+/// they run out (`Ok`) or the producer is cancelled (that cancellation).
+async fn yield_every<T>(
+    y: &mut Yielder<T>,
+    period: Duration,
+    items: impl IntoIterator<Item = T>,
+) -> Result<(), Cancelled> {
+    for item in items {
+        sleep(period).await?;
+        y.yield_(item).await?;
+    }
+    Ok(())
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -152,16 +161,7 @@ fn returning_early_cancels_the_producer_whose_cleanup_runs_before_the_call_retur
         let base = (registrations(), live_tasks());
         let r = generate(
             async |y| {
-                let mut i = 0;
-                let stopped: Result<(), Cancelled> = async {
-                    loop {
-                        sleep(secs(1)).await?;
-                        y.yield_(i).await?;
-                        i += 1;
-                    }
-                }
-                .await;
-                let c = stopped.unwrap_err();
+                let c = yield_every(y, secs(1), 0..).await.unwrap_err();
                 log.push(format!("producer cancelled at {:?}: {:?} {:?}", now(), c.source(), c.reason()));
                 // Cleanup that needs time: shielded from the cancellation.
                 CancelScope::new().shielded().run(sleep(secs(2))).await?;
@@ -258,13 +258,7 @@ fn closing_the_items_cancels_the_producer_while_the_consumer_goes_on_s6_11() {
     let r = testing::run(async {
         generate(
             async |y| {
-                let r: Result<(), Cancelled> = async {
-                    loop {
-                        sleep(secs(2)).await?;
-                        y.yield_(drops.token()).await?;
-                    }
-                }
-                .await;
+                let r = yield_every(y, secs(2), iter::repeat_with(|| drops.token())).await;
                 log.push(format!("producer stopped at {:?}, {} dropped", now(), drops.count()));
                 r.map_err(Error::from)
             },
@@ -413,9 +407,7 @@ fn a_stale_cancellation_returned_by_the_producer_still_comes_out_s6_11() {
         generate(
             async |y| {
                 let mut kept = None;
-                let scope = CancelScope::new();
-                scope.handle().cancel();
-                let _ = scope
+                let _ = cancelled_scope()
                     .run(async {
                         let r = checkpoint().await;
                         kept = r.clone().err();
@@ -489,10 +481,7 @@ fn a_stream_wait_cancelled_while_the_producer_computes_loses_nothing_s6_11() {
     let got = testing::run(async {
         generate(
             async |y| {
-                for i in 0..2 {
-                    sleep(secs(2)).await?;
-                    y.yield_(i).await?;
-                }
+                yield_every(y, secs(2), 0..2).await?;
                 Ok::<_, Error>(())
             },
             async |items| {
@@ -549,13 +538,7 @@ fn an_item_handed_over_and_never_taken_is_dropped_once_when_the_consumer_is_done
     let r = testing::run(async {
         generate(
             async |y| {
-                let r: Result<(), Cancelled> = async {
-                    loop {
-                        sleep(secs(2)).await?;
-                        y.yield_(drops.token()).await?;
-                    }
-                }
-                .await;
+                let r = yield_every(y, secs(2), iter::repeat_with(|| drops.token())).await;
                 log.push(format!("producer cancelled at {:?}, {} dropped", now(), drops.count()));
                 r.map_err(Error::from)
             },
@@ -586,9 +569,7 @@ fn a_yield_in_a_cancelled_scope_hands_nothing_and_drops_its_value_once_s6_11() {
     let got = testing::run(async {
         generate(
             async |y| {
-                let scope = CancelScope::new();
-                scope.handle().cancel();
-                let r = scope.run(y.yield_(("never", drops.token()))).await;
+                let r = cancelled_scope().run(y.yield_(("never", drops.token()))).await;
                 assert_eq!(r.map(|v| v.is_some()), Ok(false), "cancelled, absorbed by its scope");
                 assert_eq!(drops.count(), 1, "the value was dropped at once");
                 y.yield_(("delivered", drops.token())).await?;
@@ -655,13 +636,7 @@ fn cancelling_the_caller_cancels_both_sides_s6_11() {
             secs(5),
             generate(
                 async |y| {
-                    let r: Result<(), Cancelled> = async {
-                        loop {
-                            sleep(secs(2)).await?;
-                            y.yield_(()).await?;
-                        }
-                    }
-                    .await;
+                    let r = yield_every(y, secs(2), iter::repeat(())).await;
                     log.push(format!("producer: {:?} at {:?}", r.as_ref().map_err(|c| c.source()), now()));
                     r.map_err(Error::from)
                 },
@@ -700,9 +675,7 @@ fn cancelling_the_caller_cancels_both_sides_s6_11() {
 fn in_a_cancelled_scope_neither_side_runs_s6_11() {
     let ran = Cell::new(0);
     testing::run(async {
-        let scope = CancelScope::new();
-        scope.handle().cancel();
-        let r = scope
+        let r = cancelled_scope()
             .run(generate(
                 async |y| {
                     ran.set(ran.get() + 1);
@@ -754,9 +727,7 @@ fn the_stream_in_a_cancelled_scope_asks_for_nothing_s6_11() {
                 y.yield_(1).await
             },
             async |items| {
-                let scope = CancelScope::new();
-                scope.handle().cancel();
-                let r = scope
+                let r = cancelled_scope()
                     .run(async {
                         let r = next(items).await;
                         assert!(matches!(r, Some(Err(RecvError::Cancelled(_)))));
