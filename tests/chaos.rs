@@ -112,9 +112,7 @@ async fn echo(conn: TcpStream) -> io::Result<()> {
 
 /// Writes all of `payload` and, at the same time, checks that what comes back is the same
 /// bytes in the same order; returns at the first difference, or when all came back. Then the
-/// connection is closed (dropped). The client does not shut down its side right after its last
-/// write: with data and FIN arriving together, hatchery's edge-triggered read path currently
-/// loses the end of stream (see the ignored tests here and in `tests/examples_net.rs`).
+/// connection is closed (dropped).
 async fn round_trip(addr: SocketAddr, payload: &[u8]) -> Result<(), String> {
     let conn = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let checked = nursery(async |n| {
