@@ -1,11 +1,12 @@
 //! The networking examples, from the outside and from the inside.
 //!
 //! - **From the outside**: the example binaries (built once per test run with this test
-//!   binary's profile and target directory, as `tests/signals.rs` does), driven by real clients:
-//!   a Python socket client for `echo_server`, `curl` for `hello_http` (skipped, with a message,
-//!   when `python3` or `curl` is missing), raw sockets, and the examples themselves
-//!   (`fetch_all` against `hello_http`, `chaos_proxy` in front of `echo_server`). Every child
-//!   is killed if the test fails (a guard with `Drop`); every wait is bounded.
+//!   binary's profile and target directory, by `tests/support/child.rs` as for
+//!   `tests/signals.rs`), driven by real clients: a Python socket client for `echo_server`,
+//!   `curl` for `hello_http` (skipped, with a message, when `python3` or `curl` is missing), raw
+//!   sockets, and the examples themselves (`fetch_all` against `hello_http`, `chaos_proxy` in
+//!   front of `echo_server`). Every child is killed if the test fails (a guard with `Drop`);
+//!   every wait is bounded.
 //! - **From the inside**: `hello_http`'s protocol module (`examples/hello_http/http.rs`) is
 //!   included here, so its parser is unit-tested and its connection loop runs on the virtual
 //!   clock, where its deadlines fire at exact instants.
@@ -20,45 +21,30 @@ mod http;
 #[allow(dead_code)]
 mod proxy;
 
+#[path = "support/child.rs"]
+mod child;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
+use child::{Proc, build_examples};
 use hatchery::net::{TcpStream, serve_tcp};
 use hatchery::{Instant, now, nursery, sleep, testing};
 
-/// The longest any single wait on a child process or a socket may take before the test fails.
+/// The longest a socket operation or a program run to completion may take before the test fails
+/// (waits on a running example: [`child::PATIENCE`]).
 const PATIENCE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-/// The directory of the example binaries, built (once per test run) with the profile and
-/// target directory of this test binary.
+/// The directory of the example binaries, built once per test run.
 fn examples_dir() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-            let target_dir = profile_dir.parent().unwrap();
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "--quiet"]);
-            for name in ["echo_server", "chat_server", "hello_http", "fetch_all", "chaos_proxy"] {
-                cargo.args(["--example", name]);
-            }
-            cargo.arg("--target-dir").arg(target_dir).current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            let status = cargo.status().expect("cargo runs");
-            assert!(status.success(), "building the networking examples failed: {status}");
-            profile_dir.join("examples")
-        })
-        .clone()
+    build_examples(&["echo_server", "chat_server", "hello_http", "fetch_all", "chaos_proxy"])
 }
 
 /// Whether `program` can be run (for the tests that need `python3` or `curl`).
@@ -71,105 +57,12 @@ fn available(program: &str) -> bool {
     found
 }
 
-/// A running example: its stdout lines arrive on a channel; killed when dropped.
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(examples_dir().join(name))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { name: name.to_string(), child: Some(child), lines, seen: Vec::new() }
-    }
-
-    /// Starts a server example on a free port; returns it and the address from its first line.
-    fn server(name: &str, args: &[&str]) -> (Proc, SocketAddr) {
-        let mut args = args.to_vec();
-        args.extend(["--addr", "127.0.0.1:0"]);
-        let mut p = Proc::spawn(name, &args);
-        let first = p.next_line();
-        let addr = first.strip_prefix("listening on ").and_then(|a| a.parse().ok()).unwrap_or_else(|| {
-            panic!("{name}: the first line should be `listening on <addr>`, got {first:?}")
-        });
-        (p, addr)
-    }
-
-    fn next_line(&mut self) -> String {
-        match self.lines.recv_timeout(PATIENCE) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                line
-            }
-            Err(e) => panic!("{}: no line on stdout ({e}); output so far: {:?}", self.name, self.seen),
-        }
-    }
-
-    /// Waits for a line equal to `want`.
-    fn expect_line(&mut self, want: &str) {
-        while self.next_line() != want {}
-    }
-
-    /// Sends SIGINT (a Ctrl-C).
-    fn interrupt(&self) {
-        let pid = self.child.as_ref().unwrap().id();
-        let status = Command::new("kill").args(["-s", "INT", &pid.to_string()]).status().unwrap();
-        assert!(status.success(), "kill -s INT {pid} failed");
-    }
-
-    /// Waits for the process to exit; its status and the rest of its output.
-    fn finish(mut self) -> (ExitStatus, Vec<String>) {
-        let mut child = self.child.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let pid = child.id();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let status = match rx.recv_timeout(PATIENCE) {
-            Ok(status) => status.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
-                panic!("{} did not exit; output so far: {:?}", self.name, self.seen);
-            }
-        };
-        // The reader thread ends at end of file, which comes with the exit.
-        self.seen.extend(self.lines.iter());
-        (status, std::mem::take(&mut self.seen))
-    }
-
-    /// Ctrl-C, then checks the graceful exit (status 130); the rest of the output.
-    fn interrupt_and_finish(self) -> Vec<String> {
-        self.interrupt();
-        let name = self.name.clone();
-        let (status, out) = self.finish();
-        assert_eq!(status.code(), Some(130), "{name} exits with 130 after Ctrl-C: {out:?}");
-        out
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Starts a server example on a free port; returns it and the address from its first line.
+fn server(name: &str, args: &[&str]) -> (Proc, SocketAddr) {
+    let mut p =
+        Proc::spawn(Command::new(examples_dir().join(name)).args(args).args(["--addr", "127.0.0.1:0"]));
+    let addr = p.listening_addr();
+    (p, addr)
 }
 
 /// Runs a program to completion (bounded); its status and stdout.
@@ -263,7 +156,7 @@ fn echo_server_echoes_to_python_clients_and_stops_on_ctrl_c() {
     if !available("python3") {
         return;
     }
-    let (mut server, addr) = Proc::server("echo_server", &[]);
+    let (mut server, addr) = server("echo_server", &[]);
     let (status, out) = run_program(Command::new("python3").args([
         "-c",
         PYTHON_ECHO_CLIENT,
@@ -295,7 +188,7 @@ fn echo_server_echoes_to_python_clients_and_stops_on_ctrl_c() {
 /// read hid the FIN queued behind the data).
 #[test]
 fn echo_server_answers_a_client_that_half_closes_at_once() {
-    let (server, addr) = Proc::server("echo_server", &["--quiet"]);
+    let (server, addr) = server("echo_server", &["--quiet"]);
     let mut c = connect(addr);
     let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     c.write_all(&payload).unwrap();
@@ -314,7 +207,7 @@ fn hello_http_answers_curl_and_reuses_the_connection() {
     if !available("curl") {
         return;
     }
-    let (server, addr) = Proc::server("hello_http", &[]);
+    let (server, addr) = server("hello_http", &[]);
     let base = format!("http://{addr}");
     // Two URLs in one curl run: HTTP/1.1 keeps the connection, so the second makes no new one.
     let (status, out) = run_program(Command::new("curl").args([
@@ -367,7 +260,7 @@ fn hello_http_answers_curl_and_reuses_the_connection() {
 
 #[test]
 fn hello_http_refuses_malformed_requests_with_400_and_closes() {
-    let (server, addr) = Proc::server("hello_http", &[]);
+    let (server, addr) = server("hello_http", &[]);
     for (request, reason) in [
         ("GARBAGE\r\n\r\n", "malformed request line"),
         ("GET / HTTP/1.1\r\n\r\n", "an HTTP/1.1 request needs exactly one Host header"),
@@ -395,7 +288,7 @@ fn hello_http_refuses_malformed_requests_with_400_and_closes() {
 
 #[test]
 fn hello_http_pipelines_and_keeps_the_connection_after_404_and_405() {
-    let (server, addr) = Proc::server("hello_http", &[]);
+    let (server, addr) = server("hello_http", &[]);
     let mut c = BufReader::new(connect(addr));
     // Three requests in one write, one of them with a body to skip; then the server's answers,
     // in order, on the same connection.
@@ -711,7 +604,7 @@ impl ChatClient {
 
 #[test]
 fn chat_server_broadcasts_and_drops_a_client_that_does_not_read() {
-    let (mut server, addr) = Proc::server("chat_server", &["--outbox", "4"]);
+    let (mut server, addr) = server("chat_server", &["--outbox", "4"]);
     let mut alice = ChatClient::connect(addr);
     assert_eq!(alice.line(), "* welcome, guest-1; 0 other(s) here");
     let mut bob = ChatClient::connect(addr);
@@ -818,7 +711,7 @@ fn fetch_all_stops_everything_at_the_overall_deadline() {
 
 #[test]
 fn fetch_all_against_the_hello_http_binary() {
-    let (server, addr) = Proc::server("hello_http", &[]);
+    let (server, addr) = server("hello_http", &[]);
     let url = format!("http://{addr}");
     let summary = fetch_all(&["--url-base", &url, "--n", "200", "--concurrency", "50", "--timeout", "10s"]);
     assert_eq!(without_time(&summary), "200 requests: 200 ok, 0 timed out, 0 failed, 0 unfinished");
@@ -833,28 +726,24 @@ fn fetch_all_against_the_hello_http_binary() {
 
 #[test]
 fn chaos_proxy_closes_each_connection_after_the_bytes_its_seed_says() {
-    let (echo, echo_addr) = Proc::server("echo_server", &["--quiet"]);
-    let mut proxy = Proc::spawn(
-        "chaos_proxy",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &echo_addr.to_string(),
-            "--seed",
-            "11",
-            "--slice",
-            "64",
-            "--delay",
-            "1ms",
-            "--close",
-            "100",
-            "--fault-bytes",
-            "5000",
-        ],
-    );
-    let first = proxy.next_line();
-    let addr: SocketAddr = first.strip_prefix("listening on ").and_then(|a| a.parse().ok()).expect(&first);
+    let (echo, echo_addr) = server("echo_server", &["--quiet"]);
+    let mut proxy = Proc::spawn(Command::new(examples_dir().join("chaos_proxy")).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &echo_addr.to_string(),
+        "--seed",
+        "11",
+        "--slice",
+        "64",
+        "--delay",
+        "1ms",
+        "--close",
+        "100",
+        "--fault-bytes",
+        "5000",
+    ]));
+    let addr = proxy.listening_addr();
     // The same plan, computed here from the seed: connection i closes after plan(i) bytes.
     let config =
         proxy::Config { seed: 11, close_percent: 100, fault_bytes: 5000, ..proxy::Config::default() };

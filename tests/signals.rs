@@ -13,23 +13,24 @@
 
 mod support;
 
-use std::future::Future;
-use std::io::{self, BufRead, BufReader};
+#[path = "support/child.rs"]
+mod child;
+
+use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, mpsc};
-use std::task::Poll;
-use std::time::Duration;
+use std::pin::{Pin, pin};
+use std::process::{Command, ExitStatus};
+use std::sync::{Mutex, MutexGuard};
 
+use child::{Proc, build_examples};
 use futures_core::Stream;
 use hatchery::signal::{Outcome, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, Signals, ctrl_c_cancels};
 use hatchery::testing::{self, assert_checkpoints, registrations, wait_all_tasks_blocked};
 use hatchery::{CancelScope, Cancelled, move_on_after, now, nursery, sleep, sleep_forever};
 use signal_hook::low_level::raise;
-use support::{Log, at, in_cancelled_scope, secs};
+use support::{Log, at, in_cancelled_scope, poll_once, secs};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -37,9 +38,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
-
-/// How long a test waits for a child process before it fails (never reached when things work).
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// What `StreamExt::next` does.
 async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
@@ -146,8 +144,7 @@ fn a_dropped_recv_consumes_nothing() {
         raise(SIGUSR2).unwrap();
         {
             // Dropped after it took the signals from the handlers, before it returned.
-            let mut recv = Box::pin(signals.recv());
-            let polled = std::future::poll_fn(|cx| Poll::Ready(recv.as_mut().poll(cx))).await;
+            let polled = poll_once(pin!(signals.recv())).await;
             assert!(polled.is_pending(), "it passes its schedule point first");
         }
         assert_eq!(signals.try_recv(), Some(SIGUSR1));
@@ -158,8 +155,7 @@ fn a_dropped_recv_consumes_nothing() {
         raise(SIGUSR2).unwrap();
         assert_eq!(signals.recv().await, Ok(SIGUSR1), "this one also buffered SIGUSR2");
         {
-            let mut recv = Box::pin(signals.recv());
-            let polled = std::future::poll_fn(|cx| Poll::Ready(recv.as_mut().poll(cx))).await;
+            let polled = poll_once(pin!(signals.recv())).await;
             assert!(polled.is_pending(), "it passes its schedule point before taking anything");
         }
         assert_eq!(signals.try_recv(), Some(SIGUSR2), "the buffered signal is still there");
@@ -337,104 +333,31 @@ fn ctrl_c_cancels_passes_errors_and_outer_cancellations_through() {
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-/// The path of the `ctrl_c` example, built (once per test run) with the profile and target
-/// directory of this test binary.
+/// The path of the `ctrl_c` example, built once per test run.
 fn ctrl_c_example() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-            let target_dir = profile_dir.parent().unwrap();
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo
-                .args(["build", "--quiet", "--example", "ctrl_c", "--target-dir"])
-                .arg(target_dir)
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            let status = cargo.status().expect("cargo runs");
-            assert!(status.success(), "building the ctrl_c example failed: {status}");
-            profile_dir.join("examples").join("ctrl_c")
-        })
-        .clone()
+    build_examples(&["ctrl_c"]).join("ctrl_c")
 }
 
-/// A child process whose stdout lines arrive on a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("the child starts");
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines, seen: Vec::new() }
-    }
-
-    /// Waits for a line that contains `part`.
-    fn expect_line(&mut self, part: &str) {
-        loop {
-            match self.lines.recv_timeout(PATIENCE) {
-                Ok(line) => {
-                    let done = line.contains(part);
-                    self.seen.push(line);
-                    if done {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = self.child.kill();
-                    panic!("no line with {part:?} ({e}); output so far: {:?}", self.seen);
-                }
-            }
+/// Runs the `ctrl_c` example with `args` and sends it the signal `first` once it is ready;
+/// with `second`, waits until its three workers have begun their cleanup and sends that too.
+/// Returns its exit status and output.
+fn run_example(args: &[&str], first: &str, second: Option<&str>) -> (ExitStatus, Vec<String>) {
+    let mut p = Proc::spawn(Command::new(ctrl_c_example()).args(args));
+    p.expect_line_containing("ready");
+    p.signal(first);
+    if let Some(second) = second {
+        for _ in 0..3 {
+            p.expect_line_containing("worker");
         }
+        p.signal(second);
     }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "kill -s {name} failed");
-    }
-
-    /// Waits for the child to exit; returns its status and the rest of its output.
-    fn finish(mut self) -> (ExitStatus, Vec<String>) {
-        let (tx, rx) = mpsc::channel();
-        let pid = self.child.id();
-        let mut child = self.child;
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let status = match rx.recv_timeout(PATIENCE) {
-            Ok(s) => s.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
-                panic!("the child did not exit; output so far: {:?}", self.seen);
-            }
-        };
-        // The reader thread ends at end of file, which comes with the exit.
-        self.seen.extend(self.lines.iter());
-        (status, self.seen)
-    }
+    p.finish()
 }
 
 #[test]
 fn the_example_shuts_down_gracefully_on_sigint_with_status_130() {
     let _serial = serial();
-    let mut p = Proc::spawn(&mut Command::new(ctrl_c_example()));
-    p.expect_line("ready");
-    p.signal("INT");
-    let (status, out) = p.finish();
+    let (status, out) = run_example(&[], "INT", None);
     assert_eq!(status.code(), Some(130), "{out:?}");
     for id in 0..3 {
         assert!(
@@ -451,10 +374,7 @@ fn the_example_shuts_down_gracefully_on_sigint_with_status_130() {
 #[test]
 fn the_example_shuts_down_gracefully_on_sigterm_with_status_143() {
     let _serial = serial();
-    let mut p = Proc::spawn(&mut Command::new(ctrl_c_example()));
-    p.expect_line("ready");
-    p.signal("TERM");
-    let (status, out) = p.finish();
+    let (status, out) = run_example(&[], "TERM", None);
     assert_eq!(status.code(), Some(143), "{out:?}");
     assert_eq!(out.last().map(String::as_str), Some("interrupted by signal 15, exit status 143"));
 }
@@ -462,15 +382,8 @@ fn the_example_shuts_down_gracefully_on_sigterm_with_status_143() {
 #[test]
 fn a_second_ctrl_c_during_cleanup_exits_at_once_with_status_130() {
     let _serial = serial();
-    let mut p = Proc::spawn(Command::new(ctrl_c_example()).arg("--stuck-cleanup"));
-    p.expect_line("ready");
-    p.signal("INT");
-    for _ in 0..3 {
-        p.expect_line("worker");
-    }
-    // Every worker now waits in a cleanup that never ends.
-    p.signal("INT");
-    let (status, out) = p.finish();
+    // The second signal comes while every worker waits in a cleanup that never ends.
+    let (status, out) = run_example(&["--stuck-cleanup"], "INT", Some("INT"));
     assert_eq!(status.code(), Some(130), "{out:?}");
     assert!(!out.iter().any(|l| l.ends_with(": clean")), "no cleanup finished: {out:?}");
     assert!(!out.iter().any(|l| l.starts_with("interrupted")), "main did not get to report: {out:?}");
@@ -479,14 +392,7 @@ fn a_second_ctrl_c_during_cleanup_exits_at_once_with_status_130() {
 #[test]
 fn a_sigterm_then_a_sigint_also_exits_at_once() {
     let _serial = serial();
-    let mut p = Proc::spawn(Command::new(ctrl_c_example()).arg("--stuck-cleanup"));
-    p.expect_line("ready");
-    p.signal("TERM");
-    for _ in 0..3 {
-        p.expect_line("worker");
-    }
-    p.signal("INT");
-    let (status, out) = p.finish();
+    let (status, out) = run_example(&["--stuck-cleanup"], "TERM", Some("INT"));
     assert_eq!(status.code(), Some(130), "the second signal's status: {out:?}");
 }
 
@@ -500,7 +406,7 @@ fn run_self_as_child(mode: &str) -> ExitStatus {
             .args(["--exact", "child_process_entry", "--nocapture", "--test-threads=1"])
             .env(CHILD_MODE, mode),
     );
-    p.expect_line("child ready");
+    p.expect_line_containing("child ready");
     p.finish().0
 }
 
