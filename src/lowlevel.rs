@@ -112,9 +112,12 @@ enum YieldState {
 impl Future for YieldNow {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let YieldState::Yielded = self.state {
+            return Poll::Ready(());
+        }
         let core = context::core();
         match self.state {
-            YieldState::Yielded => return Poll::Ready(()),
+            YieldState::Yielded => {}
             YieldState::Budgeted => {
                 if core.pass_schedule_point() {
                     self.state = YieldState::Yielded;

@@ -280,7 +280,6 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
             if slot.node != NIL {
                 n.core.cancel.borrow_mut().exit(slot.node);
             }
-            drop(slot.waker);
         }
         let parent = n.core.sched.borrow_mut().close_group(n.group);
         drop(parent);

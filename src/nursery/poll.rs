@@ -26,6 +26,20 @@ enum ChildWaker {
     First(Waker, Arc<TaskWaker>),
 }
 
+impl ChildWaker {
+    fn waker(&self) -> &Waker {
+        match self {
+            ChildWaker::Kept(w) | ChildWaker::First(w, _) => w,
+        }
+    }
+
+    fn into_waker(self) -> Waker {
+        match self {
+            ChildWaker::Kept(w) | ChildWaker::First(w, _) => w,
+        }
+    }
+}
+
 impl<'n, 'env, E> Nursery<'n, 'env, E> {
     pub(super) fn poll_nursery<B, T>(
         &self,
@@ -144,9 +158,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             core.materialized.replace(NIL),
             core.begin_turn(),
         );
-        let task_waker = match &waker {
-            ChildWaker::Kept(w) | ChildWaker::First(w, _) => w,
-        };
+        let task_waker = waker.waker();
         let (data, vtable) = context::waker_id(task_waker);
         let prev_entity = core.entity.replace((self.target(index), data, vtable));
         let res = {
@@ -165,9 +177,8 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 let mut inner = self.inner.borrow_mut();
                 let slot = &mut inner.children[index as usize - 1];
                 slot.task = Some(task);
-                slot.waker = Some(match waker {
-                    ChildWaker::Kept(w) | ChildWaker::First(w, _) => w,
-                });
+                // A child that parks keeps its waker (a first poll's pooled `Arc` lives on in it).
+                slot.waker = Some(waker.into_waker());
                 slot.node = node;
                 return;
             }

@@ -271,9 +271,10 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         };
 
         // 3. I/O. A pass with nothing runnable always polls I/O (even with a zero timeout, as
-        // when a virtual clock is about to jump). A busy pass (tasks runnable) polls I/O only when sources are registered and at least
-        // `BUSY_IO_INTERVAL` passes or `BUSY_IO_WORK` schedule points have gone by since the
-        // last poll: a bounded delay, without a syscall per schedule point (Trio's #1595).
+        // when a virtual clock is about to jump). A busy pass (tasks runnable) polls I/O only
+        // when sources are registered and at least `BUSY_IO_INTERVAL` passes or `BUSY_IO_WORK`
+        // schedule points have gone by since the last poll: a bounded delay, without a syscall
+        // per schedule point (Trio's #1595).
         // Remote wake-ups are seen through the atomic flag in step 1 either way.
         let points = core.schedule_points.get();
         let need_poll = !runnable
