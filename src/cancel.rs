@@ -14,13 +14,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
 use crate::error::{CancelError, CancelSource, TooSlow};
-use crate::runtime::cancel_tree::{Phase, ScopeState};
+use crate::runtime::cancel_tree::{Phase, ScopeState, Wakeups};
 use crate::runtime::clock::Instant;
 use crate::runtime::context::{self, Core, TimerTarget};
 
@@ -214,15 +214,15 @@ impl CancelHandle {
             && !shield
             && let Some((core, node)) = entered_here(&self.state)
         {
-            let mut wakers = Vec::new();
+            let mut wakeups = Wakeups::default();
             {
                 let tree = core.cancel.borrow();
                 let parent = tree.parent(node);
                 if parent != crate::runtime::cancel_tree::NIL && tree.is_effectively_cancelled(parent) {
-                    tree.collect_wakers(node, &mut wakers);
+                    tree.collect(node, &mut wakeups);
                 }
             }
-            wakers.into_iter().for_each(Waker::wake);
+            wakeups.wake(&core);
         }
     }
 
@@ -247,9 +247,9 @@ fn entered_here(state: &ScopeState) -> Option<(Rc<Core>, u32)> {
 pub(crate) fn cancel_state(state: &Rc<ScopeState>, source: CancelSource, reason: Option<Arc<str>>) {
     match entered_here(state) {
         Some((core, node)) => {
-            let mut wakers = Vec::new();
-            cancel_node(&core, node, source, reason, &mut wakers);
-            wakers.into_iter().for_each(Waker::wake);
+            let mut wakeups = Wakeups::default();
+            cancel_node(&core, node, source, reason, &mut wakeups);
+            wakeups.wake(&core);
         }
         _ => {
             state.mark_cancelled(source, reason);
@@ -257,17 +257,17 @@ pub(crate) fn cancel_state(state: &Rc<ScopeState>, source: CancelSource, reason:
     }
 }
 
-/// Cancels the scope at `node` and collects the wakers of everything it reaches.
+/// Cancels the scope at `node` and collects the wake-ups of everything it reaches.
 pub(crate) fn cancel_node(
     core: &Core,
     node: u32,
     source: CancelSource,
     reason: Option<Arc<str>>,
-    wakers: &mut Vec<Waker>,
+    wakeups: &mut Wakeups,
 ) {
     let mut tree = core.cancel.borrow_mut();
     if tree.mark_cancelled(node, source, reason) {
-        tree.collect_wakers(node, wakers);
+        tree.collect(node, wakeups);
     }
 }
 

@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 
 use crate::error::{BusyResource, Cancelled, ClosedResource};
 use crate::runtime::cancel_tree::NIL;
-use crate::runtime::context;
+use crate::runtime::context::{self, ParkRef, TimerTarget};
 use crate::runtime::reactor::{Dir, POLL_OP, Readiness};
 
 pub use crate::runtime::RunHandle;
@@ -143,6 +143,8 @@ pub struct Park {
     /// Low 32 bits of the id of the run the waiter is registered in (enough to tell runs apart
     /// on one thread; keeps parked futures small).
     run_id: u32,
+    /// The key of the waiter registered with a foreign waker; `NIL` when there is none (not
+    /// parked, or parked with the task's own waker, which needs no record of its own).
     waiter: u32,
     parked: bool,
 }
@@ -170,33 +172,44 @@ impl Park {
         let node = core.current_status.get();
         let cancelled = core.cancel.borrow().effective(node);
         if let Some(c) = cancelled {
-            if self.run_id == core.id as u32 {
-                let old = core.cancel.borrow_mut().unregister(self.waiter);
-                drop(old);
-            }
-            self.waiter = NIL;
+            self.unpark();
             return Poll::Ready(c);
         }
         self.register(&core, cx);
         Poll::Pending
     }
 
-    /// Registers the waker of `cx` at the current status (no cancellation check); returns the
-    /// waiter's key. The first registration of a park counts as the task's schedule point.
-    fn register(&mut self, core: &context::Core, cx: &Context<'_>) -> u32 {
+    /// Makes sure a cancellation reaching the current status wakes `cx` (no cancellation
+    /// check), and says how the task will be woken. Polled with the waker of the task being
+    /// polled (the common case), that is a mark on the status's node, undone by nothing;
+    /// with any other waker, a waiter holding it. The first registration of a park counts as
+    /// the task's schedule point.
+    fn register(&mut self, core: &context::Core, cx: &Context<'_>) -> ParkRef {
         let node = core.registration_status();
+        let (task, data, vtable) = core.entity.get();
         let mut tree = core.cancel.borrow_mut();
-        let existing = if self.run_id == core.id as u32 { self.waiter } else { NIL };
-        let (waiter, old) = tree.register(existing, node, cx.waker());
-        drop(tree);
-        drop(old);
-        self.waiter = waiter;
+        let same_run = self.run_id == core.id as u32;
+        let wake = if context::waker_id(cx.waker()) == (data, vtable) && tree.register_owner(node, task) {
+            // A waiter from an earlier poll with another waker is not needed any more.
+            let old = if same_run { tree.unregister(self.waiter) } else { None };
+            drop(tree);
+            drop(old);
+            self.waiter = NIL;
+            ParkRef::Task(task)
+        } else {
+            let existing = if same_run { self.waiter } else { NIL };
+            let (waiter, old) = tree.register(existing, node, cx.waker());
+            drop(tree);
+            drop(old);
+            self.waiter = waiter;
+            ParkRef::Waiter(waiter)
+        };
         self.run_id = core.id as u32;
         if !self.parked {
             self.parked = true;
             core.schedule_points.set(core.schedule_points.get() + 1);
         }
-        waiter
+        wake
     }
 
     /// The operation completed: stop listening for cancellation.
@@ -519,7 +532,7 @@ impl Timer {
             && run == core.id as u32
         {
             let mut timers = core.timers.borrow_mut();
-            if let Some(context::TimerTarget::Sleep { fired: true, .. }) = timers.get_mut(key as usize) {
+            if let Some(TimerTarget::Sleep { fired: true, .. }) = timers.get_mut(key as usize) {
                 timers.remove(key as usize);
                 drop(timers);
                 self.entry = None;
@@ -528,17 +541,17 @@ impl Timer {
                 return Poll::Ready(());
             }
         }
-        // Register (or refresh) the waker; the timer entry names the registration.
-        let waiter = self.park.register(&core, cx);
+        // Register (or refresh) the waker; the timer entry says whom the registration wakes.
+        let wake = self.park.register(&core, cx);
         let mut timers = core.timers.borrow_mut();
         match self.entry {
             Some((run, key)) if run == core.id as u32 => {
-                if let Some(context::TimerTarget::Sleep { waiter: w, .. }) = timers.get_mut(key as usize) {
-                    *w = waiter;
+                if let Some(TimerTarget::Sleep { wake: w, .. }) = timers.get_mut(key as usize) {
+                    *w = wake;
                 }
             }
             _ => {
-                let target = context::TimerTarget::Sleep { waiter, fired: false };
+                let target = TimerTarget::Sleep { wake, fired: false };
                 self.entry = Some((core.id as u32, timers.insert(deadline, target) as u32));
             }
         }

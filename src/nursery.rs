@@ -44,7 +44,7 @@ use pin_project_lite::pin_project;
 
 use crate::cancel::{self, CancelHandle};
 use crate::error::{CancelError, CancelSource, Cancelled, JoinError, NurseryError, StartError};
-use crate::runtime::cancel_tree::{NIL, ScopeState};
+use crate::runtime::cancel_tree::{NIL, ScopeState, Wakeups};
 use crate::runtime::context::{self, Core};
 use crate::runtime::sched::{BODY, TaskWaker, WakeTarget};
 use crate::runtime::slab::Slab;
@@ -298,6 +298,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let (group, generation) = core.sched.borrow_mut().open_group();
         let scope = ScopeState::new();
         let node = cancel::enter(&core, &scope);
+        // The body and the children without a node of their own all park at this node: a
+        // cancellation reaching it wakes the whole group.
+        core.cancel.borrow_mut().set_group_owner(node, WakeTarget { group, generation, index: BODY });
         let body_waker = TaskWaker::waker(&core.shared, WakeTarget { group, generation, index: BODY });
         // The body is ready to run on the first poll.
         let _ = core.sched.borrow_mut().wake(WakeTarget { group, generation, index: BODY });
@@ -443,15 +446,15 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     }
 
     fn cancel_self(&self, reason: &'static str) {
-        let mut wakers = Vec::new();
+        let mut wakeups = Wakeups::default();
         cancel::cancel_node(
             &self.core,
             self.node,
             CancelSource::Nursery,
             Some(Arc::from(reason)),
-            &mut wakers,
+            &mut wakeups,
         );
-        wakers.into_iter().for_each(Waker::wake);
+        wakeups.wake(&self.core);
     }
 
     /// Cancels one child (from its handle).
@@ -482,9 +485,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         };
         state.phase.set(crate::runtime::cancel_tree::Phase::Entered(node));
         state.run.set(self.core.id as u32);
-        let mut wakers = Vec::new();
-        cancel::cancel_node(&self.core, node, CancelSource::Explicit, reason, &mut wakers);
-        wakers.into_iter().for_each(Waker::wake);
+        let mut wakeups = Wakeups::default();
+        cancel::cancel_node(&self.core, node, CancelSource::Explicit, reason, &mut wakeups);
+        wakeups.wake(&self.core);
         // Wake the child itself: its parked operations registered before it had its own origin.
         self.core.wake(self.target(index));
     }

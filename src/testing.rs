@@ -295,7 +295,10 @@ pub fn live_tasks() -> usize {
 pub struct Registrations {
     /// Entered cancel scopes, nursery scopes and per-child nodes, plus the run's root.
     pub cancel_nodes: usize,
-    /// Operations parked for cancellation.
+    /// Waiters registered for cancellation: operations parked with a waker other than their
+    /// task's own (a combinator of another crate polled them). An operation parked with its own
+    /// task's waker needs no registration (the task is found through its cancel status), so it
+    /// does not count here.
     pub parked: usize,
     /// Timer and deadline entries.
     pub timers: usize,

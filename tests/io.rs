@@ -18,7 +18,7 @@ use hatchery::testing::{
     wait_all_tasks_blocked,
 };
 use hatchery::{BusyResource, CancelScope, Cancelled, ClosedResource, Instant, move_on_after, now, nursery};
-use support::{Scripted, cancelled_scope, is, poll_once};
+use support::{Scripted, cancelled_scope, is, poll_once, poll_once_foreign};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -319,8 +319,15 @@ fn cancelled_and_dropped_reads_leave_nothing_registered() {
             let mut fut = pin!(r.read_line(&mut line));
             assert!(poll_once(fut.as_mut()).await.is_pending());
         }
-        // The BufReader's own registration went with the future; the stream keeps the one of
-        // its poll-style read (as sockets do) until its next poll-style operation completes.
+        // With the task's own waker nothing was registered.
+        assert_eq!(testing::registrations(), before);
+        {
+            let mut fut = pin!(r.read_line(&mut line));
+            assert!(poll_once_foreign(fut.as_mut()).await.is_pending());
+        }
+        // With a foreign waker: the BufReader's own registration went with the future; the
+        // stream keeps the one of its poll-style read (as sockets do) until its next
+        // poll-style operation completes.
         let after_drop = testing::registrations();
         assert_eq!(after_drop.parked, before.parked + 1);
         a.write_all(b"tial\n").await?;

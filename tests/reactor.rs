@@ -10,7 +10,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
-use std::task::Poll;
 use std::time::Duration;
 
 use hatchery::lowlevel::IoSource;
@@ -18,7 +17,7 @@ use hatchery::testing::{self, registrations, wait_all_tasks_blocked};
 use hatchery::{
     BusyResource, CancelScope, Cancelled, ClosedResource, fail_after, move_on_after, now, nursery, sleep,
 };
-use support::{at, inner, secs};
+use support::{at, inner, poll_once, poll_once_foreign, secs};
 
 /// A connected, non-blocking socket pair, both ends registered.
 fn socket_pair() -> io::Result<(IoSource<UnixStream>, IoSource<UnixStream>)> {
@@ -354,22 +353,27 @@ fn cancelled_and_dropped_waits_leave_no_registration() {
         assert_eq!(move_on_after(secs(1), a.readable()).await?, None);
         assert_eq!(registrations(), with_sources);
 
-        // A wait dropped while parked.
-        {
+        // A wait dropped while parked, polled with a foreign waker (a waiter is registered
+        // for cancellation) and with the task's own (nothing is).
+        for foreign in [true, false] {
             let mut fut = Box::pin(read_some(&a, &mut buf));
             // In oneshot mode (the poll(2) backend) the read first takes its schedule point
             // (before trying the syscall), then parks; in edge mode it parks at once.
             for _ in 0..2 {
-                let pending =
-                    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_pending())).await;
+                let pending = if foreign {
+                    poll_once_foreign(fut.as_mut()).await.is_pending()
+                } else {
+                    poll_once(fut.as_mut()).await.is_pending()
+                };
                 assert!(pending);
                 if registrations().parked > with_sources.parked {
                     break;
                 }
             }
-            assert_eq!(registrations().parked, with_sources.parked + 1);
+            assert_eq!(registrations().parked, with_sources.parked + usize::from(foreign));
+            drop(fut);
+            assert_eq!(registrations(), with_sources);
         }
-        assert_eq!(registrations(), with_sources);
         // The dropped wait gave up its place: a new reader is not busy.
         let got = nursery(async |n| {
             let h = n.spawn(async {

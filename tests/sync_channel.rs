@@ -15,7 +15,7 @@ use hatchery::{
     CancelError, CancelScope, Cancelled, ChannelStatistics, ClosedResource, Error, RecvError, SendError,
     SendErrorKind, TryRecvError, TrySendError, channel, move_on_after, now, nursery, sleep, unbounded,
 };
-use support::{DropCounter, DropToken, Log, at, poll_once, secs};
+use support::{DropCounter, DropToken, Log, at, poll_once, poll_once_foreign, secs};
 
 /// What `StreamExt::next` does.
 async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
@@ -920,10 +920,20 @@ fn dropped_parked_futures_leave_no_registration() {
         let (full_tx, _full_rx) = channel::<u32>(0);
         let (_empty_tx, empty_rx) = channel::<u32>(0);
         {
+            // Parked with the task's own waker: nothing to register.
             let mut s = Box::pin(full_tx.send(1));
             let mut r = Box::pin(empty_rx.recv());
             assert!(poll_once(s.as_mut()).await.is_pending());
             assert!(poll_once(r.as_mut()).await.is_pending());
+            assert_eq!(registrations(), base);
+        }
+        assert_eq!(registrations(), base);
+        {
+            // Parked with a foreign waker: a waiter each, gone with the futures.
+            let mut s = Box::pin(full_tx.send(1));
+            let mut r = Box::pin(empty_rx.recv());
+            assert!(poll_once_foreign(s.as_mut()).await.is_pending());
+            assert!(poll_once_foreign(r.as_mut()).await.is_pending());
             assert_eq!(registrations().parked, base.parked + 2);
         }
         assert_eq!(registrations(), base);

@@ -10,7 +10,7 @@ use hatchery::{
     Builder, CancelScope, CancelSource, Cancelled, Instant, move_on_after, now, nursery, sleep,
     sleep_forever, sleep_until,
 };
-use support::{Log, at, poll_once, secs};
+use support::{Log, at, poll_once, poll_once_foreign, secs};
 
 #[test]
 fn sleep_ends_at_its_exact_instant() {
@@ -394,7 +394,15 @@ fn dropping_a_pending_sleep_removes_its_timer() {
         assert!(poll_once(s.as_mut()).await.is_pending());
         let armed = registrations();
         assert_eq!(armed.timers, before.timers + 1);
-        assert_eq!(armed.parked, before.parked + 1);
+        // The task's own waker: the timer entry names the task, no waiter.
+        assert_eq!(armed.parked, before.parked);
+        drop(s);
+        assert_eq!(registrations(), before);
+        // A foreign waker: a waiter too, which the entry names; both go with the sleep.
+        let mut s = Box::pin(sleep(secs(10)));
+        assert!(poll_once_foreign(s.as_mut()).await.is_pending());
+        let armed = registrations();
+        assert_eq!((armed.timers, armed.parked), (before.timers + 1, before.parked + 1));
         drop(s);
         assert_eq!(registrations(), before);
 
@@ -408,7 +416,7 @@ fn dropping_a_pending_sleep_removes_its_timer() {
         assert_eq!(registrations().timers, before.timers + 1);
         drop(s);
         let mut f = Box::pin(sleep_forever());
-        assert!(poll_once(f.as_mut()).await.is_pending());
+        assert!(poll_once_foreign(f.as_mut()).await.is_pending());
         assert_eq!(registrations().parked, before.parked + 1);
         drop(f);
         assert_eq!(registrations(), before);

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 use super::{BodyState, BoxedChild, Nursery, RunState};
 use crate::cancel::{self, StatusGuard};
 use crate::error::{CancelError, JoinError, NurseryError};
-use crate::runtime::cancel_tree::NIL;
+use crate::runtime::cancel_tree::{NIL, Wakeups};
 use crate::runtime::context;
 use crate::runtime::sched::{BODY, TaskWaker};
 
@@ -53,9 +53,18 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     {
         let core = &self.core;
         if !st.closing {
-            let (mut batch, old_parent) =
+            let (mut batch, old_parent, all) =
                 core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());
             drop(old_parent);
+            if all {
+                // A cancellation reached the nursery's node: every task of the group runs.
+                let inner = self.inner.borrow();
+                let mut sched = core.sched.borrow_mut();
+                sched.queue(self.group, BODY, &mut batch);
+                for (key, _) in inner.children.iter() {
+                    sched.queue(self.group, key as u32 + 1, &mut batch);
+                }
+            }
             core.order_batch(&mut batch);
             {
                 let _status = StatusGuard::enter(core, self.node);
@@ -231,15 +240,15 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         }
         // Both exist: the child's registrations are under `made`, the cancellation is on
         // `during`. Give `made` the cancelled origin and wake what hangs below it.
-        let mut wakers = Vec::new();
+        let mut wakeups = Wakeups::default();
         {
             let mut tree = self.core.cancel.borrow_mut();
             let state = tree.state(during).clone();
             tree.replace_state(made, state);
             tree.exit(during);
-            tree.collect_wakers(made, &mut wakers);
+            tree.collect(made, &mut wakeups);
         }
-        wakers.into_iter().for_each(Waker::wake);
+        wakeups.wake(&self.core);
         made
     }
 

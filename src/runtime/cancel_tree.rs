@@ -13,18 +13,28 @@
 //! - "Effectively cancelled" is computed on demand by walking up from a node and stopping at the
 //!   first shield. Nothing is cached, so there is nothing to invalidate; depth is usually small
 //!   and the walk is an explicit loop, so 5,000 nested scopes cannot overflow the stack (S4.12).
-//! - A parked operation registers a waiter (its waker) on the status current when it parked.
-//!   Cancelling a node, or removing a shield under a cancelled parent, wakes every waiter in the
-//!   subtree except below shields. The woken operation decides itself, on its next poll, whether
-//!   to abort (that is the abort path of the parking protocol; see `lowlevel`).
-//! - Never calls a waker: wakers are returned to the caller, which wakes them once no runtime
-//!   state is borrowed.
+//! - A parked operation makes sure that cancellation reaching the status current when it parked
+//!   wakes its task. Polled with its own task's waker (the common case), it records that task
+//!   as the node's *owner*: a scope's node is only ever current for the one task polling the
+//!   scope, so one owner per node is enough, and it costs nothing to undo. A nursery's node,
+//!   current for its body and its children without a node of their own, is owned by the whole
+//!   group. Polled with any other waker (a foreign combinator's), it registers a *waiter*: the
+//!   waker itself, in a list at the node.
+//! - Cancelling a node, or removing a shield under a cancelled parent, wakes every owner and
+//!   every waiter in the subtree except below shields. The woken operation decides itself, on
+//!   its next poll, whether to abort (that is the abort path of the parking protocol; see
+//!   `lowlevel`). An owner whose operations have completed gets a spurious poll, which the
+//!   `Future` contract allows.
+//! - Never calls a waker: wake-ups are returned to the caller ([`Wakeups`]), which delivers them
+//!   once no runtime state is borrowed.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 
+use super::context::Core;
+use super::sched::WakeTarget;
 use super::slab::Slab;
 use crate::error::{CancelSource, Cancelled};
 use crate::runtime::clock::Instant;
@@ -130,6 +140,28 @@ struct Node {
     prev_sibling: u32,
     next_sibling: u32,
     first_waiter: u32,
+    /// The task (or, for a nursery's node, the group) that parked here with its own waker;
+    /// [`WakeTarget::NONE`] if none has.
+    owner: WakeTarget,
+}
+
+/// What a cancellation must wake: hatchery tasks by target, foreign waiters by waker.
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups {
+    pub(crate) tasks: Vec<WakeTarget>,
+    pub(crate) wakers: Vec<Waker>,
+}
+
+impl Wakeups {
+    /// Delivers and clears everything collected. Call with no runtime state borrowed.
+    pub(crate) fn wake(&mut self, core: &Core) {
+        for t in self.tasks.drain(..) {
+            core.wake(t);
+        }
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -208,6 +240,7 @@ impl CancelTree {
             prev_sibling: NIL,
             next_sibling: first_sibling,
             first_waiter: NIL,
+            owner: WakeTarget::NONE,
         }) as u32;
         if first_sibling != NIL {
             self.nodes[first_sibling as usize].prev_sibling = key;
@@ -347,14 +380,10 @@ impl CancelTree {
         (best != Instant::MAX).then_some(best)
     }
 
-    /// Wakers of every waiter in the subtree of `root` that cancellation reaches (not below a
-    /// shield). Uses an explicit stack.
-    pub(crate) fn collect_wakers(&self, root: u32, out: &mut Vec<Waker>) {
-        let mut w = self.nodes[root as usize].first_waiter;
-        while w != NIL {
-            out.push(self.waiters[w as usize].waker.clone());
-            w = self.waiters[w as usize].next;
-        }
+    /// Everything parked in the subtree of `root` that cancellation reaches (not below a
+    /// shield): owners and waiters. Uses an explicit stack.
+    pub(crate) fn collect(&self, root: u32, out: &mut Wakeups) {
+        self.collect_node(root, out);
         let first_child = self.nodes[root as usize].first_child;
         if first_child == NIL {
             // The common case (a timeout around a leaf operation): no allocation.
@@ -371,17 +400,47 @@ impl CancelTree {
             if node.state.shield.get() {
                 continue;
             }
-            let mut w = node.first_waiter;
-            while w != NIL {
-                out.push(self.waiters[w as usize].waker.clone());
-                w = self.waiters[w as usize].next;
-            }
+            self.collect_node(n, out);
             let mut c = node.first_child;
             while c != NIL {
                 stack.push(c);
                 c = self.nodes[c as usize].next_sibling;
             }
         }
+    }
+
+    fn collect_node(&self, n: u32, out: &mut Wakeups) {
+        let node = &self.nodes[n as usize];
+        if node.owner != WakeTarget::NONE {
+            out.tasks.push(node.owner);
+        }
+        let mut w = node.first_waiter;
+        while w != NIL {
+            out.wakers.push(self.waiters[w as usize].waker.clone());
+            w = self.waiters[w as usize].next;
+        }
+    }
+
+    /// Makes the whole group of `task` the owner of `node` (a nursery's node).
+    pub(crate) fn set_group_owner(&mut self, node: u32, task: WakeTarget) {
+        self.nodes[node as usize].owner = WakeTarget::group_of(task);
+    }
+
+    /// Records that `task`, parking with its own waker, must be woken when cancellation reaches
+    /// `node`. False if the node belongs to a group `task` is not in: the caller registers a
+    /// waiter instead.
+    pub(crate) fn register_owner(&mut self, node: u32, task: WakeTarget) -> bool {
+        let owner = &mut self.nodes[node as usize].owner;
+        if owner.covers(task) {
+            return true;
+        }
+        if owner.is_group() {
+            return false;
+        }
+        // A scope's node is current only for the task polling the scope; a different task
+        // here means the scope's future moved to it (everything parked inside moved along).
+        *owner = task;
+        true
     }
 
     fn link_waiter(&mut self, node: u32, w: u32) {

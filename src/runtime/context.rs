@@ -17,12 +17,20 @@ use super::deadlines::Deadlines;
 use super::reactor::Reactor;
 use super::sched::{Sched, Shared, WakeTarget};
 
+/// How a parked operation is woken: the task it belongs to (it was polled with that task's own
+/// waker), or the waker of its registration in the cancel tree (any other waker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParkRef {
+    Task(WakeTarget),
+    Waiter(u32),
+}
+
 /// What a deadline entry stands for.
 #[derive(Debug)]
 pub(crate) enum TimerTarget {
-    /// A sleeping task, woken through its parking registration `waiter` in the cancel tree;
-    /// `fired` tells it the deadline passed.
-    Sleep { waiter: u32, fired: bool },
+    /// A sleeping task, woken as its parking registration says; `fired` tells it the deadline
+    /// passed.
+    Sleep { wake: ParkRef, fired: bool },
     /// An entered cancel scope (its tree node), cancelled when the deadline passes.
     Scope(u32),
 }

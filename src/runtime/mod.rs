@@ -21,8 +21,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::error::{RunError, RunFinished};
+use cancel_tree::Wakeups;
 use clock::{Clock, Instant, MockClock};
-use context::{Core, CoreParts, SchedulePolicy, TimerTarget};
+use context::{Core, CoreParts, ParkRef, SchedulePolicy, TimerTarget};
 use sched::{Shared, TaskWaker, WakeTarget};
 
 /// The longest the loop sleeps in one go (Trio caps its I/O wait at 24 hours).
@@ -218,6 +219,7 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
     let mut future = pin!(future);
     let root_waker = TaskWaker::waker(&core.shared, WakeTarget::ROOT);
     let mut wakers: Vec<Waker> = Vec::new();
+    let mut wakeups = Wakeups::default();
     let mut remote_wakes: Vec<WakeTarget> = Vec::new();
     let mut callbacks: VecDeque<sched::Callback> = VecDeque::new();
     // When the loop last found nothing runnable (real time), for cushions and autojump.
@@ -293,7 +295,7 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         }
 
         // 4. Deadlines.
-        expire_deadlines(core, &mut wakers);
+        expire_deadlines(core, &mut wakeups);
 
         // 5. Idle: quiescence waiters first, then autojump.
         let idle = !core.sched.borrow().root_scheduled && !core.shared.has_remote();
@@ -309,7 +311,7 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
                 if let Some(d) = core.timers.borrow_mut().next_deadline() {
                     m.jump_to(d);
                 }
-                expire_deadlines(core, &mut wakers);
+                expire_deadlines(core, &mut wakeups);
             }
         }
 
@@ -327,7 +329,7 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
     }
 }
 
-fn expire_deadlines(core: &Core, wakers: &mut Vec<Waker>) {
+fn expire_deadlines(core: &Core, wakeups: &mut Wakeups) {
     // No deadline, no clock read: this runs once per pass.
     let Some(next) = core.timers.borrow_mut().next_deadline() else { return };
     let now = core.now();
@@ -338,21 +340,24 @@ fn expire_deadlines(core: &Core, wakers: &mut Vec<Waker>) {
         let mut timers = core.timers.borrow_mut();
         while let Some(key) = timers.pop_expired(now) {
             match timers.get_mut(key) {
-                Some(TimerTarget::Sleep { waiter, fired }) => {
+                Some(TimerTarget::Sleep { wake, fired }) => {
                     *fired = true;
-                    wakers.extend(core.cancel.borrow().waker_of(*waiter).cloned());
+                    match *wake {
+                        ParkRef::Task(t) => wakeups.tasks.push(t),
+                        ParkRef::Waiter(w) => {
+                            wakeups.wakers.extend(core.cancel.borrow().waker_of(w).cloned())
+                        }
+                    }
                 }
                 // Cancelling only touches the cancel tree, not the timers, so it can happen here.
                 Some(TimerTarget::Scope(node)) => {
-                    crate::cancel::cancel_node(core, *node, crate::CancelSource::Deadline, None, wakers)
+                    crate::cancel::cancel_node(core, *node, crate::CancelSource::Deadline, None, wakeups)
                 }
                 None => {}
             }
         }
     }
-    for w in wakers.drain(..) {
-        w.wake();
-    }
+    wakeups.wake(core);
 }
 
 /// Wakes the `wait_all_tasks_blocked` waiters whose cushion the idle time has reached (the

@@ -14,6 +14,9 @@
 //! - A nursery takes its ready list when it is polled ([`Sched::begin_poll`]) and polls exactly
 //!   those children: a child woken while the list is being worked through waits for the next
 //!   pass. That is Trio's batch rule, applied at every level of the tree.
+//! - A wake of a whole group ([`WakeTarget::group_of`]; a cancellation reaching a nursery's
+//!   scope) only sets a flag: the nursery queues every live task of the group when it next takes
+//!   its batch, so a cancellation costs O(1) here however many children are parked.
 //! - Wakers are `Send + Sync`. A wake on the runtime's thread goes straight to [`Sched`]; a wake
 //!   from another thread is queued in [`Shared`] and the poller is notified.
 //! - No waker is ever called while `Sched` is borrowed.
@@ -30,7 +33,8 @@ use super::slab::Slab;
 /// Index of the nursery body in its group.
 pub(crate) const BODY: u32 = 0;
 
-/// Where a wake-up goes: the root (`group == NIL`) or a child of a nursery group.
+/// Where a wake-up goes: the root (`group == NIL`), a child of a nursery group, or every task of
+/// a group (`index == ALL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WakeTarget {
     pub(crate) group: u32,
@@ -38,8 +42,28 @@ pub(crate) struct WakeTarget {
     pub(crate) index: u32,
 }
 
+/// The `index` of a target that names every task of its group.
+const ALL: u32 = NIL;
+
 impl WakeTarget {
     pub(crate) const ROOT: WakeTarget = WakeTarget { group: NIL, generation: 0, index: 0 };
+    /// No task at all (an unowned cancel-tree node).
+    pub(crate) const NONE: WakeTarget = WakeTarget { group: NIL, generation: NIL, index: NIL };
+
+    /// The target that wakes every task of the group `t` belongs to.
+    pub(crate) const fn group_of(t: WakeTarget) -> WakeTarget {
+        WakeTarget { group: t.group, generation: t.generation, index: ALL }
+    }
+
+    /// Whether this names a whole group.
+    pub(crate) const fn is_group(self) -> bool {
+        self.index == ALL && self.group != NIL
+    }
+
+    /// Whether the task `t` is one of the tasks this target names.
+    pub(crate) fn covers(self, t: WakeTarget) -> bool {
+        self == t || (self.is_group() && self.group == t.group && self.generation == t.generation)
+    }
 }
 
 pub(crate) type Callback = Box<dyn FnOnce() + Send + 'static>;
@@ -191,11 +215,29 @@ struct Group {
     parent: Parent,
     /// The parent has been woken since this group was last polled.
     notified: bool,
+    /// Every task of the group was woken at once (see [`WakeTarget::group_of`]).
+    all: bool,
     ready: Vec<u32>,
     /// The allocation of the batch being worked through, given back by [`Sched::recycle`]: each
     /// group alternates between two vectors, so a steady state allocates nothing.
     spare: Vec<u32>,
     queued: Vec<bool>,
+}
+
+impl Group {
+    /// Marks `index` queued and pushes it on the ready list; false if it was queued already.
+    fn queue(&mut self, index: u32) -> bool {
+        let i = index as usize;
+        if i >= self.queued.len() {
+            self.queued.resize((i + 1).next_power_of_two(), false);
+        }
+        if self.queued[i] {
+            return false;
+        }
+        self.queued[i] = true;
+        self.ready.push(index);
+        true
+    }
 }
 
 /// Scheduling state of one run.
@@ -218,6 +260,7 @@ impl Sched {
             generation,
             parent: Parent::None,
             notified: false,
+            all: false,
             ready: Vec::new(),
             spare: Vec::new(),
             queued: Vec::new(),
@@ -241,15 +284,14 @@ impl Sched {
                 return None;
             }
             let g = self.groups.get_mut(t.group as usize).filter(|g| g.generation == t.generation)?;
-            let i = t.index as usize;
-            if i >= g.queued.len() {
-                g.queued.resize((i + 1).next_power_of_two(), false);
-            }
-            if g.queued[i] {
+            if t.index == ALL {
+                if g.all {
+                    return None;
+                }
+                g.all = true;
+            } else if !g.queue(t.index) {
                 return None;
             }
-            g.queued[i] = true;
-            g.ready.push(t.index);
             if g.notified {
                 return None;
             }
@@ -262,7 +304,9 @@ impl Sched {
         }
     }
 
-    /// Starts a poll of `group`: records who polls it and hands out its ready list. `entity` is
+    /// Starts a poll of `group`: records who polls it and hands out its ready list, and whether
+    /// the whole group was woken (the caller then adds every live task with [`Sched::queue`]).
+    /// `entity` is
     /// the task being polled and its waker's identity: if `parent` is that waker, the group's
     /// parent is recorded as that task, so wake-ups need no waker call. Also returns the
     /// parent waker it replaced, for the caller to drop once `Sched` is no longer borrowed (a
@@ -272,7 +316,7 @@ impl Sched {
         group: u32,
         parent: &Waker,
         entity: (WakeTarget, usize, usize),
-    ) -> (Vec<u32>, Option<Waker>) {
+    ) -> (Vec<u32>, Option<Waker>, bool) {
         let g = &mut self.groups[group as usize];
         let mut spare = std::mem::take(&mut g.spare);
         let (target, data, vtable) = entity;
@@ -289,13 +333,25 @@ impl Sched {
             }
         };
         g.notified = false;
+        let all = std::mem::take(&mut g.all);
         spare.clear();
         std::mem::swap(&mut spare, &mut g.ready);
         let old = match replaced {
             Parent::Foreign(w) => Some(w),
             _ => None,
         };
-        (spare, old)
+        (spare, old, all)
+    }
+
+    /// Adds task `index` of `group` to `batch` (a list [`Sched::begin_poll`] handed out) unless
+    /// it is queued already.
+    pub(crate) fn queue(&mut self, group: u32, index: u32, batch: &mut Vec<u32>) {
+        let g = &mut self.groups[group as usize];
+        if g.queue(index) {
+            // `queue` pushed it on the group's next list; it belongs to this batch instead.
+            g.ready.pop();
+            batch.push(index);
+        }
     }
 
     /// Clears the queued flag of `index` just before it is polled.

@@ -223,3 +223,24 @@ impl AsyncRead for Scripted {
         Poll::Ready(Ok(n))
     }
 }
+
+/// Forwards a wake to the waker it holds: a waker that is not the polling task's own, as a
+/// combinator of another crate would pass.
+struct Forward(std::task::Waker);
+
+impl std::task::Wake for Forward {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.wake_by_ref();
+    }
+}
+
+/// Like [`poll_once`], through a waker that is not the task's own (it forwards to it): a parked
+/// operation then registers a waiter for cancellation, which `registrations().parked` counts.
+/// (Polled with its own task's waker, an operation needs no registration at all.)
+pub async fn poll_once_foreign<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| {
+        let waker = std::task::Waker::from(std::sync::Arc::new(Forward(cx.waker().clone())));
+        Poll::Ready(Pin::new(&mut fut).poll(&mut Context::from_waker(&waker)))
+    })
+    .await
+}

@@ -1,0 +1,225 @@
+//! How a cancellation finds the tasks it must wake (DESIGN §4.2): an operation parked with its
+//! own task's waker leaves only a mark on its status's node (the node's owner; a nursery's node
+//! is owned by the whole group), one parked with any other waker registers a waiter. These
+//! tests cover the cases where the owner is not simply the task that entered the scope: a scope
+//! moved to another task while parked, a scope a `start`ed task entered before `started`, a
+//! shield under a cancelled nursery, a task that parks with a foreign waker and then its own.
+
+mod support;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use hatchery::sync::Event;
+use hatchery::testing::{self, registrations, wait_all_tasks_blocked};
+use hatchery::{CancelScope, CancelSource, Cancelled, Error, now, nursery, sleep, sleep_forever};
+use support::{DropCounter, at, poll_once, poll_once_foreign, secs};
+
+type Moved = Pin<Box<dyn Future<Output = Result<Option<()>, Cancelled>>>>;
+
+#[test]
+fn a_scope_moved_to_another_task_while_parked_wakes_that_task() {
+    testing::run(async {
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        let slot: RefCell<Option<Moved>> = RefCell::new(None);
+        let handed = Event::new();
+        let ended_at = Cell::new(None);
+        nursery(async |n| {
+            let (slot, handed, ended_at) = (&slot, &handed, &ended_at);
+            // Task A enters the scope and parks inside it (the scope's node is marked as A's),
+            // then hands the scope's future to task B and parks elsewhere for good.
+            n.start_soon(async move {
+                let mut fut: Moved = Box::pin(scope.run(async {
+                    sleep_forever().await?;
+                    Ok::<(), Cancelled>(())
+                }));
+                assert!(poll_once(fut.as_mut()).await.is_pending());
+                *slot.borrow_mut() = Some(fut);
+                handed.set();
+                sleep_forever().await?;
+                Ok::<(), Error>(())
+            });
+            // Task B awaits it: the first poll makes B the node's owner.
+            n.start_soon(async move {
+                handed.wait().await?;
+                let fut = slot.borrow_mut().take().expect("handed over");
+                assert_eq!(fut.await?, None, "the scope caught its own cancellation");
+                ended_at.set(Some(now()));
+                Ok::<(), Error>(())
+            });
+            sleep(secs(5)).await?;
+            handle.cancel();
+            wait_all_tasks_blocked().await?;
+            assert_eq!(ended_at.get(), Some(at(5)), "B woke at the cancel, not later");
+            n.cancel_scope().cancel();
+            Ok(())
+        })
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_scope_entered_before_started_is_cancelled_after_the_task_moved() {
+    testing::run(async {
+        let caught_at = Cell::new(None);
+        let handle = RefCell::new(None);
+        nursery(async |n| {
+            let (caught_at, handle) = (&caught_at, &handle);
+            // Before `started` the task is polled by the caller, so the scope's node first
+            // belongs to the caller; after it the nursery polls the task as a child.
+            n.start(|status| async move {
+                let scope = CancelScope::new();
+                *handle.borrow_mut() = Some(scope.handle());
+                let r = scope
+                    .run(async {
+                        status.started(());
+                        sleep_forever().await?;
+                        Ok::<(), Cancelled>(())
+                    })
+                    .await?;
+                assert_eq!(r, None);
+                caught_at.set(Some(now()));
+                Ok::<(), Error>(())
+            })
+            .await?;
+            sleep(secs(3)).await?;
+            handle.borrow().as_ref().expect("the task made its scope").cancel();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(caught_at.get(), Some(at(3)));
+    });
+}
+
+#[test]
+fn cancelling_a_nursery_wakes_every_child_but_not_past_a_shield() {
+    testing::run(async {
+        let drops = DropCounter::new();
+        let unshield = Rc::new(RefCell::new(None));
+        let shielded_saw = Rc::new(Cell::new(None));
+        let r = nursery(async |n| {
+            // Children at the nursery's own node (nobody awaits them), children with a node of
+            // their own (a handle), and one parked inside a shielded scope.
+            for _ in 0..5 {
+                let token = drops.token();
+                n.start_soon(async move {
+                    let _token = token;
+                    sleep_forever().await?;
+                    Ok::<(), Cancelled>(())
+                });
+            }
+            let mut handles = Vec::new();
+            for _ in 0..3 {
+                let token = drops.token();
+                handles.push(n.spawn(async move {
+                    let _token = token;
+                    sleep_forever().await?;
+                    Ok::<(), Cancelled>(())
+                }));
+            }
+            let (unshield2, saw) = (unshield.clone(), shielded_saw.clone());
+            n.start_soon(async move {
+                let scope = CancelScope::new().shielded();
+                *unshield2.borrow_mut() = Some(scope.handle());
+                let r = scope
+                    .run(async {
+                        let e = sleep_forever().await.unwrap_err();
+                        saw.set(Some((now(), e.source())));
+                        Err::<(), Cancelled>(e)
+                    })
+                    .await;
+                assert!(r.is_err(), "the outer cancellation is not this scope's to catch");
+                r.map(|_| ())
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(registrations().parked, 0, "every child parked with its own waker");
+            n.cancel_scope().cancel();
+            // The body looks on from a shielded scope of its own.
+            CancelScope::new()
+                .shielded()
+                .run(async {
+                    wait_all_tasks_blocked().await?;
+                    // Everyone but the shielded child is gone; the shielded one is still parked.
+                    assert_eq!(drops.count(), 8);
+                    assert_eq!(n.child_count(), 1);
+                    assert_eq!(shielded_saw.get(), None);
+                    sleep(secs(2)).await?;
+                    assert_eq!(shielded_saw.get(), None);
+                    Ok::<(), Cancelled>(())
+                })
+                .await?;
+            unshield.borrow().as_ref().expect("scope entered").set_shield(false);
+            Ok::<(), Cancelled>(())
+        })
+        .await;
+        // The body returned a value: it is kept, and the cancellation absorbed.
+        assert_eq!(r.map_err(|e| e.to_string()), Ok(Some(())));
+        assert_eq!(shielded_saw.get(), Some((at(2), CancelSource::Explicit)));
+    });
+}
+
+#[test]
+fn a_sleep_polled_with_a_foreign_waker_wakes_at_its_deadline_and_on_cancel() {
+    // A combinator of another crate: polls its future with a waker of its own.
+    struct Foreign<F>(Pin<Box<F>>);
+    impl<F: Future> Future for Foreign<F> {
+        type Output = F::Output;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+            let fut = self.0.as_mut();
+            let mut once = std::pin::pin!(poll_once_foreign(fut));
+            match once.as_mut().poll(cx) {
+                std::task::Poll::Ready(p) => p,
+                std::task::Poll::Pending => unreachable!("poll_once_foreign is ready at once"),
+            }
+        }
+    }
+    testing::run(async {
+        Foreign(Box::pin(sleep(secs(7)))).await.unwrap();
+        assert_eq!(now(), at(7));
+        let scope = CancelScope::new();
+        let h = scope.handle();
+        nursery(async |n| {
+            n.start_soon(async move {
+                sleep(secs(4)).await?;
+                h.cancel();
+                Ok::<(), Cancelled>(())
+            });
+            let r = scope.run(Foreign(Box::pin(sleep_forever()))).await;
+            assert_eq!(r, Ok(None));
+            assert_eq!(now(), at(11));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(registrations().parked, 0);
+    });
+}
+
+#[test]
+fn parking_with_a_foreign_waker_then_the_own_one_leaves_no_waiter_behind() {
+    testing::run(async {
+        let base = registrations();
+        let scope = CancelScope::new();
+        let h = scope.handle();
+        let r = scope
+            .run(async {
+                let mut s = Box::pin(sleep(secs(10)));
+                assert!(poll_once_foreign(s.as_mut()).await.is_pending());
+                assert_eq!(registrations().parked, base.parked + 1);
+                // The same sleep, now polled with the task's own waker: the waiter goes.
+                assert!(poll_once(s.as_mut()).await.is_pending());
+                assert_eq!(registrations().parked, base.parked);
+                h.cancel();
+                s.await
+            })
+            .await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(now(), at(0));
+        assert_eq!(registrations(), base);
+    });
+}
