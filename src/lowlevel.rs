@@ -528,21 +528,68 @@ impl Timer {
             return Poll::Ready(());
         }
         let core = context::core();
-        if let Some((run, key)) = self.entry
-            && run == core.id as u32
-        {
-            let mut timers = core.timers.borrow_mut();
-            if let Some(TimerTarget::Sleep { fired: true, .. }) = timers.get_mut(key as usize) {
-                timers.remove(key as usize);
-                drop(timers);
-                self.entry = None;
-                self.fired = true;
-                self.park.unpark();
-                return Poll::Ready(());
-            }
+        if self.take_fired(&core) {
+            return Poll::Ready(());
         }
-        // Register (or refresh) the waker; the timer entry says whom the registration wakes.
         let wake = self.park.register(&core, cx);
+        self.arm(&core, deadline, wake);
+        Poll::Pending
+    }
+
+    /// Waits for `deadline` (`None`: no deadline) or a cancellation, whichever comes first: a
+    /// [`poll_at`](Timer::poll_at) and a [`poll_cancel`](Timer::poll_cancel) in one call, with
+    /// one registration. If both happened, the deadline wins. After `Ready(Err)` the timer is
+    /// reset.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn poll_wait(
+        &mut self,
+        deadline: Option<Instant>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Cancelled>> {
+        if self.fired {
+            return Poll::Ready(Ok(()));
+        }
+        let core = context::core();
+        if self.take_fired(&core) {
+            return Poll::Ready(Ok(()));
+        }
+        core.cancel_points.set(core.cancel_points.get() + 1);
+        let cancelled = core.cancel.borrow().effective(core.current_status.get());
+        if let Some(c) = cancelled {
+            self.reset();
+            return Poll::Ready(Err(c));
+        }
+        let wake = self.park.register(&core, cx);
+        if let Some(t) = deadline {
+            self.arm(&core, t, wake);
+        }
+        Poll::Pending
+    }
+
+    /// If the armed entry has fired: removes it, unparks and marks the timer fired.
+    fn take_fired(&mut self, core: &context::Core) -> bool {
+        let Some((run, key)) = self.entry else { return false };
+        if run != core.id as u32 {
+            return false;
+        }
+        let mut timers = core.timers.borrow_mut();
+        if !matches!(timers.get_mut(key as usize), Some(TimerTarget::Sleep { fired: true, .. })) {
+            return false;
+        }
+        timers.remove(key as usize);
+        drop(timers);
+        self.entry = None;
+        self.fired = true;
+        self.park.unpark();
+        true
+    }
+
+    /// Arms the entry for `deadline` if it is not armed yet; either way it names `wake`, how
+    /// the latest registration wakes the task.
+    fn arm(&mut self, core: &context::Core, deadline: Instant, wake: ParkRef) {
         let mut timers = core.timers.borrow_mut();
         match self.entry {
             Some((run, key)) if run == core.id as u32 => {
@@ -555,7 +602,6 @@ impl Timer {
                 self.entry = Some((core.id as u32, timers.insert(deadline, target) as u32));
             }
         }
-        Poll::Pending
     }
 
     /// Removes the entry and the registration; the timer can be armed again.

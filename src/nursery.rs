@@ -446,6 +446,11 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     }
 
     fn cancel_self(&self, reason: &'static str) {
+        // The first cause wins (S4.15): once cancelled, there is nothing to record or wake (each
+        // child of a cancelled nursery ends here with its `Cancelled`).
+        if self.scope.cancel_called.get() {
+            return;
+        }
         let mut wakeups = Wakeups::default();
         cancel::cancel_node(
             &self.core,

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::error::Cancelled;
-use crate::lowlevel::{Instant, Timer, checkpoint_if_cancelled, current_time};
+use crate::lowlevel::{Instant, Timer, current_time};
 
 /// The current time on the run's clock.
 ///
@@ -119,8 +119,8 @@ impl<T: SleepOutput> Future for Sleep<T> {
             Until::Fixed(t) => Some(t),
             Until::Forever => None,
             first => {
-                // First poll: the cancel point, then fix the deadline.
-                checkpoint_if_cancelled()?;
+                // First poll: fix the deadline (the wait below is the cancel point; in a
+                // cancelled scope it fails before arming anything).
                 let t = match first {
                     Until::After(nanos) => now() + Duration::from_nanos(nanos),
                     Until::At(t) => t,
@@ -130,17 +130,6 @@ impl<T: SleepOutput> Future for Sleep<T> {
                 Some(t)
             }
         };
-        if let Some(t) = deadline
-            && this.timer.poll_at(t, cx).is_ready()
-        {
-            return Poll::Ready(Ok(T::finished()));
-        }
-        match this.timer.poll_cancel(cx) {
-            Poll::Ready(c) => {
-                this.timer.reset();
-                Poll::Ready(Err(c))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        this.timer.poll_wait(deadline, cx).map_ok(|()| T::finished())
     }
 }
