@@ -8,18 +8,17 @@ mod support;
 use std::cell::{Cell, RefCell};
 use std::iter;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_core::Stream;
 use hatchery::lowlevel::checkpoint;
 use hatchery::sync::{Yielder, generate};
 use hatchery::testing::{self, live_tasks, registrations};
 use hatchery::{
     CancelError, CancelScope, CancelSource, Cancelled, Error, RecvError, move_on_after, now, nursery, sleep,
 };
-use support::{DropCounter, Log, TestError, at, cancelled_scope, poll_once, secs};
+use support::{DropCounter, Log, TestError, at, cancelled_scope, next, poll_once, secs};
 
 const CONSUMER_DONE: &str = "generate: the consumer is done";
 
@@ -31,11 +30,6 @@ impl From<RecvError> for TestError {
             other => panic!("unexpected receive error: {other:?}"),
         }
     }
-}
-
-/// What `StreamExt::next` does.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
 /// The producer of several tests: `yield_`s the items of `items`, each after `period`, until
