@@ -8,18 +8,17 @@ mod support;
 use std::cell::{Cell, RefCell};
 use std::iter;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_core::Stream;
 use hatchery::lowlevel::checkpoint;
 use hatchery::sync::{Yielder, generate};
 use hatchery::testing::{self, live_tasks, registrations};
 use hatchery::{
     CancelError, CancelScope, CancelSource, Cancelled, Error, RecvError, move_on_after, now, nursery, sleep,
 };
-use support::{DropCounter, Log, TestError, at, cancelled_scope, poll_once, secs};
+use support::{DropCounter, Log, TestError, at, cancelled_scope, next, poll_once, secs};
 
 const CONSUMER_DONE: &str = "generate: the consumer is done";
 
@@ -31,11 +30,6 @@ impl From<RecvError> for TestError {
             other => panic!("unexpected receive error: {other:?}"),
         }
     }
-}
-
-/// What `StreamExt::next` does.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
 /// The producer of several tests: `yield_`s the items of `items`, each after `period`, until
@@ -200,6 +194,33 @@ fn returning_early_cancels_the_producer_whose_cleanup_runs_before_the_call_retur
 }
 
 #[test]
+fn a_shielded_yield_still_ends_when_the_consumer_is_done_with_the_same_source_and_reason_s6_11() {
+    let log = Log::new();
+    let got = testing::run(async {
+        generate(
+            async |y| {
+                // The shield hides the producer scope's cancellation from the yield, which still
+                // ends once the consumer is done, with that cancellation's source and reason.
+                let c = CancelScope::new().shielded().run(y.yield_("only")).await.unwrap_err();
+                log.push(format!("producer: {:?} {:?} at {:?}", c.source(), c.reason(), now()));
+                Err::<(), _>(Error::from(c))
+            },
+            async |items| {
+                let v = items.recv().await?;
+                sleep(secs(1)).await?;
+                Ok::<_, Error>(v)
+            },
+        )
+        .await
+    });
+    assert_eq!(got.unwrap(), "only", "the producer's own scope absorbed the cancellation");
+    assert_eq!(
+        log.take(),
+        [format!("producer: {:?} {:?} at {:?}", CancelSource::Explicit, Some(CONSUMER_DONE), at(1))]
+    );
+}
+
+#[test]
 fn a_consumer_error_cancels_the_producer_and_comes_out_s6_11() {
     let seen = RefCell::new(None);
     let r = testing::run(async {
@@ -259,7 +280,8 @@ fn closing_the_items_cancels_the_producer_while_the_consumer_goes_on_s6_11() {
         generate(
             async |y| {
                 let r = yield_every(y, secs(2), iter::repeat_with(|| drops.token())).await;
-                log.push(format!("producer stopped at {:?}, {} dropped", now(), drops.count()));
+                let why = r.as_ref().map_err(|c| (c.source(), c.reason()));
+                log.push(format!("producer stopped at {:?}, {} dropped: {why:?}", now(), drops.count()));
                 r.map_err(Error::from)
             },
             async |items| {
@@ -285,7 +307,11 @@ fn closing_the_items_cancels_the_producer_while_the_consumer_goes_on_s6_11() {
         log.take(),
         [
             format!("closed at {:?}, 2 dropped", at(5)),
-            format!("producer stopped at {:?}, 2 dropped", at(5)),
+            format!(
+                "producer stopped at {:?}, 2 dropped: {:?}",
+                at(5),
+                Err::<&(), _>((CancelSource::Explicit, Some(CONSUMER_DONE)))
+            ),
             format!("consumer returns at {:?}", at(15)),
         ]
     );

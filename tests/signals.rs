@@ -20,28 +20,22 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard};
 
 use child::{Proc, build_examples};
-use futures_core::Stream;
 use hatchery::signal::{Outcome, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, Signals, ctrl_c_cancels};
 use hatchery::testing::{self, assert_checkpoints, registrations, wait_all_tasks_blocked};
 use hatchery::{CancelScope, Cancelled, move_on_after, now, nursery, sleep, sleep_forever};
 use signal_hook::low_level::raise;
-use support::{Log, at, in_cancelled_scope, poll_once, secs};
+use support::{Log, at, in_cancelled_scope, next, poll_once, secs};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Serialises the tests of this file (a failed test must not stop the others).
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What `StreamExt::next` does.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
 // ---------------------------------------------------------------------------------------------

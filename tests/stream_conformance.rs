@@ -8,6 +8,7 @@ mod support;
 use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
+use std::task::Poll;
 use std::time::Duration;
 
 use hatchery::io::{BufReader, BufWriter};
@@ -75,7 +76,8 @@ async fn memory_pair() -> io::Result<(MemoryStream, MemoryStream)> {
 /// Runs one check on a fresh pair, on the virtual clock. The clock jumps only after 20 ms of
 /// real idleness (`support::sockets_builder`), so that data in flight on loopback is never
 /// overtaken by a jump; the virtual-hour watchdog then turns a check that hangs into a failure
-/// within a fraction of a second.
+/// within a fraction of a second. (Not one that livelocks: a run that is never idle never
+/// jumps. See `second_op`.)
 ///
 /// `yield_budget` is the run's [`hatchery::Builder::yield_budget`]: the checks that drop a
 /// future at its schedule point run with 0, so that every schedule point yields.
@@ -180,6 +182,22 @@ fn pattern(n: usize) -> Vec<u8> {
 /// More than any of the three kinds buffers when nobody reads (socket buffers on loopback stay
 /// at a few MiB without reads).
 const CLOG: usize = 32 << 20;
+
+/// Polls `op`, started while another task waits in the same direction, once and returns its
+/// output: it must fail at once (with `BusyResource`), before it could park. Awaiting it instead
+/// would hang if the busy guard were broken: the two operations would take turns displacing each
+/// other's waker from the direction's one slot (the displaced one is woken), so the run would
+/// never be idle, the clock would never jump, and no deadline on the virtual clock, the
+/// watchdog's included, would ever pass.
+async fn second_op<F: Future>(op: F, what: &str) -> F::Output {
+    match poll_once(pin!(op)).await {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!(
+            "{what}, started while another task waits in the same direction, must fail at once \
+             with BusyResource, but it waited: the busy guard is broken"
+        ),
+    }
+}
 
 /// Writes until the stream's buffers are full and the writer is blocked; returns when another
 /// task stops it, with the error that stopped it and the number of bytes written.
@@ -297,9 +315,9 @@ mod checks {
             let first = n.spawn(async { read_n(&a, 3).await });
             wait_all_tasks_blocked().await?;
             let mut buf = [0; 4];
-            let e = a.read(&mut buf).await.unwrap_err();
+            let e = second_op(a.read(&mut buf), "a second read").await.unwrap_err();
             assert!(is::<BusyResource>(&e), "{e:?}");
-            let e = a.readable().await.unwrap_err();
+            let e = second_op(a.readable(), "readable").await.unwrap_err();
             assert!(is::<BusyResource>(&e), "{e:?}");
             // The first reader is undisturbed.
             b.write_all(b"xyz").await?;
@@ -315,14 +333,14 @@ mod checks {
         nursery(async |n| {
             let first = n.spawn(async { Ok(write_forever(&a).await) });
             wait_all_tasks_blocked().await?;
-            let e = a.write_all(b"second").await.unwrap_err();
+            let e = second_op(a.write_all(b"second"), "a second write_all").await.unwrap_err();
             assert!(is::<BusyResource>(&e.error), "{e:?}");
             assert_eq!(e.written, 0);
-            let e = a.write(b"second").await.unwrap_err();
+            let e = second_op(a.write(b"second"), "a second write").await.unwrap_err();
             assert!(is::<BusyResource>(&e), "{e:?}");
-            let e = a.writable().await.unwrap_err();
+            let e = second_op(a.writable(), "writable").await.unwrap_err();
             assert!(is::<BusyResource>(&e), "{e:?}");
-            let e = a.shutdown(Shutdown::Write).await.unwrap_err();
+            let e = second_op(a.shutdown(Shutdown::Write), "shutdown(Write)").await.unwrap_err();
             assert!(is::<BusyResource>(&e), "{e:?}");
             a.close();
             let (written, e) = first.await?;

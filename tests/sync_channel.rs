@@ -6,21 +6,15 @@ mod support;
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::rc::Rc;
 
-use futures_core::Stream;
 use hatchery::testing::{self, assert_checkpoints, registrations, wait_all_tasks_blocked};
 use hatchery::{
     CancelError, CancelScope, Cancelled, ChannelStatistics, ClosedResource, Error, RecvError, SendError,
     SendErrorKind, TryRecvError, TrySendError, channel, move_on_after, now, nursery, sleep, unbounded,
 };
-use support::{DropCounter, DropToken, Log, at, poll_once, poll_once_foreign, secs};
-
-/// What `StreamExt::next` does.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
-}
+use support::{DropCounter, DropToken, Log, at, next, poll_once, poll_once_foreign, secs};
 
 fn stats(
     buffer_used: usize,

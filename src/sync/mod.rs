@@ -18,6 +18,9 @@ mod mutex;
 mod parking_lot;
 mod semaphore;
 
+// -- a waiter's waker slot, kept up to date (channels, generate, the parking lot) --
+mod waker_slot;
+
 pub use condition::{Condition, ConditionStatistics, ConditionWait, WaitError};
 pub use event::{Event, EventStatistics, EventWait};
 pub(crate) use limiter::OwnedCapacityToken;

@@ -43,6 +43,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::Cancelled;
 use crate::lowlevel::{Park, YieldNow, cancel_shielded_checkpoint, checkpoint_if_cancelled};
+use crate::sync::waker_slot::refresh;
 
 /// A waiter's place in a lot: a slot and the generation of its occupant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,11 +222,9 @@ impl ParkingLot {
         let mut lot = self.lot.borrow_mut();
         match lot.slot(t) {
             SlotState::Waiting(w) => {
-                if !w.will_wake(waker) {
-                    let old = std::mem::replace(w, waker.clone());
-                    drop(lot);
-                    drop(old);
-                }
+                let old = refresh(w, waker);
+                drop(lot);
+                drop(old);
                 Status::Waiting
             }
             SlotState::Done(s) => {

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_core::Stream;
 use futures_io::AsyncRead;
 use hatchery::lowlevel::{self, Timer};
 use hatchery::net::{TcpListener, TcpStream};
@@ -147,6 +148,11 @@ pub async fn watchdog<T>(f: impl Future<Output = io::Result<T>>) -> io::Result<T
 /// `&mut` to an `Unpin` one.
 pub async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
+}
+
+/// What `StreamExt::next` does: the next item of `s`, or `None` at its end.
+pub async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
 /// A cancel scope, already cancelled: what runs in it fails at its first cancel point.

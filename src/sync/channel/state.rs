@@ -20,6 +20,7 @@ use std::task::Waker;
 
 use super::ChannelStatistics;
 use super::error::{TryRecvError, TrySendError};
+use crate::sync::waker_slot::refresh;
 
 /// Identifies one handle (one clone) of either side.
 pub(super) type HandleId = u64;
@@ -115,11 +116,6 @@ const BUG: &str = "hatchery internal error: a channel waiter slot is missing; pl
 fn unqueue(queue: &mut VecDeque<usize>, key: usize) {
     let pos = queue.iter().rposition(|&k| k == key).expect(BUG);
     queue.remove(pos);
-}
-
-/// Replaces the stored waker if it would not wake the same task; returns the old one.
-fn refresh(stored: &mut Waker, new: &Waker) -> Option<Waker> {
-    if stored.will_wake(new) { None } else { Some(mem::replace(stored, new.clone())) }
 }
 
 /// The state shared by every handle of one channel.

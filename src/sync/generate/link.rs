@@ -14,6 +14,7 @@ use super::super::channel::RecvError;
 use crate::CancelHandle;
 use crate::error::{CancelSource, Cancelled};
 use crate::lowlevel::{Park, checkpoint_if_cancelled};
+use crate::sync::waker_slot::store;
 
 /// The reason the producer's scope is cancelled with when the consumer is done.
 pub(super) const CONSUMER_DONE: &str = "generate: the consumer is done";
@@ -76,15 +77,6 @@ pub(super) enum Ask {
     /// Not yet; the waker is stored.
     Wait,
     Gone,
-}
-
-/// Stores `waker` in `slot` (unless the one there wakes the same task); returns the old waker,
-/// to be dropped after the borrow.
-fn store(slot: &mut Option<Waker>, waker: &Waker) -> Option<Waker> {
-    match slot {
-        Some(w) if w.will_wake(waker) => None,
-        slot => slot.replace(waker.clone()),
-    }
 }
 
 impl<T> Link<T> {

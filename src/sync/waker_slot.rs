@@ -1,0 +1,56 @@
+//! Keeping a waiter's waker up to date without dropping the old one under a borrow.
+//!
+//! A future re-polled by another task, or with a new waker, must leave its new waker behind;
+//! one that still wakes the same task is kept (`Waker::will_wake`), saving a clone. The waker
+//! replaced is handed back, not dropped: a waker's destructor is foreign code that may call
+//! back into the primitive, so the caller drops it after its `RefCell` borrow has ended.
+
+use std::task::Waker;
+
+/// Makes `slot` hold `new`, unless the waker there already wakes the same task; returns the
+/// waker replaced, to be dropped after the borrow.
+#[must_use = "drop the replaced waker after the borrow ends"]
+pub(crate) fn refresh(slot: &mut Waker, new: &Waker) -> Option<Waker> {
+    if slot.will_wake(new) { None } else { Some(std::mem::replace(slot, new.clone())) }
+}
+
+/// [`refresh`] for a slot that may be empty: an empty one is filled.
+#[must_use = "drop the replaced waker after the borrow ends"]
+pub(crate) fn store(slot: &mut Option<Waker>, new: &Waker) -> Option<Waker> {
+    match slot {
+        Some(w) => refresh(w, new),
+        None => {
+            *slot = Some(new.clone());
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Task;
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn the_same_tasks_waker_is_kept_and_a_replaced_one_comes_back_undropped() {
+        let (a, b) = (Arc::new(Task), Arc::new(Task));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let mut slot = None;
+        assert!(store(&mut slot, &wa).is_none(), "an empty slot is filled");
+        assert_eq!(Arc::strong_count(&a), 3, "a, wa and the slot's clone");
+        assert!(store(&mut slot, &wa.clone()).is_none());
+        assert_eq!(Arc::strong_count(&a), 3, "the same task's waker is not cloned again");
+        let old = store(&mut slot, &wb).expect("another task's waker replaces it");
+        assert!(old.will_wake(&wa) && slot.as_ref().is_some_and(|w| w.will_wake(&wb)));
+        assert_eq!((Arc::strong_count(&a), Arc::strong_count(&b)), (3, 3), "the old one is not dropped yet");
+        drop(old);
+        assert_eq!(Arc::strong_count(&a), 2);
+    }
+}
