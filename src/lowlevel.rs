@@ -491,9 +491,11 @@ impl<T: AsFd> Drop for ReadyWait<'_, T> {
 ///
 /// [`poll_at`](Timer::poll_at) arms it on first use and is `Ready` once the run's clock has
 /// passed the deadline (deadlines expire between batches, so a timer that is already due still
-/// yields once). The timer wakes the task through its [`Park`] registration, which also makes a
-/// cancellation wake it: [`poll_cancel`](Timer::poll_cancel) tells whether one arrived. Dropping
-/// it removes both.
+/// yields once). The deadline and a cancellation wake the task the same way, as its [`Park`]
+/// registration says: the task itself when polled with its own waker, else the waker it was
+/// polled with. Every call ([`poll_at`](Timer::poll_at), [`poll_cancel`](Timer::poll_cancel),
+/// [`poll_wait`](Timer::poll_wait)) brings that up to date, so the waker of the latest call is
+/// the one woken; `poll_cancel` tells whether a cancellation arrived. Dropping it removes both.
 #[derive(Debug, Default)]
 pub struct Timer {
     park: Park,
@@ -514,7 +516,18 @@ impl Timer {
     ///
     /// Outside a run.
     pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
-        self.park.poll_cancel(cx)
+        let core = context::core();
+        core.cancel_points.set(core.cancel_points.get() + 1);
+        let cancelled = core.cancel.borrow().effective(core.current_status.get());
+        if let Some(c) = cancelled {
+            self.park.unpark();
+            return Poll::Ready(c);
+        }
+        // The registration may have changed kind (own waker or foreign): the armed entry must
+        // name the current one.
+        let wake = self.park.register(&core, cx);
+        self.arm(&core, None, wake);
+        Poll::Pending
     }
 
     /// Arms the timer for `deadline` if it is not armed yet, and reports whether it has fired.
@@ -532,7 +545,7 @@ impl Timer {
             return Poll::Ready(());
         }
         let wake = self.park.register(&core, cx);
-        self.arm(&core, deadline, wake);
+        self.arm(&core, Some(deadline), wake);
         Poll::Pending
     }
 
@@ -563,9 +576,7 @@ impl Timer {
             return Poll::Ready(Err(c));
         }
         let wake = self.park.register(&core, cx);
-        if let Some(t) = deadline {
-            self.arm(&core, t, wake);
-        }
+        self.arm(&core, deadline, wake);
         Poll::Pending
     }
 
@@ -587,20 +598,21 @@ impl Timer {
         true
     }
 
-    /// Arms the entry for `deadline` if it is not armed yet; either way it names `wake`, how
-    /// the latest registration wakes the task.
-    fn arm(&mut self, core: &context::Core, deadline: Instant, wake: ParkRef) {
+    /// Makes the armed entry name `wake`, how the latest registration wakes the task; arms one
+    /// for `deadline` if there is none yet.
+    fn arm(&mut self, core: &context::Core, deadline: Option<Instant>, wake: ParkRef) {
         let mut timers = core.timers.borrow_mut();
-        match self.entry {
-            Some((run, key)) if run == core.id as u32 => {
+        match (self.entry, deadline) {
+            (Some((run, key)), _) if run == core.id as u32 => {
                 if let Some(TimerTarget::Sleep { wake: w, .. }) = timers.get_mut(key as usize) {
                     *w = wake;
                 }
             }
-            _ => {
+            (_, Some(deadline)) => {
                 let target = TimerTarget::Sleep { wake, fired: false };
                 self.entry = Some((core.id as u32, timers.insert(deadline, target) as u32));
             }
+            (_, None) => {}
         }
     }
 

@@ -11,10 +11,13 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
+use hatchery::lowlevel::Timer;
 use hatchery::sync::Event;
 use hatchery::testing::{self, registrations, wait_all_tasks_blocked};
-use hatchery::{CancelScope, CancelSource, Cancelled, Error, now, nursery, sleep, sleep_forever};
+use hatchery::{CancelScope, CancelSource, Cancelled, Error, Instant, now, nursery, sleep, sleep_forever};
 use support::{DropCounter, at, poll_once, poll_once_foreign, secs};
 
 type Moved = Pin<Box<dyn Future<Output = Result<Option<()>, Cancelled>>>>;
@@ -221,5 +224,97 @@ fn parking_with_a_foreign_waker_then_the_own_one_leaves_no_waiter_behind() {
         assert_eq!(r, Ok(None));
         assert_eq!(now(), at(0));
         assert_eq!(registrations(), base);
+    });
+}
+
+/// A hand-written future that arms its timer through a foreign waker, then checks for
+/// cancellation only, with its own: the deadline must still wake it.
+struct SwitchesWakers<'a> {
+    timer: Timer,
+    deadline: Instant,
+    polls: u32,
+    done: &'a Cell<Option<Instant>>,
+}
+
+impl Future for SwitchesWakers<'_> {
+    type Output = Result<(), Cancelled>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        this.polls += 1;
+        if this.polls == 1 {
+            let waker = Waker::from(Arc::new(Forward(cx.waker().clone())));
+            assert!(this.timer.poll_at(this.deadline, &mut Context::from_waker(&waker)).is_pending());
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if let Poll::Ready(c) = this.timer.poll_cancel(cx) {
+            return Poll::Ready(Err(c));
+        }
+        if this.polls == 2 {
+            return Poll::Pending;
+        }
+        match this.timer.poll_at(this.deadline, cx) {
+            Poll::Ready(()) => {
+                this.done.set(Some(now()));
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+struct Forward(Waker);
+
+impl Wake for Forward {
+    fn wake(self: Arc<Self>) {
+        self.0.wake_by_ref();
+    }
+}
+
+#[test]
+fn a_timer_armed_through_a_foreign_waker_then_polled_with_its_own_fires() {
+    testing::run(async {
+        let done = Cell::new(None);
+        nursery(async |n| {
+            let done = &done;
+            n.start_soon(SwitchesWakers { timer: Timer::new(), deadline: at(5), polls: 0, done });
+            sleep(secs(10)).await?;
+            assert_eq!(done.get(), Some(at(5)), "woken at its deadline");
+            Ok::<(), Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_scope_parked_before_started_is_cancelled_before_the_tasks_first_poll_in_the_nursery() {
+    testing::run(async {
+        let caught = Cell::new(None);
+        let handle = RefCell::new(None);
+        nursery(async |n| {
+            let (caught, handle) = (&caught, &handle);
+            n.start(|status| async move {
+                let scope = CancelScope::new();
+                *handle.borrow_mut() = Some(scope.handle());
+                let mut inner: Moved = Box::pin(scope.run(async {
+                    sleep_forever().await?;
+                    Ok::<(), Cancelled>(())
+                }));
+                assert!(poll_once(inner.as_mut()).await.is_pending());
+                status.started(());
+                assert_eq!(inner.await?, None);
+                caught.set(Some(now()));
+                Ok::<(), Error>(())
+            })
+            .await?;
+            // At once: the task has not been polled by the nursery yet.
+            handle.borrow().as_ref().expect("the task made its scope").cancel();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(caught.get(), Some(at(0)));
     });
 }

@@ -306,11 +306,10 @@ impl Sched {
 
     /// Starts a poll of `group`: records who polls it and hands out its ready list, and whether
     /// the whole group was woken (the caller then adds every live task with [`Sched::queue`]).
-    /// `entity` is
-    /// the task being polled and its waker's identity: if `parent` is that waker, the group's
-    /// parent is recorded as that task, so wake-ups need no waker call. Also returns the
-    /// parent waker it replaced, for the caller to drop once `Sched` is no longer borrowed (a
-    /// foreign waker's destructor is foreign code).
+    /// `entity` is the task being polled and its waker's identity: if `parent` is that waker,
+    /// the group's parent is recorded as that task, so wake-ups need no waker call. Also
+    /// returns the parent waker it replaced, for the caller to drop once `Sched` is no longer
+    /// borrowed (a foreign waker's destructor is foreign code).
     pub(crate) fn begin_poll(
         &mut self,
         group: u32,
