@@ -52,13 +52,15 @@ pub(crate) enum Phase {
 /// The origin of cancellation for one scope; shared by its handles and its tree node.
 ///
 /// Every scope (each `move_on_after`, each nursery) allocates one, so it is kept small: the
-/// rare cause is boxed, keys and run ids are 32 bits.
+/// cause's source sits in padding, its rare reason is boxed, keys and run ids are 32 bits.
 pub(crate) struct ScopeState {
     pub(crate) cancel_called: Cell<bool>,
     pub(crate) shield: Cell<bool>,
     pub(crate) caught: Cell<bool>,
-    /// The first cause recorded wins (S4.15).
-    cause: Cell<Option<Box<Cancelled>>>,
+    /// The first cause recorded wins (S4.15): its source, and its reason if it has one (a
+    /// deadline's has none, so cancelling by deadline allocates nothing).
+    source: Cell<CancelSource>,
+    reason: Cell<Option<Box<Arc<str>>>>,
     /// Absolute deadline; `Instant::MAX` means none.
     pub(crate) deadline: Cell<Instant>,
     /// For relative scopes before entry: the timeout, in nanoseconds, to add to the entry time;
@@ -89,7 +91,8 @@ impl ScopeState {
             cancel_called: Cell::new(false),
             shield: Cell::new(false),
             caught: Cell::new(false),
-            cause: Cell::new(None),
+            source: Cell::new(CancelSource::Explicit),
+            reason: Cell::new(None),
             deadline: Cell::new(Instant::MAX),
             relative: Cell::new(u64::MAX),
             phase: Cell::new(Phase::Unentered),
@@ -100,15 +103,18 @@ impl ScopeState {
 
     /// Records the cancellation; returns true if this call is the one that cancelled it.
     pub(crate) fn mark_cancelled(&self, source: CancelSource, reason: Option<Arc<str>>) -> bool {
-        let cause = self.cause.take();
-        self.cause.set(Some(cause.unwrap_or_else(|| Box::new(Cancelled::new(source, reason)))));
-        !self.cancel_called.replace(true)
+        if self.cancel_called.replace(true) {
+            return false;
+        }
+        self.source.set(source);
+        self.reason.set(reason.map(Box::new));
+        true
     }
 
     pub(crate) fn cause(&self) -> Cancelled {
-        let cause = self.cause.take();
-        let c = cause.as_deref().cloned().unwrap_or_else(|| Cancelled::new(CancelSource::Explicit, None));
-        self.cause.set(cause);
+        let reason = self.reason.take();
+        let c = Cancelled::new(self.source.get(), reason.as_deref().cloned());
+        self.reason.set(reason);
         c
     }
 
