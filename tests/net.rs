@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hatchery::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixStream};
 use hatchery::testing::{self, wait_all_tasks_blocked};
-use hatchery::{ClosedResource, move_on_after, nursery};
+use hatchery::{BusyResource, ClosedResource, move_on_after, nursery};
 
 use support::{cancelled_scope, inner, tcp_pair};
 
@@ -171,6 +171,68 @@ fn futures_io_traits_read_and_write_and_fail_with_cancelled_when_they_would_bloc
         assert_eq!(b.read(&mut buf).await?, 0);
         Ok::<_, io::Error>(())
     })
+    .unwrap();
+}
+
+/// Two tasks poll-style read through copies of one `ReadHalf` (the rule for two poll-style
+/// waiters, `stream_conformance`'s `poll_style_readers_in_two_tasks_the_second_is_busy`, holds
+/// through the halves, which share the stream's state): each poller is woken once by the
+/// other and polls again, so both are live, and the second fails with `BusyResource`; the
+/// first gets the data. Each poll is counted: more than 50 (a livelock) fails instead of hanging.
+async fn poll_style_half_readers_in_two_tasks<R>(
+    half: R,
+    write: impl AsyncFnOnce() -> io::Result<()>,
+) -> io::Result<()>
+where
+    R: futures_io::AsyncRead + Copy + Unpin,
+{
+    use std::cell::Cell;
+    use std::pin::Pin;
+    let polls = [Cell::new(0), Cell::new(0)];
+    nursery(async |n| {
+        let read = |i: usize| {
+            let (mut half, polls) = (half, &polls[i]);
+            async move {
+                let mut buf = [0; 4];
+                let r = std::future::poll_fn(|cx| {
+                    polls.set(polls.get() + 1);
+                    if polls.get() > 50 {
+                        return std::task::Poll::Ready(Err(io::Error::other("a livelock")));
+                    }
+                    Pin::new(&mut half).poll_read(cx, &mut buf)
+                })
+                .await;
+                Ok::<_, io::Error>(r.map(|k| buf[..k].to_vec()))
+            }
+        };
+        let first = n.spawn(read(0));
+        wait_all_tasks_blocked().await?;
+        let second = n.spawn(read(1));
+        wait_all_tasks_blocked().await?;
+        assert!(second.is_finished(), "the second reader must have failed with BusyResource");
+        let e = second.await?.unwrap_err();
+        assert!(support::is::<BusyResource>(&e), "{e:?}");
+        assert_eq!((polls[0].get(), polls[1].get()), (2, 2));
+        write().await?;
+        assert_eq!(first.await??, b"xyz");
+        assert_eq!(polls[0].get(), 3);
+        Ok::<_, io::Error>(())
+    })
+    .await
+    .map_err(|e| e.into_first())?;
+    Ok(())
+}
+
+#[test]
+fn poll_style_half_readers_in_two_tasks_the_second_is_busy() {
+    support::run_with_sockets(support::watchdog(async {
+        let (a, b) = tcp_pair().await?;
+        poll_style_half_readers_in_two_tasks(a.split().0, async || Ok(b.write_all(b"xyz").await?)).await?;
+        let (a, b) = UnixStream::pair()?;
+        let (r, _w) = a.into_split();
+        poll_style_half_readers_in_two_tasks(r.stream().split().0, async || Ok(b.write_all(b"xyz").await?))
+            .await
+    }))
     .unwrap();
 }
 

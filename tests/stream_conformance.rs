@@ -5,20 +5,26 @@
 
 mod support;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
-use std::task::Poll;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
+
+use futures_io::{AsyncRead, AsyncWrite};
 
 use hatchery::io::{BufReader, BufWriter};
 use hatchery::net::{TcpStream, UnixStream};
-use hatchery::testing::{MemoryStream, assert_checkpoints, memory_stream_pair, wait_all_tasks_blocked};
+use hatchery::testing::{
+    MemoryStream, assert_checkpoints, memory_stream_pair, registrations, wait_all_tasks_blocked,
+};
 use hatchery::{
     BusyResource, Cancelled, ClosedResource, Instant, WriteAllError, move_on_after, now, nursery,
 };
 use std::pin::pin;
-use support::{cancelled_scope, is, poll_once, tcp_pair};
+use support::{cancelled_scope, is, poll_once, poll_once_foreign, tcp_pair};
 
 /// The stream API the checks use: what `TcpStream`, `UnixStream` and `MemoryStream` share.
 trait TestStream {
@@ -141,6 +147,12 @@ all_suites!([
     buf_reader_lines_and_exact_reads,
     buf_reader_cancelled_read_exact_keeps_its_bytes,
     buf_writer_flush_and_close,
+    poll_style_readers_in_two_tasks_the_second_is_busy,
+    poll_style_writers_in_two_tasks_the_second_is_busy,
+    a_poll_style_read_dropped_while_waiting_makes_no_one_busy,
+    a_cancelled_poll_style_read_wakes_the_one_it_replaced,
+    a_new_waker_replaces_the_old_one,
+    a_poll_style_waiter_gives_way_to_an_async_read,
 ], strict: [
     a_read_or_write_dropped_at_its_schedule_point_did_nothing,
 ]);
@@ -210,6 +222,94 @@ async fn write_forever<S: TestStream>(s: &S) -> (usize, io::Error) {
             Err(e) => return (total + e.written, e.error),
         }
     }
+}
+
+/// The most polls a [`Driver`] allows one operation: far more than any check needs, so that a
+/// livelock (two wakers that displace and wake each other, a run that is never idle, so that
+/// neither the clock nor the watchdog ever moves) fails the check instead of hanging it.
+const POLL_LIMIT: u32 = 50;
+
+/// A waker that logs its `id` when woken, then wakes `inner`: given a fresh one on every poll,
+/// an operation sees what a combinator that wraps the task's waker (`futures-io` adapters, TLS
+/// and WebSocket layers) shows it, the same task with a new waker each time.
+struct Tagged {
+    inner: Waker,
+    id: u32,
+    log: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Wake for Tagged {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.log.lock().unwrap().push(self.id);
+        self.inner.wake_by_ref();
+    }
+}
+
+/// Polls one operation by hand, at most [`POLL_LIMIT`] times, counting the polls, keeping the
+/// task's waker (so that the check can wake the task itself, as another branch of a `select`
+/// would) and, in `fresh` mode, passing a new [`Tagged`] waker, numbered by the poll, each time.
+#[derive(Default)]
+struct Driver {
+    polls: Cell<u32>,
+    task: RefCell<Option<Waker>>,
+    woken: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Driver {
+    async fn drive<T>(
+        &self,
+        fresh: bool,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> io::Result<T> {
+        std::future::poll_fn(|cx| {
+            let n = self.polls.get() + 1;
+            self.polls.set(n);
+            if n > POLL_LIMIT {
+                return Poll::Ready(Err(io::Error::other(format!(
+                    "polled {n} times without completing: a livelock"
+                ))));
+            }
+            *self.task.borrow_mut() = Some(cx.waker().clone());
+            if fresh {
+                let w = Waker::from(Arc::new(Tagged {
+                    inner: cx.waker().clone(),
+                    id: n,
+                    log: self.woken.clone(),
+                }));
+                poll(&mut Context::from_waker(&w))
+            } else {
+                poll(cx)
+            }
+        })
+        .await
+    }
+
+    fn polls(&self) -> u32 {
+        self.polls.get()
+    }
+
+    /// Wakes the task, not through the operation.
+    fn kick(&self) {
+        self.task.borrow().as_ref().expect("polled at least once").wake_by_ref();
+    }
+
+    /// The ids of the [`Tagged`] wakers woken so far, in order.
+    fn woken(&self) -> Vec<u32> {
+        self.woken.lock().unwrap().clone()
+    }
+}
+
+/// A poll-style read of `s` into `buf`, as a future.
+fn poll_read<'a, S>(s: &'a S, buf: &'a mut [u8]) -> impl Future<Output = io::Result<usize>> + Unpin + 'a
+where
+    &'a S: AsyncRead,
+{
+    let mut s = s;
+    std::future::poll_fn(move |cx| Pin::new(&mut s).poll_read(cx, buf))
 }
 
 mod checks {
@@ -624,6 +724,235 @@ mod checks {
             let got = reader.await?;
             assert_eq!(got.len(), 1002);
             assert!(got[0] == b'[' && got[1..1001] == big[..] && got[1001] == b']');
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok(())
+    }
+    /// Two tasks poll-style read the same stream. A waker cannot say which task it wakes, so
+    /// the second poll's waker replaces the first one's, which is woken once; the first poller
+    /// polls again and takes the direction back, waking the second, which polls again: both are
+    /// live, and the second fails with `BusyResource`. No waker is left unwoken, and no two
+    /// wake each other for ever (a livelock, which `Driver`'s poll limit turns into a failure).
+    pub(super) async fn poll_style_readers_in_two_tasks_the_second_is_busy<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()>
+    where
+        for<'x> &'x S: AsyncRead,
+    {
+        let drivers = [Driver::default(), Driver::default()];
+        let before = registrations();
+        nursery(async |n| {
+            let read = |i: usize| {
+                let (a, driver) = (&a, &drivers[i]);
+                async move {
+                    let mut buf = [0; 4];
+                    let r = driver.drive(false, |cx| Pin::new(&mut &*a).poll_read(cx, &mut buf)).await;
+                    Ok::<_, io::Error>(r.map(|k| buf[..k].to_vec()))
+                }
+            };
+            let first = n.spawn(read(0));
+            wait_all_tasks_blocked().await?;
+            assert_eq!(drivers[0].polls(), 1);
+            let second = n.spawn(read(1));
+            wait_all_tasks_blocked().await?;
+            assert!(second.is_finished(), "the second reader must have failed with BusyResource");
+            let e = second.await?.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            assert_eq!((drivers[0].polls(), drivers[1].polls()), (2, 2));
+            b.write_all(b"xyz").await?;
+            assert_eq!(first.await??, b"xyz", "the first reader is undisturbed");
+            assert_eq!(drivers[0].polls(), 3);
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        assert_eq!(registrations(), before, "nothing left registered");
+        Ok(())
+    }
+
+    /// A poll-style read dropped while it waits leaves its waker behind; the task that then
+    /// reads again, with another waker, is not taken for a second task: no `BusyResource`,
+    /// whichever waker each poll has.
+    pub(super) async fn a_poll_style_read_dropped_while_waiting_makes_no_one_busy<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()>
+    where
+        for<'x> &'x S: AsyncRead,
+    {
+        let mut buf = [0; 4];
+        assert!(poll_once(poll_read(&a, &mut buf)).await.is_pending());
+        let foreign = poll_once_foreign(poll_read(&a, &mut buf)).await;
+        assert!(foreign.is_pending(), "the task's own waker is replaced");
+        assert!(poll_once(poll_read(&a, &mut buf)).await.is_pending(), "the foreign one is replaced back");
+        assert!(poll_once_foreign(poll_read(&a, &mut buf)).await.is_pending());
+        assert!(poll_once(poll_read(&a, &mut buf)).await.is_pending());
+        b.write_all(b"xyz").await?;
+        let k = poll_read(&a, &mut buf).await?;
+        assert_eq!(&buf[..k], b"xyz");
+        Ok(())
+    }
+
+    /// The same for two poll-style writers of a full stream.
+    pub(super) async fn poll_style_writers_in_two_tasks_the_second_is_busy<S: TestStream>(
+        a: S,
+        _b: S,
+    ) -> io::Result<()>
+    where
+        for<'x> &'x S: AsyncWrite,
+    {
+        let drivers = [Driver::default(), Driver::default()];
+        let chunk = pattern(65536);
+        nursery(async |n| {
+            // Writes until the stream is full, then waits for room: ends only with an error.
+            let write = |i: usize| {
+                let (a, driver, chunk) = (&a, &drivers[i], &chunk);
+                async move {
+                    let r = driver
+                        .drive(false, |cx| {
+                            loop {
+                                match Pin::new(&mut &*a).poll_write(cx, chunk) {
+                                    Poll::Ready(Ok(k)) => assert!(k > 0),
+                                    Poll::Ready(Err(e)) => return Poll::Ready(Err::<(), _>(e)),
+                                    Poll::Pending => return Poll::Pending,
+                                }
+                            }
+                        })
+                        .await;
+                    Ok::<_, io::Error>(r)
+                }
+            };
+            let first = n.spawn(write(0));
+            wait_all_tasks_blocked().await?;
+            // (A socket may report a stale writable edge: the first writer then polls twice.)
+            let first_polls = drivers[0].polls();
+            let second = n.spawn(write(1));
+            wait_all_tasks_blocked().await?;
+            assert!(second.is_finished(), "the second writer must have failed with BusyResource");
+            let e = second.await?.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            assert_eq!((drivers[0].polls(), drivers[1].polls()), (first_polls + 1, 2));
+            a.close();
+            let e = first.await?.unwrap_err();
+            assert!(is::<ClosedResource>(&e), "close wakes the first writer: {e:?}");
+            assert_eq!(drivers[0].polls(), first_polls + 2);
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok(())
+    }
+
+    /// A poll-style read in a cancelled scope, while another task's poll-style read waits,
+    /// replaces the waiting one's waker and then leaves (`Cancelled`, nothing read): the one
+    /// waiting is woken to register again, rather than left with nothing that would wake it.
+    pub(super) async fn a_cancelled_poll_style_read_wakes_the_one_it_replaced<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()>
+    where
+        for<'x> &'x S: AsyncRead,
+    {
+        let driver = Driver::default();
+        nursery(async |n| {
+            let waiting = n.spawn(async {
+                let mut buf = [0; 4];
+                let r = driver.drive(false, |cx| Pin::new(&mut &a).poll_read(cx, &mut buf)).await;
+                Ok::<_, io::Error>(r.map(|k| buf[..k].to_vec()))
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(driver.polls(), 1);
+            let mut buf = [0; 4];
+            let e = cancelled_scope()
+                .run(async { std::future::poll_fn(|cx| Pin::new(&mut &a).poll_read(cx, &mut buf)).await })
+                .await;
+            assert!(matches!(e, Ok(None)), "{e:?}");
+            wait_all_tasks_blocked().await?;
+            assert_eq!(driver.polls(), 2, "woken, it waits again");
+            b.write_all(b"xyz").await?;
+            assert_eq!(waiting.await??, b"xyz");
+            assert_eq!(driver.polls(), 3);
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        Ok(())
+    }
+
+    /// One task whose waker changes on every poll (as under a combinator that wraps it). An
+    /// `async` read keeps only the new waker and never wakes the old one (or the task would be
+    /// polled again, with yet another waker, for ever). A poll-style read keeps only the new
+    /// one too, but wakes the first one replaced in a wait, once (in case it is another task's:
+    /// see `poll_style_readers_in_two_tasks_the_second_is_busy`): one poll more, not a loop,
+    /// and no `BusyResource` for a task that only changed wakers. The data then wakes the newest
+    /// waker.
+    pub(super) async fn a_new_waker_replaces_the_old_one<S: TestStream>(a: S, b: S) -> io::Result<()>
+    where
+        for<'x> &'x S: AsyncRead,
+    {
+        for poll_style in [false, true] {
+            let driver = Driver::default();
+            nursery(async |n| {
+                let reader = n.spawn(async {
+                    let mut buf = [0; 4];
+                    let r = if poll_style {
+                        driver.drive(true, |cx| Pin::new(&mut &a).poll_read(cx, &mut buf)).await
+                    } else {
+                        let mut read = pin!(a.read(&mut buf));
+                        driver.drive(true, |cx| read.as_mut().poll(cx)).await
+                    };
+                    Ok::<_, io::Error>(r.map(|k| buf[..k].to_vec()))
+                });
+                wait_all_tasks_blocked().await?;
+                let (parked_at, mut woken) = (driver.polls(), driver.woken());
+                driver.kick();
+                wait_all_tasks_blocked().await?;
+                let last = if poll_style {
+                    woken.push(parked_at);
+                    parked_at + 2
+                } else {
+                    parked_at + 1
+                };
+                assert_eq!(driver.polls(), last, "poll-style: {poll_style}");
+                assert_eq!(driver.woken(), woken, "poll-style: {poll_style}");
+                b.write_all(b"xyz").await?;
+                assert_eq!(reader.await??, b"xyz");
+                assert_eq!(driver.polls(), last + 1);
+                woken.push(last);
+                assert_eq!(driver.woken(), woken, "the data woke the newest waker");
+                Ok::<_, io::Error>(())
+            })
+            .await
+            .map_err(|e| e.into_first())?;
+        }
+        Ok(())
+    }
+
+    /// An `async` read displaces a poll-style reader's waker and wakes it: it finds the
+    /// direction busy (the `async` operation holds it until it completes).
+    pub(super) async fn a_poll_style_waiter_gives_way_to_an_async_read<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()>
+    where
+        for<'x> &'x S: AsyncRead,
+    {
+        let driver = Driver::default();
+        nursery(async |n| {
+            let poller = n.spawn(async {
+                let mut buf = [0; 4];
+                Ok(driver.drive(false, |cx| Pin::new(&mut &a).poll_read(cx, &mut buf)).await)
+            });
+            wait_all_tasks_blocked().await?;
+            let reader = n.spawn(async { read_n(&a, 3).await });
+            let e = poller.await?.unwrap_err();
+            assert!(is::<BusyResource>(&e), "{e:?}");
+            assert_eq!(driver.polls(), 2);
+            b.write_all(b"won").await?;
+            assert_eq!(reader.await?, b"won");
             Ok::<_, io::Error>(())
         })
         .await

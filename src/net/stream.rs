@@ -6,11 +6,11 @@ use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use socket2::SockRef;
 
-use crate::error::{BusyResource, ClosedResource, WriteAllError};
+use crate::error::{BusyResource, Cancelled, ClosedResource, WriteAllError};
 use crate::lowlevel::{self, IoSource, Park};
 
 /// A direction of a stream.
@@ -39,12 +39,101 @@ impl Drop for InUse<'_> {
     }
 }
 
-fn busy(dir: Dir) -> io::Error {
+/// The `BusyResource` error of `dir`.
+pub(crate) fn busy(dir: Dir) -> io::Error {
     BusyResource(match dir {
         Dir::Read => "read",
         Dir::Write => "write",
     })
     .into()
+}
+
+/// What one direction of a stream remembers of its poll-style (`futures-io`) waits, to tell a
+/// task that polls again with a new waker, or a future dropped while it waited (neither may
+/// fail), from two live pollers (the second fails with `BusyResource`). The rule is
+/// [`StreamEnd::poll_read`]'s.
+#[derive(Debug, Default)]
+pub(crate) struct PollWait {
+    /// The waker of the poll-style poll waiting now.
+    waiting: Option<Waker>,
+    /// The waker that `waiting` replaced, if it replaced one.
+    displaced: Option<Waker>,
+    /// This wait has woken the first waker it replaced.
+    handed_off: bool,
+    /// The waker waiting came back after `displaced` had replaced it, and replaced it in turn,
+    /// waking it: if `displaced` polls again too, both are live.
+    contested: bool,
+}
+
+/// What a [`PollWait`] let go of: woken or dropped by [`finish`](Released::finish) once its
+/// borrow has ended (a waker's code is foreign and may call back into the stream).
+#[must_use = "call finish after the borrow ends"]
+#[derive(Default)]
+struct Released {
+    wake: Option<Waker>,
+    drop: [Option<Waker>; 2],
+}
+
+impl Released {
+    fn finish(self) {
+        let Released { wake, drop: dropped } = self;
+        drop(dropped);
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+}
+
+impl PollWait {
+    /// Whether a poll with `waker` is the second of two live pollers: it was replaced, took the
+    /// direction back, was replaced again by the other one, which had been woken for it and
+    /// polled (so is live), and it polls again (so is live too).
+    fn is_conflict(&self, waker: &Waker) -> bool {
+        self.contested
+            && self.displaced.as_ref().is_some_and(|d| d.will_wake(waker))
+            && self.waiting.as_ref().is_some_and(|w| !w.will_wake(waker))
+    }
+
+    /// A poll with `waker` is pending: its waker replaces a different one waiting (the last
+    /// poll's waker is the one to wake). The first waker replaced in a wait is woken, and so is
+    /// a waker replaced by the poller it had replaced (which is back); no other. So a wake-up
+    /// is always the answer to a poll of the waker's replacer, never to the woken poller's own:
+    /// no two pollers can wake each other for ever.
+    fn wait(&mut self, waker: &Waker) -> Released {
+        let Some(w) = &self.waiting else {
+            self.waiting = Some(waker.clone());
+            return Released::default();
+        };
+        if w.will_wake(waker) {
+            return Released::default();
+        }
+        let old = self.waiting.replace(waker.clone());
+        let back = self.displaced.as_ref().is_some_and(|d| d.will_wake(waker));
+        let wake = if back {
+            // The replaced poller is live: the one that replaced it is woken, to show whether
+            // it is live too. (Not `contested` yet: `is_conflict` stopped such a poll before.)
+            self.contested = true;
+            old.clone()
+        } else {
+            // A new waker: the same task's or another's, live or not, nothing says yet.
+            self.contested = false;
+            if std::mem::replace(&mut self.handed_off, true) { None } else { old.clone() }
+        };
+        Released { wake, drop: [std::mem::replace(&mut self.displaced, old), None] }
+    }
+
+    /// A poll with `waker` completed: the wait is over. If that poll was `cancelled`, it may
+    /// have replaced a different waker that was waiting and then left, taking the direction's
+    /// registrations with it: that waker is woken to poll again.
+    fn done(&mut self, waker: &Waker, cancelled: bool) -> Released {
+        let PollWait { waiting, displaced, .. } = std::mem::take(self);
+        match waiting {
+            Some(w) if cancelled && !w.will_wake(waker) => {
+                Released { wake: Some(w), drop: [displaced, None] }
+            }
+            w => Released { wake: None, drop: [w, displaced] },
+        }
+    }
 }
 
 /// The error of a read into an empty buffer, for every stream type and `BufReader`.
@@ -61,10 +150,14 @@ pub(crate) fn empty_read() -> io::Error {
 /// keeps the same ones: one operation per direction at a time (a second gets `BusyResource`),
 /// `ClosedResource` once closed (for writing, also once shut down), `InvalidInput` for an empty
 /// read, an empty write that is still a checkpoint, `write_all`'s count, `shutdown` that
-/// checkpoints before it acts, and poll-style operations that are not checkpoints.
+/// checkpoints before it acts, and poll-style operations that are not checkpoints and detect a
+/// second task where they can (see [`poll_read`](StreamEnd::poll_read)).
 pub(crate) trait StreamEnd {
     /// The flag that marks `dir` in use for the length of an operation.
     fn in_use(&self, dir: Dir) -> &Cell<bool>;
+
+    /// What `dir` remembers of its poll-style waits.
+    fn poll_wait(&self, dir: Dir) -> &RefCell<PollWait>;
 
     /// Whether the end was closed.
     fn is_closed(&self) -> bool;
@@ -86,7 +179,9 @@ pub(crate) trait StreamEnd {
     fn shutdown_now(&self, how: Shutdown) -> io::Result<()>;
 
     /// The poll-style `read_some`: not a checkpoint; fails with `Cancelled` only where it would
-    /// block in a cancelled scope.
+    /// block in a cancelled scope. Where it waits, the waker of the last poll is the one woken:
+    /// a different one left by an earlier poll is replaced, and not woken (the provided
+    /// `poll_read` decides that).
     fn poll_read_some(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
 
     /// The poll-style `write_some` (see `poll_read_some`).
@@ -161,6 +256,25 @@ pub(crate) trait StreamEnd {
         self.wait_ready(Dir::Write).await
     }
 
+    /// `futures-io`'s `poll_read`. Not a checkpoint. `BusyResource` while an `async` operation
+    /// reads (one that starts while this waits takes the direction and wakes this poller to
+    /// tell it so).
+    ///
+    /// Two poll-style waiters on one direction. A waker cannot say which task it wakes, a task
+    /// may poll with a new waker (a combinator that wraps it), and a future may be dropped while
+    /// it waits, leaving its waker behind: none of that may fail. So only the last poll's waker
+    /// is woken (`futures-io`'s contract, and tokio's), and the direction remembers which waker
+    /// waits and which one it replaced. The first waker replaced in a wait is woken once, so
+    /// that a poller of another task is not left waiting unwoken. If that poller polls again
+    /// while the other waits, it takes the direction back, and the other is woken in turn; if
+    /// that one polls again too, both are live: it fails with `BusyResource` (S9.1: the second
+    /// task, as with the `async` methods), and the first waits on. A dropped future never polls
+    /// again, so it never makes anyone fail. No other replaced waker is woken: a task whose
+    /// waker changes on every poll is polled once more per wait, and no two pollers wake each
+    /// other for ever. Not detected: three pollers, or a conflicting one whose waker changes on
+    /// every poll; one of them then waits without a wake-up from the stream (a cancellation
+    /// still reaches a task polled with its own waker: the runtime wakes a cancelled scope's
+    /// owner).
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         if self.in_use(Dir::Read).get() {
             return Poll::Ready(Err(busy(Dir::Read)));
@@ -169,9 +283,10 @@ pub(crate) trait StreamEnd {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.poll_read_some(cx, buf)
+        self.poll_waiting(Dir::Read, cx, |cx| self.poll_read_some(cx, buf))
     }
 
+    /// `futures-io`'s `poll_write`, with [`poll_read`](StreamEnd::poll_read)'s rules.
     fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.in_use(Dir::Write).get() {
             return Poll::Ready(Err(busy(Dir::Write)));
@@ -180,7 +295,32 @@ pub(crate) trait StreamEnd {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.poll_write_some(cx, buf)
+        self.poll_waiting(Dir::Write, cx, |cx| self.poll_write_some(cx, buf))
+    }
+
+    /// Runs one poll-style step in `dir` under [`poll_read`](StreamEnd::poll_read)'s rule for
+    /// two poll-style waiters.
+    fn poll_waiting<R>(
+        &self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        step: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if self.poll_wait(dir).borrow().is_conflict(cx.waker()) {
+            return Poll::Ready(Err(busy(dir)));
+        }
+        let r = step(cx);
+        let mut wait = self.poll_wait(dir).borrow_mut();
+        let released = match &r {
+            Poll::Pending => wait.wait(cx.waker()),
+            Poll::Ready(r) => {
+                let cancelled = r.as_ref().is_err_and(|e| Cancelled::from_io(e).is_some());
+                wait.done(cx.waker(), cancelled)
+            }
+        };
+        drop(wait);
+        released.finish();
+        r
     }
 
     /// `futures-io`'s `poll_close`: shuts down writing.
@@ -227,6 +367,8 @@ where
     closed: Cell<bool>,
     /// Cancellation registrations of the poll-style (`futures-io`) reads and writes.
     poll_parks: RefCell<[Park; 2]>,
+    /// Their waits, per direction (`StreamEnd::poll_read`).
+    poll_waits: [RefCell<PollWait>; 2],
 }
 
 impl<T: SocketIo> StreamCore<T>
@@ -242,6 +384,7 @@ where
             write_shut: Cell::new(false),
             closed: Cell::new(false),
             poll_parks: RefCell::new([Park::new(), Park::new()]),
+            poll_waits: Default::default(),
         })
     }
 
@@ -312,6 +455,13 @@ where
         match dir {
             Dir::Read => &self.reading,
             Dir::Write => &self.writing,
+        }
+    }
+
+    fn poll_wait(&self, dir: Dir) -> &RefCell<PollWait> {
+        match dir {
+            Dir::Read => &self.poll_waits[0],
+            Dir::Write => &self.poll_waits[1],
         }
     }
 
@@ -645,6 +795,11 @@ macro_rules! half_methods {
 macro_rules! async_read_impl {
     ($T:ty $(; $($path:ident).+)?) => {
         impl futures_io::AsyncRead for $T {
+            /// Not a checkpoint: fails with [`Cancelled`]($crate::Cancelled) only where it would
+            /// block in a cancelled scope. [`BusyResource`]($crate::BusyResource) while an
+            /// `async` read is under way, and for the second of two tasks polling at once; a
+            /// waiting read wakes only the waker of its latest poll (see
+            /// [`TcpStream`]($crate::net::TcpStream)).
             fn poll_read(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
@@ -662,6 +817,7 @@ macro_rules! async_read_impl {
 macro_rules! async_write_impl {
     ($T:ty $(; $($path:ident).+)?) => {
         impl futures_io::AsyncWrite for $T {
+            /// Not a checkpoint, with the rules of `poll_read`.
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,

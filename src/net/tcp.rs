@@ -139,7 +139,14 @@ impl TryFrom<std::net::TcpListener> for TcpListener {
 /// It implements `futures_io::AsyncRead` and `AsyncWrite` (on `TcpStream` and on
 /// `&TcpStream`), so crates written against those traits work unchanged. Those poll-style
 /// impls are not checkpoints: they fail with [`Cancelled`](crate::Cancelled) only where they
-/// would block. The `async` methods follow Trio's rules to the letter.
+/// would block, and with [`BusyResource`](crate::BusyResource) while an `async` operation uses
+/// the direction. A waiting poll keeps only the waker of the latest poll, as `futures-io`
+/// requires: a task may poll again with a new waker, and a future dropped while it waits
+/// leaves its waker behind; neither makes anything fail. Two tasks polling one direction at
+/// once are told apart from that when both poll again: the first one, replaced, is woken
+/// once, takes the direction back and wakes the other, which then fails with `BusyResource`
+/// if it polls again (the second task, as with the `async` methods); no two wakers wake each
+/// other for ever. The `async` methods follow Trio's rules to the letter.
 #[derive(Debug)]
 pub struct TcpStream {
     core: StreamCore<std::net::TcpStream>,

@@ -6,9 +6,10 @@
 //! A pair shares one `Rc<RefCell<Pair>>` holding two [`Pipe`]s, one per direction: end `i`
 //! writes into `pipes[i]` and reads from `pipes[1 - i]`. A pipe is a bounded `VecDeque<u8>`,
 //! two flags (`eof`: its writer will write no more; `reader_gone`: its reader will read no
-//! more) and one waker slot per side (`reader`, `writer`). Each end keeps Trio's conflict
-//! detector (one operation per direction), its `closed` flag and two [`Park`]s for the
-//! poll-style (`futures-io`) operations.
+//! more) and one waker slot per side (`reader`, `writer`), which also says whether an `async`
+//! operation or a poll-style (`futures-io`) poll waits there. Each end keeps Trio's conflict
+//! detector (one operation per direction), its `closed` flag, and for the poll-style
+//! operations two [`Park`]s and two [`PollWait`]s.
 //!
 //! The stream rules (one operation per direction, closed and shut-down checks, empty buffers,
 //! `write_all`'s count) are the socket streams' own: `MemoryStream` is a [`StreamEnd`] and gives
@@ -19,6 +20,13 @@
 //! returns `Ready`. Otherwise it puts its waker in its slot and parks with a [`Park`]; whoever
 //! changes the pipe (a write, a read that frees space, a shutdown, a close) wakes the slot, and
 //! the operation decides on its own next poll: completed, or cancelled (nothing touched).
+//!
+//! A slot's rules are the reactor's for a socket: a waiter polled again with a new waker
+//! replaces its old one without waking it (waking it would poll the task again, with yet
+//! another waker if a combinator wraps it, for ever); an `async` operation displaces a
+//! poll-style waiter and wakes it (it then finds the direction busy); a poll-style poll never
+//! displaces an `async` operation. Two poll-style waiters are [`StreamEnd::poll_read`]'s
+//! business.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -31,7 +39,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{ClosedResource, WriteAllError};
 use crate::lowlevel::{self, Park};
-use crate::net::stream::{Dir, StreamEnd};
+use crate::net::stream::{Dir, PollWait, StreamEnd, busy};
 
 /// Bytes each direction of [`memory_stream_pair`] buffers: 64 KiB, a socket buffer's order of
 /// magnitude.
@@ -94,7 +102,11 @@ pub fn memory_stream_pair_with_capacity(capacity: usize) -> (MemoryStream, Memor
 ///
 /// It also implements `futures_io::AsyncRead` and `AsyncWrite` (on `MemoryStream` and on
 /// `&MemoryStream`). As for sockets, those poll-style impls are not checkpoints: they fail with
-/// [`Cancelled`](crate::Cancelled) only where they would block in a cancelled scope.
+/// [`Cancelled`](crate::Cancelled) only where they would block in a cancelled scope, and with
+/// [`BusyResource`](crate::BusyResource) while an `async` operation uses the direction. A
+/// waiting poll keeps only the waker of the latest poll, and of two tasks polling one
+/// direction at once the second fails with `BusyResource` once both have polled again: the
+/// rules of [`TcpStream`](crate::net::TcpStream)'s.
 ///
 /// For tests of short reads and writes, [`set_max_read`](Self::set_max_read) and
 /// [`set_max_write`](Self::set_max_write) cap what one operation moves.
@@ -111,6 +123,8 @@ pub struct MemoryStream {
     max_write: Cell<Option<NonZeroUsize>>,
     /// Cancellation registrations of the poll-style reads and writes.
     poll_parks: [RefCell<Park>; 2],
+    /// Their waits (`StreamEnd::poll_read`).
+    poll_waits: [RefCell<PollWait>; 2],
 }
 
 /// What [`MemoryStream::statistics`] reports.
@@ -138,10 +152,23 @@ struct Pipe {
     eof: bool,
     /// The reading end shut down reading or closed: writes fail with `BrokenPipe`.
     reader_gone: bool,
-    /// The waker of the operation waiting to read from this pipe.
-    reader: Option<Waker>,
-    /// The waker of the operation waiting to write into it.
-    writer: Option<Waker>,
+    /// The operation waiting to read from this pipe.
+    reader: Option<(Waiter, Waker)>,
+    /// The operation waiting to write into it.
+    writer: Option<(Waiter, Waker)>,
+}
+
+/// Who waits in a slot: an `async` operation (at most one per direction: it holds the
+/// direction's in-use flag) or a poll-style poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiter {
+    Op,
+    Poll,
+}
+
+/// Takes a slot's waker.
+fn take(slot: &mut Option<(Waiter, Waker)>) -> Option<Waker> {
+    slot.take().map(|(_, w)| w)
 }
 
 impl Pipe {
@@ -178,6 +205,7 @@ impl MemoryStream {
             max_read: Cell::new(None),
             max_write: Cell::new(None),
             poll_parks: [RefCell::new(Park::new()), RefCell::new(Park::new())],
+            poll_waits: Default::default(),
         }
     }
 
@@ -190,7 +218,7 @@ impl MemoryStream {
     }
 
     /// This end's waker slot for `dir`.
-    fn slot<'p>(&self, pair: &'p mut Pair, dir: Dir) -> &'p mut Option<Waker> {
+    fn slot<'p>(&self, pair: &'p mut Pair, dir: Dir) -> &'p mut Option<(Waiter, Waker)> {
         match dir {
             Dir::Read => &mut pair.pipes[self.inbound()].reader,
             Dir::Write => &mut pair.pipes[self.outbound()].writer,
@@ -199,24 +227,33 @@ impl MemoryStream {
 
     fn slot_take(&self, dir: Dir) -> Option<Waker> {
         let mut pair = self.pair.borrow_mut();
-        self.slot(&mut pair, dir).take()
+        take(self.slot(&mut pair, dir))
     }
 
-    /// Puts `waker` in this end's slot for `dir`. A different waker already there belongs to a
-    /// poll-style waiter that an `async` operation displaces: it is woken (to find
-    /// `BusyResource`), as the socket streams do.
-    fn slot_set(&self, dir: Dir, waker: &Waker) {
+    /// Puts `waker`, of a `waiter`, in this end's slot for `dir`, with the reactor's rules for
+    /// a socket's direction: the same kind of waiter replaces its old waker without waking it
+    /// (an `async` operation polled with a new waker, or the last poll-style poll: see
+    /// [`StreamEnd::poll_read`] for two poll-style pollers); an `async` operation displaces a
+    /// poll-style waiter and wakes it, to find `BusyResource`; a poll-style poll finds a waiting
+    /// `async` operation busy (`false`; it cannot happen while the in-use flags are checked
+    /// first).
+    fn slot_set(&self, dir: Dir, waiter: Waiter, waker: &Waker) -> bool {
         let mut pair = self.pair.borrow_mut();
         let slot = self.slot(&mut pair, dir);
-        let old = if slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            None
-        } else {
-            slot.replace(waker.clone())
+        let (stored, wake, replaced) = match slot {
+            Some((Waiter::Op, _)) if waiter == Waiter::Poll => (false, None, None),
+            Some((w, old)) if *w == waiter => {
+                let replaced = (!old.will_wake(waker)).then(|| std::mem::replace(old, waker.clone()));
+                (true, None, replaced)
+            }
+            _ => (true, slot.replace((waiter, waker.clone())).map(|(_, w)| w), None),
         };
         drop(pair);
-        if let Some(w) = old {
+        drop(replaced);
+        if let Some(w) = wake {
             w.wake();
         }
+        stored
     }
 
     /// One attempt to read: `None` if it must wait. With `commit == false` it only says what it
@@ -239,7 +276,7 @@ impl MemoryStream {
             for (d, s) in dst.iter_mut().zip(pipe.buf.drain(..n)) {
                 *d = s;
             }
-            let writer = pipe.writer.take();
+            let writer = take(&mut pipe.writer);
             drop(pair);
             if let Some(w) = writer {
                 w.wake();
@@ -269,7 +306,7 @@ impl MemoryStream {
         let n = space.min(src.len()).min(limit);
         if commit {
             pipe.buf.extend(&src[..n]);
-            let reader = pipe.reader.take();
+            let reader = take(&mut pipe.reader);
             drop(pair);
             if let Some(w) = reader {
                 w.wake();
@@ -309,7 +346,7 @@ impl MemoryStream {
         }
         let _slot = SlotGuard { stream: self, dir };
         let park = RefCell::new(Park::new());
-        std::future::poll_fn(|cx| self.poll_attempt(dir, cx, &park, &mut attempt)).await
+        std::future::poll_fn(|cx| self.poll_attempt(dir, Waiter::Op, cx, &park, &mut attempt)).await
     }
 
     /// One poll of `attempt`: its result; or its waker in the slot and `park` registered for
@@ -319,6 +356,7 @@ impl MemoryStream {
     fn poll_attempt<R>(
         &self,
         dir: Dir,
+        waiter: Waiter,
         cx: &mut Context<'_>,
         park: &RefCell<Park>,
         attempt: &mut impl FnMut(&Self, bool) -> Option<io::Result<R>>,
@@ -327,7 +365,9 @@ impl MemoryStream {
             park.borrow_mut().unpark();
             return Poll::Ready(r);
         }
-        self.slot_set(dir, cx.waker());
+        if !self.slot_set(dir, waiter, cx.waker()) {
+            return Poll::Ready(Err(busy(dir)));
+        }
         let cancelled = park.borrow_mut().poll_cancel(cx);
         match cancelled {
             Poll::Ready(c) => {
@@ -463,6 +503,13 @@ impl StreamEnd for MemoryStream {
         }
     }
 
+    fn poll_wait(&self, dir: Dir) -> &RefCell<PollWait> {
+        match dir {
+            Dir::Read => &self.poll_waits[0],
+            Dir::Write => &self.poll_waits[1],
+        }
+    }
+
     fn is_closed(&self) -> bool {
         self.closed.get()
     }
@@ -494,15 +541,15 @@ impl StreamEnd for MemoryStream {
         if write {
             let out = &mut pair.pipes[self.outbound()];
             out.eof = true;
-            wake.extend(out.reader.take());
-            wake.extend(out.writer.take());
+            wake.extend(take(&mut out.reader));
+            wake.extend(take(&mut out.writer));
         }
         if read {
             let inb = &mut pair.pipes[self.inbound()];
             inb.reader_gone = true;
             inb.buf = VecDeque::new();
-            wake.extend(inb.reader.take());
-            wake.extend(inb.writer.take());
+            wake.extend(take(&mut inb.reader));
+            wake.extend(take(&mut inb.writer));
         }
         drop(pair);
         wake.into_iter().for_each(Waker::wake);
@@ -510,11 +557,15 @@ impl StreamEnd for MemoryStream {
     }
 
     fn poll_read_some(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        self.poll_attempt(Dir::Read, cx, &self.poll_parks[0], &mut |s, commit| s.read_now(buf, commit))
+        self.poll_attempt(Dir::Read, Waiter::Poll, cx, &self.poll_parks[0], &mut |s, commit| {
+            s.read_now(buf, commit)
+        })
     }
 
     fn poll_write_some(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.poll_attempt(Dir::Write, cx, &self.poll_parks[1], &mut |s, commit| s.write_now(buf, commit))
+        self.poll_attempt(Dir::Write, Waiter::Poll, cx, &self.poll_parks[1], &mut |s, commit| {
+            s.write_now(buf, commit)
+        })
     }
 }
 
