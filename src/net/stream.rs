@@ -65,6 +65,9 @@ pub(crate) struct PollWait {
     contested: bool,
 }
 
+/// A direction's [`PollWait`], boxed while a poll-style wait is under way.
+pub(crate) type LazyPollWait = RefCell<Option<Box<PollWait>>>;
+
 /// What a [`PollWait`] let go of: woken or dropped by [`finish`](Released::finish) once its
 /// borrow has ended (a waker's code is foreign and may call back into the stream).
 #[must_use = "call finish after the borrow ends"]
@@ -156,8 +159,9 @@ pub(crate) trait StreamEnd {
     /// The flag that marks `dir` in use for the length of an operation.
     fn in_use(&self, dir: Dir) -> &Cell<bool>;
 
-    /// What `dir` remembers of its poll-style waits.
-    fn poll_wait(&self, dir: Dir) -> &RefCell<PollWait>;
+    /// What `dir` remembers of its poll-style waits (allocated by the first poll-style wait, so
+    /// a stream used only through its async methods pays 8 bytes per direction for it).
+    fn poll_wait(&self, dir: Dir) -> &LazyPollWait;
 
     /// Whether the end was closed.
     fn is_closed(&self) -> bool;
@@ -306,17 +310,20 @@ pub(crate) trait StreamEnd {
         cx: &mut Context<'_>,
         step: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
-        if self.poll_wait(dir).borrow().is_conflict(cx.waker()) {
+        if self.poll_wait(dir).borrow().as_ref().is_some_and(|w| w.is_conflict(cx.waker())) {
             return Poll::Ready(Err(busy(dir)));
         }
         let r = step(cx);
         let mut wait = self.poll_wait(dir).borrow_mut();
         let released = match &r {
-            Poll::Pending => wait.wait(cx.waker()),
-            Poll::Ready(r) => {
-                let cancelled = r.as_ref().is_err_and(|e| Cancelled::from_io(e).is_some());
-                wait.done(cx.waker(), cancelled)
-            }
+            Poll::Pending => wait.get_or_insert_with(Box::default).wait(cx.waker()),
+            Poll::Ready(r) => match wait.take() {
+                Some(mut w) => {
+                    let cancelled = r.as_ref().is_err_and(|e| Cancelled::from_io(e).is_some());
+                    w.done(cx.waker(), cancelled)
+                }
+                None => Released::default(),
+            },
         };
         drop(wait);
         released.finish();
@@ -368,7 +375,7 @@ where
     /// Cancellation registrations of the poll-style (`futures-io`) reads and writes.
     poll_parks: RefCell<[Park; 2]>,
     /// Their waits, per direction (`StreamEnd::poll_read`).
-    poll_waits: [RefCell<PollWait>; 2],
+    poll_waits: [LazyPollWait; 2],
 }
 
 impl<T: SocketIo> StreamCore<T>
@@ -458,7 +465,7 @@ where
         }
     }
 
-    fn poll_wait(&self, dir: Dir) -> &RefCell<PollWait> {
+    fn poll_wait(&self, dir: Dir) -> &LazyPollWait {
         match dir {
             Dir::Read => &self.poll_waits[0],
             Dir::Write => &self.poll_waits[1],

@@ -9,7 +9,7 @@
 //! more) and one waker slot per side (`reader`, `writer`), which also says whether an `async`
 //! operation or a poll-style (`futures-io`) poll waits there. Each end keeps Trio's conflict
 //! detector (one operation per direction), its `closed` flag, and for the poll-style
-//! operations two [`Park`]s and two [`PollWait`]s.
+//! operations two [`Park`]s and two `PollWait`s.
 //!
 //! The stream rules (one operation per direction, closed and shut-down checks, empty buffers,
 //! `write_all`'s count) are the socket streams' own: `MemoryStream` is a [`StreamEnd`] and gives
@@ -39,7 +39,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{ClosedResource, WriteAllError};
 use crate::lowlevel::{self, Park};
-use crate::net::stream::{Dir, PollWait, StreamEnd, busy};
+use crate::net::stream::{Dir, LazyPollWait, StreamEnd, busy};
 
 /// Bytes each direction of [`memory_stream_pair`] buffers: 64 KiB, a socket buffer's order of
 /// magnitude.
@@ -124,7 +124,7 @@ pub struct MemoryStream {
     /// Cancellation registrations of the poll-style reads and writes.
     poll_parks: [RefCell<Park>; 2],
     /// Their waits (`StreamEnd::poll_read`).
-    poll_waits: [RefCell<PollWait>; 2],
+    poll_waits: [LazyPollWait; 2],
 }
 
 /// What [`MemoryStream::statistics`] reports.
@@ -503,7 +503,7 @@ impl StreamEnd for MemoryStream {
         }
     }
 
-    fn poll_wait(&self, dir: Dir) -> &RefCell<PollWait> {
+    fn poll_wait(&self, dir: Dir) -> &LazyPollWait {
         match dir {
             Dir::Read => &self.poll_waits[0],
             Dir::Write => &self.poll_waits[1],
