@@ -325,10 +325,13 @@ impl CancelTree {
 
     /// The cancellation a checkpoint at `node` must deliver, if any: the cause of the outermost
     /// cancelled scope visible from `node` (scopes above a shield are not visible).
-    pub(crate) fn effective(&self, mut node: u32) -> Option<Cancelled> {
-        if self.cancelled == 0 {
-            return None;
-        }
+    #[inline]
+    pub(crate) fn effective(&self, node: u32) -> Option<Cancelled> {
+        // Every checkpoint asks: the common answer must not cost a call.
+        if self.cancelled == 0 { None } else { self.effective_walk(node) }
+    }
+
+    fn effective_walk(&self, mut node: u32) -> Option<Cancelled> {
         let mut found: Option<&Rc<ScopeState>> = None;
         while node != NIL {
             let n = &self.nodes[node as usize];
@@ -343,10 +346,12 @@ impl CancelTree {
         found.map(|s| s.cause())
     }
 
-    pub(crate) fn is_effectively_cancelled(&self, mut node: u32) -> bool {
-        if self.cancelled == 0 {
-            return false;
-        }
+    #[inline]
+    pub(crate) fn is_effectively_cancelled(&self, node: u32) -> bool {
+        self.cancelled != 0 && self.cancelled_walk(node)
+    }
+
+    fn cancelled_walk(&self, mut node: u32) -> bool {
         while node != NIL {
             let n = &self.nodes[node as usize];
             if n.state.cancel_called.get() {

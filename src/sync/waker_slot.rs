@@ -10,12 +10,14 @@ use std::task::Waker;
 /// Makes `slot` hold `new`, unless the waker there already wakes the same task; returns the
 /// waker replaced, to be dropped after the borrow.
 #[must_use = "drop the replaced waker after the borrow ends"]
+#[inline]
 pub(crate) fn refresh(slot: &mut Waker, new: &Waker) -> Option<Waker> {
     if slot.will_wake(new) { None } else { Some(std::mem::replace(slot, new.clone())) }
 }
 
 /// [`refresh`] for a slot that may be empty: an empty one is filled.
 #[must_use = "drop the replaced waker after the borrow ends"]
+#[inline]
 pub(crate) fn store(slot: &mut Option<Waker>, new: &Waker) -> Option<Waker> {
     match slot {
         Some(w) => refresh(w, new),
