@@ -68,6 +68,23 @@ pub(crate) struct PollWait {
 /// A direction's [`PollWait`], boxed while a poll-style wait is under way.
 pub(crate) type LazyPollWait = RefCell<Option<Box<PollWait>>>;
 
+/// What every kind of stream end keeps per direction for [`StreamEnd`]'s rules: the flag that
+/// marks the direction in use for the length of an operation, and its poll-style waits.
+#[derive(Debug, Default)]
+pub(crate) struct Directions {
+    in_use: [Cell<bool>; 2],
+    poll_waits: [LazyPollWait; 2],
+}
+
+impl Directions {
+    fn index(dir: Dir) -> usize {
+        match dir {
+            Dir::Read => 0,
+            Dir::Write => 1,
+        }
+    }
+}
+
 /// What a [`PollWait`] let go of: woken or dropped by [`finish`](Released::finish) once its
 /// borrow has ended (a waker's code is foreign and may call back into the stream).
 #[must_use = "call finish after the borrow ends"]
@@ -156,12 +173,19 @@ pub(crate) fn empty_read() -> io::Error {
 /// checkpoints before it acts, and poll-style operations that are not checkpoints and detect a
 /// second task where they can (see [`poll_read`](StreamEnd::poll_read)).
 pub(crate) trait StreamEnd {
+    /// The end's per-direction state.
+    fn directions(&self) -> &Directions;
+
     /// The flag that marks `dir` in use for the length of an operation.
-    fn in_use(&self, dir: Dir) -> &Cell<bool>;
+    fn in_use(&self, dir: Dir) -> &Cell<bool> {
+        &self.directions().in_use[Directions::index(dir)]
+    }
 
     /// What `dir` remembers of its poll-style waits (allocated by the first poll-style wait, so
     /// a stream used only through its async methods pays 8 bytes per direction for it).
-    fn poll_wait(&self, dir: Dir) -> &LazyPollWait;
+    fn poll_wait(&self, dir: Dir) -> &LazyPollWait {
+        &self.directions().poll_waits[Directions::index(dir)]
+    }
 
     /// Whether the end was closed.
     fn is_closed(&self) -> bool;
@@ -368,14 +392,12 @@ where
     for<'a> &'a T: Read + Write,
 {
     src: IoSource<T>,
-    reading: Cell<bool>,
-    writing: Cell<bool>,
+    /// Operations in progress and poll-style waits, per direction (`StreamEnd`).
+    dirs: Directions,
     write_shut: Cell<bool>,
     closed: Cell<bool>,
     /// Cancellation registrations of the poll-style (`futures-io`) reads and writes.
     poll_parks: RefCell<[Park; 2]>,
-    /// Their waits, per direction (`StreamEnd::poll_read`).
-    poll_waits: [LazyPollWait; 2],
 }
 
 impl<T: SocketIo> StreamCore<T>
@@ -386,12 +408,10 @@ where
     pub(crate) fn new(io: T) -> io::Result<StreamCore<T>> {
         Ok(StreamCore {
             src: IoSource::new(io)?,
-            reading: Cell::new(false),
-            writing: Cell::new(false),
+            dirs: Directions::default(),
             write_shut: Cell::new(false),
             closed: Cell::new(false),
             poll_parks: RefCell::new([Park::new(), Park::new()]),
-            poll_waits: Default::default(),
         })
     }
 
@@ -458,18 +478,8 @@ impl<T: SocketIo> StreamEnd for StreamCore<T>
 where
     for<'a> &'a T: Read + Write,
 {
-    fn in_use(&self, dir: Dir) -> &Cell<bool> {
-        match dir {
-            Dir::Read => &self.reading,
-            Dir::Write => &self.writing,
-        }
-    }
-
-    fn poll_wait(&self, dir: Dir) -> &LazyPollWait {
-        match dir {
-            Dir::Read => &self.poll_waits[0],
-            Dir::Write => &self.poll_waits[1],
-        }
+    fn directions(&self) -> &Directions {
+        &self.dirs
     }
 
     fn is_closed(&self) -> bool {

@@ -7,9 +7,10 @@
 //! writes into `pipes[i]` and reads from `pipes[1 - i]`. A pipe is a bounded `VecDeque<u8>`,
 //! two flags (`eof`: its writer will write no more; `reader_gone`: its reader will read no
 //! more) and one waker slot per side (`reader`, `writer`), which also says whether an `async`
-//! operation or a poll-style (`futures-io`) poll waits there. Each end keeps Trio's conflict
-//! detector (one operation per direction), its `closed` flag, and for the poll-style
-//! operations two [`Park`]s and two `PollWait`s.
+//! operation or a poll-style (`futures-io`) poll waits there. Each end keeps, in the same
+//! per-direction record as the socket streams (`Directions`), Trio's conflict detector (one
+//! operation per direction) and the poll-style waits; besides, its `closed` flag and, for the
+//! poll-style operations, two [`Park`]s.
 //!
 //! The stream rules (one operation per direction, closed and shut-down checks, empty buffers,
 //! `write_all`'s count) are the socket streams' own: `MemoryStream` is a [`StreamEnd`] and gives
@@ -39,7 +40,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{ClosedResource, WriteAllError};
 use crate::lowlevel::{self, Park};
-use crate::net::stream::{Dir, LazyPollWait, StreamEnd, busy};
+use crate::net::stream::{Dir, Directions, StreamEnd, busy};
 
 /// Bytes each direction of [`memory_stream_pair`] buffers: 64 KiB, a socket buffer's order of
 /// magnitude.
@@ -116,15 +117,13 @@ pub struct MemoryStream {
     pair: Rc<RefCell<Pair>>,
     /// This end writes into `pipes[side]` and reads from `pipes[1 - side]`.
     side: usize,
-    reading: Cell<bool>,
-    writing: Cell<bool>,
+    /// Operations in progress and poll-style waits, per direction (`StreamEnd`).
+    dirs: Directions,
     closed: Cell<bool>,
     max_read: Cell<Option<NonZeroUsize>>,
     max_write: Cell<Option<NonZeroUsize>>,
     /// Cancellation registrations of the poll-style reads and writes.
     poll_parks: [RefCell<Park>; 2],
-    /// Their waits (`StreamEnd::poll_read`).
-    poll_waits: [LazyPollWait; 2],
 }
 
 /// What [`MemoryStream::statistics`] reports.
@@ -199,13 +198,11 @@ impl MemoryStream {
         MemoryStream {
             pair,
             side,
-            reading: Cell::new(false),
-            writing: Cell::new(false),
+            dirs: Directions::default(),
             closed: Cell::new(false),
             max_read: Cell::new(None),
             max_write: Cell::new(None),
             poll_parks: [RefCell::new(Park::new()), RefCell::new(Park::new())],
-            poll_waits: Default::default(),
         }
     }
 
@@ -496,18 +493,8 @@ impl MemoryStream {
 }
 
 impl StreamEnd for MemoryStream {
-    fn in_use(&self, dir: Dir) -> &Cell<bool> {
-        match dir {
-            Dir::Read => &self.reading,
-            Dir::Write => &self.writing,
-        }
-    }
-
-    fn poll_wait(&self, dir: Dir) -> &LazyPollWait {
-        match dir {
-            Dir::Read => &self.poll_waits[0],
-            Dir::Write => &self.poll_waits[1],
-        }
+    fn directions(&self) -> &Directions {
+        &self.dirs
     }
 
     fn is_closed(&self) -> bool {
