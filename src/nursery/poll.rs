@@ -55,7 +55,6 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         if !st.closing {
             let (mut batch, old_parent, all) =
                 core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());
-            drop(old_parent);
             if all {
                 // A cancellation reached the nursery's node: every task of the group runs.
                 let inner = self.inner.borrow();
@@ -65,6 +64,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                     sched.queue(self.group, key as u32 + 1, &mut batch);
                 }
             }
+            // Only now, with the batch complete: a foreign waker's destructor is foreign code,
+            // and what it wakes belongs to the next batch.
+            drop(old_parent);
             core.order_batch(&mut batch);
             {
                 let _status = StatusGuard::enter(core, self.node);
