@@ -58,13 +58,17 @@ pub fn run_handle() -> RunHandle {
 ///
 /// Outside a run.
 pub fn checkpoint_if_cancelled() -> Result<(), Cancelled> {
-    let core = context::core();
-    core.cancel_points.set(core.cancel_points.get() + 1);
-    let node = core.current_status.get();
-    match core.cancel.borrow().effective(node) {
+    match cancel_point(&context::core()) {
         Some(c) => Err(c),
         None => Ok(()),
     }
+}
+
+/// A cancel point of the task being polled: counts it, and returns the cancellation to deliver
+/// at the current status, if any.
+fn cancel_point(core: &context::Core) -> Option<Cancelled> {
+    core.cancel_points.set(core.cancel_points.get() + 1);
+    core.cancel.borrow().effective(core.current_status.get())
 }
 
 /// A schedule point that never fails: the schedule point of an operation that completed without
@@ -167,16 +171,20 @@ impl Park {
     ///
     /// Outside a run.
     pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
-        let core = context::core();
-        core.cancel_points.set(core.cancel_points.get() + 1);
-        let node = core.current_status.get();
-        let cancelled = core.cancel.borrow().effective(node);
-        if let Some(c) = cancelled {
-            self.unpark();
-            return Poll::Ready(c);
+        match self.check(&context::core(), cx) {
+            Ok(_) => Poll::Pending,
+            Err(c) => Poll::Ready(c),
         }
-        self.register(&core, cx);
-        Poll::Pending
+    }
+
+    /// [`poll_cancel`](Park::poll_cancel) for the crate: the cancellation (the park is then
+    /// released), or how the task will be woken.
+    fn check(&mut self, core: &context::Core, cx: &Context<'_>) -> Result<ParkRef, Cancelled> {
+        if let Some(c) = cancel_point(core) {
+            self.unpark();
+            return Err(c);
+        }
+        Ok(self.register(core, cx))
     }
 
     /// Makes sure a cancellation reaching the current status wakes `cx` (no cancellation
@@ -517,17 +525,15 @@ impl Timer {
     /// Outside a run.
     pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
         let core = context::core();
-        core.cancel_points.set(core.cancel_points.get() + 1);
-        let cancelled = core.cancel.borrow().effective(core.current_status.get());
-        if let Some(c) = cancelled {
-            self.park.unpark();
-            return Poll::Ready(c);
+        match self.park.check(&core, cx) {
+            Err(c) => Poll::Ready(c),
+            Ok(wake) => {
+                // The registration may have changed kind (own waker or foreign): the armed
+                // entry must name the current one.
+                self.arm(&core, None, wake);
+                Poll::Pending
+            }
         }
-        // The registration may have changed kind (own waker or foreign): the armed entry must
-        // name the current one.
-        let wake = self.park.register(&core, cx);
-        self.arm(&core, None, wake);
-        Poll::Pending
     }
 
     /// Arms the timer for `deadline` if it is not armed yet, and reports whether it has fired.
@@ -569,15 +575,16 @@ impl Timer {
         if self.take_fired(&core) {
             return Poll::Ready(Ok(()));
         }
-        core.cancel_points.set(core.cancel_points.get() + 1);
-        let cancelled = core.cancel.borrow().effective(core.current_status.get());
-        if let Some(c) = cancelled {
-            self.reset();
-            return Poll::Ready(Err(c));
+        match self.park.check(&core, cx) {
+            Err(c) => {
+                self.reset();
+                Poll::Ready(Err(c))
+            }
+            Ok(wake) => {
+                self.arm(&core, deadline, wake);
+                Poll::Pending
+            }
         }
-        let wake = self.park.register(&core, cx);
-        self.arm(&core, deadline, wake);
-        Poll::Pending
     }
 
     /// If the armed entry has fired: removes it, unparks and marks the timer fired.

@@ -11,14 +11,13 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use hatchery::lowlevel::Timer;
 use hatchery::sync::Event;
 use hatchery::testing::{self, registrations, wait_all_tasks_blocked};
 use hatchery::{CancelScope, CancelSource, Cancelled, Error, Instant, now, nursery, sleep, sleep_forever};
-use support::{DropCounter, at, poll_once, poll_once_foreign, secs};
+use support::{DropCounter, at, foreign_waker, poll_once, poll_once_foreign, secs};
 
 type Moved = Pin<Box<dyn Future<Output = Result<Option<()>, Cancelled>>>>;
 
@@ -243,7 +242,7 @@ impl Future for SwitchesWakers<'_> {
         let this = &mut *self;
         this.polls += 1;
         if this.polls == 1 {
-            let waker = Waker::from(Arc::new(Forward(cx.waker().clone())));
+            let waker = foreign_waker(cx.waker());
             assert!(this.timer.poll_at(this.deadline, &mut Context::from_waker(&waker)).is_pending());
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -261,14 +260,6 @@ impl Future for SwitchesWakers<'_> {
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-struct Forward(Waker);
-
-impl Wake for Forward {
-    fn wake(self: Arc<Self>) {
-        self.0.wake_by_ref();
     }
 }
 

@@ -225,18 +225,13 @@ struct Group {
 }
 
 impl Group {
-    /// Marks `index` queued and pushes it on the ready list; false if it was queued already.
-    fn queue(&mut self, index: u32) -> bool {
+    /// Marks `index` queued; false if it was queued already (it is in a list to be polled).
+    fn mark_queued(&mut self, index: u32) -> bool {
         let i = index as usize;
         if i >= self.queued.len() {
             self.queued.resize((i + 1).next_power_of_two(), false);
         }
-        if self.queued[i] {
-            return false;
-        }
-        self.queued[i] = true;
-        self.ready.push(index);
-        true
+        !std::mem::replace(&mut self.queued[i], true)
     }
 }
 
@@ -289,7 +284,9 @@ impl Sched {
                     return None;
                 }
                 g.all = true;
-            } else if !g.queue(t.index) {
+            } else if g.mark_queued(t.index) {
+                g.ready.push(t.index);
+            } else {
                 return None;
             }
             if g.notified {
@@ -345,10 +342,7 @@ impl Sched {
     /// Adds task `index` of `group` to `batch` (a list [`Sched::begin_poll`] handed out) unless
     /// it is queued already.
     pub(crate) fn queue(&mut self, group: u32, index: u32, batch: &mut Vec<u32>) {
-        let g = &mut self.groups[group as usize];
-        if g.queue(index) {
-            // `queue` pushed it on the group's next list; it belongs to this batch instead.
-            g.ready.pop();
+        if self.groups[group as usize].mark_queued(index) {
             batch.push(index);
         }
     }

@@ -240,12 +240,17 @@ impl std::task::Wake for Forward {
     }
 }
 
+/// A new waker that wakes `waker`: what a combinator of another crate polls its futures with.
+pub fn foreign_waker(waker: &std::task::Waker) -> std::task::Waker {
+    std::task::Waker::from(std::sync::Arc::new(Forward(waker.clone())))
+}
+
 /// Like [`poll_once`], through a waker that is not the task's own (it forwards to it): a parked
 /// operation then registers a waiter for cancellation, which `registrations().parked` counts.
 /// (Polled with its own task's waker, an operation needs no registration at all.)
 pub async fn poll_once_foreign<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| {
-        let waker = std::task::Waker::from(std::sync::Arc::new(Forward(cx.waker().clone())));
+        let waker = foreign_waker(cx.waker());
         Poll::Ready(Pin::new(&mut fut).poll(&mut Context::from_waker(&waker)))
     })
     .await
