@@ -66,6 +66,7 @@ pub fn checkpoint_if_cancelled() -> Result<(), Cancelled> {
 
 /// A cancel point of the task being polled: counts it, and returns the cancellation to deliver
 /// at the current status, if any.
+#[inline]
 fn cancel_point(core: &context::Core) -> Option<Cancelled> {
     core.cancel_points.set(core.cancel_points.get() + 1);
     core.cancel.borrow().effective(core.current_status.get())
@@ -171,20 +172,13 @@ impl Park {
     ///
     /// Outside a run.
     pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
-        match self.check(&context::core(), cx) {
-            Ok(_) => Poll::Pending,
-            Err(c) => Poll::Ready(c),
-        }
-    }
-
-    /// [`poll_cancel`](Park::poll_cancel) for the crate: the cancellation (the park is then
-    /// released), or how the task will be woken.
-    fn check(&mut self, core: &context::Core, cx: &Context<'_>) -> Result<ParkRef, Cancelled> {
-        if let Some(c) = cancel_point(core) {
+        let core = context::core();
+        if let Some(c) = cancel_point(&core) {
             self.unpark();
-            return Err(c);
+            return Poll::Ready(c);
         }
-        Ok(self.register(core, cx))
+        self.register(&core, cx);
+        Poll::Pending
     }
 
     /// Makes sure a cancellation reaching the current status wakes `cx` (no cancellation
@@ -525,15 +519,15 @@ impl Timer {
     /// Outside a run.
     pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
         let core = context::core();
-        match self.park.check(&core, cx) {
-            Err(c) => Poll::Ready(c),
-            Ok(wake) => {
-                // The registration may have changed kind (own waker or foreign): the armed
-                // entry must name the current one.
-                self.arm(&core, None, wake);
-                Poll::Pending
-            }
+        if let Some(c) = cancel_point(&core) {
+            self.park.unpark();
+            return Poll::Ready(c);
         }
+        // The registration may have changed kind (own waker or foreign): the armed entry must
+        // name the current one.
+        let wake = self.park.register(&core, cx);
+        self.arm(&core, None, wake);
+        Poll::Pending
     }
 
     /// Arms the timer for `deadline` if it is not armed yet, and reports whether it has fired.
@@ -575,16 +569,13 @@ impl Timer {
         if self.take_fired(&core) {
             return Poll::Ready(Ok(()));
         }
-        match self.park.check(&core, cx) {
-            Err(c) => {
-                self.reset();
-                Poll::Ready(Err(c))
-            }
-            Ok(wake) => {
-                self.arm(&core, deadline, wake);
-                Poll::Pending
-            }
+        if let Some(c) = cancel_point(&core) {
+            self.reset();
+            return Poll::Ready(Err(c));
         }
+        let wake = self.park.register(&core, cx);
+        self.arm(&core, deadline, wake);
+        Poll::Pending
     }
 
     /// If the armed entry has fired: removes it, unparks and marks the timer fired.
