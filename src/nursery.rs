@@ -46,7 +46,7 @@ use crate::cancel::{self, CancelHandle};
 use crate::error::{CancelError, CancelSource, Cancelled, JoinError, NurseryError, StartError};
 use crate::runtime::cancel_tree::{NIL, ScopeState, Wakeups};
 use crate::runtime::context::{self, Core};
-use crate::runtime::sched::{BODY, TaskWaker, WakeTarget};
+use crate::runtime::sched::{BODY, LentWaker, TaskWaker, WakeTarget};
 use crate::runtime::slab::Slab;
 
 mod handle;
@@ -161,11 +161,6 @@ type BoxedChild<'n, E> = Pin<Box<dyn Child<E> + 'n>>;
 struct Slot<'n, E> {
     /// `None` while the child is being polled.
     task: Option<ManuallyDrop<BoxedChild<'n, E>>>,
-    /// The child's waker, once it has been polled and is still running. Its first poll borrows an
-    /// `Arc<TaskWaker>` from the run's pool, and a child that finishes in that poll gives it back
-    /// (short-lived children allocate no waker); a child that parks keeps it here as a `Waker`,
-    /// so that its later polls need no reference-count traffic.
-    waker: Option<Waker>,
     /// The child's own cancel-status node, once it has one (`NIL` before).
     node: u32,
     /// Whether the child may need a node of its own (it has a handle that can cancel it). The
@@ -176,6 +171,11 @@ struct Slot<'n, E> {
 
 struct Inner<'n, E> {
     children: Slab<Slot<'n, E>>,
+    /// By child index: the waker a child keeps because its last poll left a clone of it
+    /// registered somewhere (a reactor source, a channel's wait queue). Other children hold no
+    /// waker between polls (see `WakerPool`), so this stays empty in a nursery of sleepers, and
+    /// a slot stays small.
+    kept: Vec<Option<LentWaker>>,
     errors: Vec<E>,
     panic: Option<Box<dyn Any + Send + 'static>>,
     closed: bool,
@@ -313,6 +313,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             node,
             inner: RefCell::new(Inner {
                 children: Slab::new(),
+                kept: Vec::new(),
                 errors: Vec::new(),
                 panic: None,
                 closed: false,
@@ -359,12 +360,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 return Err(task);
             }
             let index = inner.children.vacant_key() as u32 + 1;
-            inner.children.insert(Slot {
-                task: Some(ManuallyDrop::new(task)),
-                waker: None,
-                node,
-                wants_node: own_node,
-            });
+            inner.children.insert(Slot { task: Some(ManuallyDrop::new(task)), node, wants_node: own_node });
             index
         };
         self.core.live_tasks.set(self.core.live_tasks.get() + 1);

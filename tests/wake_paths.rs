@@ -309,3 +309,64 @@ fn a_scope_parked_before_started_is_cancelled_before_the_tasks_first_poll_in_the
         assert_eq!(caught.get(), Some(at(0)));
     });
 }
+
+/// Counts the polls of the future it wraps.
+struct Counted<'a, F> {
+    polls: &'a Cell<u32>,
+    fut: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Counted<'_, F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.polls.set(self.polls.get() + 1);
+        self.fut.as_mut().poll(cx)
+    }
+}
+
+/// A child's waker is lent to it for each poll and goes back to the run's pool afterwards,
+/// unless a clone of it is still held somewhere (DESIGN §3.3). A clone a child gave away must
+/// keep naming that child, even after the child parks in a way that keeps no waker and other
+/// children are polled with pooled wakers: it wakes that child and no other.
+#[test]
+fn a_waker_a_child_gave_away_keeps_naming_that_child() {
+    testing::run(async {
+        let stash: RefCell<Option<std::task::Waker>> = RefCell::new(None);
+        let (polls_a, polls_b) = (Cell::new(0), Cell::new(0));
+        nursery(async |n| {
+            let (stash, polls_a, polls_b) = (&stash, &polls_a, &polls_b);
+            n.start_soon(Counted {
+                polls: polls_a,
+                fut: Box::pin(async move {
+                    std::future::poll_fn(|cx| {
+                        *stash.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Ready(())
+                    })
+                    .await;
+                    // Parks with its own waker: nothing is registered, no clone is made.
+                    sleep_forever().await?;
+                    Ok::<(), Cancelled>(())
+                }),
+            });
+            n.start_soon(Counted {
+                polls: polls_b,
+                fut: Box::pin(async move {
+                    sleep_forever().await?;
+                    Ok::<(), Cancelled>(())
+                }),
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!((polls_a.get(), polls_b.get()), (1, 1));
+            for round in 2..5 {
+                stash.borrow().as_ref().expect("A gave its waker away").wake_by_ref();
+                wait_all_tasks_blocked().await?;
+                assert_eq!((polls_a.get(), polls_b.get()), (round, 1), "the clone woke A, only A");
+            }
+            n.cancel_scope().cancel();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(polls_b.get(), 2, "B was polled once more, by the cancellation");
+    });
+}

@@ -8,37 +8,14 @@ use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use super::{BodyState, BoxedChild, Nursery, RunState};
 use crate::cancel::{self, StatusGuard};
 use crate::error::{CancelError, JoinError, NurseryError};
 use crate::runtime::cancel_tree::{NIL, Wakeups};
 use crate::runtime::context;
-use crate::runtime::sched::{BODY, TaskWaker};
-
-/// A child's waker during one poll.
-enum ChildWaker {
-    /// Kept in the slot since an earlier poll.
-    Kept(Waker),
-    /// First poll: a `Waker` on a pooled `Arc`, which goes back to the pool if the child ends now.
-    First(Waker, Arc<TaskWaker>),
-}
-
-impl ChildWaker {
-    fn waker(&self) -> &Waker {
-        match self {
-            ChildWaker::Kept(w) | ChildWaker::First(w, _) => w,
-        }
-    }
-
-    fn into_waker(self) -> Waker {
-        match self {
-            ChildWaker::Kept(w) | ChildWaker::First(w, _) => w,
-        }
-    }
-}
+use crate::runtime::sched::BODY;
 
 impl<'n, 'env, E> Nursery<'n, 'env, E> {
     pub(super) fn poll_nursery<B, T>(
@@ -147,14 +124,13 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             match inner.children.get_mut(index as usize - 1) {
                 Some(slot) => match slot.task.take() {
                     Some(t) => {
-                        let waker = match slot.waker.take() {
-                            Some(w) => ChildWaker::Kept(w),
-                            None => {
-                                let arc = core.wakers.borrow_mut().get(&core.shared, self.target(index));
-                                ChildWaker::First(Waker::from(arc.clone()), arc)
-                            }
+                        let (node, wants_node) = (slot.node, slot.wants_node);
+                        let kept = inner.kept.get_mut(index as usize).and_then(Option::take);
+                        let waker = match kept {
+                            Some(w) => w,
+                            None => core.wakers.borrow_mut().lend(&core.shared, self.target(index)),
                         };
-                        Some((t, waker, slot.node, slot.wants_node))
+                        Some((t, waker, node, wants_node))
                     }
                     None => None,
                 },
@@ -182,16 +158,22 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         core.schedule_points.set(saved.1);
         core.budget.set(saved.3);
         let made = core.materialized.replace(saved.2);
+        // The waker goes back to the pool unless a clone of it is registered somewhere.
+        let kept = core.wakers.borrow_mut().give_back(waker);
         let node = self.reconcile_node(index, node, made);
         match res {
             Ok(Poll::Pending) => {
                 let mut inner = self.inner.borrow_mut();
                 let slot = &mut inner.children[index as usize - 1];
                 slot.task = Some(task);
-                // A child that parks keeps its waker (a first poll's pooled `Arc` lives on in it).
-                slot.waker = Some(waker.into_waker());
                 slot.node = node;
-                return;
+                if let Some(w) = kept {
+                    let i = index as usize;
+                    if i >= inner.kept.len() {
+                        inner.kept.resize_with((i + 1).next_power_of_two(), || None);
+                    }
+                    inner.kept[i] = Some(w);
+                }
             }
             Ok(Poll::Ready(Ok(()))) => self.finish_child(index, task, node),
             Ok(Poll::Ready(Err(e))) => {
@@ -222,10 +204,6 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 self.record_panic(p);
                 self.finish_child(index, task, node);
             }
-        }
-        if let ChildWaker::First(w, arc) = waker {
-            drop(w);
-            core.wakers.borrow_mut().put(arc);
         }
     }
 

@@ -22,7 +22,7 @@
 //! - No waker is ever called while `Sched` is borrowed.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
@@ -144,46 +144,108 @@ impl Shared {
 }
 
 /// The waker of the root future or of one nursery child.
+///
+/// The target is atomic so that a pooled waker can be pointed at another child (see
+/// [`WakerPool`]); it is only ever changed while the runtime's thread holds the only references.
 pub(crate) struct TaskWaker {
     shared: Arc<Shared>,
-    target: WakeTarget,
+    group: AtomicU32,
+    generation: AtomicU32,
+    index: AtomicU32,
 }
 
 impl TaskWaker {
+    fn new(shared: &Arc<Shared>, t: WakeTarget) -> TaskWaker {
+        TaskWaker {
+            shared: shared.clone(),
+            group: AtomicU32::new(t.group),
+            generation: AtomicU32::new(t.generation),
+            index: AtomicU32::new(t.index),
+        }
+    }
+
     pub(crate) fn waker(shared: &Arc<Shared>, target: WakeTarget) -> Waker {
-        Waker::from(Arc::new(TaskWaker { shared: shared.clone(), target }))
+        Waker::from(Arc::new(TaskWaker::new(shared, target)))
+    }
+
+    #[inline]
+    fn target(&self) -> WakeTarget {
+        WakeTarget {
+            group: self.group.load(Ordering::Relaxed),
+            generation: self.generation.load(Ordering::Relaxed),
+            index: self.index.load(Ordering::Relaxed),
+        }
+    }
+
+    #[inline]
+    fn set_target(&self, t: WakeTarget) {
+        self.group.store(t.group, Ordering::Relaxed);
+        self.generation.store(t.generation, Ordering::Relaxed);
+        self.index.store(t.index, Ordering::Relaxed);
     }
 }
 
-/// Recycles the wakers of finished children, so that short-lived children cost no allocation
-/// for their waker. Only uniquely owned wakers come back, so no one else can still hold one.
+/// A child's waker for one poll: the `Waker` and a second reference to its `Arc`, which tells
+/// after the poll whether anyone kept a clone.
+pub(crate) struct LentWaker {
+    waker: Waker,
+    arc: Arc<TaskWaker>,
+}
+
+impl LentWaker {
+    #[inline]
+    pub(crate) fn waker(&self) -> &Waker {
+        &self.waker
+    }
+}
+
+/// Lends wakers to child polls and takes them back, so that a child that is not running holds
+/// no waker unless something kept a clone of it.
+///
+/// A lent waker is a `Waker` plus an `Arc` handle on the same `TaskWaker`: two references that
+/// the runtime owns. After the poll, a count of two means no clone exists, and none can appear
+/// (both references are ours, on this thread), so the waker goes back to the pool and can be
+/// pointed at another child. A higher count means a clone is registered somewhere (a reactor
+/// source, a combinator): the child keeps the waker until a later poll finds it free again. A
+/// child poll thus costs no allocation and no reference-count write, and a parked child whose
+/// wake-up is recorded by target (DESIGN.md 4.2) costs no waker memory at all.
 #[derive(Default)]
 pub(crate) struct WakerPool {
-    free: Vec<Arc<TaskWaker>>,
+    free: Vec<LentWaker>,
 }
 
 const WAKER_POOL_MAX: usize = 1024;
 
 impl WakerPool {
-    /// A waker for `target`, to give back to [`WakerPool::put`] when the child ends.
-    pub(crate) fn get(&mut self, shared: &Arc<Shared>, target: WakeTarget) -> Arc<TaskWaker> {
+    /// A waker for `target`, to give back to [`WakerPool::give_back`] after the poll.
+    #[inline]
+    pub(crate) fn lend(&mut self, shared: &Arc<Shared>, target: WakeTarget) -> LentWaker {
         match self.free.pop() {
-            Some(mut arc) => {
-                match Arc::get_mut(&mut arc) {
-                    Some(w) => w.target = target,
-                    None => unreachable!("hatchery internal error: a pooled waker is shared"),
-                }
-                arc
+            Some(lent) => {
+                lent.arc.set_target(target);
+                lent
             }
-            None => Arc::new(TaskWaker { shared: shared.clone(), target }),
+            None => {
+                let arc = Arc::new(TaskWaker::new(shared, target));
+                LentWaker { waker: Waker::from(arc.clone()), arc }
+            }
         }
     }
 
-    /// Takes back a child's waker once the child has finished.
-    pub(crate) fn put(&mut self, arc: Arc<TaskWaker>) {
-        if self.free.len() < WAKER_POOL_MAX && Arc::strong_count(&arc) == 1 {
-            self.free.push(arc);
+    /// Takes back a waker after a poll, unless a clone of it is still held elsewhere: then it is
+    /// returned, for the child to keep until its next poll.
+    #[inline]
+    pub(crate) fn give_back(&mut self, lent: LentWaker) -> Option<LentWaker> {
+        if Arc::strong_count(&lent.arc) != 2 {
+            return Some(lent);
         }
+        // Pairs with the release decrement of a clone dropped on another thread: its last use of
+        // the target happens before the target is changed.
+        fence(Ordering::Acquire);
+        if self.free.len() < WAKER_POOL_MAX {
+            self.free.push(lent);
+        }
+        None
     }
 }
 
@@ -193,8 +255,9 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !context::wake_local(&self.shared, self.target) {
-            self.shared.push_remote_wake(self.target);
+        let target = self.target();
+        if !context::wake_local(&self.shared, target) {
+            self.shared.push_remote_wake(target);
         }
     }
 }
