@@ -277,7 +277,9 @@ fn arm_deadline(core: &Core, state: &ScopeState, node: u32) {
     let mut timers = core.timers.borrow_mut();
     match state.deadline_key() {
         Some(k) => timers.reset(k, d),
-        None if d != Instant::MAX => state.set_deadline_key(Some(timers.insert(d, TimerTarget::Scope(node)))),
+        None if d != Instant::MAX => {
+            state.set_deadline_key(Some(timers.insert(d, TimerTarget::Scope(node).into())))
+        }
         None => {}
     }
 }

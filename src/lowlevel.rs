@@ -148,11 +148,18 @@ pub struct Park {
     /// Low 32 bits of the id of the run the waiter is registered in (enough to tell runs apart
     /// on one thread; keeps parked futures small).
     run_id: u32,
-    /// The key of the waiter registered with a foreign waker; `NIL` when there is none (not
-    /// parked, or parked with the task's own waker, which needs no record of its own).
-    waiter: u32,
-    parked: bool,
+    /// [`NEVER`] before the first registration; [`NO_WAITER`] after it while there is no waiter
+    /// record (parked with the task's own waker, which needs none, or unparked); otherwise the
+    /// key of the waiter registered with a foreign waker. One word for three states keeps a
+    /// `Park` at 8 bytes, and a `Sleep` at 32.
+    state: u32,
 }
+
+/// [`Park::state`] before the first registration.
+const NEVER: u32 = NIL;
+/// [`Park::state`] after it, with no waiter record. Waiter keys stay below it (the waiter slab
+/// would need 2^32 - 2 live waiters to reach it).
+const NO_WAITER: u32 = NIL - 1;
 
 impl Default for Park {
     fn default() -> Self {
@@ -163,7 +170,12 @@ impl Default for Park {
 impl Park {
     /// A registration not yet active.
     pub const fn new() -> Park {
-        Park { run_id: 0, waiter: NIL, parked: false }
+        Park { run_id: 0, state: NEVER }
+    }
+
+    /// The key of the registered waiter, or `NIL`.
+    fn waiter(&self) -> u32 {
+        if self.state < NO_WAITER { self.state } else { NIL }
     }
 
     /// Checks for cancellation and, if there is none, makes sure a cancellation will wake `cx`.
@@ -190,25 +202,25 @@ impl Park {
         let node = core.registration_status();
         let (task, data, vtable) = core.entity.get();
         let mut tree = core.cancel.borrow_mut();
-        let same_run = self.run_id == core.id as u32;
+        let first = self.state == NEVER;
+        let existing = if self.run_id == core.id as u32 { self.waiter() } else { NIL };
         let wake = if context::waker_id(cx.waker()) == (data, vtable) && tree.register_owner(node, task) {
             // A waiter from an earlier poll with another waker is not needed any more.
-            let old = if same_run { tree.unregister(self.waiter) } else { None };
+            let old = tree.unregister(existing);
             drop(tree);
             drop(old);
-            self.waiter = NIL;
+            self.state = NO_WAITER;
             ParkRef::Task(task)
         } else {
-            let existing = if same_run { self.waiter } else { NIL };
             let (waiter, old) = tree.register(existing, node, cx.waker());
             drop(tree);
             drop(old);
-            self.waiter = waiter;
+            debug_assert!(waiter < NO_WAITER, "hatchery internal error: waiter key out of range");
+            self.state = waiter;
             ParkRef::Waiter(waiter)
         };
         self.run_id = core.id as u32;
-        if !self.parked {
-            self.parked = true;
+        if first {
             core.schedule_points.set(core.schedule_points.get() + 1);
         }
         wake
@@ -216,12 +228,13 @@ impl Park {
 
     /// The operation completed: stop listening for cancellation.
     pub fn unpark(&mut self) {
-        if self.waiter != NIL {
+        let waiter = self.waiter();
+        if waiter != NIL {
             if let Some(core) = context::try_core().filter(|c| c.id as u32 == self.run_id) {
-                let old = core.cancel.borrow_mut().unregister(self.waiter);
+                let old = core.cancel.borrow_mut().unregister(waiter);
                 drop(old);
             }
-            self.waiter = NIL;
+            self.state = NO_WAITER;
         }
     }
 }
@@ -500,16 +513,30 @@ impl<T: AsFd> Drop for ReadyWait<'_, T> {
 /// the one woken; `poll_cancel` tells whether a cancellation arrived. Dropping it removes both.
 #[derive(Debug, Default)]
 pub struct Timer {
+    /// Its `run_id` is also the run of the armed entry: every arming follows a registration.
     park: Park,
-    /// The run (low 32 bits of its id) and the key of the armed entry.
-    entry: Option<(u32, u32)>,
+    /// The key of the armed entry, `NIL` when there is none.
+    key: u32,
     fired: bool,
 }
 
 impl Timer {
     /// An unarmed timer.
     pub const fn new() -> Timer {
-        Timer { park: Park::new(), entry: None, fired: false }
+        Timer { park: Park::new(), key: NIL, fired: false }
+    }
+
+    /// The key of the armed entry if it belongs to the current run.
+    fn entry(&self, core: &context::Core) -> Option<usize> {
+        (self.key != NIL && self.park.run_id == core.id as u32).then_some(self.key as usize)
+    }
+
+    /// Forgets an entry armed in another run (unreachable from here; that run removes it when it
+    /// ends). Called before a registration, which makes the park's run the current one.
+    fn forget_other_runs(&mut self, core: &context::Core) {
+        if self.park.run_id != core.id as u32 {
+            self.key = NIL;
+        }
     }
 
     /// The cancellation check of the waiting task ([`Park::poll_cancel`]).
@@ -525,6 +552,7 @@ impl Timer {
         }
         // The registration may have changed kind (own waker or foreign): the armed entry must
         // name the current one.
+        self.forget_other_runs(&core);
         let wake = self.park.register(&core, cx);
         self.arm(&core, None, wake);
         Poll::Pending
@@ -544,6 +572,7 @@ impl Timer {
         if self.take_fired(&core) {
             return Poll::Ready(());
         }
+        self.forget_other_runs(&core);
         let wake = self.park.register(&core, cx);
         self.arm(&core, Some(deadline), wake);
         Poll::Pending
@@ -573,6 +602,7 @@ impl Timer {
             self.reset();
             return Poll::Ready(Err(c));
         }
+        self.forget_other_runs(&core);
         let wake = self.park.register(&core, cx);
         self.arm(&core, deadline, wake);
         Poll::Pending
@@ -580,17 +610,15 @@ impl Timer {
 
     /// If the armed entry has fired: removes it, unparks and marks the timer fired.
     fn take_fired(&mut self, core: &context::Core) -> bool {
-        let Some((run, key)) = self.entry else { return false };
-        if run != core.id as u32 {
-            return false;
-        }
+        let Some(key) = self.entry(core) else { return false };
         let mut timers = core.timers.borrow_mut();
-        if !matches!(timers.get_mut(key as usize), Some(TimerTarget::Sleep { fired: true, .. })) {
+        // A sleep's entry is only disarmed by firing.
+        if timers.armed(key) != Some(false) {
             return false;
         }
-        timers.remove(key as usize);
+        timers.remove(key);
         drop(timers);
-        self.entry = None;
+        self.key = NIL;
         self.fired = true;
         self.park.unpark();
         true
@@ -600,28 +628,30 @@ impl Timer {
     /// for `deadline` if there is none yet.
     fn arm(&mut self, core: &context::Core, deadline: Option<Instant>, wake: ParkRef) {
         let mut timers = core.timers.borrow_mut();
-        match (self.entry, deadline) {
-            (Some((run, key)), _) if run == core.id as u32 => {
-                if let Some(TimerTarget::Sleep { wake: w, .. }) = timers.get_mut(key as usize) {
-                    *w = wake;
+        match (self.entry(core), deadline) {
+            (Some(key), _) => {
+                if let Some(t) = timers.get_mut(key) {
+                    *t = TimerTarget::Sleep(wake).into();
                 }
             }
-            (_, Some(deadline)) => {
-                let target = TimerTarget::Sleep { wake, fired: false };
-                self.entry = Some((core.id as u32, timers.insert(deadline, target) as u32));
+            (None, Some(deadline)) => {
+                let target = TimerTarget::Sleep(wake).into();
+                // Keys stay below `NIL`: `Deadlines::insert` checks.
+                self.key = timers.insert(deadline, target) as u32;
             }
-            (_, None) => {}
+            (None, None) => {}
         }
     }
 
     /// Removes the entry and the registration; the timer can be armed again.
     pub fn reset(&mut self) {
         self.fired = false;
-        if let Some((run, key)) = self.entry.take()
-            && let Some(core) = context::try_core().filter(|c| c.id as u32 == run)
+        if self.key != NIL
+            && let Some(core) = context::try_core().filter(|c| c.id as u32 == self.park.run_id)
         {
-            core.timers.borrow_mut().remove(key as usize);
+            core.timers.borrow_mut().remove(self.key as usize);
         }
+        self.key = NIL;
         self.park.unpark();
     }
 }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 
-use super::cancel_tree::CancelTree;
+use super::cancel_tree::{CancelTree, NIL};
 use super::clock::{Clock, Instant};
 use super::deadlines::Deadlines;
 use super::reactor::Reactor;
@@ -26,13 +26,50 @@ pub(crate) enum ParkRef {
 }
 
 /// What a deadline entry stands for.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimerTarget {
-    /// A sleeping task, woken as its parking registration says; `fired` tells it the deadline
-    /// passed.
-    Sleep { wake: ParkRef, fired: bool },
+    /// A sleeping task, woken as its parking registration says. Whether the deadline passed is
+    /// the entry's own state (`Deadlines::armed`): a sleep's entry is never disarmed, only
+    /// popped when due or removed.
+    Sleep(ParkRef),
     /// An entered cancel scope (its tree node), cancelled when the deadline passes.
     Scope(u32),
+}
+
+/// A [`TimerTarget`] in 12 bytes, so that a deadline entry is 24 (a sleeping task has one). The
+/// kind is told by a group value that no real group reaches (`Sched::open_group` checks).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PackedTarget([u32; 3]);
+
+/// [`PackedTarget`]'s first word for a waiter (then the third word is its key).
+const PACKED_WAITER: u32 = NIL - 1;
+/// [`PackedTarget`]'s first word for a scope (then the third word is its node).
+const PACKED_SCOPE: u32 = NIL - 2;
+/// The first group key that [`PackedTarget`] cannot tell from its markers.
+pub(crate) const FIRST_RESERVED_GROUP: u32 = PACKED_SCOPE;
+
+impl From<TimerTarget> for PackedTarget {
+    #[inline]
+    fn from(t: TimerTarget) -> PackedTarget {
+        PackedTarget(match t {
+            TimerTarget::Sleep(ParkRef::Task(t)) => [t.group, t.generation, t.index],
+            TimerTarget::Sleep(ParkRef::Waiter(w)) => [PACKED_WAITER, 0, w],
+            TimerTarget::Scope(node) => [PACKED_SCOPE, 0, node],
+        })
+    }
+}
+
+impl PackedTarget {
+    #[inline]
+    pub(crate) fn get(self) -> TimerTarget {
+        match self.0 {
+            [PACKED_WAITER, _, w] => TimerTarget::Sleep(ParkRef::Waiter(w)),
+            [PACKED_SCOPE, _, node] => TimerTarget::Scope(node),
+            [group, generation, index] => {
+                TimerTarget::Sleep(ParkRef::Task(WakeTarget { group, generation, index }))
+            }
+        }
+    }
 }
 
 /// Order in which a nursery polls the children of one batch.
@@ -65,7 +102,7 @@ pub(crate) struct Core {
     pub(crate) shared: Arc<Shared>,
     pub(crate) sched: RefCell<Sched>,
     pub(crate) cancel: RefCell<CancelTree>,
-    pub(crate) timers: RefCell<Deadlines<TimerTarget>>,
+    pub(crate) timers: RefCell<Deadlines<PackedTarget>>,
     pub(crate) reactor: Reactor,
     pub(crate) clock: Clock,
     /// The cancel-status node of the code being polled right now.
@@ -301,5 +338,38 @@ pub(crate) fn wake_local(shared: &Arc<Shared>, t: WakeTarget) -> bool {
             true
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn target() -> impl Strategy<Value = TimerTarget> {
+        let group = prop_oneof![Just(NIL), 0..FIRST_RESERVED_GROUP];
+        prop_oneof![
+            (group, any::<u32>(), any::<u32>()).prop_map(|(group, generation, index)| {
+                TimerTarget::Sleep(ParkRef::Task(WakeTarget { group, generation, index }))
+            }),
+            any::<u32>().prop_map(|w| TimerTarget::Sleep(ParkRef::Waiter(w))),
+            any::<u32>().prop_map(TimerTarget::Scope),
+        ]
+    }
+
+    proptest! {
+        /// Packing loses nothing: every target a run can make comes back out as it went in.
+        #[test]
+        fn prop_packed_target_round_trips(t in target()) {
+            prop_assert_eq!(PackedTarget::from(t).get(), t);
+        }
+    }
+
+    #[test]
+    fn a_sleeping_tasks_timer_records_keep_their_sizes() {
+        assert_eq!(std::mem::size_of::<PackedTarget>(), 12);
+        assert_eq!(std::mem::size_of::<crate::lowlevel::Timer>(), 16);
+        assert_eq!(std::mem::size_of::<crate::time::Sleep>(), 32);
+        assert_eq!(super::super::deadlines::slab_entry_size::<PackedTarget>(), 24);
     }
 }

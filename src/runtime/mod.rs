@@ -339,19 +339,15 @@ fn expire_deadlines(core: &Core, wakeups: &mut Wakeups) {
     {
         let mut timers = core.timers.borrow_mut();
         while let Some(key) = timers.pop_expired(now) {
-            match timers.get_mut(key) {
-                Some(TimerTarget::Sleep { wake, fired }) => {
-                    *fired = true;
-                    match *wake {
-                        ParkRef::Task(t) => wakeups.tasks.push(t),
-                        ParkRef::Waiter(w) => {
-                            wakeups.wakers.extend(core.cancel.borrow().waker_of(w).cloned())
-                        }
-                    }
+            // A popped sleep entry is disarmed: that is how its timer learns that it fired.
+            match timers.get(key).map(|t| t.get()) {
+                Some(TimerTarget::Sleep(ParkRef::Task(t))) => wakeups.tasks.push(t),
+                Some(TimerTarget::Sleep(ParkRef::Waiter(w))) => {
+                    wakeups.wakers.extend(core.cancel.borrow().waker_of(w).cloned())
                 }
                 // Cancelling only touches the cancel tree, not the timers, so it can happen here.
                 Some(TimerTarget::Scope(node)) => {
-                    crate::cancel::cancel_node(core, *node, crate::CancelSource::Deadline, None, wakeups)
+                    crate::cancel::cancel_node(core, node, crate::CancelSource::Deadline, None, wakeups)
                 }
                 None => {}
             }

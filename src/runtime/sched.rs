@@ -314,6 +314,10 @@ impl Sched {
     pub(crate) fn open_group(&mut self) -> (u32, u32) {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
+        assert!(
+            self.groups.vacant_key() < super::context::FIRST_RESERVED_GROUP as usize,
+            "hatchery internal error: more than 2^32 - 3 nurseries open at once"
+        );
         let key = self.groups.insert(Group {
             generation,
             parent: Parent::None,

@@ -106,6 +106,12 @@ impl<T> std::ops::IndexMut<usize> for Slab<T> {
     }
 }
 
+/// The size of one slot holding a `T` (for size tests).
+#[cfg(test)]
+pub(crate) fn entry_size<T>() -> usize {
+    std::mem::size_of::<Entry<T>>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
