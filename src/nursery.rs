@@ -171,7 +171,7 @@ struct Slot<'n, E> {
 
 struct Inner<'n, E> {
     children: Slab<Slot<'n, E>>,
-    /// By child index: the waker a child keeps because its last poll left a clone of it
+    /// By slot key (child index - 1): the waker a child keeps because its last poll left a clone of it
     /// registered somewhere (a reactor source, a channel's wait queue). Other children hold no
     /// waker between polls (see `WakerPool`), so this stays empty in a nursery of sleepers, and
     /// a slot stays small.

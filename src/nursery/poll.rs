@@ -125,7 +125,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 Some(slot) => match slot.task.take() {
                     Some(t) => {
                         let (node, wants_node) = (slot.node, slot.wants_node);
-                        let kept = inner.kept.get_mut(index as usize).and_then(Option::take);
+                        let kept = inner.kept.get_mut(index as usize - 1).and_then(Option::take);
                         let waker = match kept {
                             Some(w) => w,
                             None => core.wakers.borrow_mut().lend(&core.shared, self.target(index)),
@@ -168,7 +168,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 slot.task = Some(task);
                 slot.node = node;
                 if let Some(w) = kept {
-                    let i = index as usize;
+                    let i = index as usize - 1;
                     if i >= inner.kept.len() {
                         inner.kept.resize_with((i + 1).next_power_of_two(), || None);
                     }

@@ -203,12 +203,15 @@ impl LentWaker {
 /// no waker unless something kept a clone of it.
 ///
 /// A lent waker is a `Waker` plus an `Arc` handle on the same `TaskWaker`: two references that
-/// the runtime owns. After the poll, a count of two means no clone exists, and none can appear
-/// (both references are ours, on this thread), so the waker goes back to the pool and can be
-/// pointed at another child. A higher count means a clone is registered somewhere (a reactor
-/// source, a combinator): the child keeps the waker until a later poll finds it free again. A
-/// child poll thus costs no allocation and no reference-count write, and a parked child whose
-/// wake-up is recorded by target (DESIGN.md 4.2) costs no waker memory at all.
+/// the runtime owns. After the poll, a count of two means no clone exists, and none can appear:
+/// the poll's `&Waker` does not outlive the poll (safe code; a scoped thread that used it has
+/// been joined, so its clones are counted), no `Weak` of a `TaskWaker` is ever made, and nothing
+/// in the crate keeps a waker's identity across polls without holding a clone (`Core::entity`
+/// is set and cleared around each poll). So the waker goes back to the pool and can be pointed
+/// at another child. A higher count means a clone is registered somewhere (a reactor source, a
+/// channel's wait queue, a combinator): the child keeps the waker until a later poll finds it
+/// free again. A child poll thus costs no allocation and no reference-count write, and a parked
+/// child whose wake-up is recorded by target (DESIGN.md 4.2) costs no waker memory at all.
 #[derive(Default)]
 pub(crate) struct WakerPool {
     free: Vec<LentWaker>,
@@ -236,6 +239,7 @@ impl WakerPool {
     /// returned, for the child to keep until its next poll.
     #[inline]
     pub(crate) fn give_back(&mut self, lent: LentWaker) -> Option<LentWaker> {
+        debug_assert_eq!(Arc::weak_count(&lent.arc), 0, "hatchery internal error: a weak task waker");
         if Arc::strong_count(&lent.arc) != 2 {
             return Some(lent);
         }
