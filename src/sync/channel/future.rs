@@ -94,8 +94,15 @@ impl<'a, T> SendFuture<'a, T> {
             Err(TrySendError::Full(value)) => {
                 let key = state.park_sender(value, self.sender.id, cx.waker());
                 drop(state);
-                self.state = SendState::Parked { key, park: Park::new() };
-                self.poll_parked(cx)
+                // Nothing can have taken the value yet (no other code ran): go straight to the
+                // cancellation registration, without asking the channel about the new entry.
+                let mut park = Park::new();
+                if let Poll::Ready(c) = park.poll_cancel(cx) {
+                    let value = self.sender.shared.borrow_mut().cancel_sender(key);
+                    return Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))));
+                }
+                self.state = SendState::Parked { key, park };
+                Poll::Pending
             }
             Err(TrySendError::Disconnected(value)) => {
                 drop(state);
@@ -242,11 +249,15 @@ impl<T> Receiver<T> {
             Err(TryRecvError::Empty) => {
                 let key = state.park_receiver(self.id, cx.waker());
                 drop(state);
-                let mut wait = RecvWait { key, park: Park::new() };
-                match wait.poll(&self.shared, cx) {
-                    Poll::Pending => RecvStart::Parked(wait),
-                    Poll::Ready(Ok(_)) => unreachable!("nobody could send meanwhile"),
-                    Poll::Ready(Err(e)) => RecvStart::Failed(e),
+                // Nobody can have sent or closed meanwhile (no other code ran): go straight to
+                // the cancellation registration, without asking the channel about the entry.
+                let mut park = Park::new();
+                match park.poll_cancel(cx) {
+                    Poll::Pending => RecvStart::Parked(RecvWait { key, park }),
+                    Poll::Ready(c) => {
+                        self.shared.borrow_mut().cancel_receiver(key);
+                        RecvStart::Failed(RecvError::Cancelled(c))
+                    }
                 }
             }
             Err(TryRecvError::EndOfChannel) => RecvStart::Failed(RecvError::EndOfChannel),
