@@ -221,7 +221,7 @@ const WAKER_POOL_MAX: usize = 1024;
 
 impl WakerPool {
     /// A waker for `target`, to give back to [`WakerPool::give_back`] after the poll.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lend(&mut self, shared: &Arc<Shared>, target: WakeTarget) -> LentWaker {
         match self.free.pop() {
             Some(lent) => {
@@ -237,7 +237,7 @@ impl WakerPool {
 
     /// Takes back a waker after a poll, unless a clone of it is still held elsewhere: then it is
     /// returned, for the child to keep until its next poll.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn give_back(&mut self, lent: LentWaker) -> Option<LentWaker> {
         debug_assert_eq!(Arc::weak_count(&lent.arc), 0, "hatchery internal error: a weak task waker");
         if Arc::strong_count(&lent.arc) != 2 {
