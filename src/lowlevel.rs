@@ -531,12 +531,14 @@ impl Timer {
         (self.key != NIL && self.park.run_id == core.id as u32).then_some(self.key as usize)
     }
 
-    /// Forgets an entry armed in another run (unreachable from here; that run removes it when it
-    /// ends). Called before a registration, which makes the park's run the current one.
-    fn forget_other_runs(&mut self, core: &context::Core) {
+    /// Registers the park ([`Park::register`]), which makes its run the current one; an entry
+    /// armed in another run is forgotten first (unreachable from here; that run removes it when
+    /// it ends).
+    fn register(&mut self, core: &context::Core, cx: &Context<'_>) -> ParkRef {
         if self.park.run_id != core.id as u32 {
             self.key = NIL;
         }
+        self.park.register(core, cx)
     }
 
     /// The cancellation check of the waiting task ([`Park::poll_cancel`]).
@@ -552,8 +554,7 @@ impl Timer {
         }
         // The registration may have changed kind (own waker or foreign): the armed entry must
         // name the current one.
-        self.forget_other_runs(&core);
-        let wake = self.park.register(&core, cx);
+        let wake = self.register(&core, cx);
         self.arm(&core, None, wake);
         Poll::Pending
     }
@@ -572,8 +573,7 @@ impl Timer {
         if self.take_fired(&core) {
             return Poll::Ready(());
         }
-        self.forget_other_runs(&core);
-        let wake = self.park.register(&core, cx);
+        let wake = self.register(&core, cx);
         self.arm(&core, Some(deadline), wake);
         Poll::Pending
     }
@@ -602,8 +602,7 @@ impl Timer {
             self.reset();
             return Poll::Ready(Err(c));
         }
-        self.forget_other_runs(&core);
-        let wake = self.park.register(&core, cx);
+        let wake = self.register(&core, cx);
         self.arm(&core, deadline, wake);
         Poll::Pending
     }

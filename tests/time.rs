@@ -475,3 +475,45 @@ fn a_sequencer_step_cancelled_while_waiting_breaks_the_sequence() {
     let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("Sequencer broken: step 2 was cancelled"), "{msg}");
 }
+
+/// A sleep parked in one run and awaited in another: its deadline entry belonged to the first
+/// run, and the same key in the second run's deadlines is another sleep's. It must arm an entry
+/// of its own there (its deadline is the instant fixed in the first run), and leave the other
+/// sleep's entry alone: both end at their own instants.
+#[test]
+fn a_sleep_moved_to_another_run_arms_an_entry_of_its_own() {
+    let mut moved = testing::run(async {
+        let mut s = Box::pin(sleep(secs(10)));
+        assert!(poll_once(s.as_mut()).await.is_pending(), "parked, with an entry in this run");
+        s
+    });
+    let (other_ended, moved_ended) = testing::run(async {
+        let other_ended = Cell::new(None);
+        let moved_ended = Cell::new(None);
+        // Bounded, so that a lost wake-up fails the asserts below instead of hanging the test.
+        let bounded = move_on_after(
+            secs(60),
+            nursery(async |n| {
+                let (other_ended, moved_ended, moved) = (&other_ended, &moved_ended, &mut moved);
+                // Armed first: it takes the key the moved sleep had in the first run.
+                n.start_soon(async move {
+                    sleep(secs(4)).await?;
+                    other_ended.set(Some(now()));
+                    Ok::<(), Cancelled>(())
+                });
+                n.start_soon(async move {
+                    wait_all_tasks_blocked().await?;
+                    moved.as_mut().await?;
+                    moved_ended.set(Some(now()));
+                    Ok::<(), Cancelled>(())
+                });
+                Ok(())
+            }),
+        )
+        .await;
+        assert!(matches!(bounded, Ok(Some(Some(())))), "both sleeps ended: {bounded:?}");
+        (other_ended.get(), moved_ended.get())
+    });
+    assert_eq!(other_ended, Some(at(4)));
+    assert_eq!(moved_ended, Some(at(10)), "the deadline fixed in the first run (both clocks start at 0)");
+}
