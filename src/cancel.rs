@@ -295,12 +295,16 @@ pub(crate) fn enter_under(core: &Core, state: &Rc<ScopeState>, parent: u32) -> u
     let node = core.cancel.borrow_mut().enter(parent, state.clone());
     state.phase.set(Phase::Entered(node));
     state.run.set(core.id as u32);
+    // One clock read serves both the relative deadline and the check that it has not passed.
+    let mut read = None;
     if let Some(rel) = state.take_relative() {
-        state.deadline.set(core.now() + rel);
+        let now = core.now();
+        read = Some(now);
+        state.deadline.set(now + rel);
     }
     let d = state.deadline.get();
     if d != Instant::MAX {
-        if d <= core.now() {
+        if d <= read.unwrap_or_else(|| core.now()) {
             // Already past: cancelled at entry (S4.4); nothing is parked inside yet.
             core.cancel.borrow_mut().mark_cancelled(node, CancelSource::Deadline, None);
         } else {
