@@ -94,15 +94,10 @@ impl<'a, T> SendFuture<'a, T> {
             Err(TrySendError::Full(value)) => {
                 let key = state.park_sender(value, self.sender.id, cx.waker());
                 drop(state);
-                // Nothing can have taken the value yet (no other code ran): go straight to the
-                // cancellation registration, without asking the channel about the new entry.
-                let mut park = Park::new();
-                if let Poll::Ready(c) = park.poll_cancel(cx) {
-                    let value = self.sender.shared.borrow_mut().cancel_sender(key);
-                    return Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))));
-                }
-                self.state = SendState::Parked { key, park };
-                Poll::Pending
+                self.state = SendState::Parked { key, park: Park::new() };
+                // Nothing can have taken the value yet (no other code ran): no need to ask the
+                // channel about the new entry.
+                self.poll_cancel_parked(cx)
             }
             Err(TrySendError::Disconnected(value)) => {
                 drop(state);
@@ -113,15 +108,12 @@ impl<'a, T> SendFuture<'a, T> {
     }
 
     fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
-        let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
-        let key = *key;
+        let SendState::Parked { key, .. } = self.state else { unreachable!() };
         let polled = self.sender.shared.borrow_mut().poll_sender(key, cx.waker());
         let result = match polled {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
-                let Poll::Ready(c) = park.poll_cancel(cx) else { return Poll::Pending };
-                let value = self.sender.shared.borrow_mut().cancel_sender(key);
-                Err(SendError::new(value, SendErrorKind::Cancelled(c)))
+                return self.poll_cancel_parked(cx);
             }
             Polled::Done(Ok(())) => Ok(()),
             Polled::Done(Err((why, value))) => Err(SendError::new(
@@ -135,6 +127,17 @@ impl<'a, T> SendFuture<'a, T> {
         // Dropping the `Park` unregisters it.
         self.state = SendState::Done;
         Poll::Ready(result)
+    }
+
+    /// A parked send that nothing has completed: registers for cancellation, and when one
+    /// arrives, takes the value back out of the channel.
+    #[inline(always)]
+    fn poll_cancel_parked(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
+        let Poll::Ready(c) = park.poll_cancel(cx) else { return Poll::Pending };
+        let value = self.sender.shared.borrow_mut().cancel_sender(*key);
+        self.state = SendState::Done;
+        Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))))
     }
 }
 
@@ -204,15 +207,22 @@ impl RecvWait {
         match polled {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
-                let Poll::Ready(c) = self.park.poll_cancel(cx) else { return Poll::Pending };
-                shared.borrow_mut().cancel_receiver(self.key);
-                Poll::Ready(Err(RecvError::Cancelled(c)))
+                self.poll_cancel(shared, cx).map(Err)
             }
             Polled::Done(r) => Poll::Ready(r.map_err(|why| match why {
                 RecvFailure::Closed => RecvError::Closed,
                 RecvFailure::EndOfChannel => RecvError::EndOfChannel,
             })),
         }
+    }
+
+    /// A parked receive that nothing has completed: registers for cancellation, and when one
+    /// arrives, removes the entry (nothing was consumed).
+    #[inline]
+    fn poll_cancel<T>(&mut self, shared: &RefCell<State<T>>, cx: &mut Context<'_>) -> Poll<RecvError> {
+        let Poll::Ready(c) = self.park.poll_cancel(cx) else { return Poll::Pending };
+        shared.borrow_mut().cancel_receiver(self.key);
+        Poll::Ready(RecvError::Cancelled(c))
     }
 
     /// The parked receive is dropped: a value already handed to it goes back to the channel.
@@ -249,15 +259,12 @@ impl<T> Receiver<T> {
             Err(TryRecvError::Empty) => {
                 let key = state.park_receiver(self.id, cx.waker());
                 drop(state);
-                // Nobody can have sent or closed meanwhile (no other code ran): go straight to
-                // the cancellation registration, without asking the channel about the entry.
-                let mut park = Park::new();
-                match park.poll_cancel(cx) {
-                    Poll::Pending => RecvStart::Parked(RecvWait { key, park }),
-                    Poll::Ready(c) => {
-                        self.shared.borrow_mut().cancel_receiver(key);
-                        RecvStart::Failed(RecvError::Cancelled(c))
-                    }
+                // Nobody can have sent or closed meanwhile (no other code ran): no need to ask
+                // the channel about the new entry.
+                let mut wait = RecvWait { key, park: Park::new() };
+                match wait.poll_cancel(&self.shared, cx) {
+                    Poll::Pending => RecvStart::Parked(wait),
+                    Poll::Ready(e) => RecvStart::Failed(e),
                 }
             }
             Err(TryRecvError::EndOfChannel) => RecvStart::Failed(RecvError::EndOfChannel),
