@@ -370,6 +370,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<PackedTarget>(), 12);
         assert_eq!(std::mem::size_of::<crate::lowlevel::Timer>(), 16);
         assert_eq!(std::mem::size_of::<crate::time::Sleep>(), 32);
-        assert_eq!(super::super::deadlines::slab_entry_size::<PackedTarget>(), 24);
+        assert_eq!(super::super::deadlines::slab_entry_size::<PackedTarget>(), 16);
     }
 }

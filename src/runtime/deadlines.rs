@@ -5,7 +5,14 @@
 //! triple becomes stale (its `seq` no longer matches the entry's) and is skipped when it reaches
 //! the top. To keep memory bounded under many changes, the heap is rebuilt from the live entries
 //! once it holds more than twice as many triples as there are armed entries, plus a small
-//! constant ([`Deadlines::prune`], tested by `prop_memory_stays_bounded`).
+//! constant ([`Deadlines::prune`], tested by `memory_stays_bounded_under_ten_million_changes`).
+//!
+//! An entry stores only its triple's `seq`, not its deadline, so that it fits in 16 bytes with
+//! its target (one per sleeping task). The `seq` alone must then tell the current triple from
+//! every stale one, so no number is ever handed out twice while a triple carrying it may still be
+//! in the heap: when the counter reaches its limit, [`Deadlines::renumber`] drops the stale
+//! triples and numbers the live ones afresh from 1, in their order. Entries due at the same
+//! instant come out in the order they were armed.
 //!
 //! It never acts on what expires: [`Deadlines::pop_expired`] hands back the key and the caller
 //! decides (wake a sleeper, cancel a scope).
@@ -19,13 +26,13 @@ use super::slab::Slab;
 
 const PRUNE_SLACK: usize = 64;
 
+/// An entry's `seq` while it is disarmed (fired, or never armed): no triple carries it.
+const DISARMED: NonZeroU32 = NonZeroU32::MAX;
+
 #[derive(Debug)]
 struct Entry<T> {
-    /// When it is due while armed (in the heap); `Instant::MAX` once fired or disarmed.
-    when: Instant,
-    /// Matches the heap triple that is current for this entry. 32 bits: it only has to tell the
-    /// current triple from stale ones, which pruning keeps few. Never zero: that niche lets the
-    /// slab store an entry in 24 bytes rather than 32 (one per sleeping task).
+    /// The `seq` of this entry's current heap triple, or `DISARMED`. Never zero: that niche
+    /// lets the slab store an entry with a 12-byte target in 16 bytes.
     seq: NonZeroU32,
     data: T,
 }
@@ -34,13 +41,22 @@ struct Entry<T> {
 pub(crate) struct Deadlines<T> {
     entries: Slab<Entry<T>>,
     heap: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// The `seq` for the next triple; always below `seq_limit`.
     next_seq: NonZeroU32,
+    /// When `next_seq` reaches it, the heap is renumbered. `u32::MAX` but in tests.
+    seq_limit: u32,
     armed: usize,
 }
 
 impl<T> Default for Deadlines<T> {
     fn default() -> Self {
-        Deadlines { entries: Slab::new(), heap: BinaryHeap::new(), next_seq: NonZeroU32::MIN, armed: 0 }
+        Deadlines {
+            entries: Slab::new(),
+            heap: BinaryHeap::new(),
+            next_seq: NonZeroU32::MIN,
+            seq_limit: DISARMED.get(),
+            armed: 0,
+        }
     }
 }
 
@@ -49,25 +65,48 @@ impl<T> Deadlines<T> {
         Self::default()
     }
 
+    /// A structure that renumbers once `limit - 1` numbers are used, to test renumbering.
+    #[cfg(test)]
+    fn with_seq_limit(limit: u32) -> Self {
+        assert!(limit >= 2);
+        Deadlines { seq_limit: limit, ..Self::default() }
+    }
+
     /// Adds an entry, armed at `when` (`Instant::MAX` adds it disarmed).
     pub(crate) fn insert(&mut self, when: Instant, data: T) -> usize {
-        let key = self.entries.insert(Entry { when: Instant::MAX, seq: NonZeroU32::MIN, data });
-        assert!(key < u32::MAX as usize, "hatchery internal error: more than 2^32 timers");
-        self.reset(key, when);
+        let seq = if when == Instant::MAX { DISARMED } else { self.take_seq() };
+        let key = self.entries.insert(Entry { seq, data });
+        // Fewer entries than `u32::MAX - 1` leave renumbering room for every armed one.
+        assert!(key < (u32::MAX - 2) as usize, "hatchery internal error: more than 2^32 timers");
+        if seq != DISARMED {
+            // No triple goes stale, so there is nothing to prune.
+            self.armed += 1;
+            self.heap.push(Reverse((when, seq.get(), key as u32)));
+        }
         key
+    }
+
+    /// The `seq` for a new triple.
+    #[inline]
+    fn take_seq(&mut self) -> NonZeroU32 {
+        if self.next_seq.get() >= self.seq_limit {
+            self.renumber();
+        }
+        let seq = self.next_seq;
+        self.next_seq = seq.saturating_add(1);
+        seq
     }
 
     /// Re-arms `key` at `when`; `Instant::MAX` disarms it.
     pub(crate) fn reset(&mut self, key: usize, when: Instant) {
-        let seq = self.next_seq;
-        self.next_seq = NonZeroU32::new(seq.get().wrapping_add(1)).unwrap_or(NonZeroU32::MIN);
+        // Renumbering first, as it rewrites the entries' numbers.
+        let seq = if when == Instant::MAX { DISARMED } else { self.take_seq() };
         let e = &mut self.entries[key];
-        if e.when != Instant::MAX {
+        if e.seq != DISARMED {
             self.armed -= 1;
         }
         e.seq = seq;
-        e.when = when;
-        if when != Instant::MAX {
+        if seq != DISARMED {
             self.armed += 1;
             self.heap.push(Reverse((when, seq.get(), key as u32)));
         }
@@ -77,7 +116,7 @@ impl<T> Deadlines<T> {
     /// Removes `key` and returns its data.
     pub(crate) fn remove(&mut self, key: usize) -> Option<T> {
         let e = self.entries.remove(key)?;
-        if e.when != Instant::MAX {
+        if e.seq != DISARMED {
             self.armed -= 1;
         }
         self.prune();
@@ -95,7 +134,7 @@ impl<T> Deadlines<T> {
     /// Whether `key` is armed (`None`: no such entry). An entry is disarmed when
     /// [`pop_expired`](Deadlines::pop_expired) hands it out or when reset to `Instant::MAX`.
     pub(crate) fn armed(&self, key: usize) -> Option<bool> {
-        self.entries.get(key).map(|e| e.when != Instant::MAX)
+        self.entries.get(key).map(|e| e.seq != DISARMED)
     }
 
     #[cfg(test)]
@@ -103,13 +142,13 @@ impl<T> Deadlines<T> {
         self.armed(key) == Some(true)
     }
 
-    fn is_live(entries: &Slab<Entry<T>>, when: Instant, seq: u32, key: u32) -> bool {
-        entries.get(key as usize).is_some_and(|e| e.seq.get() == seq && e.when == when)
+    fn is_live(entries: &Slab<Entry<T>>, seq: u32, key: u32) -> bool {
+        entries.get(key as usize).is_some_and(|e| e.seq.get() == seq)
     }
 
     fn drop_stale_top(&mut self) {
-        while let Some(&Reverse((when, seq, key))) = self.heap.peek() {
-            if Self::is_live(&self.entries, when, seq, key) {
+        while let Some(&Reverse((_, seq, key))) = self.heap.peek() {
+            if Self::is_live(&self.entries, seq, key) {
                 return;
             }
             self.heap.pop();
@@ -130,7 +169,7 @@ impl<T> Deadlines<T> {
             return None;
         }
         self.heap.pop();
-        self.entries[key as usize].when = Instant::MAX;
+        self.entries[key as usize].seq = DISARMED;
         self.armed -= 1;
         self.prune();
         Some(key as usize)
@@ -150,8 +189,33 @@ impl<T> Deadlines<T> {
     fn prune(&mut self) {
         if self.heap.len() > 2 * self.armed + PRUNE_SLACK {
             let entries = &self.entries;
-            self.heap.retain(|Reverse((when, seq, key))| Self::is_live(entries, *when, *seq, *key));
+            self.heap.retain(|Reverse((_, seq, key))| Self::is_live(entries, *seq, *key));
         }
+    }
+
+    /// Drops the stale triples and numbers the live ones `1, 2, ...` in their `(when, seq)`
+    /// order, which keeps the order of entries due at the same instant. Runs once per
+    /// `u32::MAX - 1` armings, so its O(n log n) is nothing per arming.
+    #[cold]
+    fn renumber(&mut self) {
+        let entries = &self.entries;
+        let mut live: Vec<_> = std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .filter(|Reverse((_, seq, key))| Self::is_live(entries, *seq, *key))
+            .collect();
+        live.sort_unstable_by_key(|Reverse(triple)| *triple);
+        for (i, Reverse((_, seq, key))) in live.iter_mut().enumerate() {
+            let fresh = NonZeroU32::new(i as u32 + 1).expect("hatchery internal error: renumbering overflow");
+            *seq = fresh.get();
+            self.entries[*key as usize].seq = fresh;
+        }
+        // Below `DISARMED`: `insert` keeps the entries, so the live triples, fewer than that. With
+        // as many armed entries as the limit (only a test's small limit allows it), the next
+        // arming renumbers again, which is slow but stays correct.
+        self.next_seq =
+            NonZeroU32::new(live.len() as u32 + 1).expect("hatchery internal error: renumbering overflow");
+        self.heap = BinaryHeap::from(live);
     }
 }
 
@@ -178,11 +242,12 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => any::<u16>().prop_map(Op::Insert),
-            2 => (any::<usize>(), any::<u16>()).prop_map(|(k, t)| Op::Reset(k, t)),
+            // Few distinct instants, so that many entries fall due at once and their order counts.
+            3 => (0..64u16).prop_map(Op::Insert),
+            2 => (any::<usize>(), 0..64u16).prop_map(|(k, t)| Op::Reset(k, t)),
             1 => any::<usize>().prop_map(Op::Disarm),
             1 => any::<usize>().prop_map(Op::Remove),
-            2 => any::<u16>().prop_map(Op::Pop),
+            2 => (0..72u16).prop_map(Op::Pop),
         ]
     }
 
@@ -193,8 +258,13 @@ mod tests {
     proptest! {
         /// The heap agrees with a BTreeMap model ordered by (deadline, arming order).
         #[test]
-        fn prop_matches_btreemap_model(ops in proptest::collection::vec(op(), 0..1000)) {
-            let mut d = Deadlines::new();
+        /// A small sequence limit makes it renumber often, and the order must survive that.
+        #[test]
+        fn prop_matches_btreemap_model(
+            ops in proptest::collection::vec(op(), 0..1000),
+            seq_limit in prop_oneof![Just(u32::MAX), 2u32..64],
+        ) {
+            let mut d = Deadlines::with_seq_limit(seq_limit);
             // model: key -> (when, seq) for armed entries; order by (when, seq)
             let mut armed: BTreeMap<(u16, u64), usize> = BTreeMap::new();
             let mut by_key: BTreeMap<usize, Option<(u16, u64)>> = BTreeMap::new();

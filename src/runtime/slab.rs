@@ -2,24 +2,29 @@
 //!
 //! Used for nursery records, cancel-status nodes, waiters, timers and I/O sources. Keys are
 //! reused after removal; callers that hand keys to code that may outlive the entry pair them
-//! with a generation number.
+//! with a generation number. Keys stay below `u32::MAX`, so a vacant slot links the free list
+//! with a `u32`: a slab of values of 12 bytes with a niche stores each in 16.
 
 #[derive(Debug)]
 enum Entry<T> {
     Occupied(T),
-    Vacant(Option<usize>),
+    /// The next vacant key, or `NONE`.
+    Vacant(u32),
 }
+
+/// The end of the free list.
+const NONE: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub(crate) struct Slab<T> {
     entries: Vec<Entry<T>>,
-    free: Option<usize>,
+    free: u32,
     len: usize,
 }
 
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab { entries: Vec::new(), free: None, len: 0 }
+        Slab { entries: Vec::new(), free: NONE, len: 0 }
     }
 }
 
@@ -34,26 +39,26 @@ impl<T> Slab<T> {
 
     /// The key the next `insert` will return.
     pub(crate) fn vacant_key(&self) -> usize {
-        self.free.unwrap_or(self.entries.len())
+        if self.free == NONE { self.entries.len() } else { self.free as usize }
     }
 
+    #[inline]
     pub(crate) fn insert(&mut self, value: T) -> usize {
         self.len += 1;
-        match self.free {
-            Some(k) => {
-                let next = match &self.entries[k] {
-                    Entry::Vacant(n) => *n,
-                    Entry::Occupied(_) => unreachable!("hatchery internal error: slab free list corrupt"),
-                };
-                self.free = next;
-                self.entries[k] = Entry::Occupied(value);
-                k
+        if self.free == NONE {
+            if self.entries.len() >= NONE as usize {
+                too_many();
             }
-            None => {
-                self.entries.push(Entry::Occupied(value));
-                self.entries.len() - 1
-            }
+            self.entries.push(Entry::Occupied(value));
+            return self.entries.len() - 1;
         }
+        let k = self.free as usize;
+        self.free = match &self.entries[k] {
+            Entry::Vacant(next) => *next,
+            Entry::Occupied(_) => unreachable!("hatchery internal error: slab free list corrupt"),
+        };
+        self.entries[k] = Entry::Occupied(value);
+        k
     }
 
     pub(crate) fn get(&self, key: usize) -> Option<&T> {
@@ -74,7 +79,8 @@ impl<T> Slab<T> {
         match self.entries.get_mut(key) {
             Some(e @ Entry::Occupied(_)) => {
                 let old = std::mem::replace(e, Entry::Vacant(self.free));
-                self.free = Some(key);
+                // `key < NONE`: `insert` never hands out a larger one.
+                self.free = key as u32;
                 self.len -= 1;
                 match old {
                     Entry::Occupied(v) => Some(v),
@@ -104,6 +110,12 @@ impl<T> std::ops::IndexMut<usize> for Slab<T> {
     fn index_mut(&mut self, key: usize) -> &mut T {
         self.get_mut(key).expect("hatchery internal error: stale slab key")
     }
+}
+
+#[cold]
+#[inline(never)]
+fn too_many() -> ! {
+    panic!("hatchery internal error: more than 2^32 - 1 slab entries")
 }
 
 /// The size of one slot holding a `T` (for size tests).
