@@ -599,7 +599,7 @@ impl Timer {
             return Poll::Ready(Ok(()));
         }
         if let Some(c) = cancel_point(&core) {
-            self.reset();
+            self.reset_in(&core);
             return Poll::Ready(Err(c));
         }
         let wake = self.register(&core, cx);
@@ -644,11 +644,22 @@ impl Timer {
 
     /// Removes the entry and the registration; the timer can be armed again.
     pub fn reset(&mut self) {
-        self.fired = false;
         if self.key != NIL
-            && let Some(core) = context::try_core().filter(|c| c.id as u32 == self.park.run_id)
+            && let Some(core) = context::try_core()
         {
-            core.timers.borrow_mut().remove(self.key as usize);
+            self.reset_in(&core);
+        } else {
+            self.fired = false;
+            self.key = NIL;
+            self.park.unpark();
+        }
+    }
+
+    /// [`reset`](Timer::reset) with the current run in hand.
+    fn reset_in(&mut self, core: &context::Core) {
+        self.fired = false;
+        if let Some(key) = self.entry(core) {
+            core.timers.borrow_mut().remove(key);
         }
         self.key = NIL;
         self.park.unpark();
