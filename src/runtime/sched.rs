@@ -302,6 +302,9 @@ impl Group {
     }
 }
 
+/// A spare ready list of up to this capacity is always kept (4 KiB).
+const SPARE_KEPT: usize = 1024;
+
 /// Scheduling state of one run.
 #[derive(Debug, Default)]
 pub(crate) struct Sched {
@@ -425,15 +428,46 @@ impl Sched {
         }
     }
 
-    /// Gives back a ready list's allocation.
+    /// Gives back a ready list's allocation. One much larger than the list filling up meanwhile
+    /// is freed instead: a burst (100,000 children spawned at once, then parked) would otherwise
+    /// leave the group holding two lists of that size for ever, where steady traffic keeps the
+    /// two about the same size and reuses both.
     pub(crate) fn recycle(&mut self, group: u32, mut v: Vec<u32>) {
         if let Some(g) = self.groups.get_mut(group as usize) {
-            v.clear();
+            if v.capacity() > SPARE_KEPT.max(4 * g.ready.capacity()) {
+                v = Vec::new();
+            } else {
+                v.clear();
+            }
             g.spare = v;
         }
     }
 
     pub(crate) fn group_count(&self) -> usize {
         self.groups.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ready_list_much_larger_than_the_filling_one_is_freed_not_kept() {
+        let mut s = Sched::new();
+        let (g, _) = s.open_group();
+        // After a burst, with nothing much filling up meanwhile: freed.
+        s.recycle(g, Vec::with_capacity(100_000));
+        assert_eq!(s.groups[g as usize].spare.capacity(), 0);
+        // Small lists are always kept.
+        s.recycle(g, Vec::with_capacity(SPARE_KEPT));
+        assert_eq!(s.groups[g as usize].spare.capacity(), SPARE_KEPT);
+        // Steady traffic: the list filling up is about as large, so the spare is kept, emptied.
+        s.groups[g as usize].ready.reserve_exact(50_000);
+        let mut v = Vec::with_capacity(100_000);
+        v.push(7);
+        s.recycle(g, v);
+        let spare = &s.groups[g as usize].spare;
+        assert!(spare.is_empty() && spare.capacity() >= 100_000, "{}", spare.capacity());
     }
 }
