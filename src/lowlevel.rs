@@ -599,7 +599,7 @@ impl Timer {
             return Poll::Ready(Ok(()));
         }
         if let Some(c) = cancel_point(&core) {
-            self.reset_in(&core);
+            self.reset_in(Some(&core));
             return Poll::Ready(Err(c));
         }
         let wake = self.register(&core, cx);
@@ -644,21 +644,17 @@ impl Timer {
 
     /// Removes the entry and the registration; the timer can be armed again.
     pub fn reset(&mut self) {
-        if self.key != NIL
-            && let Some(core) = context::try_core()
-        {
-            self.reset_in(&core);
-        } else {
-            self.fired = false;
-            self.key = NIL;
-            self.park.unpark();
-        }
+        // Without an entry, no need to look the run up.
+        let core = if self.key != NIL { context::try_core() } else { None };
+        self.reset_in(core.as_deref());
     }
 
-    /// [`reset`](Timer::reset) with the current run in hand.
-    fn reset_in(&mut self, core: &context::Core) {
+    /// [`reset`](Timer::reset) with the current run, if any, in hand.
+    fn reset_in(&mut self, core: Option<&context::Core>) {
         self.fired = false;
-        if let Some(key) = self.entry(core) {
+        if let Some(core) = core
+            && let Some(key) = self.entry(core)
+        {
             core.timers.borrow_mut().remove(key);
         }
         self.key = NIL;

@@ -256,9 +256,8 @@ mod tests {
     }
 
     proptest! {
-        /// The heap agrees with a BTreeMap model ordered by (deadline, arming order).
-        #[test]
-        /// A small sequence limit makes it renumber often, and the order must survive that.
+        /// The heap agrees with a BTreeMap model ordered by (deadline, arming order). A small
+        /// sequence limit makes it renumber often, and the order must survive that.
         #[test]
         fn prop_matches_btreemap_model(
             ops in proptest::collection::vec(op(), 0..1000),
