@@ -9,6 +9,7 @@
 //!
 //! This is a core module: it owns entering and leaving scopes in the runtime's cancel tree.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 
 use crate::error::{CancelError, CancelSource, TooSlow};
-use crate::runtime::cancel_tree::{Phase, ScopeState, Wakeups};
+use crate::runtime::cancel_tree::{Phase, ScopeRef, ScopeState, Wakeups};
 use crate::runtime::clock::Instant;
 use crate::runtime::context::{self, Core, TimerTarget};
 
@@ -46,7 +47,11 @@ use crate::runtime::context::{self, Core, TimerTarget};
 /// });
 /// ```
 pub struct CancelScope {
-    state: Rc<ScopeState>,
+    /// The state while the scope has no handle: it moves into the scope's future and then into
+    /// its tree node, so a scope nobody else reaches allocates nothing.
+    own: ScopeState,
+    /// The state once a handle exists (`own` is then unused).
+    shared: OnceCell<Rc<ScopeState>>,
 }
 
 /// A shared handle to a cancel scope: cancel it, move its deadline, toggle its shield, and read
@@ -64,7 +69,7 @@ impl Default for CancelScope {
 
 impl fmt::Debug for CancelScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        debug_state(&self.state, "CancelScope", f)
+        debug_state(self.state(), "CancelScope", f)
     }
 }
 
@@ -86,32 +91,39 @@ fn debug_state(s: &ScopeState, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::R
 impl CancelScope {
     /// A scope with no deadline and no shield.
     pub fn new() -> CancelScope {
-        CancelScope { state: ScopeState::new() }
+        CancelScope { own: ScopeState::new(), shared: OnceCell::new() }
+    }
+
+    fn state(&self) -> &ScopeState {
+        match self.shared.get() {
+            Some(rc) => rc,
+            None => &self.own,
+        }
     }
 
     /// Sets an absolute deadline.
     pub fn with_deadline(self, deadline: Instant) -> CancelScope {
-        self.state.set_relative(None);
-        self.state.deadline.set(deadline);
+        self.state().set_relative(None);
+        self.state().deadline.set(deadline);
         self
     }
 
     /// Sets a deadline `timeout` after the moment the scope is entered (not now, S4.5).
     pub fn with_timeout(self, timeout: Duration) -> CancelScope {
-        self.state.deadline.set(Instant::MAX);
-        self.state.set_relative(Some(timeout));
+        self.state().deadline.set(Instant::MAX);
+        self.state().set_relative(Some(timeout));
         self
     }
 
     /// Shields the inside from cancellation of enclosing scopes (S4.7).
     pub fn shielded(self) -> CancelScope {
-        self.state.shield.set(true);
+        self.state().shield.set(true);
         self
     }
 
     /// A handle to this scope.
     pub fn handle(&self) -> CancelHandle {
-        CancelHandle { state: self.state.clone() }
+        CancelHandle { state: self.shared.get_or_init(|| self.own.move_to_shared()).clone() }
     }
 
     /// Runs `future` inside this scope.
@@ -128,7 +140,11 @@ impl CancelScope {
         F: Future<Output = Result<T, E>>,
         E: CancelError,
     {
-        Scoped { fut: Some(future), guard: ScopeGuard { state: self.state, entered: None } }
+        let state = match self.shared.into_inner() {
+            Some(rc) => ScopeRef::Shared(rc),
+            None => ScopeRef::Own(self.own),
+        };
+        Scoped { fut: Some(future), guard: ScopeGuard { state: Some(state), entered: None } }
     }
 }
 
@@ -271,7 +287,7 @@ pub(crate) fn cancel_node(
     }
 }
 
-/// Registers, moves or removes the deadline entry of an entered scope.
+/// Registers, moves or removes the deadline entry of an entered scope. Borrows the run's timers.
 fn arm_deadline(core: &Core, state: &ScopeState, node: u32) {
     let d = state.deadline.get();
     let mut timers = core.timers.borrow_mut();
@@ -284,16 +300,15 @@ fn arm_deadline(core: &Core, state: &ScopeState, node: u32) {
     }
 }
 
-/// Enters `state` under the current status; returns its node.
-pub(crate) fn enter(core: &Core, state: &Rc<ScopeState>) -> u32 {
+/// Enters `state` under the current status; returns its node, which holds the state from now
+/// on.
+pub(crate) fn enter(core: &Core, state: ScopeRef) -> u32 {
     let parent = core.registration_status();
     enter_under(core, state, parent)
 }
 
 /// Enters `state` under `parent`; returns its node.
-pub(crate) fn enter_under(core: &Core, state: &Rc<ScopeState>, parent: u32) -> u32 {
-    let node = core.cancel.borrow_mut().enter(parent, state.clone());
-    state.phase.set(Phase::Entered(node));
+pub(crate) fn enter_under(core: &Core, state: ScopeRef, parent: u32) -> u32 {
     state.run.set(core.id as u32);
     // One clock read serves both the relative deadline and the check that it has not passed.
     let mut read = None;
@@ -303,37 +318,40 @@ pub(crate) fn enter_under(core: &Core, state: &Rc<ScopeState>, parent: u32) -> u
         state.deadline.set(now + rel);
     }
     let d = state.deadline.get();
+    let mut tree = core.cancel.borrow_mut();
+    let node = tree.enter(parent, state);
+    tree.state(node).phase.set(Phase::Entered(node));
     if d != Instant::MAX {
         if d <= read.unwrap_or_else(|| core.now()) {
             // Already past: cancelled at entry (S4.4); nothing is parked inside yet.
-            core.cancel.borrow_mut().mark_cancelled(node, CancelSource::Deadline, None);
+            tree.mark_cancelled(node, CancelSource::Deadline, None);
         } else {
-            arm_deadline(core, state, node);
+            arm_deadline(core, tree.state(node), node);
         }
     }
     node
 }
 
 /// Leaves the scope at `node`.
-pub(crate) fn exit(core: &Core, state: &ScopeState, node: u32) {
+pub(crate) fn exit(core: &Core, node: u32) {
+    let state = core.cancel.borrow_mut().exit(node);
     if let Some(k) = state.deadline_key() {
         state.set_deadline_key(None);
         core.timers.borrow_mut().remove(k);
     }
-    core.cancel.borrow_mut().exit(node);
     state.phase.set(Phase::Exited);
 }
 
 /// Applies S4.8/S4.9 to an error leaving the scope at `node`: if this scope catches, the
 /// cancellations are stripped (and `cancelled_caught` set when there were any).
-pub(crate) fn absorb<E: CancelError>(core: &Core, state: &ScopeState, node: u32, err: E) -> Option<E> {
+pub(crate) fn absorb<E: CancelError>(core: &Core, node: u32, err: E) -> Option<E> {
     if !core.cancel.borrow().catches(node) {
         return Some(err);
     }
     if !err.has_cancelled() {
         return Some(err);
     }
-    state.caught.set(true);
+    core.cancel.borrow().state(node).caught.set(true);
     err.strip_cancelled()
 }
 
@@ -364,15 +382,17 @@ impl Drop for StatusGuard<'_> {
     }
 }
 
+/// A scope's future's hold on the scope: its state until entry, then its node (which holds the
+/// state) until exit.
 struct ScopeGuard {
-    state: Rc<ScopeState>,
+    state: Option<ScopeRef>,
     entered: Option<(Rc<Core>, u32)>,
 }
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
         if let Some((core, node)) = self.entered.take() {
-            exit(&core, &self.state, node);
+            exit(&core, node);
         }
     }
 }
@@ -389,7 +409,14 @@ pin_project! {
 
 impl<F> fmt::Debug for Scoped<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        debug_state(&self.guard.state, "Scoped", f)
+        match (&self.guard.state, &self.guard.entered) {
+            (Some(state), _) => debug_state(state, "Scoped", f),
+            (None, Some((core, node))) => match core.cancel.try_borrow() {
+                Ok(tree) => debug_state(tree.state(*node), "Scoped", f),
+                Err(_) => f.debug_struct("Scoped").field("node", node).finish_non_exhaustive(),
+            },
+            (None, None) => f.debug_struct("Scoped").field("exited", &true).finish(),
+        }
     }
 }
 
@@ -409,7 +436,10 @@ where
             Some((core, node)) => (core.clone(), *node),
             None => {
                 let core = context::core();
-                let node = enter(&core, &this.guard.state);
+                let Some(state) = this.guard.state.take() else {
+                    unreachable!("hatchery internal error: a cancel scope left without being entered")
+                };
+                let node = enter(&core, state);
                 this.guard.entered = Some((core.clone(), node));
                 (core, node)
             }
@@ -425,13 +455,13 @@ where
         this.fut.set(None);
         let result = match out {
             Ok(v) => Ok(Some(v)),
-            Err(e) => match absorb(&core, &this.guard.state, node, e) {
+            Err(e) => match absorb(&core, node, e) {
                 None => Ok(None),
                 Some(e) => Err(e),
             },
         };
         if let Some((core, node)) = this.guard.entered.take() {
-            exit(&core, &this.guard.state, node);
+            exit(&core, node);
         }
         Poll::Ready(result)
     }

@@ -44,7 +44,7 @@ use pin_project_lite::pin_project;
 
 use crate::cancel::{self, CancelHandle};
 use crate::error::{CancelError, CancelSource, Cancelled, JoinError, NurseryError, StartError};
-use crate::runtime::cancel_tree::{NIL, ScopeState, Wakeups};
+use crate::runtime::cancel_tree::{NIL, ScopeRef, ScopeState, Wakeups};
 use crate::runtime::context::{self, Core};
 use crate::runtime::sched::{BODY, LentWaker, TaskWaker, WakeTarget};
 use crate::runtime::slab::Slab;
@@ -150,7 +150,6 @@ pub struct Nursery<'n, 'env, E> {
     group: u32,
     generation: u32,
     body_waker: Waker,
-    scope: Rc<ScopeState>,
     node: u32,
     inner: RefCell<Inner<'n, E>>,
     _marker: PhantomData<&'n mut &'env ()>,
@@ -283,7 +282,7 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
         }
         let parent = n.core.sched.borrow_mut().close_group(n.group);
         drop(parent);
-        cancel::exit(&n.core, &n.scope, n.node);
+        cancel::exit(&n.core, n.node);
         if let Some(p) = panic
             && !std::thread::panicking()
         {
@@ -296,8 +295,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     fn open() -> Self {
         let core = context::core();
         let (group, generation) = core.sched.borrow_mut().open_group();
-        let scope = ScopeState::new();
-        let node = cancel::enter(&core, &scope);
+        let node = cancel::enter(&core, ScopeRef::Own(ScopeState::new()));
         // The body and the children without a node of their own all park at this node: a
         // cancellation reaching it wakes the whole group.
         core.cancel.borrow_mut().set_group_owner(node, WakeTarget { group, generation, index: BODY });
@@ -309,7 +307,6 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             group,
             generation,
             body_waker,
-            scope,
             node,
             inner: RefCell::new(Inner {
                 children: Slab::new(),
@@ -325,7 +322,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
 
     /// A handle to the nursery's cancel scope: cancelling it cancels the body and every child.
     pub fn cancel_scope(&self) -> CancelHandle {
-        CancelHandle::from_state(self.scope.clone())
+        CancelHandle::from_state(self.core.cancel.borrow_mut().share(self.node))
     }
 
     /// Number of children still running.
@@ -444,7 +441,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     fn cancel_self(&self, reason: &'static str) {
         // The first cause wins (S4.15): once cancelled, there is nothing to record or wake (each
         // child of a cancelled nursery ends here with its `Cancelled`).
-        if self.scope.cancel_called.get() {
+        if self.core.cancel.borrow().state(self.node).cancel_called.get() {
             return;
         }
         let mut wakeups = Wakeups::default();
@@ -467,25 +464,23 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 Some(slot) if slot.wants_node => {
                     // The child has not needed a node yet: it has nothing registered, so a fresh
                     // node under the nursery's is all it takes.
-                    let node = self.core.cancel.borrow_mut().enter(self.node, self.core.inert.clone());
+                    let state = ScopeRef::Shared(self.core.inert.clone());
+                    let node = self.core.cancel.borrow_mut().enter(self.node, state);
                     slot.node = node;
                     node
                 }
                 _ => return,
             }
         };
-        let state = {
+        {
             let mut tree = self.core.cancel.borrow_mut();
-            if Rc::ptr_eq(tree.state(node), &self.core.inert) {
-                let own = ScopeState::new();
-                tree.replace_state(node, own.clone());
-                own
-            } else {
-                tree.state(node).clone()
+            if tree.state(node).is(&self.core.inert) {
+                tree.replace_state(node, ScopeRef::Own(ScopeState::new()));
             }
-        };
-        state.phase.set(crate::runtime::cancel_tree::Phase::Entered(node));
-        state.run.set(self.core.id as u32);
+            let state = tree.state(node);
+            state.phase.set(crate::runtime::cancel_tree::Phase::Entered(node));
+            state.run.set(self.core.id as u32);
+        }
         let mut wakeups = Wakeups::default();
         cancel::cancel_node(&self.core, node, CancelSource::Explicit, reason, &mut wakeups);
         wakeups.wake(&self.core);

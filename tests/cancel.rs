@@ -442,3 +442,42 @@ fn five_thousand_nested_scopes_do_not_overflow_s4_12() {
         .unwrap();
     assert_eq!(r, (Ok(None), None, at(1)));
 }
+
+/// A nursery's scope lives in its tree node until a handle is asked for; the first handle moves
+/// it out to be shared. Everything set before (the deadline from an inner `set_deadline` through
+/// the first handle) survives the move, later handles see the same state, and the outcome is
+/// readable after the nursery is gone.
+#[test]
+fn nursery_scope_shared_on_first_handle_keeps_its_state() {
+    testing::run(async {
+        let kept = std::cell::RefCell::new(None);
+        let r = nursery(async |n| {
+            let h1 = n.cancel_scope();
+            h1.set_deadline(at(7));
+            let h2 = n.cancel_scope();
+            assert_eq!(h2.deadline(), Some(at(7)));
+            assert!(h2.is_running() && !h2.cancel_called());
+            *kept.borrow_mut() = Some(h2);
+            sleep_forever().await?;
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        // The deadline cancelled the body and the nursery absorbed it.
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        let h = kept.take().expect("handle kept");
+        assert!(h.cancelled_caught() && h.cancel_called() && !h.is_running());
+        assert_eq!(now(), at(7));
+    });
+    // A scope given a handle before entry shares one state with it from the start.
+    testing::run(async {
+        let scope = CancelScope::new().with_timeout(secs(3));
+        let h = scope.handle();
+        let scope = scope.shielded();
+        assert!(h.shield(), "a setting made after the handle reaches it");
+        let r = scope.run(async { sleep_forever().await.map(|_| ()) }).await;
+        assert_eq!(r, Ok(None));
+        assert!(h.cancelled_caught() && h.cancel_called() && !h.is_running());
+        assert_eq!(h.deadline(), Some(at(3)));
+        assert_eq!(now(), at(3));
+    });
+}

@@ -108,7 +108,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         if errors.is_empty() {
             return Poll::Ready(Ok(value));
         }
-        match cancel::absorb(core, &self.scope, self.node, NurseryError::new(errors)) {
+        match cancel::absorb(core, self.node, NurseryError::new(errors)) {
             None => Poll::Ready(Ok(value)),
             Some(rest) => Poll::Ready(Err(rest)),
         }
@@ -177,12 +177,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             }
             Ok(Poll::Ready(Ok(()))) => self.finish_child(index, task, node),
             Ok(Poll::Ready(Err(e))) => {
-                let absorbed = if node != NIL {
-                    let state = core.cancel.borrow().state(node).clone();
-                    cancel::absorb(core, &state, node, e)
-                } else {
-                    Some(e)
-                };
+                let absorbed = if node != NIL { cancel::absorb(core, node, e) } else { Some(e) };
                 match absorbed {
                     None => {
                         let why = core.cancel.borrow().state(node).cause();
@@ -223,9 +218,8 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let mut wakeups = Wakeups::default();
         {
             let mut tree = self.core.cancel.borrow_mut();
-            let state = tree.state(during).clone();
+            let state = tree.exit(during);
             tree.replace_state(made, state);
-            tree.exit(during);
             tree.collect(made, &mut wakeups);
         }
         wakeups.wake(&self.core);

@@ -9,7 +9,7 @@ use std::task::Poll;
 use super::{BoxedChild, ChildTask, Nursery};
 use crate::cancel::StatusGuard;
 use crate::error::{CancelError, StartError};
-use crate::runtime::cancel_tree::NIL;
+use crate::runtime::cancel_tree::{NIL, ScopeRef};
 use crate::runtime::context;
 
 /// Given to a task started with [`Nursery::start`]: call [`started`](TaskStatus::started) once
@@ -124,7 +124,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let node = {
             let core = &self.core;
             let parent = core.registration_status();
-            core.cancel.borrow_mut().enter(parent, core.inert.clone())
+            core.cancel.borrow_mut().enter(parent, ScopeRef::Shared(core.inert.clone()))
         };
         let guard = PendingStart { n: self, node: std::cell::Cell::new(node) };
         let cell = Rc::new(RefCell::new(None));

@@ -49,10 +49,12 @@ pub(crate) enum Phase {
     Exited,
 }
 
-/// The origin of cancellation for one scope; shared by its handles and its tree node.
+/// The origin of cancellation for one scope. Its tree node holds it in place ([`ScopeRef::Own`])
+/// until something outside the tree needs it, a handle, and then in an `Rc` shared with the
+/// handles ([`ScopeRef::Shared`]).
 ///
-/// Every scope (each `move_on_after`, each nursery) allocates one, so it is kept small: the
-/// cause's source sits in padding, its rare reason is boxed, keys and run ids are 32 bits.
+/// Every scope (each `move_on_after`, each nursery) has one, so it is kept small: the cause's
+/// source sits in padding, its rare reason is boxed, keys and run ids are 32 bits.
 pub(crate) struct ScopeState {
     pub(crate) cancel_called: Cell<bool>,
     pub(crate) shield: Cell<bool>,
@@ -86,8 +88,8 @@ impl std::fmt::Debug for ScopeState {
 }
 
 impl ScopeState {
-    pub(crate) fn new() -> Rc<ScopeState> {
-        Rc::new(ScopeState {
+    pub(crate) const fn new() -> ScopeState {
+        ScopeState {
             cancel_called: Cell::new(false),
             shield: Cell::new(false),
             caught: Cell::new(false),
@@ -98,6 +100,23 @@ impl ScopeState {
             phase: Cell::new(Phase::Unentered),
             deadline_key: Cell::new(NIL),
             run: Cell::new(0),
+        }
+    }
+
+    /// Moves this state's contents into a new shared state (the reason moves, the rest is
+    /// copied), for a scope that has just been given its first handle.
+    pub(crate) fn move_to_shared(&self) -> Rc<ScopeState> {
+        Rc::new(ScopeState {
+            cancel_called: Cell::new(self.cancel_called.get()),
+            shield: Cell::new(self.shield.get()),
+            caught: Cell::new(self.caught.get()),
+            source: Cell::new(self.source.get()),
+            reason: Cell::new(self.reason.take()),
+            deadline: Cell::new(self.deadline.get()),
+            relative: Cell::new(self.relative.get()),
+            phase: Cell::new(self.phase.get()),
+            deadline_key: Cell::new(self.deadline_key.get()),
+            run: Cell::new(self.run.get()),
         })
     }
 
@@ -111,6 +130,7 @@ impl ScopeState {
         true
     }
 
+    #[inline]
     pub(crate) fn cause(&self) -> Cancelled {
         let reason = self.reason.take();
         let c = Cancelled::new(self.source.get(), reason.as_deref().cloned());
@@ -138,10 +158,49 @@ impl ScopeState {
     }
 }
 
+/// How a node (or a scope not yet entered) holds its state: in place while nothing else can
+/// reach it, which spares a `move_on_after` or a nursery without a handle an allocation; in an
+/// `Rc` once a handle exists.
+#[derive(Debug)]
+pub(crate) enum ScopeRef {
+    Own(ScopeState),
+    Shared(Rc<ScopeState>),
+}
+
+impl std::ops::Deref for ScopeRef {
+    type Target = ScopeState;
+
+    #[inline]
+    fn deref(&self) -> &ScopeState {
+        match self {
+            ScopeRef::Own(s) => s,
+            ScopeRef::Shared(s) => s,
+        }
+    }
+}
+
+impl ScopeRef {
+    /// The shared state, created from the one held in place if need be.
+    pub(crate) fn share(&mut self) -> Rc<ScopeState> {
+        if let ScopeRef::Own(s) = self {
+            *self = ScopeRef::Shared(s.move_to_shared());
+        }
+        match self {
+            ScopeRef::Shared(rc) => rc.clone(),
+            ScopeRef::Own(_) => unreachable!("hatchery internal error: a scope state was not shared"),
+        }
+    }
+
+    /// Whether this is `other`, shared.
+    pub(crate) fn is(&self, other: &Rc<ScopeState>) -> bool {
+        matches!(self, ScopeRef::Shared(rc) if Rc::ptr_eq(rc, other))
+    }
+}
+
 #[derive(Debug)]
 struct Node {
     parent: u32,
-    state: Rc<ScopeState>,
+    state: ScopeRef,
     first_child: u32,
     prev_sibling: u32,
     next_sibling: u32,
@@ -192,12 +251,17 @@ impl CancelTree {
         Self::default()
     }
 
-    pub(crate) fn state(&self, node: u32) -> &Rc<ScopeState> {
+    pub(crate) fn state(&self, node: u32) -> &ScopeRef {
         &self.nodes[node as usize].state
     }
 
+    /// The state of `node`, shared from now on (a handle is being made for it).
+    pub(crate) fn share(&mut self, node: u32) -> Rc<ScopeState> {
+        self.nodes[node as usize].state.share()
+    }
+
     /// Gives `node` a new origin (used to cancel one nursery child on its own).
-    pub(crate) fn replace_state(&mut self, node: u32, state: Rc<ScopeState>) {
+    pub(crate) fn replace_state(&mut self, node: u32, state: ScopeRef) {
         let old = std::mem::replace(&mut self.nodes[node as usize].state, state);
         if old.cancel_called.get() {
             self.cancelled -= 1;
@@ -234,7 +298,7 @@ impl CancelTree {
     }
 
     /// Adds a node for `state` under `parent` (`NIL` for a root).
-    pub(crate) fn enter(&mut self, parent: u32, state: Rc<ScopeState>) -> u32 {
+    pub(crate) fn enter(&mut self, parent: u32, state: ScopeRef) -> u32 {
         if state.cancel_called.get() {
             self.cancelled += 1;
         }
@@ -257,9 +321,9 @@ impl CancelTree {
         key
     }
 
-    /// Removes a node. Its children and waiters (which can outlive it only when a future was
-    /// moved out of the scope it was created in) move to its parent.
-    pub(crate) fn exit(&mut self, key: u32) {
+    /// Removes a node and gives back its state. Its children and waiters (which can outlive it
+    /// only when a future was moved out of the scope it was created in) move to its parent.
+    pub(crate) fn exit(&mut self, key: u32) -> ScopeRef {
         let parent = self.nodes[key as usize].parent;
         // Re-home children.
         let mut c = self.nodes[key as usize].first_child;
@@ -282,11 +346,13 @@ impl CancelTree {
             w = next;
         }
         self.unlink_child(key);
-        if let Some(n) = self.nodes.remove(key as usize)
-            && n.state.cancel_called.get()
-        {
+        let Some(n) = self.nodes.remove(key as usize) else {
+            unreachable!("hatchery internal error: exit of a cancel node that does not exist")
+        };
+        if n.state.cancel_called.get() {
             self.cancelled -= 1;
         }
+        n.state
     }
 
     /// Moves `node` (with its subtree and waiters) under `parent`.
@@ -332,11 +398,11 @@ impl CancelTree {
     }
 
     fn effective_walk(&self, mut node: u32) -> Option<Cancelled> {
-        let mut found: Option<&Rc<ScopeState>> = None;
+        let mut found: Option<&ScopeState> = None;
         while node != NIL {
             let n = &self.nodes[node as usize];
             if n.state.cancel_called.get() {
-                found = Some(&n.state);
+                found = Some(&*n.state);
             }
             if n.state.shield.get() {
                 break;

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 
-use super::cancel_tree::{CancelTree, NIL};
+use super::cancel_tree::{CancelTree, NIL, Phase, ScopeRef, ScopeState};
 use super::clock::{Clock, Instant};
 use super::deadlines::Deadlines;
 use super::reactor::Reactor;
@@ -114,7 +114,7 @@ pub(crate) struct Core {
     /// The node [`Core::registration_status`] created during the current child poll, if any.
     pub(crate) materialized: Cell<u32>,
     /// The origin shared by children's nodes until one is cancelled on its own.
-    pub(crate) inert: std::rc::Rc<super::cancel_tree::ScopeState>,
+    pub(crate) inert: Rc<ScopeState>,
     /// The task being polled, and the address and vtable of its waker: lets a nursery recognise
     /// that its parent waker is a hatchery task of this run, and route wake-ups without it.
     pub(crate) entity: Cell<(WakeTarget, usize, usize)>,
@@ -160,9 +160,8 @@ static NEXT_RUN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 impl Core {
     pub(crate) fn new(parts: CoreParts) -> Core {
         let mut cancel = CancelTree::new();
-        let root_state = super::cancel_tree::ScopeState::new();
-        let root_status = cancel.enter(super::cancel_tree::NIL, root_state.clone());
-        root_state.phase.set(super::cancel_tree::Phase::Entered(root_status));
+        let root_status = cancel.enter(NIL, ScopeRef::Own(ScopeState::new()));
+        cancel.state(root_status).phase.set(Phase::Entered(root_status));
         Core {
             id: NEXT_RUN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             reactor: Reactor::new(parts.shared.clone()),
@@ -173,8 +172,8 @@ impl Core {
             clock: parts.clock,
             current_status: Cell::new(root_status),
             lazy_status: Cell::new(false),
-            materialized: Cell::new(super::cancel_tree::NIL),
-            inert: super::cancel_tree::ScopeState::new(),
+            materialized: Cell::new(NIL),
+            inert: Rc::new(ScopeState::new()),
             entity: Cell::new((WakeTarget::ROOT, 0, 0)),
             cancel_points: Cell::new(0),
             schedule_points: Cell::new(0),
@@ -237,7 +236,7 @@ impl Core {
     pub(crate) fn registration_status(&self) -> u32 {
         if self.lazy_status.get() {
             let parent = self.current_status.get();
-            let node = self.cancel.borrow_mut().enter(parent, self.inert.clone());
+            let node = self.cancel.borrow_mut().enter(parent, ScopeRef::Shared(self.inert.clone()));
             self.current_status.set(node);
             self.lazy_status.set(false);
             self.materialized.set(node);
