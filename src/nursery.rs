@@ -473,13 +473,12 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             }
         };
         {
+            // The child's origin of its own, held in its node: no handle can reach it, so it
+            // needs no phase or run of its own either.
             let mut tree = self.core.cancel.borrow_mut();
             if tree.state(node).is(&self.core.inert) {
                 tree.replace_state(node, ScopeRef::Own(ScopeState::new()));
             }
-            let state = tree.state(node);
-            state.phase.set(crate::runtime::cancel_tree::Phase::Entered(node));
-            state.run.set(self.core.id as u32);
         }
         let mut wakeups = Wakeups::default();
         cancel::cancel_node(&self.core, node, CancelSource::Explicit, reason, &mut wakeups);

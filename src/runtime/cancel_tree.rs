@@ -182,12 +182,13 @@ impl std::ops::Deref for ScopeRef {
 impl ScopeRef {
     /// The shared state, created from the one held in place if need be.
     pub(crate) fn share(&mut self) -> Rc<ScopeState> {
-        if let ScopeRef::Own(s) = self {
-            *self = ScopeRef::Shared(s.move_to_shared());
-        }
         match self {
             ScopeRef::Shared(rc) => rc.clone(),
-            ScopeRef::Own(_) => unreachable!("hatchery internal error: a scope state was not shared"),
+            ScopeRef::Own(s) => {
+                let rc = s.move_to_shared();
+                *self = ScopeRef::Shared(rc.clone());
+                rc
+            }
         }
     }
 

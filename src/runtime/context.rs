@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 
-use super::cancel_tree::{CancelTree, NIL, Phase, ScopeRef, ScopeState};
+use super::cancel_tree::{CancelTree, NIL, ScopeRef, ScopeState};
 use super::clock::{Clock, Instant};
 use super::deadlines::Deadlines;
 use super::reactor::Reactor;
@@ -160,8 +160,8 @@ static NEXT_RUN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 impl Core {
     pub(crate) fn new(parts: CoreParts) -> Core {
         let mut cancel = CancelTree::new();
+        // The root scope has no handle, so nothing reads its phase.
         let root_status = cancel.enter(NIL, ScopeRef::Own(ScopeState::new()));
-        cancel.state(root_status).phase.set(Phase::Entered(root_status));
         Core {
             id: NEXT_RUN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             reactor: Reactor::new(parts.shared.clone()),

@@ -74,12 +74,10 @@ impl Run {
         self.items.len() - self.head
     }
 
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
+    /// `items` is emptied (and `head` zeroed) as soon as the last live triple leaves, so its
+    /// last element is the run's.
     fn last(&self) -> Option<&Triple> {
-        if self.is_empty() { None } else { self.items.last() }
+        self.items.last()
     }
 
     fn retain(&mut self, keep: impl FnMut(&Triple) -> bool) {
@@ -111,9 +109,6 @@ pub(crate) struct Deadlines<T> {
     entries: Slab<Entry<T>>,
     /// Each in ascending order.
     runs: [Run; RUNS],
-    /// The deadline of each run's last triple; `Instant::ZERO` for an empty run (which takes
-    /// anything). Never below the true value, which only `push` raises.
-    backs: [Instant; RUNS],
     heap: BinaryHeap<Reverse<Triple>>,
     /// Triples in the runs and the heap, stale ones included.
     triples: usize,
@@ -129,7 +124,6 @@ impl<T> Default for Deadlines<T> {
         Deadlines {
             entries: Slab::new(),
             runs: Default::default(),
-            backs: [Instant::ZERO; RUNS],
             heap: BinaryHeap::new(),
             triples: 0,
             next_seq: NonZeroU32::MIN,
@@ -174,7 +168,8 @@ impl<T> Deadlines<T> {
         // that), so it is above a triple exactly when its deadline is not below that one's.
         let mut best = HEAP;
         let mut best_back = Instant::ZERO;
-        for (i, &back) in self.backs.iter().enumerate() {
+        for (i, run) in self.runs.iter().enumerate() {
+            let back = run.last().map_or(Instant::ZERO, |l| l.0);
             if back <= t.0 && (best == HEAP || back > best_back) {
                 best = i;
                 best_back = back;
@@ -184,7 +179,6 @@ impl<T> Deadlines<T> {
             self.heap.push(Reverse(t));
         } else {
             self.runs[best].items.push(t);
-            self.backs[best] = t.0;
         }
     }
 
@@ -208,9 +202,6 @@ impl<T> Deadlines<T> {
             self.heap.pop();
         } else {
             self.runs[at].pop_front();
-            if self.runs[at].is_empty() {
-                self.backs[at] = Instant::ZERO;
-            }
         }
         self.triples -= 1;
     }
@@ -278,10 +269,12 @@ impl<T> Deadlines<T> {
     /// The least live triple and where it is, dropping the stale ones before it.
     #[inline]
     fn least_live(&mut self) -> Option<(usize, Triple)> {
-        // Asked on every pass of the loop: with no deadline at all it must cost nothing.
-        if self.triples == 0 {
-            return None;
-        }
+        // Asked on every pass of the loop: with no deadline at all it must cost nothing, not
+        // even a call.
+        if self.triples == 0 { None } else { self.find_least_live() }
+    }
+
+    fn find_least_live(&mut self) -> Option<(usize, Triple)> {
         loop {
             let (at, t) = self.least()?;
             if Self::is_live(&self.entries, t.1, t.2) {
@@ -326,9 +319,8 @@ impl<T> Deadlines<T> {
         if self.triples > 2 * self.armed + PRUNE_SLACK {
             let entries = &self.entries;
             self.heap.retain(|Reverse((_, seq, key))| Self::is_live(entries, *seq, *key));
-            for (run, back) in self.runs.iter_mut().zip(&mut self.backs) {
+            for run in &mut self.runs {
                 run.retain(|(_, seq, key)| Self::is_live(entries, *seq, *key));
-                *back = run.last().map_or(Instant::ZERO, |t| t.0);
             }
             self.triples = self.heap.len() + self.runs.iter().map(Run::len).sum::<usize>();
         }
@@ -357,8 +349,6 @@ impl<T> Deadlines<T> {
         self.next_seq =
             NonZeroU32::new(live.len() as u32 + 1).expect("hatchery internal error: renumbering overflow");
         self.triples = live.len();
-        self.backs = [Instant::ZERO; RUNS];
-        self.backs[0] = live.last().map_or(Instant::ZERO, |t| t.0);
         self.runs[0] = Run { items: live, head: 0 };
     }
 }
