@@ -22,12 +22,13 @@ use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use crate::error::{BusyResource, Cancelled, ClosedResource};
 use crate::runtime::cancel_tree::NIL;
 use crate::runtime::context::{self, ParkRef, TimerTarget};
 use crate::runtime::reactor::{Dir, POLL_OP, Readiness};
+use crate::runtime::sched::WakeTarget;
 
 pub use crate::runtime::RunHandle;
 pub use crate::runtime::clock::Instant;
@@ -137,6 +138,154 @@ impl Future for YieldNow {
     }
 }
 
+/// The run being polled, looked up once for all the steps of one poll of an operation (each
+/// free function of this module looks it up again: a thread-local read and a reference count).
+/// The crate's own primitives use it on their hot paths; it is not public because a primitive
+/// written outside the crate follows the same protocol through the free functions.
+pub(crate) struct Here {
+    core: std::rc::Rc<context::Core>,
+}
+
+impl Here {
+    /// # Panics
+    ///
+    /// Outside a run.
+    #[inline]
+    pub(crate) fn get() -> Here {
+        Here { core: context::core() }
+    }
+
+    /// [`checkpoint_if_cancelled`].
+    #[inline]
+    pub(crate) fn cancel_point(&self) -> Result<(), Cancelled> {
+        match cancel_point(&self.core) {
+            Some(c) => Err(c),
+            None => Ok(()),
+        }
+    }
+
+    /// The schedule point of an operation that completed ([`cancel_shielded_checkpoint`]):
+    /// true if it passes at once. If not, the task has been woken to run in the next batch:
+    /// return `Pending`, and the result on the next poll.
+    #[inline]
+    pub(crate) fn schedule_point(&self, cx: &Context<'_>) -> bool {
+        if self.core.pass_schedule_point() {
+            return true;
+        }
+        self.core.wake_self(cx.waker());
+        false
+    }
+
+    /// Who to wake, later, for the poll that has `waker` (see [`Wakeup`]).
+    #[inline]
+    pub(crate) fn wakeup(&self, waker: &Waker) -> Wakeup {
+        match self.task_of(waker) {
+            Some(task) => Wakeup::Task(task),
+            None => Wakeup::Waker(waker.clone()),
+        }
+    }
+
+    /// Makes `slot` wake the poll that has `waker`; returns the waker replaced, to be dropped
+    /// once no `RefCell` is borrowed (a waker's destructor is foreign code).
+    #[must_use = "drop the replaced waker after the borrow ends"]
+    #[inline]
+    pub(crate) fn refresh(&self, slot: &mut Wakeup, waker: &Waker) -> Option<Waker> {
+        match (self.task_of(waker), &*slot) {
+            (Some(task), Wakeup::Task(old)) if *old == task => None,
+            (None, Wakeup::Waker(old)) if old.will_wake(waker) => None,
+            _ => match std::mem::replace(slot, self.wakeup(waker)) {
+                Wakeup::Waker(old) => Some(old),
+                Wakeup::Task(_) => None,
+            },
+        }
+    }
+
+    /// Wakes `w` (with this run in hand: no thread-local lookup for a task).
+    #[inline]
+    pub(crate) fn wake(&self, w: Wakeup) {
+        match w {
+            Wakeup::Task(t) if t.run == self.core.id as u32 => self.core.wake(t.target),
+            Wakeup::Task(_) => {}
+            Wakeup::Waker(w) => w.wake(),
+        }
+    }
+
+    /// Registers for cancellation ([`Park::poll_cancel`]).
+    #[inline]
+    pub(crate) fn poll_cancel(&self, park: &mut Park, cx: &mut Context<'_>) -> Poll<Cancelled> {
+        park.poll_cancel_in(&self.core, cx)
+    }
+
+    /// The task being polled, if `waker` is its own.
+    #[inline]
+    fn task_of(&self, waker: &Waker) -> Option<TaskRef> {
+        let (target, data, vtable) = self.core.entity.get();
+        (context::waker_id(waker) == (data, vtable)).then_some(TaskRef { run: self.core.id as u32, target })
+    }
+}
+
+/// A hatchery task of one run, named without a waker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskRef {
+    /// Low 32 bits of the run's id (as in [`Park`]): a record left over from an earlier run on
+    /// this thread (a leaked future) wakes nothing in a later one.
+    run: u32,
+    target: WakeTarget,
+}
+
+/// Whom a primitive wakes when it completes a parked operation.
+///
+/// An operation polled by a hatchery task with that task's own waker (nearly always) is
+/// recorded by the task's scheduler target, the way cancellation records owners (DESIGN.md
+/// 4.2): parking clones no waker, the task's lent waker goes back to the pool after the poll,
+/// and the wake goes straight into the scheduler. Any other waker (a foreign combinator's) is
+/// cloned and kept. The primitives using this are `!Send`, so a wake happens on the run's
+/// thread; one that happens after its run ended (the record of a leaked future) does nothing.
+#[derive(Debug)]
+pub(crate) enum Wakeup {
+    Task(TaskRef),
+    Waker(Waker),
+}
+
+impl Wakeup {
+    /// Who to wake for the poll that has `waker` (for paths without a [`Here`]); outside a run,
+    /// the waker.
+    pub(crate) fn new(waker: &Waker) -> Wakeup {
+        match context::try_core() {
+            Some(core) => Here { core }.wakeup(waker),
+            None => Wakeup::Waker(waker.clone()),
+        }
+    }
+
+    /// [`Here::refresh`], for paths without a [`Here`].
+    #[must_use = "drop the replaced waker after the borrow ends"]
+    pub(crate) fn refresh(&mut self, waker: &Waker) -> Option<Waker> {
+        match context::try_core() {
+            Some(core) => Here { core }.refresh(self, waker),
+            None => match self {
+                Wakeup::Waker(old) if old.will_wake(waker) => None,
+                _ => match std::mem::replace(self, Wakeup::Waker(waker.clone())) {
+                    Wakeup::Waker(old) => Some(old),
+                    Wakeup::Task(_) => None,
+                },
+            },
+        }
+    }
+
+    /// Wakes it, looking up the run if it names a task (for paths without a [`Here`]: drops,
+    /// closes).
+    pub(crate) fn wake(self) {
+        match self {
+            Wakeup::Task(t) => {
+                if let Some(core) = context::try_core().filter(|c| c.id as u32 == t.run) {
+                    core.wake(t.target);
+                }
+            }
+            Wakeup::Waker(w) => w.wake(),
+        }
+    }
+}
+
 /// A parked operation's registration for cancellation: the abort path of the parking protocol.
 ///
 /// Keep one in a future that may wait. While the future is parked, call
@@ -184,12 +333,16 @@ impl Park {
     ///
     /// Outside a run.
     pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
-        let core = context::core();
-        if let Some(c) = cancel_point(&core) {
+        self.poll_cancel_in(&context::core(), cx)
+    }
+
+    #[inline]
+    fn poll_cancel_in(&mut self, core: &context::Core, cx: &mut Context<'_>) -> Poll<Cancelled> {
+        if let Some(c) = cancel_point(core) {
             self.unpark();
             return Poll::Ready(c);
         }
-        self.register(&core, cx);
+        self.register(core, cx);
         Poll::Pending
     }
 

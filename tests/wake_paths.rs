@@ -16,7 +16,10 @@ use std::task::{Context, Poll};
 use hatchery::lowlevel::Timer;
 use hatchery::sync::Event;
 use hatchery::testing::{self, registrations, wait_all_tasks_blocked};
-use hatchery::{CancelScope, CancelSource, Cancelled, Error, Instant, now, nursery, sleep, sleep_forever};
+use hatchery::{
+    CancelScope, CancelSource, Cancelled, Error, Instant, RecvError, channel, now, nursery, sleep,
+    sleep_forever,
+};
 use support::{DropCounter, at, foreign_waker, poll_once, poll_once_foreign, secs};
 
 type Moved = Pin<Box<dyn Future<Output = Result<Option<()>, Cancelled>>>>;
@@ -369,4 +372,123 @@ fn a_waker_a_child_gave_away_keeps_naming_that_child() {
         .unwrap();
         assert_eq!(polls_b.get(), 2, "B was polled once more, by the cancellation");
     });
+}
+
+/// A waker that counts its wakes and forwards them to the task's own.
+struct CountingForward {
+    wakes: std::sync::atomic::AtomicU32,
+    to: std::task::Waker,
+}
+
+impl std::task::Wake for CountingForward {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.to.wake_by_ref();
+    }
+}
+
+type MovedRecv<'a> = Pin<Box<dyn Future<Output = Result<u32, RecvError>> + 'a>>;
+
+/// A parked channel operation polled with its task's own waker records the task, not a waker
+/// (DESIGN §7.1). When its future moves to another task, the first poll there must record the
+/// new task: the value sent later wakes B, which would otherwise wait for ever.
+#[test]
+fn a_receive_moved_to_another_task_while_parked_wakes_that_task() {
+    testing::run(async {
+        let (tx, rx) = channel::<u32>(0);
+        let slot: RefCell<Option<MovedRecv<'_>>> = RefCell::new(None);
+        let handed = Event::new();
+        let got = Cell::new(None);
+        nursery(async |n| {
+            let (slot, handed, got, rx) = (&slot, &handed, &got, &rx);
+            n.start_soon(async move {
+                let mut fut: MovedRecv<'_> = Box::pin(rx.recv());
+                assert!(poll_once(fut.as_mut()).await.is_pending());
+                *slot.borrow_mut() = Some(fut);
+                handed.set();
+                sleep_forever().await?;
+                Ok::<(), Error>(())
+            });
+            n.start_soon(async move {
+                handed.wait().await?;
+                let mut fut = slot.borrow_mut().take().expect("handed over");
+                // B parks it once itself, then waits on it.
+                assert!(poll_once(fut.as_mut()).await.is_pending());
+                got.set(Some((fut.await?, now())));
+                Ok::<(), Error>(())
+            });
+            sleep(secs(5)).await?;
+            tx.try_send(7).expect("a receiver waits");
+            wait_all_tasks_blocked().await?;
+            assert_eq!(got.get(), Some((7, at(5))), "B woke at the send");
+            n.cancel_scope().cancel();
+            Ok(())
+        })
+        .await
+        .unwrap();
+    });
+}
+
+/// Polled through a foreign waker, a parked send keeps a clone of that waker and is woken
+/// through it; re-polled with the task's own waker, it gives the clone back (dropped, not
+/// leaked) and is woken straight into the scheduler from then on.
+#[test]
+fn a_send_parked_through_a_foreign_waker_then_its_own_wakes_the_right_one() {
+    testing::run(async {
+        let (tx, rx) = channel::<u32>(0);
+        let mut send = tx.send(1);
+        let counter = std::future::poll_fn(|cx| {
+            Poll::Ready(std::sync::Arc::new(CountingForward {
+                wakes: std::sync::atomic::AtomicU32::new(0),
+                to: cx.waker().clone(),
+            }))
+        })
+        .await;
+        let foreign = std::task::Waker::from(counter.clone());
+        assert!(Pin::new(&mut send).poll(&mut Context::from_waker(&foreign)).is_pending());
+        // `counter`, `foreign`, the channel's clone and the cancellation waiter's clone.
+        assert_eq!(std::sync::Arc::strong_count(&counter), 4, "the channel keeps a clone");
+        // Completed by a receiver: woken through the foreign waker.
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(counter.wakes.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(std::sync::Arc::strong_count(&counter), 3, "the woken clone is gone");
+        assert_eq!(send.await, Ok(()));
+        assert_eq!(std::sync::Arc::strong_count(&counter), 2, "and so is the waiter's");
+
+        let mut send = tx.send(2);
+        assert!(Pin::new(&mut send).poll(&mut Context::from_waker(&foreign)).is_pending());
+        assert_eq!(std::sync::Arc::strong_count(&counter), 4);
+        assert!(poll_once(&mut send).await.is_pending());
+        assert_eq!(std::sync::Arc::strong_count(&counter), 2, "the own waker replaced both clones");
+        assert_eq!(rx.try_recv(), Ok(2));
+        assert_eq!(counter.wakes.load(std::sync::atomic::Ordering::Relaxed), 1, "not woken through it");
+        assert_eq!(send.await, Ok(()));
+    });
+}
+
+/// A parked receive whose future was leaked records its task by its run: a value sent to it in
+/// a later run on the same thread (the value is lost with the leaked future, as any leak loses
+/// what it holds) wakes nothing there. The later run's root is polled exactly twice: once to
+/// start, once when its sleep ends, and not a third time by the stale record.
+#[test]
+fn a_receive_leaked_in_one_run_wakes_nothing_in_the_next() {
+    let (tx, rx) = channel::<u32>(0);
+    testing::run(async {
+        let mut recv = rx.recv();
+        assert!(poll_once(&mut recv).await.is_pending());
+        std::mem::forget(recv);
+    });
+    let polls = Cell::new(0);
+    testing::run(Counted {
+        polls: &polls,
+        fut: Box::pin(async {
+            tx.try_send(5).expect("the leaked receive still waits");
+            sleep(secs(1)).await
+        }),
+    })
+    .unwrap();
+    assert_eq!(polls.get(), 2);
 }

@@ -215,6 +215,12 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         }
         // Both exist: the child's registrations are under `made`, the cancellation is on
         // `during`. Give `made` the cancelled origin and wake what hangs below it.
+        // The slot names `made` from now on: `during` is freed below, and the slot must not name
+        // a freed node even for the moment before the caller stores the result (a handle's
+        // cancel, woken re-entrantly, reads it).
+        if let Some(slot) = self.inner.borrow_mut().children.get_mut(index as usize - 1) {
+            slot.node = made;
+        }
         let mut wakeups = Wakeups::default();
         {
             let mut tree = self.core.cancel.borrow_mut();

@@ -18,7 +18,8 @@ mod mutex;
 mod parking_lot;
 mod semaphore;
 
-// -- a waiter's waker slot, kept up to date (channels, generate, the parking lot) --
+// -- a waiter's waker slot, kept up to date (`generate`; channels and the parking lot record
+// a `lowlevel::Wakeup`) --
 mod waker_slot;
 
 pub use condition::{Condition, ConditionStatistics, ConditionWait, WaitError};

@@ -42,8 +42,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Cancelled;
+use crate::lowlevel::Wakeup;
 use crate::lowlevel::{Park, YieldNow, cancel_shielded_checkpoint, checkpoint_if_cancelled};
-use crate::sync::waker_slot::refresh;
 
 /// A waiter's place in a lot: a slot and the generation of its occupant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub(crate) enum Status {
 
 enum SlotState {
     Free,
-    Waiting(Waker),
+    Waiting(Wakeup),
     Done(Status),
 }
 
@@ -144,7 +144,7 @@ impl Lot {
 
     /// Takes the oldest waiter out of the queue, puts `next` in its slot and returns its ticket
     /// and waker.
-    fn pop_waiting(&mut self, next: Status) -> Option<(Ticket, Waker)> {
+    fn pop_waiting(&mut self, next: Status) -> Option<(Ticket, Wakeup)> {
         while let Some(t) = self.queue.pop_front() {
             let slot = &mut self.slots[t.key as usize];
             if slot.generation == t.generation && matches!(slot.state, SlotState::Waiting(_)) {
@@ -159,7 +159,7 @@ impl Lot {
     }
 
     /// Appends a waiter (or, in a broken lot, records it as broken at once).
-    fn push(&mut self, waker: Waker) -> (Ticket, Option<Waker>) {
+    fn push(&mut self, waker: Wakeup) -> (Ticket, Option<Wakeup>) {
         if self.broken {
             return (self.alloc(SlotState::Done(Status::Broken)), Some(waker));
         }
@@ -209,7 +209,7 @@ impl ParkingLot {
     /// Parks a waiter at the tail of the queue; `waker` is woken when its fate changes. In a
     /// broken lot the waiter is broken at once (and `waker` woken).
     pub(crate) fn park(&self, waker: &Waker) -> Ticket {
-        let (t, wake) = self.lot.borrow_mut().push(waker.clone());
+        let (t, wake) = self.lot.borrow_mut().push(Wakeup::new(waker));
         if let Some(w) = wake {
             w.wake();
         }
@@ -222,7 +222,7 @@ impl ParkingLot {
         let mut lot = self.lot.borrow_mut();
         match lot.slot(t) {
             SlotState::Waiting(w) => {
-                let old = refresh(w, waker);
+                let old = w.refresh(waker);
                 drop(lot);
                 drop(old);
                 Status::Waiting
@@ -302,7 +302,7 @@ impl ParkingLot {
                 wakers.push(w);
             }
         }
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.into_iter().for_each(Wakeup::wake);
     }
 }
 

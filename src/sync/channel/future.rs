@@ -11,16 +11,12 @@ use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use super::error::{RecvError, SendError, SendErrorKind, TryRecvError, TrySendError};
 use super::state::{Polled, RecvFailure, SendFailure, State};
 use super::{Receiver, Sender};
-use crate::lowlevel::{Park, YieldNow, cancel_shielded_checkpoint, checkpoint_if_cancelled};
-
-fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
-    wakers.into_iter().for_each(Waker::wake);
-}
+use crate::lowlevel::{Here, Park, Wakeup};
 
 /// Future of [`Sender::send`]. Resolves to `Ok(())` once the value was taken (into the buffer
 /// or by a receiver), or to a [`SendError`] that hands the value back.
@@ -60,8 +56,9 @@ enum SendState<T> {
         key: usize,
         park: Park,
     },
-    /// Delivered on the fast path; passing the cancel-shielded schedule point.
-    Yield(YieldNow),
+    /// Delivered on the fast path; the cancel-shielded schedule point yielded (the turn's
+    /// budget was spent): ready on the next poll.
+    Yielded,
     Done,
 }
 
@@ -74,7 +71,8 @@ impl<'a, T> SendFuture<'a, T> {
     }
 
     fn start(&mut self, value: T, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
-        if let Err(c) = checkpoint_if_cancelled() {
+        let here = Here::get();
+        if let Err(c) = here.cancel_point() {
             return Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))));
         }
         if self.sender.is_closed() {
@@ -84,20 +82,21 @@ impl<'a, T> SendFuture<'a, T> {
         match state.try_send(value) {
             Ok(woken) => {
                 drop(state);
-                let mut y = cancel_shielded_checkpoint();
                 // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
-                let passed = Pin::new(&mut y).poll(cx).is_ready();
-                self.state = if passed { SendState::Done } else { SendState::Yield(y) };
-                wake_all(woken);
+                let passed = here.schedule_point(cx);
+                self.state = if passed { SendState::Done } else { SendState::Yielded };
+                if let Some(w) = woken {
+                    here.wake(w);
+                }
                 if passed { Poll::Ready(Ok(())) } else { Poll::Pending }
             }
             Err(TrySendError::Full(value)) => {
-                let key = state.park_sender(value, self.sender.id, cx.waker());
+                let key = state.park_sender(value, self.sender.id, here.wakeup(cx.waker()));
                 drop(state);
                 self.state = SendState::Parked { key, park: Park::new() };
                 // Nothing can have taken the value yet (no other code ran): no need to ask the
                 // channel about the new entry.
-                self.poll_cancel_parked(cx)
+                self.poll_cancel_parked(&here, cx)
             }
             Err(TrySendError::Disconnected(value)) => {
                 drop(state);
@@ -109,11 +108,18 @@ impl<'a, T> SendFuture<'a, T> {
 
     fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
         let SendState::Parked { key, .. } = self.state else { unreachable!() };
-        let polled = self.sender.shared.borrow_mut().poll_sender(key, cx.waker());
+        // The run is looked up only if the send still waits (a completed one needs nothing).
+        let mut here = None;
+        let polled = self
+            .sender
+            .shared
+            .borrow_mut()
+            .poll_sender(key, |w| here.insert(Here::get()).refresh(w, cx.waker()));
         let result = match polled {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
-                return self.poll_cancel_parked(cx);
+                let here = here.expect("hatchery internal error: a waiting send was not refreshed");
+                return self.poll_cancel_parked(&here, cx);
             }
             Polled::Done(Ok(())) => Ok(()),
             Polled::Done(Err((why, value))) => Err(SendError::new(
@@ -132,9 +138,9 @@ impl<'a, T> SendFuture<'a, T> {
     /// A parked send that nothing has completed: registers for cancellation, and when one
     /// arrives, takes the value back out of the channel.
     #[inline(always)]
-    fn poll_cancel_parked(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+    fn poll_cancel_parked(&mut self, here: &Here, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
         let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
-        let Poll::Ready(c) = park.poll_cancel(cx) else { return Poll::Pending };
+        let Poll::Ready(c) = here.poll_cancel(park, cx) else { return Poll::Pending };
         let value = self.sender.shared.borrow_mut().cancel_sender(*key);
         self.state = SendState::Done;
         Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))))
@@ -154,10 +160,7 @@ impl<T> Future for SendFuture<'_, T> {
                 this.start(value, cx)
             }
             SendState::Parked { .. } => this.poll_parked(cx),
-            SendState::Yield(y) => {
-                if Pin::new(y).poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
+            SendState::Yielded => {
                 this.state = SendState::Done;
                 Poll::Ready(Ok(()))
             }
@@ -180,7 +183,7 @@ impl<T> fmt::Debug for SendFuture<'_, T> {
         let state = match self.state {
             SendState::Start(_) => "not started",
             SendState::Parked { .. } => "waiting",
-            SendState::Yield(_) => "delivered",
+            SendState::Yielded => "delivered",
             SendState::Done => "done",
         };
         f.debug_struct("SendFuture").field("state", &state).finish_non_exhaustive()
@@ -203,11 +206,15 @@ impl RecvWait {
         shared: &RefCell<State<T>>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, RecvError>> {
-        let polled = shared.borrow_mut().poll_receiver(self.key, cx.waker());
+        // The run is looked up only if the receive still waits (a completed one needs nothing).
+        let mut here = None;
+        let polled =
+            shared.borrow_mut().poll_receiver(self.key, |w| here.insert(Here::get()).refresh(w, cx.waker()));
         match polled {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
-                self.poll_cancel(shared, cx).map(Err)
+                let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
+                self.poll_cancel(&here, shared, cx).map(Err)
             }
             Polled::Done(r) => Poll::Ready(r.map_err(|why| match why {
                 RecvFailure::Closed => RecvError::Closed,
@@ -219,8 +226,13 @@ impl RecvWait {
     /// A parked receive that nothing has completed: registers for cancellation, and when one
     /// arrives, removes the entry (nothing was consumed).
     #[inline]
-    fn poll_cancel<T>(&mut self, shared: &RefCell<State<T>>, cx: &mut Context<'_>) -> Poll<RecvError> {
-        let Poll::Ready(c) = self.park.poll_cancel(cx) else { return Poll::Pending };
+    fn poll_cancel<T>(
+        &mut self,
+        here: &Here,
+        shared: &RefCell<State<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<RecvError> {
+        let Poll::Ready(c) = here.poll_cancel(&mut self.park, cx) else { return Poll::Pending };
         shared.borrow_mut().cancel_receiver(self.key);
         Poll::Ready(RecvError::Cancelled(c))
     }
@@ -228,16 +240,16 @@ impl RecvWait {
     /// The parked receive is dropped: a value already handed to it goes back to the channel.
     pub(super) fn abandon<T>(&self, shared: &RefCell<State<T>>) {
         let (woken, undeliverable) = shared.borrow_mut().abandon_receiver(self.key);
-        wake_all(woken);
+        woken.into_iter().for_each(Wakeup::wake);
         drop(undeliverable);
     }
 }
 
 /// The outcome of the start of a receive.
 pub(super) enum RecvStart<T> {
-    /// Got a value without waiting (the caller decides about a schedule point), and the waker
-    /// of the sender that completed, to wake once the value is stored.
-    Now(T, Option<Waker>),
+    /// Got a value without waiting (the caller decides about a schedule point), and the
+    /// sender that completed, to wake once the value is stored.
+    Now(T, Option<Wakeup>),
     /// Parked: poll the wait again later.
     Parked(RecvWait),
     /// Failed without waiting.
@@ -246,8 +258,8 @@ pub(super) enum RecvStart<T> {
 
 impl<T> Receiver<T> {
     /// The start of a receive: cancel point, then S6.3, then park.
-    pub(super) fn start_recv(&self, cx: &mut Context<'_>) -> RecvStart<T> {
-        if let Err(c) = checkpoint_if_cancelled() {
+    pub(super) fn start_recv(&self, here: &Here, cx: &mut Context<'_>) -> RecvStart<T> {
+        if let Err(c) = here.cancel_point() {
             return RecvStart::Failed(RecvError::Cancelled(c));
         }
         if self.is_closed() {
@@ -257,12 +269,12 @@ impl<T> Receiver<T> {
         match state.try_recv() {
             Ok((v, woken)) => RecvStart::Now(v, woken),
             Err(TryRecvError::Empty) => {
-                let key = state.park_receiver(self.id, cx.waker());
+                let key = state.park_receiver(self.id, here.wakeup(cx.waker()));
                 drop(state);
                 // Nobody can have sent or closed meanwhile (no other code ran): no need to ask
                 // the channel about the new entry.
                 let mut wait = RecvWait { key, park: Park::new() };
-                match wait.poll_cancel(&self.shared, cx) {
+                match wait.poll_cancel(here, &self.shared, cx) {
                     Poll::Pending => RecvStart::Parked(wait),
                     Poll::Ready(e) => RecvStart::Failed(e),
                 }
@@ -275,7 +287,7 @@ impl<T> Receiver<T> {
     /// A value taken on the fast path whose future was dropped before returning it.
     fn restore(&self, value: T) {
         let (woken, undeliverable) = self.shared.borrow_mut().restore(value);
-        wake_all(woken);
+        woken.into_iter().for_each(Wakeup::wake);
         drop(undeliverable);
     }
 }
@@ -313,8 +325,9 @@ pub struct RecvFuture<'a, T> {
 enum RecvState<T> {
     Start,
     Parked(RecvWait),
-    /// Received on the fast path; passing the cancel-shielded schedule point before returning.
-    Yield(YieldNow, Option<T>),
+    /// Received on the fast path; the cancel-shielded schedule point yielded (the turn's
+    /// budget was spent): the value is returned on the next poll.
+    Yielded(Option<T>),
     Done,
 }
 
@@ -333,35 +346,38 @@ impl<T> Future for RecvFuture<'_, T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         match &mut this.state {
-            RecvState::Start => match this.receiver.start_recv(cx) {
-                RecvStart::Now(v, woken) => {
-                    let mut y = cancel_shielded_checkpoint();
-                    // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
-                    if Pin::new(&mut y).poll(cx).is_ready() {
-                        this.state = RecvState::Done;
-                        wake_all(woken);
-                        return Poll::Ready(Ok(v));
+            RecvState::Start => {
+                let here = Here::get();
+                match this.receiver.start_recv(&here, cx) {
+                    RecvStart::Now(v, woken) => {
+                        // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
+                        let passed = here.schedule_point(cx);
+                        if let Some(w) = woken {
+                            here.wake(w);
+                        }
+                        if passed {
+                            this.state = RecvState::Done;
+                            return Poll::Ready(Ok(v));
+                        }
+                        this.state = RecvState::Yielded(Some(v));
+                        Poll::Pending
                     }
-                    this.state = RecvState::Yield(y, Some(v));
-                    wake_all(woken);
-                    Poll::Pending
+                    RecvStart::Parked(wait) => {
+                        this.state = RecvState::Parked(wait);
+                        Poll::Pending
+                    }
+                    RecvStart::Failed(e) => {
+                        this.state = RecvState::Done;
+                        Poll::Ready(Err(e))
+                    }
                 }
-                RecvStart::Parked(wait) => {
-                    this.state = RecvState::Parked(wait);
-                    Poll::Pending
-                }
-                RecvStart::Failed(e) => {
-                    this.state = RecvState::Done;
-                    Poll::Ready(Err(e))
-                }
-            },
+            }
             RecvState::Parked(wait) => {
                 let r = std::task::ready!(wait.poll(&this.receiver.shared, cx));
                 this.state = RecvState::Done;
                 Poll::Ready(r)
             }
-            RecvState::Yield(y, v) => {
-                std::task::ready!(Pin::new(y).poll(cx));
+            RecvState::Yielded(v) => {
                 let v = v.take().expect("hatchery internal error: received value missing");
                 this.state = RecvState::Done;
                 Poll::Ready(Ok(v))
@@ -375,7 +391,7 @@ impl<T> Drop for RecvFuture<'_, T> {
     fn drop(&mut self) {
         match mem::replace(&mut self.state, RecvState::Done) {
             RecvState::Parked(wait) => wait.abandon(&self.receiver.shared),
-            RecvState::Yield(_, Some(v)) => self.receiver.restore(v),
+            RecvState::Yielded(Some(v)) => self.receiver.restore(v),
             _ => {}
         }
     }
@@ -386,7 +402,7 @@ impl<T> fmt::Debug for RecvFuture<'_, T> {
         let state = match self.state {
             RecvState::Start => "not started",
             RecvState::Parked(_) => "waiting",
-            RecvState::Yield(..) => "received",
+            RecvState::Yielded(_) => "received",
             RecvState::Done => "done",
         };
         f.debug_struct("RecvFuture").field("state", &state).finish_non_exhaustive()

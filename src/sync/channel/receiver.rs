@@ -4,13 +4,14 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 #[cfg(doc)]
 use super::Sender;
 use super::future::{RecvStart, RecvWait};
 use super::state::{HandleId, State};
 use super::{ChannelStatistics, RecvError, RecvFuture, TryRecvError};
+use crate::lowlevel::{Here, Wakeup};
 
 /// The receiving side of a channel. Clone it for more consumers (each value goes to one of
 /// them); dropping it closes it.
@@ -136,7 +137,7 @@ impl<T> Receiver<T> {
         }
         let r = self.shared.borrow_mut().try_recv();
         r.map(|(v, woken)| {
-            woken.into_iter().for_each(Waker::wake);
+            woken.into_iter().for_each(Wakeup::wake);
             v
         })
     }
@@ -162,7 +163,7 @@ impl<T> Receiver<T> {
             return;
         }
         let (woken, discarded) = self.shared.borrow_mut().close_receiver(self.id);
-        woken.into_iter().for_each(Waker::wake);
+        woken.into_iter().for_each(Wakeup::wake);
         drop(discarded);
     }
 
@@ -297,9 +298,9 @@ impl<T> futures_core::Stream for Receiver<T> {
                 this.stream = None;
                 r
             }
-            None => match this.start_recv(cx) {
+            None => match this.start_recv(&Here::get(), cx) {
                 RecvStart::Now(v, woken) => {
-                    woken.into_iter().for_each(Waker::wake);
+                    woken.into_iter().for_each(Wakeup::wake);
                     Ok(v)
                 }
                 RecvStart::Parked(wait) => {

@@ -3,12 +3,12 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
-use std::task::Waker;
 
 use super::state::{HandleId, State};
 use super::{ChannelStatistics, SendFuture, TrySendError};
 #[cfg(doc)]
 use super::{RecvError, SendError, SendErrorKind, channel};
+use crate::lowlevel::Wakeup;
 
 /// The sending side of a channel. Clone it for more producers; dropping it closes it.
 ///
@@ -120,7 +120,7 @@ impl<T> Sender<T> {
             return Err(TrySendError::Closed(value));
         }
         let r = self.shared.borrow_mut().try_send(value);
-        r.map(|woken| woken.into_iter().for_each(Waker::wake))
+        r.map(|woken| woken.into_iter().for_each(Wakeup::wake))
     }
 
     /// Closes this handle (S6.6, S6.7): synchronous, idempotent, not a checkpoint. Tasks waiting
@@ -147,7 +147,7 @@ impl<T> Sender<T> {
             return;
         }
         let woken = self.shared.borrow_mut().close_sender(self.id);
-        woken.into_iter().for_each(Waker::wake);
+        woken.into_iter().for_each(Wakeup::wake);
     }
 
     /// Whether this handle is closed.

@@ -20,7 +20,7 @@ use std::task::Waker;
 
 use super::ChannelStatistics;
 use super::error::{TryRecvError, TrySendError};
-use crate::sync::waker_slot::refresh;
+use crate::lowlevel::Wakeup;
 
 /// Identifies one handle (one clone) of either side.
 pub(super) type HandleId = u64;
@@ -33,7 +33,7 @@ pub(super) enum SendEntry<T> {
     Waiting {
         value: T,
         handle: HandleId,
-        waker: Waker,
+        waker: Wakeup,
     },
     /// The value was taken (into the buffer or by a receiver): the send succeeded.
     Sent,
@@ -52,7 +52,7 @@ pub(super) enum SendFailure {
 pub(super) enum RecvEntry<T> {
     Waiting {
         handle: HandleId,
-        waker: Waker,
+        waker: Wakeup,
     },
     /// A value was handed to this receiver.
     Got(T),
@@ -187,7 +187,7 @@ impl<T> State<T> {
     /// S6.2 from step 2 (the caller checked its handle): every receiver closed, a waiting
     /// receiver (it owns the value), room in the buffer (unless senders wait: they own it).
     /// On success, the waker of the receiver that got the value.
-    pub(super) fn try_send(&mut self, value: T) -> Result<Option<Waker>, TrySendError<T>> {
+    pub(super) fn try_send(&mut self, value: T) -> Result<Option<Wakeup>, TrySendError<T>> {
         if self.open_receivers == 0 {
             return Err(TrySendError::Disconnected(value));
         }
@@ -208,7 +208,7 @@ impl<T> State<T> {
     /// as successful (for a full buffer this is exactly Trio's "push the sender's value, then pop
     /// the head"). With capacity 0 the sender's value is taken directly. On success, the value
     /// and the waker of the sender that completed.
-    pub(super) fn try_recv(&mut self) -> Result<(T, Option<Waker>), TryRecvError> {
+    pub(super) fn try_recv(&mut self) -> Result<(T, Option<Wakeup>), TryRecvError> {
         if let Some(v) = self.buffer.pop_front() {
             let mut woken = None;
             if self.buffer.len() < self.capacity
@@ -227,7 +227,7 @@ impl<T> State<T> {
         if self.open_senders == 0 { Err(TryRecvError::EndOfChannel) } else { Err(TryRecvError::Empty) }
     }
 
-    fn complete_sender(&mut self, key: usize) -> (T, Waker) {
+    fn complete_sender(&mut self, key: usize) -> (T, Wakeup) {
         match mem::replace(self.senders.get_mut(key), SendEntry::Sent) {
             SendEntry::Waiting { value, waker, .. } => (value, waker),
             _ => panic!("{BUG}"),
@@ -240,25 +240,30 @@ impl<T> State<T> {
     }
 
     /// Parks a send whose `try_send` found no room.
-    pub(super) fn park_sender(&mut self, value: T, handle: HandleId, waker: &Waker) -> usize {
-        let key = self.senders.insert(SendEntry::Waiting { value, handle, waker: waker.clone() });
+    pub(super) fn park_sender(&mut self, value: T, handle: HandleId, waker: Wakeup) -> usize {
+        let key = self.senders.insert(SendEntry::Waiting { value, handle, waker });
         self.send_queue.push_back(key);
         self.debug_check();
         key
     }
 
     /// Parks a receive whose `try_recv` found nothing.
-    pub(super) fn park_receiver(&mut self, handle: HandleId, waker: &Waker) -> usize {
-        let key = self.receivers.insert(RecvEntry::Waiting { handle, waker: waker.clone() });
+    pub(super) fn park_receiver(&mut self, handle: HandleId, waker: Wakeup) -> usize {
+        let key = self.receivers.insert(RecvEntry::Waiting { handle, waker });
         self.recv_queue.push_back(key);
         self.debug_check();
         key
     }
 
-    /// A parked send looks at its entry; a completed one frees its slot.
-    pub(super) fn poll_sender(&mut self, key: usize, waker: &Waker) -> Polled<Result<(), (SendFailure, T)>> {
+    /// A parked send looks at its entry; a completed one frees its slot. While it waits,
+    /// `refresh` brings its wake-up up to date (and returns a replaced waker).
+    pub(super) fn poll_sender(
+        &mut self,
+        key: usize,
+        refresh: impl FnOnce(&mut Wakeup) -> Option<Waker>,
+    ) -> Polled<Result<(), (SendFailure, T)>> {
         match self.senders.get_mut(key) {
-            SendEntry::Waiting { waker: stored, .. } => Polled::Waiting(refresh(stored, waker)),
+            SendEntry::Waiting { waker: stored, .. } => Polled::Waiting(refresh(stored)),
             _ => Polled::Done(match self.senders.remove(key) {
                 SendEntry::Sent => Ok(()),
                 SendEntry::Failed(why, value) => Err((why, value)),
@@ -267,10 +272,15 @@ impl<T> State<T> {
         }
     }
 
-    /// A parked receive looks at its entry; a completed one frees its slot.
-    pub(super) fn poll_receiver(&mut self, key: usize, waker: &Waker) -> Polled<Result<T, RecvFailure>> {
+    /// A parked receive looks at its entry; a completed one frees its slot. While it waits,
+    /// `refresh` brings its wake-up up to date (and returns a replaced waker).
+    pub(super) fn poll_receiver(
+        &mut self,
+        key: usize,
+        refresh: impl FnOnce(&mut Wakeup) -> Option<Waker>,
+    ) -> Polled<Result<T, RecvFailure>> {
         match self.receivers.get_mut(key) {
-            RecvEntry::Waiting { waker: stored, .. } => Polled::Waiting(refresh(stored, waker)),
+            RecvEntry::Waiting { waker: stored, .. } => Polled::Waiting(refresh(stored)),
             _ => Polled::Done(match self.receivers.remove(key) {
                 RecvEntry::Got(v) => Ok(v),
                 RecvEntry::Failed(why) => Err(why),
@@ -308,7 +318,7 @@ impl<T> State<T> {
 
     /// The future of a parked receive was dropped. A value already handed to it is given back
     /// to the channel ([`restore`](State::restore)): the waker to wake and the value to drop.
-    pub(super) fn abandon_receiver(&mut self, key: usize) -> (Option<Waker>, Option<T>) {
+    pub(super) fn abandon_receiver(&mut self, key: usize) -> (Option<Wakeup>, Option<T>) {
         match self.receivers.get_mut(key) {
             RecvEntry::Waiting { .. } => {
                 self.cancel_receiver(key);
@@ -327,7 +337,7 @@ impl<T> State<T> {
     /// The buffer may then hold more than `capacity` values; senders keep waiting until it
     /// drains below. If every receiver is closed there is nobody to give it to: it is discarded
     /// like the rest of the buffer (returned, for the caller to drop).
-    pub(super) fn restore(&mut self, value: T) -> (Option<Waker>, Option<T>) {
+    pub(super) fn restore(&mut self, value: T) -> (Option<Wakeup>, Option<T>) {
         if self.open_receivers == 0 {
             return (None, Some(value));
         }
@@ -344,7 +354,7 @@ impl<T> State<T> {
 
     /// Sender `handle` closes (S6.6): its own waiting sends fail with `Closed` and get their
     /// values back; if it was the last open sender, every waiting receive gets `EndOfChannel`.
-    pub(super) fn close_sender(&mut self, handle: HandleId) -> Vec<Waker> {
+    pub(super) fn close_sender(&mut self, handle: HandleId) -> Vec<Wakeup> {
         self.open_senders -= 1;
         let mut wake = Vec::new();
         let senders = &mut self.senders;
@@ -375,7 +385,7 @@ impl<T> State<T> {
     /// Receiver `handle` closes (S6.6): its own waiting receives fail with `Closed`; if it was
     /// the last open receiver, every waiting send fails with `Disconnected` (values handed
     /// back) and the buffer is discarded (returned, for the caller to drop after the borrow).
-    pub(super) fn close_receiver(&mut self, handle: HandleId) -> (Vec<Waker>, VecDeque<T>) {
+    pub(super) fn close_receiver(&mut self, handle: HandleId) -> (Vec<Wakeup>, VecDeque<T>) {
         self.open_receivers -= 1;
         let mut wake = Vec::new();
         let receivers = &mut self.receivers;
