@@ -26,9 +26,9 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{BusyResource, Cancelled, ClosedResource};
 use crate::runtime::cancel_tree::NIL;
+pub(crate) use crate::runtime::context::Wakeup;
 use crate::runtime::context::{self, ParkRef, TimerTarget};
 use crate::runtime::reactor::{Dir, POLL_OP, Readiness};
-use crate::runtime::sched::WakeTarget;
 
 pub use crate::runtime::RunHandle;
 pub use crate::runtime::clock::Instant;
@@ -179,10 +179,7 @@ impl Here {
     /// Who to wake, later, for the poll that has `waker` (see [`Wakeup`]).
     #[inline]
     pub(crate) fn wakeup(&self, waker: &Waker) -> Wakeup {
-        match self.task_of(waker) {
-            Some(task) => Wakeup::Task(task),
-            None => Wakeup::Waker(waker.clone()),
-        }
+        self.core.wakeup(waker)
     }
 
     /// Makes `slot` wake the poll that has `waker`; returns the waker replaced, to be dropped
@@ -190,99 +187,19 @@ impl Here {
     #[must_use = "drop the replaced waker after the borrow ends"]
     #[inline]
     pub(crate) fn refresh(&self, slot: &mut Wakeup, waker: &Waker) -> Option<Waker> {
-        match (self.task_of(waker), &*slot) {
-            (Some(task), Wakeup::Task(old)) if *old == task => None,
-            (None, Wakeup::Waker(old)) if old.will_wake(waker) => None,
-            _ => match std::mem::replace(slot, self.wakeup(waker)) {
-                Wakeup::Waker(old) => Some(old),
-                Wakeup::Task(_) => None,
-            },
-        }
+        self.core.refresh_wakeup(slot, waker)
     }
 
     /// Wakes `w` (with this run in hand: no thread-local lookup for a task).
     #[inline]
     pub(crate) fn wake(&self, w: Wakeup) {
-        match w {
-            Wakeup::Task(t) if t.run == self.core.id as u32 => self.core.wake(t.target),
-            Wakeup::Task(_) => {}
-            Wakeup::Waker(w) => w.wake(),
-        }
+        self.core.wake_up(w)
     }
 
     /// Registers for cancellation ([`Park::poll_cancel`]).
     #[inline]
     pub(crate) fn poll_cancel(&self, park: &mut Park, cx: &mut Context<'_>) -> Poll<Cancelled> {
         park.poll_cancel_in(&self.core, cx)
-    }
-
-    /// The task being polled, if `waker` is its own.
-    #[inline]
-    fn task_of(&self, waker: &Waker) -> Option<TaskRef> {
-        let (target, data, vtable) = self.core.entity.get();
-        (context::waker_id(waker) == (data, vtable)).then_some(TaskRef { run: self.core.id as u32, target })
-    }
-}
-
-/// A hatchery task of one run, named without a waker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TaskRef {
-    /// Low 32 bits of the run's id (as in [`Park`]): a record left over from an earlier run on
-    /// this thread (a leaked future) wakes nothing in a later one.
-    run: u32,
-    target: WakeTarget,
-}
-
-/// Whom a primitive wakes when it completes a parked operation.
-///
-/// An operation polled by a hatchery task with that task's own waker (nearly always) is
-/// recorded by the task's scheduler target, the way cancellation records owners (DESIGN.md
-/// 4.2): parking clones no waker, the task's lent waker goes back to the pool after the poll,
-/// and the wake goes straight into the scheduler. Any other waker (a foreign combinator's) is
-/// cloned and kept. The primitives using this are `!Send`, so a wake happens on the run's
-/// thread; one that happens after its run ended (the record of a leaked future) does nothing.
-#[derive(Debug)]
-pub(crate) enum Wakeup {
-    Task(TaskRef),
-    Waker(Waker),
-}
-
-impl Wakeup {
-    /// Who to wake for the poll that has `waker` (for paths without a [`Here`]); outside a run,
-    /// the waker.
-    pub(crate) fn new(waker: &Waker) -> Wakeup {
-        match context::try_core() {
-            Some(core) => Here { core }.wakeup(waker),
-            None => Wakeup::Waker(waker.clone()),
-        }
-    }
-
-    /// [`Here::refresh`], for paths without a [`Here`].
-    #[must_use = "drop the replaced waker after the borrow ends"]
-    pub(crate) fn refresh(&mut self, waker: &Waker) -> Option<Waker> {
-        match context::try_core() {
-            Some(core) => Here { core }.refresh(self, waker),
-            None => match self {
-                Wakeup::Waker(old) if old.will_wake(waker) => None,
-                _ => match std::mem::replace(self, Wakeup::Waker(waker.clone())) {
-                    Wakeup::Waker(old) => Some(old),
-                    Wakeup::Task(_) => None,
-                },
-            },
-        }
-    }
-
-    /// Wakes it, looking up the run if it names a task (for paths without a [`Here`]: drops,
-    /// closes).
-    pub(crate) fn wake(self) {
-        match self {
-            Wakeup::Task(t) => {
-                if let Some(core) = context::try_core().filter(|c| c.id as u32 == t.run) {
-                    core.wake(t.target);
-                }
-            }
-            Wakeup::Waker(w) => w.wake(),
-        }
     }
 }
 
@@ -404,9 +321,7 @@ impl<T: AsFd> IoSource<T> {
     /// Wakes any task waiting on this source with [`ClosedResource`]; later waits fail the same
     /// way. Call it before closing the descriptor while other tasks may be using it.
     pub fn notify_closing(&self) {
-        for w in self.reg.reactor().notify_closing(self.reg.key) {
-            w.wake();
-        }
+        self.reg.notify_closing();
     }
 
     /// Forgets that the descriptor was readable. Call it when your own non-blocking syscall
@@ -532,7 +447,7 @@ impl<T: AsFd> IoSource<T> {
                 }
             }
             let fd = self.get_ref().as_fd();
-            match reactor.poll_ready(self.reg.key, dir, POLL_OP, cx.waker(), fd)? {
+            match self.reg.poll_ready(dir, POLL_OP, cx.waker(), fd)? {
                 Readiness::Ready => continue,
                 Readiness::Busy => {
                     park.unpark();
@@ -625,7 +540,7 @@ struct ReadyWait<'a, T: AsFd> {
 impl<T: AsFd> ReadyWait<'_, T> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let fd = self.src.get_ref().as_fd();
-        let r = self.src.reg.reactor().poll_ready(self.src.reg.key, self.dir, self.id, cx.waker(), fd);
+        let r = self.src.reg.poll_ready(self.dir, self.id, cx.waker(), fd);
         match r {
             Err(e) => Poll::Ready(Err(e)),
             Ok(Readiness::Ready) => {

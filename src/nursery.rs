@@ -280,6 +280,11 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
                 n.core.cancel.borrow_mut().exit(slot.node);
             }
         }
+        // Wakers kept by children that were dropped unfinished (dropped here, nothing borrowed).
+        let kept = std::mem::take(&mut n.inner.borrow_mut().kept);
+        let held = kept.iter().flatten().count();
+        n.core.held_wakers.set(n.core.held_wakers.get() - held);
+        drop(kept);
         let parent = n.core.sched.borrow_mut().close_group(n.group);
         drop(parent);
         cancel::exit(&n.core, n.node);

@@ -306,6 +306,11 @@ pub struct Registrations {
     pub io_sources: usize,
     /// Open nursery groups.
     pub nurseries: usize,
+    /// Children holding on to a waker between polls because something else keeps a clone of
+    /// their waker (a combinator of another crate, a waker user code stashed). The crate's own
+    /// primitives (channels, locks, events, sockets, timers) record the task instead of a
+    /// waker, so a child parked on one of them holds none.
+    pub held_wakers: usize,
 }
 
 /// The current [`Registrations`].
@@ -322,5 +327,6 @@ pub fn registrations() -> Registrations {
         timers: core.timers.borrow().len(),
         io_sources: core.reactor.source_count(),
         nurseries: core.sched.borrow().group_count(),
+        held_wakers: core.held_wakers.get(),
     }
 }

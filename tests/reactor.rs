@@ -577,3 +577,53 @@ fn a_stream_from_another_thread_arrives_whole_until_eof() {
     assert_eq!(got.len(), CHUNKS * CHUNK);
     assert!(got == expected, "the bytes arrive complete and in order");
 }
+
+/// A waker that counts its wakes and forwards them.
+struct CountingForward {
+    wakes: std::sync::atomic::AtomicU32,
+    to: std::task::Waker,
+}
+
+impl std::task::Wake for CountingForward {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.to.wake_by_ref();
+    }
+}
+
+/// A read parked through a foreign waker: the reactor keeps a clone of that waker (and the
+/// cancel tree another). Re-polled with the task's own waker, it gives both back, the reactor
+/// records the task itself (DESIGN §7b), and the write that follows wakes the task, not the
+/// foreign waker.
+#[test]
+fn a_read_parked_through_a_foreign_waker_then_its_own_gives_the_clone_back() {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let got = testing::run(async {
+        let (a, b) = socket_pair()?;
+        let counter = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(Arc::new(CountingForward {
+                wakes: std::sync::atomic::AtomicU32::new(0),
+                to: cx.waker().clone(),
+            }))
+        })
+        .await;
+        let foreign = std::task::Waker::from(counter.clone());
+        let mut buf = [0u8; 8];
+        let mut read = Box::pin(read_some(&a, &mut buf));
+        assert!(read.as_mut().poll(&mut std::task::Context::from_waker(&foreign)).is_pending());
+        assert_eq!(Arc::strong_count(&counter), 4, "counter, foreign, the reactor's and the waiter's clones");
+        assert!(poll_once(read.as_mut()).await.is_pending());
+        assert_eq!(Arc::strong_count(&counter), 2, "both clones given back");
+        assert_eq!(b.get_ref().write(b"x")?, 1);
+        let k = read.await?;
+        assert_eq!(counter.wakes.load(Ordering::Relaxed), 0, "the task was woken, not the foreign waker");
+        drop(foreign);
+        Ok::<_, io::Error>((k, buf[0]))
+    });
+    assert_eq!(got.unwrap(), (1, b'x'));
+}

@@ -492,3 +492,60 @@ fn a_receive_leaked_in_one_run_wakes_nothing_in_the_next() {
     .unwrap();
     assert_eq!(polls.get(), 2);
 }
+
+/// The crate's primitives record a parked task, not a clone of its waker (DESIGN §7b), so a
+/// child parked on a channel, a lock, an event, a socket or a timer holds no waker between
+/// polls (its lent waker went back to the pool). A child whose waker is stashed elsewhere does
+/// hold one, until a poll finds the clone gone.
+#[test]
+fn children_parked_on_the_crates_primitives_hold_no_waker() {
+    testing::run(async {
+        let (tx, rx) = channel::<u32>(0);
+        let (tx_full, _rx_full) = channel::<u32>(0);
+        let lock = hatchery::sync::Mutex::new(());
+        let event = Event::new();
+        let (sock_a, _sock_b) = hatchery::net::UnixStream::pair()?;
+        let stash: RefCell<Option<std::task::Waker>> = RefCell::new(None);
+        let guard = lock.lock().await?;
+        nursery(async |n| {
+            let (rx, tx_full, lock, event, sock_a, stash) = (&rx, &tx_full, &lock, &event, &sock_a, &stash);
+            n.start_soon(async move { rx.recv().await.map(drop).map_err(Error::from) });
+            n.start_soon(async move { tx_full.send(1).await.map_err(|e| Error::from(e.kind)) });
+            n.start_soon(async move { lock.lock().await.map(drop).map_err(Error::from) });
+            n.start_soon(async move { event.wait().await.map_err(Error::from) });
+            n.start_soon(async move {
+                let mut buf = [0u8; 4];
+                sock_a.read(&mut buf).await.map(drop).map_err(Error::from)
+            });
+            n.start_soon(async move { sleep(secs(10)).await.map_err(Error::from) });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(registrations().held_wakers, 0);
+            n.start_soon(async move {
+                let mut first = true;
+                std::future::poll_fn(|cx| {
+                    if std::mem::take(&mut first) {
+                        *stash.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                })
+                .await;
+                Ok::<(), Error>(())
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(registrations().held_wakers, 1, "the stashing child keeps its waker");
+            stash.borrow_mut().take().expect("stashed").wake();
+            wait_all_tasks_blocked().await?;
+            assert_eq!(registrations().held_wakers, 0, "it finished");
+            tx.try_send(1).expect("the receiver waits");
+            n.cancel_scope().cancel();
+            Ok::<(), Error>(())
+        })
+        .await?;
+        drop(guard);
+        assert_eq!(registrations().held_wakers, 0);
+        Ok::<(), Error>(())
+    })
+    .unwrap();
+}

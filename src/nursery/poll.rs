@@ -127,7 +127,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                         let (node, wants_node) = (slot.node, slot.wants_node);
                         let kept = inner.kept.get_mut(index as usize - 1).and_then(Option::take);
                         let waker = match kept {
-                            Some(w) => w,
+                            Some(w) => {
+                                core.held_wakers.set(core.held_wakers.get() - 1);
+                                w
+                            }
                             None => core.wakers.borrow_mut().lend(&core.shared, self.target(index)),
                         };
                         Some((t, waker, node, wants_node))
@@ -173,6 +176,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                         inner.kept.resize_with((i + 1).next_power_of_two(), || None);
                     }
                     inner.kept[i] = Some(w);
+                    core.held_wakers.set(core.held_wakers.get() + 1);
                 }
             }
             Ok(Poll::Ready(Ok(()))) => self.finish_child(index, task, node),

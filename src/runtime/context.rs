@@ -25,6 +25,69 @@ pub(crate) enum ParkRef {
     Waiter(u32),
 }
 
+/// A hatchery task of one run, named without a waker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskRef {
+    /// Low 32 bits of the run's id (as in `lowlevel::Park`): a record left over from an earlier
+    /// run on this thread (a leaked future) wakes nothing in a later one.
+    run: u32,
+    target: WakeTarget,
+}
+
+/// Whom a primitive or the reactor wakes when it completes a parked operation.
+///
+/// An operation polled by a hatchery task with that task's own waker (nearly always) is
+/// recorded by the task's scheduler target, the way cancellation records owners (DESIGN.md
+/// 4.2): parking clones no waker, the task's lent waker goes back to the pool after the poll,
+/// and the wake goes straight into the scheduler. Any other waker (a foreign combinator's) is
+/// cloned and kept. Whatever records one is `!Send` (a channel, a parking lot, a reactor
+/// source), so a wake happens on the run's thread; one that happens after its run ended (the
+/// record of a leaked future) does nothing.
+#[derive(Debug)]
+pub(crate) enum Wakeup {
+    Task(TaskRef),
+    Waker(Waker),
+}
+
+impl Wakeup {
+    /// Who to wake for the poll that has `waker`, for paths without the run in hand; outside a
+    /// run, the waker.
+    pub(crate) fn new(waker: &Waker) -> Wakeup {
+        match try_core() {
+            Some(core) => core.wakeup(waker),
+            None => Wakeup::Waker(waker.clone()),
+        }
+    }
+
+    /// [`Core::refresh_wakeup`], for paths without the run in hand.
+    #[must_use = "drop the replaced waker after the borrow ends"]
+    pub(crate) fn refresh(&mut self, waker: &Waker) -> Option<Waker> {
+        match try_core() {
+            Some(core) => core.refresh_wakeup(self, waker),
+            None => match self {
+                Wakeup::Waker(old) if old.will_wake(waker) => None,
+                _ => match std::mem::replace(self, Wakeup::Waker(waker.clone())) {
+                    Wakeup::Waker(old) => Some(old),
+                    Wakeup::Task(_) => None,
+                },
+            },
+        }
+    }
+
+    /// Wakes it, looking up the run if it names a task (for paths without the run in hand:
+    /// drops, closes, `try_` calls).
+    pub(crate) fn wake(self) {
+        match self {
+            Wakeup::Task(t) => {
+                if let Some(core) = try_core() {
+                    core.wake_up(Wakeup::Task(t));
+                }
+            }
+            Wakeup::Waker(w) => w.wake(),
+        }
+    }
+}
+
 /// What a deadline entry stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimerTarget {
@@ -133,6 +196,9 @@ pub(crate) struct Core {
     pub(crate) next_id: Cell<u64>,
     /// Tasks alive in this run (root and nursery children), for introspection and leak tests.
     pub(crate) live_tasks: Cell<usize>,
+    /// Children holding on to their lent waker between polls, because something keeps a clone
+    /// of it (`testing::Registrations::held_wakers`).
+    pub(crate) held_wakers: Cell<usize>,
     /// Work outside the run that a task is waiting for (a `to_thread` job): while it is not zero,
     /// a virtual clock does not autojump (DESIGN §6).
     pub(crate) external_work: Cell<usize>,
@@ -185,6 +251,7 @@ impl Core {
             wakers: RefCell::new(Default::default()),
             next_id: Cell::new(1),
             live_tasks: Cell::new(1),
+            held_wakers: Cell::new(0),
             external_work: Cell::new(0),
             thread_limiter: std::cell::OnceCell::new(),
         }
@@ -284,6 +351,48 @@ impl Core {
         make: impl FnOnce() -> crate::sync::CapacityLimiter,
     ) -> Rc<crate::sync::CapacityLimiter> {
         self.thread_limiter.get_or_init(|| Rc::new(make())).clone()
+    }
+
+    /// The task being polled, if `waker` is its own.
+    #[inline]
+    fn task_of(&self, waker: &Waker) -> Option<TaskRef> {
+        let (target, data, vtable) = self.entity.get();
+        (waker_id(waker) == (data, vtable)).then_some(TaskRef { run: self.id as u32, target })
+    }
+
+    /// Who to wake, later, for the poll that has `waker` (see [`Wakeup`]).
+    #[inline]
+    pub(crate) fn wakeup(&self, waker: &Waker) -> Wakeup {
+        match self.task_of(waker) {
+            Some(task) => Wakeup::Task(task),
+            None => Wakeup::Waker(waker.clone()),
+        }
+    }
+
+    /// Makes `slot` wake the poll that has `waker`; returns the waker replaced, to be dropped
+    /// once no `RefCell` is borrowed (a waker's destructor is foreign code).
+    #[must_use = "drop the replaced waker after the borrow ends"]
+    #[inline]
+    pub(crate) fn refresh_wakeup(&self, slot: &mut Wakeup, waker: &Waker) -> Option<Waker> {
+        match (self.task_of(waker), &*slot) {
+            (Some(task), Wakeup::Task(old)) if *old == task => None,
+            (None, Wakeup::Waker(old)) if old.will_wake(waker) => None,
+            _ => match std::mem::replace(slot, self.wakeup(waker)) {
+                Wakeup::Waker(old) => Some(old),
+                Wakeup::Task(_) => None,
+            },
+        }
+    }
+
+    /// Wakes `w`: a task of this run straight into the scheduler; a task of another run
+    /// (a leaked record) not at all.
+    #[inline]
+    pub(crate) fn wake_up(&self, w: Wakeup) {
+        match w {
+            Wakeup::Task(t) if t.run == self.id as u32 => self.wake(t.target),
+            Wakeup::Task(_) => {}
+            Wakeup::Waker(w) => w.wake(),
+        }
     }
 
     /// Routes a wake-up that happened on this thread.

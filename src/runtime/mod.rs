@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::error::{RunError, RunFinished};
@@ -218,7 +218,7 @@ impl Drop for RunGuard {
 fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
     let mut future = pin!(future);
     let root_waker = TaskWaker::waker(&core.shared, WakeTarget::ROOT);
-    let mut wakers: Vec<Waker> = Vec::new();
+    let mut wakers: Vec<context::Wakeup> = Vec::new();
     let mut wakeups = Wakeups::default();
     let mut remote_wakes: Vec<WakeTarget> = Vec::new();
     let mut callbacks: VecDeque<sched::Callback> = VecDeque::new();
@@ -290,7 +290,7 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
                 panic!("hatchery internal error: waiting for I/O failed: {e}");
             }
             for w in wakers.drain(..) {
-                w.wake();
+                core.wake_up(w);
             }
         }
 

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use polling::{Event, Events, PollMode};
 
+use super::context::{Core, Wakeup};
 use super::sched::Shared;
 use super::slab::Slab;
 
@@ -54,8 +55,8 @@ struct DirState {
     /// The OS reported the end of this direction (peer shut down or reset, or an error): sticky,
     /// so a short read that drains the data in front of the end of stream cannot hide it.
     hup: bool,
-    /// The one waiting operation: its id and waker.
-    waiter: Option<(u64, Waker)>,
+    /// The one waiting operation: its id and whom to wake.
+    waiter: Option<(u64, Wakeup)>,
 }
 
 #[derive(Debug)]
@@ -140,8 +141,8 @@ fn direct_delete(r: &Reactor, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()>
     }
 }
 
-/// Wakes its waker, if any, when dropped.
-struct WakeOnDrop(Option<Waker>);
+/// Wakes its wake-up, if any, when dropped.
+struct WakeOnDrop(Option<Wakeup>);
 
 impl Drop for WakeOnDrop {
     fn drop(&mut self) {
@@ -219,10 +220,11 @@ impl Reactor {
         ev
     }
 
-    /// Polls readiness of one direction for the operation `op_id`, registering its waker if not
-    /// ready.
+    /// Polls readiness of one direction for the operation `op_id`, registering its wake-up (for
+    /// `waker`, in the run `core`) if not ready.
     pub(crate) fn poll_ready(
         &self,
+        core: &Core,
         key: usize,
         dir: Dir,
         op_id: u64,
@@ -257,16 +259,14 @@ impl Reactor {
                         d.waiter = None;
                         return Ok(Readiness::Ready);
                     }
-                    if !w.will_wake(waker) {
-                        _replaced = Some(std::mem::replace(w, waker.clone()));
-                    }
+                    _replaced = core.refresh_wakeup(w, waker);
                     false
                 }
                 None => {
                     if d.ready {
                         return Ok(Readiness::Ready);
                     }
-                    d.waiter = Some((op_id, waker.clone()));
+                    d.waiter = Some((op_id, core.wakeup(waker)));
                     !self.edge
                 }
             }
@@ -315,8 +315,8 @@ impl Reactor {
         }
     }
 
-    /// Marks the source closed and returns the wakers of its waiters (to wake outside).
-    pub(crate) fn notify_closing(&self, key: usize) -> Vec<Waker> {
+    /// Marks the source closed and returns the wake-ups of its waiters (to wake outside).
+    pub(crate) fn notify_closing(&self, key: usize) -> Vec<Wakeup> {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
         let mut out = Vec::new();
@@ -328,8 +328,9 @@ impl Reactor {
         out
     }
 
-    /// Waits for I/O events (at most `timeout`) and returns the wakers of the tasks they concern.
-    pub(crate) fn wait(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
+    /// Waits for I/O events (at most `timeout`) and returns the wake-ups of the tasks they
+    /// concern.
+    pub(crate) fn wait(&self, timeout: Option<Duration>, wakers: &mut Vec<Wakeup>) -> io::Result<()> {
         // Sources were registered with epoll directly (`direct_add`), so wait there too.
         #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
         return self.wait_epoll(timeout, wakers);
@@ -339,7 +340,7 @@ impl Reactor {
 
     /// The portable wait, through `Poller::wait`. Used on every platform but Linux, and on
     /// Linux when built with `--cfg polling_test_poll_backend` (CI runs the suite that way too).
-    fn wait_polling(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
+    fn wait_polling(&self, timeout: Option<Duration>, wakers: &mut Vec<Wakeup>) -> io::Result<()> {
         let mut events = self.events.borrow_mut();
         events.clear();
         // A wake-up from another thread can be missed by this backend (see the EAGAIN case
@@ -378,7 +379,7 @@ impl Reactor {
     /// it and reset polling's coalescing flag, and its events are delivered too. The timerfd is
     /// never armed on this path (timeouts go to `epoll_wait` itself).
     #[cfg(all(any(target_os = "linux", target_os = "android"), not(polling_test_poll_backend)))]
-    fn wait_epoll(&self, timeout: Option<Duration>, wakers: &mut Vec<Waker>) -> io::Result<()> {
+    fn wait_epoll(&self, timeout: Option<Duration>, wakers: &mut Vec<Wakeup>) -> io::Result<()> {
         use rustix::event::{Timespec, epoll};
         let mut raw = self.raw_events.borrow_mut();
         raw.clear();
@@ -413,13 +414,13 @@ impl Reactor {
         self.rearm(rearm)
     }
 
-    /// Records one event for `key` and collects the wakers it concerns.
+    /// Records one event for `key` and collects the wake-ups it concerns.
     fn deliver(
         &self,
         key: usize,
         (readable, writable): (bool, bool),
         (read_hup, write_hup): (bool, bool),
-        wakers: &mut Vec<Waker>,
+        wakers: &mut Vec<Wakeup>,
         rearm: &mut Vec<(std::os::fd::RawFd, usize)>,
     ) {
         let (index, generation) = unpack(key);
@@ -519,6 +520,24 @@ impl Registration {
         &self.core.reactor
     }
 
+    /// [`Reactor::poll_ready`] for this source.
+    pub(crate) fn poll_ready(
+        &self,
+        dir: Dir,
+        op_id: u64,
+        waker: &Waker,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<Readiness> {
+        self.core.reactor.poll_ready(&self.core, self.key, dir, op_id, waker, fd)
+    }
+
+    /// Marks the source closed and wakes its waiters.
+    pub(crate) fn notify_closing(&self) {
+        for w in self.core.reactor.notify_closing(self.key) {
+            self.core.wake_up(w);
+        }
+    }
+
     /// The run this registration belongs to.
     pub(crate) fn run_id(&self) -> u64 {
         self.core.id
@@ -541,7 +560,7 @@ impl Drop for Registration {
         };
         self.core.reactor.sources.borrow_mut().remove(index);
         for w in wakers {
-            w.wake();
+            self.core.wake_up(w);
         }
     }
 }
