@@ -518,8 +518,29 @@ fn children_parked_on_the_crates_primitives_hold_no_waker() {
                 sock_a.read(&mut buf).await.map(drop).map_err(Error::from)
             });
             n.start_soon(async move { sleep(secs(10)).await.map_err(Error::from) });
+            // `generate`: the producer waits for a request, then (once asked) the consumer
+            // waits for the item while the producer sleeps.
+            n.start_soon(async move {
+                hatchery::sync::generate(
+                    async |y| {
+                        sleep(secs(20)).await?;
+                        y.yield_(1u32).await?;
+                        Ok::<(), Error>(())
+                    },
+                    async |items| {
+                        sleep(secs(1)).await?;
+                        items.recv().await?;
+                        Ok(())
+                    },
+                )
+                .await?;
+                Ok::<(), Error>(())
+            });
             wait_all_tasks_blocked().await?;
-            assert_eq!(registrations().held_wakers, 0);
+            assert_eq!(registrations().held_wakers, 0, "the producer waits for a request");
+            sleep(secs(2)).await?;
+            wait_all_tasks_blocked().await?;
+            assert_eq!(registrations().held_wakers, 0, "the consumer waits for the item");
             n.start_soon(async move {
                 let mut first = true;
                 std::future::poll_fn(|cx| {

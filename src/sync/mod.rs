@@ -18,8 +18,7 @@ mod mutex;
 mod parking_lot;
 mod semaphore;
 
-// -- a waiter's waker slot, kept up to date (`generate`; channels and the parking lot record
-// a `lowlevel::Wakeup`) --
+// -- an optional wake-up slot kept up to date (`generate`) --
 mod waker_slot;
 
 pub use condition::{Condition, ConditionStatistics, ConditionWait, WaitError};

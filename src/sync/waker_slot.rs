@@ -1,28 +1,24 @@
-//! Keeping a waiter's waker up to date without dropping the old one under a borrow.
+//! Keeping a waiter's wake-up up to date without dropping an old waker under a borrow.
 //!
-//! A future re-polled by another task, or with a new waker, must leave its new waker behind;
-//! one that still wakes the same task is kept (`Waker::will_wake`), saving a clone. The waker
-//! replaced is handed back, not dropped: a waker's destructor is foreign code that may call
-//! back into the primitive, so the caller drops it after its `RefCell` borrow has ended.
+//! A future re-polled by another task, or with a new waker, must leave its new wake-up behind;
+//! one that still wakes the same task is kept, saving a clone. A waker replaced is handed back,
+//! not dropped: a waker's destructor is foreign code that may call back into the primitive, so
+//! the caller drops it after its `RefCell` borrow has ended.
 
 use std::task::Waker;
 
-/// Makes `slot` hold `new`, unless the waker there already wakes the same task; returns the
-/// waker replaced, to be dropped after the borrow.
-#[must_use = "drop the replaced waker after the borrow ends"]
-#[inline]
-pub(crate) fn refresh(slot: &mut Waker, new: &Waker) -> Option<Waker> {
-    if slot.will_wake(new) { None } else { Some(std::mem::replace(slot, new.clone())) }
-}
+use crate::lowlevel::Wakeup;
 
-/// [`refresh`] for a slot that may be empty: an empty one is filled.
+/// Makes `slot` wake the poll that has `new` (filling an empty slot); returns the waker
+/// replaced, to be dropped after the borrow. The task polled with its own waker is recorded as
+/// the task (see [`Wakeup`]); a waker that still wakes the same task is kept, saving a clone.
 #[must_use = "drop the replaced waker after the borrow ends"]
 #[inline]
-pub(crate) fn store(slot: &mut Option<Waker>, new: &Waker) -> Option<Waker> {
+pub(crate) fn store(slot: &mut Option<Wakeup>, new: &Waker) -> Option<Waker> {
     match slot {
-        Some(w) => refresh(w, new),
+        Some(w) => w.refresh(new),
         None => {
-            *slot = Some(new.clone());
+            *slot = Some(Wakeup::new(new));
             None
         }
     }
@@ -50,7 +46,8 @@ mod tests {
         assert!(store(&mut slot, &wa.clone()).is_none());
         assert_eq!(Arc::strong_count(&a), 3, "the same task's waker is not cloned again");
         let old = store(&mut slot, &wb).expect("another task's waker replaces it");
-        assert!(old.will_wake(&wa) && slot.as_ref().is_some_and(|w| w.will_wake(&wb)));
+        assert!(old.will_wake(&wa));
+        assert!(matches!(&slot, Some(Wakeup::Waker(w)) if w.will_wake(&wb)), "outside a run: the waker");
         assert_eq!((Arc::strong_count(&a), Arc::strong_count(&b)), (3, 3), "the old one is not dropped yet");
         drop(old);
         assert_eq!(Arc::strong_count(&a), 2);

@@ -8,11 +8,12 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use super::super::channel::RecvError;
 use crate::CancelHandle;
 use crate::error::{CancelSource, Cancelled};
+use crate::lowlevel::Wakeup;
 use crate::lowlevel::{Park, checkpoint_if_cancelled};
 use crate::sync::waker_slot::store;
 
@@ -44,10 +45,11 @@ pub(super) struct State<T> {
     pub(super) end: Option<End>,
     /// The consumer is done (its body finished, or it closed its `Items`).
     pub(super) consumer_done: bool,
-    /// The waiting receive's waker.
-    consumer: Option<Waker>,
-    /// The waiting producer's waker (waiting for a request, before it starts or in a yield).
-    producer: Option<Waker>,
+    /// Whom to wake for the waiting receive.
+    consumer: Option<Wakeup>,
+    /// Whom to wake for the waiting producer (waiting for a request, before it starts or in a
+    /// yield).
+    producer: Option<Wakeup>,
 }
 
 /// How the start of a receive ended.
@@ -247,10 +249,11 @@ impl<T> Link<T> {
         if st.consumer_done {
             return Ask::Gone;
         }
-        let old = if st.asked { st.producer.take() } else { store(&mut st.producer, cx.waker()) };
+        let (old, taken) =
+            if st.asked { (None, st.producer.take()) } else { (store(&mut st.producer, cx.waker()), None) };
         let asked = st.asked;
         drop(st);
-        drop(old);
+        drop((old, taken));
         if asked { Ask::Asked } else { Ask::Wait }
     }
 
