@@ -292,6 +292,7 @@ pub fn live_tasks() -> usize {
 /// Counts of the run's internal registrations, for leak checks in tests: entered cancel-status
 /// nodes (the run's root included), parked waiters, timers and I/O sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Registrations {
     /// Entered cancel scopes, nursery scopes and per-child nodes, plus the run's root.
     pub cancel_nodes: usize,

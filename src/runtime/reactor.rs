@@ -232,8 +232,10 @@ impl Reactor {
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> io::Result<Readiness> {
         let (index, generation) = unpack(key);
-        // Dropped after the borrow below ends: a replaced waker's destructor may be foreign code.
+        // Dropped after the borrow below ends: a replaced or finished waiter's waker's
+        // destructor may be foreign code.
         let mut _replaced = None;
+        let mut _finished = None;
         // Woken (after the borrow ends) if a poll-style waiter is displaced.
         let mut evicted = WakeOnDrop(None);
         let rearm = {
@@ -256,7 +258,7 @@ impl Reactor {
                 Some((id, _)) if *id != op_id => return Ok(Readiness::Busy),
                 Some((_, w)) => {
                     if d.ready {
-                        d.waiter = None;
+                        _finished = d.waiter.take();
                         return Ok(Readiness::Ready);
                     }
                     _replaced = core.refresh_wakeup(w, waker);
@@ -296,13 +298,17 @@ impl Reactor {
     /// The operation `op_id` stops waiting (completed, cancelled or dropped).
     pub(crate) fn forget_waiter(&self, key: usize, dir: Dir, op_id: u64) {
         let (index, generation) = unpack(key);
-        let mut sources = self.sources.borrow_mut();
-        if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
-            let d = s.dir(dir);
-            if matches!(d.waiter, Some((id, _)) if id == op_id) {
-                d.waiter = None;
+        // Dropped after the borrow below ends: a waker's destructor may be foreign code.
+        let _forgotten = {
+            let mut sources = self.sources.borrow_mut();
+            match sources.get_mut(index).filter(|s| same_source(s, generation)) {
+                Some(s) => {
+                    let d = s.dir(dir);
+                    if matches!(d.waiter, Some((id, _)) if id == op_id) { d.waiter.take() } else { None }
+                }
+                None => None,
             }
-        }
+        };
     }
 
     /// The task's syscall said `WouldBlock`: the direction is not ready any more.
@@ -531,10 +537,11 @@ impl Registration {
         self.core.reactor.poll_ready(&self.core, self.key, dir, op_id, waker, fd)
     }
 
-    /// Marks the source closed and wakes its waiters.
+    /// Marks the source closed and wakes its waiters (through the run on this thread, as in
+    /// `drop`).
     pub(crate) fn notify_closing(&self) {
         for w in self.core.reactor.notify_closing(self.key) {
-            self.core.wake_up(w);
+            w.wake();
         }
     }
 
@@ -547,6 +554,8 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let wakers = self.core.reactor.notify_closing(self.key);
+        // Woken through the run on this thread (not `self.core`): a source that outlives its
+        // run wakes nothing in the ended run.
         let (index, _) = unpack(self.key);
         // SAFETY: the invariant says `fd` is still open here (the owner drops the descriptor
         // only after this Registration).
@@ -560,7 +569,7 @@ impl Drop for Registration {
         };
         self.core.reactor.sources.borrow_mut().remove(index);
         for w in wakers {
-            self.core.wake_up(w);
+            w.wake();
         }
     }
 }

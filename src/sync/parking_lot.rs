@@ -209,7 +209,9 @@ impl ParkingLot {
     /// Parks a waiter at the tail of the queue; `waker` is woken when its fate changes. In a
     /// broken lot the waiter is broken at once (and `waker` woken).
     pub(crate) fn park(&self, waker: &Waker) -> Ticket {
-        let (t, wake) = self.lot.borrow_mut().push(Wakeup::new(waker));
+        // Made before the borrow: cloning a foreign waker is foreign code.
+        let w = Wakeup::new(waker);
+        let (t, wake) = self.lot.borrow_mut().push(w);
         if let Some(w) = wake {
             w.wake();
         }

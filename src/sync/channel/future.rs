@@ -141,7 +141,8 @@ impl<'a, T> SendFuture<'a, T> {
     fn poll_cancel_parked(&mut self, here: &Here, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
         let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
         let Poll::Ready(c) = here.poll_cancel(park, cx) else { return Poll::Pending };
-        let value = self.sender.shared.borrow_mut().cancel_sender(*key);
+        let (value, waker) = self.sender.shared.borrow_mut().cancel_sender(*key);
+        drop(waker);
         self.state = SendState::Done;
         Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))))
     }
@@ -233,15 +234,16 @@ impl RecvWait {
         cx: &mut Context<'_>,
     ) -> Poll<RecvError> {
         let Poll::Ready(c) = here.poll_cancel(&mut self.park, cx) else { return Poll::Pending };
-        shared.borrow_mut().cancel_receiver(self.key);
+        let waker = shared.borrow_mut().cancel_receiver(self.key);
+        drop(waker);
         Poll::Ready(RecvError::Cancelled(c))
     }
 
     /// The parked receive is dropped: a value already handed to it goes back to the channel.
     pub(super) fn abandon<T>(&self, shared: &RefCell<State<T>>) {
-        let (woken, undeliverable) = shared.borrow_mut().abandon_receiver(self.key);
+        let (woken, undeliverable, waker) = shared.borrow_mut().abandon_receiver(self.key);
         woken.into_iter().for_each(Wakeup::wake);
-        drop(undeliverable);
+        drop((undeliverable, waker));
     }
 }
 

@@ -289,44 +289,55 @@ impl<T> State<T> {
         }
     }
 
-    /// A parked send that is still waiting gives up (cancelled): its value, undelivered.
-    pub(super) fn cancel_sender(&mut self, key: usize) -> T {
+    /// A parked send that is still waiting gives up (cancelled): its value, undelivered, and
+    /// its wake-up, both for the caller to drop after the borrow (a waker's destructor is
+    /// foreign code).
+    pub(super) fn cancel_sender(&mut self, key: usize) -> (T, Wakeup) {
         unqueue(&mut self.send_queue, key);
         match self.senders.remove(key) {
-            SendEntry::Waiting { value, .. } => value,
+            SendEntry::Waiting { value, waker, .. } => (value, waker),
             _ => panic!("{BUG}"),
         }
     }
 
-    /// A parked receive that is still waiting gives up (cancelled): nothing was consumed.
-    pub(super) fn cancel_receiver(&mut self, key: usize) {
+    /// A parked receive that is still waiting gives up (cancelled): nothing was consumed. Its
+    /// wake-up, for the caller to drop after the borrow.
+    pub(super) fn cancel_receiver(&mut self, key: usize) -> Wakeup {
         unqueue(&mut self.recv_queue, key);
-        let _waiting = self.receivers.remove(key);
+        match self.receivers.remove(key) {
+            RecvEntry::Waiting { waker, .. } => waker,
+            _ => panic!("{BUG}"),
+        }
     }
 
     /// The future of a parked send was dropped: forget it, whatever its state. Returns the
-    /// value it still held (undelivered), for the caller to drop after the borrow.
-    pub(super) fn abandon_sender(&mut self, key: usize) -> Option<T> {
+    /// value it still held (undelivered) and its wake-up, for the caller to drop after the
+    /// borrow.
+    pub(super) fn abandon_sender(&mut self, key: usize) -> (Option<T>, Option<Wakeup>) {
         match self.senders.get_mut(key) {
-            SendEntry::Waiting { .. } => Some(self.cancel_sender(key)),
+            SendEntry::Waiting { .. } => {
+                let (value, waker) = self.cancel_sender(key);
+                (Some(value), Some(waker))
+            }
             _ => match self.senders.remove(key) {
-                SendEntry::Failed(_, v) => Some(v),
-                _ => None,
+                SendEntry::Failed(_, v) => (Some(v), None),
+                _ => (None, None),
             },
         }
     }
 
     /// The future of a parked receive was dropped. A value already handed to it is given back
-    /// to the channel ([`restore`](State::restore)): the waker to wake and the value to drop.
-    pub(super) fn abandon_receiver(&mut self, key: usize) -> (Option<Wakeup>, Option<T>) {
+    /// to the channel ([`restore`](State::restore)). Returns the wake-up to wake, the value to
+    /// drop, and the receive's own wake-up to drop, all after the borrow.
+    pub(super) fn abandon_receiver(&mut self, key: usize) -> (Option<Wakeup>, Option<T>, Option<Wakeup>) {
         match self.receivers.get_mut(key) {
-            RecvEntry::Waiting { .. } => {
-                self.cancel_receiver(key);
-                (None, None)
-            }
+            RecvEntry::Waiting { .. } => (None, None, Some(self.cancel_receiver(key))),
             _ => match self.receivers.remove(key) {
-                RecvEntry::Got(v) => self.restore(v),
-                _ => (None, None),
+                RecvEntry::Got(v) => {
+                    let (woken, undeliverable) = self.restore(v);
+                    (woken, undeliverable, None)
+                }
+                _ => (None, None, None),
             },
         }
     }
@@ -430,5 +441,52 @@ impl<T> State<T> {
                 assert!(self.buffer.len() >= self.capacity && self.open_receivers > 0, "{BUG}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Noop;
+
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// A waiter that gives up (cancelled, or its future dropped) hands its waker back for the
+    /// caller to drop after the `RefCell` borrow: a waker's destructor is foreign code that may
+    /// call back into the channel.
+    #[test]
+    fn a_waiter_that_gives_up_hands_its_waker_back_undropped() {
+        let task = Arc::new(Noop);
+        let waker = Waker::from(task.clone());
+        let parked = || Wakeup::Waker(waker.clone());
+        let mut st = State::<u32>::new(0);
+
+        let key = st.park_receiver(1, parked());
+        let back = st.cancel_receiver(key);
+        assert_eq!(Arc::strong_count(&task), 3, "task, waker and the waker handed back");
+        drop(back);
+
+        let key = st.park_sender(5, 0, parked());
+        let (value, back) = st.cancel_sender(key);
+        assert_eq!((value, Arc::strong_count(&task)), (5, 3));
+        drop(back);
+
+        let key = st.park_receiver(1, parked());
+        let (woken, value, back) = st.abandon_receiver(key);
+        assert!(woken.is_none() && value.is_none() && back.is_some());
+        assert_eq!(Arc::strong_count(&task), 3);
+        drop(back);
+
+        let key = st.park_sender(6, 0, parked());
+        let (value, back) = st.abandon_sender(key);
+        assert_eq!((value, Arc::strong_count(&task)), (Some(6), 3));
+        drop(back);
+        assert_eq!(Arc::strong_count(&task), 2, "nothing kept");
+        assert_eq!(st.statistics().tasks_waiting_send + st.statistics().tasks_waiting_recv, 0);
     }
 }
