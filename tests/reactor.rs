@@ -17,7 +17,7 @@ use hatchery::testing::{self, registrations, wait_all_tasks_blocked};
 use hatchery::{
     BusyResource, CancelScope, Cancelled, ClosedResource, fail_after, move_on_after, now, nursery, sleep,
 };
-use support::{at, inner, poll_once, poll_once_foreign, secs};
+use support::{at, counting_forward, inner, poll_once, poll_once_foreign, secs};
 
 /// A connected, non-blocking socket pair, both ends registered.
 fn socket_pair() -> io::Result<(IoSource<UnixStream>, IoSource<UnixStream>)> {
@@ -578,22 +578,6 @@ fn a_stream_from_another_thread_arrives_whole_until_eof() {
     assert!(got == expected, "the bytes arrive complete and in order");
 }
 
-/// A waker that counts its wakes and forwards them.
-struct CountingForward {
-    wakes: std::sync::atomic::AtomicU32,
-    to: std::task::Waker,
-}
-
-impl std::task::Wake for CountingForward {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &std::sync::Arc<Self>) {
-        self.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.to.wake_by_ref();
-    }
-}
-
 /// A read parked through a foreign waker: the reactor keeps a clone of that waker (and the
 /// cancel tree another). Re-polled with the task's own waker, it gives both back, the reactor
 /// records the task itself (DESIGN §7b), and the write that follows wakes the task, not the
@@ -602,17 +586,9 @@ impl std::task::Wake for CountingForward {
 fn a_read_parked_through_a_foreign_waker_then_its_own_gives_the_clone_back() {
     use std::future::Future;
     use std::sync::Arc;
-    use std::sync::atomic::Ordering;
     let got = testing::run(async {
         let (a, b) = socket_pair()?;
-        let counter = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(Arc::new(CountingForward {
-                wakes: std::sync::atomic::AtomicU32::new(0),
-                to: cx.waker().clone(),
-            }))
-        })
-        .await;
-        let foreign = std::task::Waker::from(counter.clone());
+        let (counter, foreign) = counting_forward().await;
         let mut buf = [0u8; 8];
         let mut read = Box::pin(read_some(&a, &mut buf));
         assert!(read.as_mut().poll(&mut std::task::Context::from_waker(&foreign)).is_pending());
@@ -621,7 +597,7 @@ fn a_read_parked_through_a_foreign_waker_then_its_own_gives_the_clone_back() {
         assert_eq!(Arc::strong_count(&counter), 2, "both clones given back");
         assert_eq!(b.get_ref().write(b"x")?, 1);
         let k = read.await?;
-        assert_eq!(counter.wakes.load(Ordering::Relaxed), 0, "the task was woken, not the foreign waker");
+        assert_eq!(counter.wakes(), 0, "the task was woken, not the foreign waker");
         drop(foreign);
         Ok::<_, io::Error>((k, buf[0]))
     });

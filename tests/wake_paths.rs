@@ -20,7 +20,7 @@ use hatchery::{
     CancelScope, CancelSource, Cancelled, Error, Instant, RecvError, channel, now, nursery, sleep,
     sleep_forever,
 };
-use support::{DropCounter, at, foreign_waker, poll_once, poll_once_foreign, secs};
+use support::{DropCounter, at, counting_forward, foreign_waker, poll_once, poll_once_foreign, secs};
 
 type Moved = Pin<Box<dyn Future<Output = Result<Option<()>, Cancelled>>>>;
 
@@ -374,22 +374,6 @@ fn a_waker_a_child_gave_away_keeps_naming_that_child() {
     });
 }
 
-/// A waker that counts its wakes and forwards them to the task's own.
-struct CountingForward {
-    wakes: std::sync::atomic::AtomicU32,
-    to: std::task::Waker,
-}
-
-impl std::task::Wake for CountingForward {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &std::sync::Arc<Self>) {
-        self.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.to.wake_by_ref();
-    }
-}
-
 type MovedRecv<'a> = Pin<Box<dyn Future<Output = Result<u32, RecvError>> + 'a>>;
 
 /// A parked channel operation polled with its task's own waker records the task, not a waker
@@ -440,20 +424,13 @@ fn a_send_parked_through_a_foreign_waker_then_its_own_wakes_the_right_one() {
     testing::run(async {
         let (tx, rx) = channel::<u32>(0);
         let mut send = tx.send(1);
-        let counter = std::future::poll_fn(|cx| {
-            Poll::Ready(std::sync::Arc::new(CountingForward {
-                wakes: std::sync::atomic::AtomicU32::new(0),
-                to: cx.waker().clone(),
-            }))
-        })
-        .await;
-        let foreign = std::task::Waker::from(counter.clone());
+        let (counter, foreign) = counting_forward().await;
         assert!(Pin::new(&mut send).poll(&mut Context::from_waker(&foreign)).is_pending());
         // `counter`, `foreign`, the channel's clone and the cancellation waiter's clone.
         assert_eq!(std::sync::Arc::strong_count(&counter), 4, "the channel keeps a clone");
         // Completed by a receiver: woken through the foreign waker.
         assert_eq!(rx.try_recv(), Ok(1));
-        assert_eq!(counter.wakes.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(counter.wakes(), 1);
         assert_eq!(std::sync::Arc::strong_count(&counter), 3, "the woken clone is gone");
         assert_eq!(send.await, Ok(()));
         assert_eq!(std::sync::Arc::strong_count(&counter), 2, "and so is the waiter's");
@@ -464,7 +441,7 @@ fn a_send_parked_through_a_foreign_waker_then_its_own_wakes_the_right_one() {
         assert!(poll_once(&mut send).await.is_pending());
         assert_eq!(std::sync::Arc::strong_count(&counter), 2, "the own waker replaced both clones");
         assert_eq!(rx.try_recv(), Ok(2));
-        assert_eq!(counter.wakes.load(std::sync::atomic::Ordering::Relaxed), 1, "not woken through it");
+        assert_eq!(counter.wakes(), 1, "not woken through it");
         assert_eq!(send.await, Ok(()));
     });
 }

@@ -245,6 +245,43 @@ pub fn foreign_waker(waker: &std::task::Waker) -> std::task::Waker {
     std::task::Waker::from(std::sync::Arc::new(Forward(waker.clone())))
 }
 
+/// A waker that counts its wakes and forwards each to the task's own: a foreign combinator's
+/// waker, made observable.
+pub struct CountingForward {
+    wakes: std::sync::atomic::AtomicU32,
+    to: std::task::Waker,
+}
+
+impl CountingForward {
+    /// How many times it was woken.
+    pub fn wakes(&self) -> u32 {
+        self.wakes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl std::task::Wake for CountingForward {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.to.wake_by_ref();
+    }
+}
+
+/// A [`CountingForward`] to the current task, and a waker made from it.
+pub async fn counting_forward() -> (std::sync::Arc<CountingForward>, std::task::Waker) {
+    let counter = std::future::poll_fn(|cx| {
+        Poll::Ready(std::sync::Arc::new(CountingForward {
+            wakes: std::sync::atomic::AtomicU32::new(0),
+            to: cx.waker().clone(),
+        }))
+    })
+    .await;
+    let waker = std::task::Waker::from(counter.clone());
+    (counter, waker)
+}
+
 /// Like [`poll_once`], through a waker that is not the task's own (it forwards to it): a parked
 /// operation then registers a waiter for cancellation, which `registrations().parked` counts.
 /// (Polled with its own task's waker, an operation needs no registration at all.)
