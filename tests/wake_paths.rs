@@ -471,8 +471,8 @@ fn a_receive_leaked_in_one_run_wakes_nothing_in_the_next() {
 }
 
 /// The crate's primitives record a parked task, not a clone of its waker (DESIGN §7b), so a
-/// child parked on a channel, a lock, an event, a socket or a timer holds no waker between
-/// polls (its lent waker went back to the pool). A child whose waker is stashed elsewhere does
+/// child parked on a channel, a lock, an event, a socket, a timer, a `JoinHandle` or either
+/// side of `generate` holds no waker between polls (its lent waker went back to the pool). A child whose waker is stashed elsewhere does
 /// hold one, until a poll finds the clone gone.
 #[test]
 fn children_parked_on_the_crates_primitives_hold_no_waker() {
@@ -495,6 +495,15 @@ fn children_parked_on_the_crates_primitives_hold_no_waker() {
                 sock_a.read(&mut buf).await.map(drop).map_err(Error::from)
             });
             n.start_soon(async move { sleep(secs(10)).await.map_err(Error::from) });
+            // A child awaiting another's handle.
+            let slow = n.spawn(async move {
+                sleep(secs(30)).await?;
+                Ok::<u32, Error>(3)
+            });
+            n.start_soon(async move {
+                slow.await?;
+                Ok::<(), Error>(())
+            });
             // `generate`: the producer waits for a request, then (once asked) the consumer
             // waits for the item while the producer sleeps.
             n.start_soon(async move {

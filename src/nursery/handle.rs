@@ -6,11 +6,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use super::ChildControl;
 use crate::error::JoinError;
-use crate::lowlevel::{Park, checkpoint_if_cancelled};
+use crate::lowlevel::{Here, Park, Wakeup};
 use crate::runtime::context;
 
 enum Out<T> {
@@ -24,7 +24,7 @@ enum Out<T> {
 /// Where a child leaves its value for its handle.
 pub(crate) struct OutCell<T> {
     out: Cell<Out<T>>,
-    waiter: Cell<Option<Waker>>,
+    waiter: Cell<Option<Wakeup>>,
 }
 
 impl<T> OutCell<T> {
@@ -166,16 +166,15 @@ impl<T> Future for JoinHandle<'_, T> {
         loop {
             match this.state {
                 JoinState::Start => {
-                    checkpoint_if_cancelled().map_err(JoinError::Cancelled)?;
+                    let here = Here::get();
+                    here.cancel_point().map_err(JoinError::Cancelled)?;
                     this.state =
                         if this.out.is_finished() { JoinState::Yielding } else { JoinState::Waiting };
-                    if let JoinState::Yielding = this.state {
-                        // Fast path: a schedule point that cannot fail, then the value (S2.3).
-                        let core = context::core();
-                        if !core.pass_schedule_point() {
-                            core.wake_self(cx.waker());
-                            return Poll::Pending;
-                        }
+                    // Fast path: a schedule point that cannot fail, then the value (S2.3).
+                    if let JoinState::Yielding = this.state
+                        && !here.schedule_point(cx)
+                    {
+                        return Poll::Pending;
                     }
                 }
                 JoinState::Yielding => {
@@ -189,12 +188,13 @@ impl<T> Future for JoinHandle<'_, T> {
                         this.state = JoinState::Start;
                         return Poll::Ready(r);
                     }
-                    if let Poll::Ready(c) = this.park.poll_cancel(cx) {
+                    let here = Here::get();
+                    if let Poll::Ready(c) = here.poll_cancel(&mut this.park, cx) {
                         this.out.waiter.set(None);
                         this.state = JoinState::Start;
                         return Poll::Ready(Err(JoinError::Cancelled(c)));
                     }
-                    this.out.waiter.set(Some(cx.waker().clone()));
+                    this.out.waiter.set(Some(here.wakeup(cx.waker())));
                     return Poll::Pending;
                 }
             }
