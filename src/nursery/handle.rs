@@ -163,10 +163,12 @@ impl<T> Future for JoinHandle<'_, T> {
             !this.out.is_taken(),
             "a hatchery JoinHandle was awaited after its value was taken (by an earlier await or try_take)"
         );
+        // One look-up of the run for the whole poll (a `Yielding` poll does not need it; it is
+        // the rare one).
+        let here = Here::get();
         loop {
             match this.state {
                 JoinState::Start => {
-                    let here = Here::get();
                     here.cancel_point().map_err(JoinError::Cancelled)?;
                     this.state =
                         if this.out.is_finished() { JoinState::Yielding } else { JoinState::Waiting };
@@ -188,7 +190,6 @@ impl<T> Future for JoinHandle<'_, T> {
                         this.state = JoinState::Start;
                         return Poll::Ready(r);
                     }
-                    let here = Here::get();
                     if let Poll::Ready(c) = here.poll_cancel(&mut this.park, cx) {
                         this.out.waiter.set(None);
                         this.state = JoinState::Start;

@@ -40,9 +40,10 @@ pub(crate) struct TaskRef {
 /// recorded by the task's scheduler target, the way cancellation records owners (DESIGN.md
 /// 4.2): parking clones no waker, the task's lent waker goes back to the pool after the poll,
 /// and the wake goes straight into the scheduler. Any other waker (a foreign combinator's) is
-/// cloned and kept. Whatever records one is `!Send` (a channel, a parking lot, a reactor
-/// source), so a wake happens on the run's thread; one that happens after its run ended (the
-/// record of a leaked future) does nothing.
+/// cloned and kept. Whatever records one is not `Sync` (a channel, a parking lot, a reactor
+/// source) and is borrowed by the future waiting on it, so the wake happens on the thread of
+/// the run that parked (a `Mutex` may move to another thread, but only once nothing waits on
+/// it); a wake after that run ended (the record of a leaked future) does nothing.
 #[derive(Debug)]
 pub(crate) enum Wakeup {
     Task(TaskRef),

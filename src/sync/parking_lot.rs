@@ -42,8 +42,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Cancelled;
-use crate::lowlevel::Wakeup;
-use crate::lowlevel::{Park, YieldNow, cancel_shielded_checkpoint, checkpoint_if_cancelled};
+use crate::lowlevel::{Park, Wakeup, YieldNow, cancel_shielded_checkpoint, checkpoint_if_cancelled};
 
 /// A waiter's place in a lot: a slot and the generation of its occupant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
