@@ -196,27 +196,28 @@ impl<E> fmt::Debug for Nursery<'_, '_, E> {
 trait Child<E> {
     fn poll_child(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>>;
     /// The child ended without a value (failed, panicked, cancelled): tell its handle why.
-    fn no_value(self: Pin<&mut Self>, why: JoinError);
+    /// `why` is called only if there is a handle (building a `JoinError` clones a cause).
+    fn no_value(self: Pin<&mut Self>, why: &dyn Fn() -> JoinError);
 }
 
 /// Where a child's value goes: its handle's cell, or nowhere (`()`, for children nobody awaits,
 /// which then carry no pointer at all).
 trait OutSink<T> {
     fn value(&self, v: T);
-    fn no_value(&self, why: JoinError);
+    fn no_value(&self, why: &dyn Fn() -> JoinError);
 }
 
 impl<T> OutSink<T> for () {
     fn value(&self, _v: T) {}
-    fn no_value(&self, _why: JoinError) {}
+    fn no_value(&self, _why: &dyn Fn() -> JoinError) {}
 }
 
 impl<T> OutSink<T> for Rc<OutCell<T>> {
     fn value(&self, v: T) {
         self.set_value(v);
     }
-    fn no_value(&self, why: JoinError) {
-        self.set_no_value(why);
+    fn no_value(&self, why: &dyn Fn() -> JoinError) {
+        self.set_no_value(why());
     }
 }
 
@@ -245,7 +246,7 @@ where
         }
     }
 
-    fn no_value(self: Pin<&mut Self>, why: JoinError) {
+    fn no_value(self: Pin<&mut Self>, why: &dyn Fn() -> JoinError) {
         self.project().out.no_value(why);
     }
 }

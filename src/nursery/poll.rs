@@ -36,10 +36,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 // A cancellation reached the nursery's node: every task of the group runs.
                 let inner = self.inner.borrow();
                 let mut sched = core.sched.borrow_mut();
-                sched.queue(self.group, BODY, &mut batch);
-                for (key, _) in inner.children.iter() {
-                    sched.queue(self.group, key as u32 + 1, &mut batch);
-                }
+                batch.reserve(inner.children.len() + 1);
+                sched.queue(self.group, std::iter::once(BODY), &mut batch);
+                sched.queue(self.group, inner.children.iter().map(|(key, _)| key as u32 + 1), &mut batch);
             }
             // Only now, with the batch complete: a foreign waker's destructor is foreign code,
             // and what it wakes belongs to the next batch.
@@ -184,22 +183,22 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 let absorbed = if node != NIL { cancel::absorb(core, node, e) } else { Some(e) };
                 match absorbed {
                     None => {
-                        let why = core.cancel.borrow().state(node).cause();
-                        self.tell_handle(&mut task, JoinError::ChildCancelled(why));
+                        let why = || JoinError::ChildCancelled(core.cancel.borrow().state(node).cause());
+                        self.tell_handle(&mut task, &why);
                     }
                     Some(e) => {
-                        let why = match e.cancelled() {
+                        let why = || match e.cancelled() {
                             Some(c) => JoinError::ChildCancelled(c.clone()),
                             None => JoinError::Failed,
                         };
-                        self.tell_handle(&mut task, why);
+                        self.tell_handle(&mut task, &why);
                         self.record_error(e, "a child task failed");
                     }
                 }
                 self.finish_child(index, task, node);
             }
             Err(p) => {
-                self.tell_handle(&mut task, JoinError::Failed);
+                self.tell_handle(&mut task, &|| JoinError::Failed);
                 self.record_panic(p);
                 self.finish_child(index, task, node);
             }
@@ -238,7 +237,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
 
     /// Tells a child's handle why there is no value. Waking the awaiting task calls its waker,
     /// which may be foreign code: a panic there counts as the child's.
-    fn tell_handle(&self, task: &mut ManuallyDrop<BoxedChild<'n, E>>, why: JoinError) {
+    fn tell_handle(&self, task: &mut ManuallyDrop<BoxedChild<'n, E>>, why: &dyn Fn() -> JoinError) {
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| task.as_mut().no_value(why))) {
             self.record_panic(p);
         }

@@ -293,6 +293,7 @@ struct Group {
 
 impl Group {
     /// Marks `index` queued; false if it was queued already (it is in a list to be polled).
+    #[inline]
     fn mark_queued(&mut self, index: u32) -> bool {
         let i = index as usize;
         if i >= self.queued.len() {
@@ -413,11 +414,14 @@ impl Sched {
         (spare, old, all)
     }
 
-    /// Adds task `index` of `group` to `batch` (a list [`Sched::begin_poll`] handed out) unless
-    /// it is queued already.
-    pub(crate) fn queue(&mut self, group: u32, index: u32, batch: &mut Vec<u32>) {
-        if self.groups[group as usize].mark_queued(index) {
-            batch.push(index);
+    /// Adds the tasks `indices` of `group` to `batch` (a list [`Sched::begin_poll`] handed out),
+    /// except those queued already.
+    pub(crate) fn queue(&mut self, group: u32, indices: impl Iterator<Item = u32>, batch: &mut Vec<u32>) {
+        let g = &mut self.groups[group as usize];
+        for index in indices {
+            if g.mark_queued(index) {
+                batch.push(index);
+            }
         }
     }
 
