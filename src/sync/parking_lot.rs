@@ -37,12 +37,10 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Cancelled;
-use crate::lowlevel::{Park, Wakeup, YieldNow, cancel_shielded_checkpoint, checkpoint_if_cancelled};
+use crate::lowlevel::{Here, Park, Wakeup};
 
 /// A waiter's place in a lot: a slot and the generation of its occupant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +207,11 @@ impl ParkingLot {
     /// broken lot the waiter is broken at once (and `waker` woken).
     pub(crate) fn park(&self, waker: &Waker) -> Ticket {
         // Made before the borrow: cloning a foreign waker is foreign code.
-        let w = Wakeup::new(waker);
+        self.park_wakeup(Wakeup::new(waker))
+    }
+
+    /// [`park`](ParkingLot::park) with the wake-up already made.
+    pub(crate) fn park_wakeup(&self, w: Wakeup) -> Ticket {
         let (t, wake) = self.lot.borrow_mut().push(w);
         if let Some(w) = wake {
             w.wake();
@@ -220,10 +222,16 @@ impl ParkingLot {
     /// Reads a waiter's fate. While it waits, refreshes its waker; otherwise frees the slot (the
     /// ticket is spent).
     pub(crate) fn poll(&self, t: Ticket, waker: &Waker) -> Status {
+        self.poll_with(t, |w| w.refresh(waker))
+    }
+
+    /// [`poll`](ParkingLot::poll), with `refresh` bringing a waiting waiter's wake-up up to date
+    /// (and returning a replaced waker, dropped here after the borrow).
+    pub(crate) fn poll_with(&self, t: Ticket, refresh: impl FnOnce(&mut Wakeup) -> Option<Waker>) -> Status {
         let mut lot = self.lot.borrow_mut();
         match lot.slot(t) {
             SlotState::Waiting(w) => {
-                let old = w.refresh(waker);
+                let old = refresh(w);
                 drop(lot);
                 drop(old);
                 Status::Waiting
@@ -340,8 +348,9 @@ pub(crate) enum Failed {
 #[derive(Debug)]
 enum Step {
     Start,
-    /// Taken on the fast path; passing the shielded schedule point.
-    Holding(YieldNow),
+    /// Taken on the fast path; the shielded schedule point yielded (the turn's budget was
+    /// spent): the resource is the caller's on the next poll.
+    Holding,
     Parked(Ticket),
     Done,
 }
@@ -368,42 +377,61 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
 
     /// Drives the acquisition. `Ok(())`: the resource belongs to the caller from now on.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
+        // The run, looked up once, and only if needed (a poll that finds its waiter granted
+        // does not need it).
+        let mut here: Option<Here> = None;
         loop {
             match &mut self.step {
                 Step::Start => {
-                    if let Err(c) = checkpoint_if_cancelled() {
+                    let here = here.get_or_insert_with(Here::get);
+                    if let Err(c) = here.cancel_point() {
                         self.step = Step::Done;
                         return Poll::Ready(Err(Failed::Cancelled(c)));
                     }
-                    self.step = match self.res.try_take() {
-                        Take::Taken => Step::Holding(cancel_shielded_checkpoint()),
-                        Take::Busy => Step::Parked(self.res.lot().park(cx.waker())),
+                    match self.res.try_take() {
+                        Take::Taken => {
+                            // Within the turn's budget the schedule point passes at once
+                            // (DESIGN §3.4).
+                            if here.schedule_point(cx) {
+                                self.step = Step::Done;
+                                return Poll::Ready(Ok(()));
+                            }
+                            self.step = Step::Holding;
+                            return Poll::Pending;
+                        }
+                        Take::Busy => {
+                            self.step = Step::Parked(self.res.lot().park_wakeup(here.wakeup(cx.waker())));
+                        }
                         Take::Broken => {
                             self.step = Step::Done;
                             return Poll::Ready(Err(Failed::Broken));
                         }
-                    };
-                }
-                Step::Holding(y) => {
-                    if Pin::new(y).poll(cx).is_pending() {
-                        return Poll::Pending;
                     }
+                }
+                Step::Holding => {
                     self.step = Step::Done;
                     return Poll::Ready(Ok(()));
                 }
                 Step::Parked(t) => {
                     let t = *t;
-                    let status = match self.res.lot().poll(t, cx.waker()) {
-                        Status::Waiting => match self.park.poll_cancel(cx) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(c) => match self.res.lot().leave(t) {
-                                Status::Waiting => {
-                                    self.step = Step::Done;
-                                    return Poll::Ready(Err(Failed::Cancelled(c)));
-                                }
-                                other => other,
-                            },
-                        },
+                    let polled = self
+                        .res
+                        .lot()
+                        .poll_with(t, |w| here.get_or_insert_with(Here::get).refresh(w, cx.waker()));
+                    let status = match polled {
+                        Status::Waiting => {
+                            let here = here.get_or_insert_with(Here::get);
+                            match here.poll_cancel(&mut self.park, cx) {
+                                Poll::Pending => return Poll::Pending,
+                                Poll::Ready(c) => match self.res.lot().leave(t) {
+                                    Status::Waiting => {
+                                        self.step = Step::Done;
+                                        return Poll::Ready(Err(Failed::Cancelled(c)));
+                                    }
+                                    other => other,
+                                },
+                            }
+                        }
                         other => other,
                     };
                     self.step = Step::Done;
@@ -425,7 +453,7 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
 impl<R: Resource + ?Sized> Drop for Acquire<'_, R> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.step, Step::Done) {
-            Step::Holding(_) => self.res.give_back(),
+            Step::Holding => self.res.give_back(),
             Step::Parked(t) => {
                 if self.res.lot().leave(t) == Status::Granted {
                     self.res.give_back();
