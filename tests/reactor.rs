@@ -579,9 +579,9 @@ fn a_stream_from_another_thread_arrives_whole_until_eof() {
 }
 
 /// A read parked through a foreign waker: the reactor keeps a clone of that waker (and the
-/// cancel tree another). Re-polled with the task's own waker, it gives both back, the reactor
-/// records the task itself (DESIGN §7b), and the write that follows wakes the task, not the
-/// foreign waker.
+/// cancel tree another). Re-polled with the task's own waker, it gives both back, and the write
+/// that follows wakes the task, not the foreign waker. (That the reactor then records the task
+/// rather than a clone, DESIGN §7b, is checked by `wake_paths.rs`'s held-wakers test.)
 #[test]
 fn a_read_parked_through_a_foreign_waker_then_its_own_gives_the_clone_back() {
     use std::future::Future;

@@ -418,7 +418,9 @@ fn a_receive_moved_to_another_task_while_parked_wakes_that_task() {
 
 /// Polled through a foreign waker, a parked send keeps a clone of that waker and is woken
 /// through it; re-polled with the task's own waker, it gives the clone back (dropped, not
-/// leaked) and is woken straight into the scheduler from then on.
+/// leaked) and the foreign waker is not woken again. (That the own waker is then recorded as
+/// the task, not cloned, is what `children_parked_on_the_crates_primitives_hold_no_waker`
+/// checks: these counts would be the same with a clone.)
 #[test]
 fn a_send_parked_through_a_foreign_waker_then_its_own_wakes_the_right_one() {
     testing::run(async {

@@ -37,8 +37,8 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 let inner = self.inner.borrow();
                 let mut sched = core.sched.borrow_mut();
                 batch.reserve(inner.children.len() + 1);
-                sched.queue(self.group, std::iter::once(BODY), &mut batch);
-                sched.queue(self.group, inner.children.iter().map(|(key, _)| key as u32 + 1), &mut batch);
+                let children = inner.children.iter().map(|(key, _)| key as u32 + 1);
+                sched.queue(self.group, std::iter::once(BODY).chain(children), &mut batch);
             }
             // Only now, with the batch complete: a foreign waker's destructor is foreign code,
             // and what it wakes belongs to the next batch.

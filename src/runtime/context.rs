@@ -54,23 +54,34 @@ impl Wakeup {
     /// Who to wake for the poll that has `waker`, for paths without the run in hand; outside a
     /// run, the waker.
     pub(crate) fn new(waker: &Waker) -> Wakeup {
-        match try_core() {
-            Some(core) => core.wakeup(waker),
-            None => Wakeup::Waker(waker.clone()),
-        }
+        Wakeup::for_poll(try_core().and_then(|core| core.task_of(waker)), waker)
     }
 
     /// [`Core::refresh_wakeup`], for paths without the run in hand.
     #[must_use = "drop the replaced waker after the borrow ends"]
     pub(crate) fn refresh(&mut self, waker: &Waker) -> Option<Waker> {
-        match try_core() {
-            Some(core) => core.refresh_wakeup(self, waker),
-            None => match self {
-                Wakeup::Waker(old) if old.will_wake(waker) => None,
-                _ => match std::mem::replace(self, Wakeup::Waker(waker.clone())) {
-                    Wakeup::Waker(old) => Some(old),
-                    Wakeup::Task(_) => None,
-                },
+        self.refresh_for(try_core().and_then(|core| core.task_of(waker)), waker)
+    }
+
+    /// The wake-up of a poll with `waker`, made by `task` if it is that task's own.
+    #[inline]
+    fn for_poll(task: Option<TaskRef>, waker: &Waker) -> Wakeup {
+        match task {
+            Some(task) => Wakeup::Task(task),
+            None => Wakeup::Waker(waker.clone()),
+        }
+    }
+
+    /// Makes this the wake-up of a poll with `waker` (`task`: as in [`Wakeup::for_poll`]),
+    /// unless it already wakes the same task; returns the waker replaced.
+    #[inline]
+    fn refresh_for(&mut self, task: Option<TaskRef>, waker: &Waker) -> Option<Waker> {
+        match (task, &*self) {
+            (Some(task), Wakeup::Task(old)) if *old == task => None,
+            (None, Wakeup::Waker(old)) if old.will_wake(waker) => None,
+            _ => match std::mem::replace(self, Wakeup::for_poll(task, waker)) {
+                Wakeup::Waker(old) => Some(old),
+                Wakeup::Task(_) => None,
             },
         }
     }
@@ -364,10 +375,7 @@ impl Core {
     /// Who to wake, later, for the poll that has `waker` (see [`Wakeup`]).
     #[inline]
     pub(crate) fn wakeup(&self, waker: &Waker) -> Wakeup {
-        match self.task_of(waker) {
-            Some(task) => Wakeup::Task(task),
-            None => Wakeup::Waker(waker.clone()),
-        }
+        Wakeup::for_poll(self.task_of(waker), waker)
     }
 
     /// Makes `slot` wake the poll that has `waker`; returns the waker replaced, to be dropped
@@ -375,14 +383,7 @@ impl Core {
     #[must_use = "drop the replaced waker after the borrow ends"]
     #[inline]
     pub(crate) fn refresh_wakeup(&self, slot: &mut Wakeup, waker: &Waker) -> Option<Waker> {
-        match (self.task_of(waker), &*slot) {
-            (Some(task), Wakeup::Task(old)) if *old == task => None,
-            (None, Wakeup::Waker(old)) if old.will_wake(waker) => None,
-            _ => match std::mem::replace(slot, self.wakeup(waker)) {
-                Wakeup::Waker(old) => Some(old),
-                Wakeup::Task(_) => None,
-            },
-        }
+        slot.refresh_for(self.task_of(waker), waker)
     }
 
     /// Wakes `w`: a task of this run straight into the scheduler; a task of another run
