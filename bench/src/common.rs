@@ -84,6 +84,10 @@ pub enum Metric {
     OverheadMs,
     /// Peak bytes per sleeping task.
     BytesPerTask,
+    /// Peak bytes per spawned task, its handle included.
+    PeakBytesPerSpawn,
+    /// The same, less the size of the task's handle.
+    PeakBytesBeyondHandle,
     /// Operations per second (higher is better); names the operation, plural.
     PerSec(&'static str),
     /// Server CPU time (user + sys) per operation, in microseconds.
@@ -105,6 +109,8 @@ impl Metric {
             Metric::NsPer(op) => format!("ns/{op}"),
             Metric::OverheadMs => "ms wall overhead beyond 1 s".to_string(),
             Metric::BytesPerTask => "bytes per sleeping task".to_string(),
+            Metric::PeakBytesPerSpawn => "peak bytes per task, handle included".to_string(),
+            Metric::PeakBytesBeyondHandle => "peak bytes per task beyond its handle".to_string(),
             Metric::PerSec(ops) => format!("{ops}/s (higher is better)"),
             Metric::CpuUsPer(op) => format!("server CPU us/{op}"),
             Metric::SyscallsPer(op) => format!("server syscalls/{op}"),
@@ -120,6 +126,8 @@ impl Metric {
             Metric::NsPer(op) => format!("ns/{op}"),
             Metric::OverheadMs => "ms".to_string(),
             Metric::BytesPerTask => "B/task".to_string(),
+            Metric::PeakBytesPerSpawn => "peak B/task".to_string(),
+            Metric::PeakBytesBeyondHandle => "peak B/task beyond handle".to_string(),
             Metric::PerSec(ops) => format!("{ops}/s"),
             Metric::CpuUsPer(op) => format!("us CPU/{op}"),
             Metric::SyscallsPer(op) => format!("syscalls/{op}"),
@@ -140,6 +148,8 @@ impl Metric {
 pub enum Workload {
     /// Spawn n children returning `i`, keep the handles, await them in order.
     SpawnJoin,
+    /// `SpawnJoin` in a fresh process, for its peak memory per task.
+    SpawnMemory,
     /// n/1000 parents each spawn 1000 children and await them.
     SpawnNested,
     /// n round trips between two tasks over two capacity-1 channels.
@@ -166,8 +176,9 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 11] = [
+    pub const ALL: [Workload; 12] = [
         Workload::SpawnJoin,
+        Workload::SpawnMemory,
         Workload::SpawnNested,
         Workload::Pingpong,
         Workload::PingpongRendezvous,
@@ -184,6 +195,7 @@ impl Workload {
     pub fn name(self) -> &'static str {
         match self {
             Workload::SpawnJoin => "spawn_join",
+            Workload::SpawnMemory => "spawn_memory",
             Workload::SpawnNested => "spawn_nested",
             Workload::Pingpong => "pingpong",
             Workload::PingpongRendezvous => "pingpong_rendezvous",
@@ -216,6 +228,7 @@ impl Workload {
     pub fn full_n(self) -> u64 {
         match self {
             Workload::SpawnJoin
+            | Workload::SpawnMemory
             | Workload::SpawnNested
             | Workload::Pingpong
             | Workload::PingpongRendezvous
@@ -232,6 +245,7 @@ impl Workload {
     pub fn metrics(self) -> &'static [Metric] {
         match self {
             Workload::SpawnJoin => &[Metric::NsPer("task")],
+            Workload::SpawnMemory => &[Metric::PeakBytesPerSpawn, Metric::PeakBytesBeyondHandle],
             Workload::SpawnNested => &[Metric::NsPer("leaf")],
             Workload::Pingpong | Workload::PingpongRendezvous => &[Metric::NsPer("round trip")],
             Workload::MpscFanin => &[Metric::NsPer("message")],
@@ -256,7 +270,7 @@ impl Workload {
     /// Whether each measurement runs in a fresh process: its figures include the peak RSS, or
     /// it is a server whose process-wide CPU time and system calls are counted.
     pub fn fresh_process(self) -> bool {
-        matches!(self, Workload::Timers | Workload::TcpEcho | Workload::IdleConns)
+        matches!(self, Workload::SpawnMemory | Workload::Timers | Workload::TcpEcho | Workload::IdleConns)
     }
 }
 

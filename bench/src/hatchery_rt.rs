@@ -34,6 +34,9 @@ impl Drop for DropCount<'_> {
     }
 }
 
+/// Size of the handle `spawn_join` keeps per task (`spawn_memory` reports the bytes beyond it).
+pub const HANDLE_BYTES: usize = std::mem::size_of::<hatchery::JoinHandle<'static, u64>>();
+
 /// `spawn_join`: wall time of spawning `n` children and awaiting their handles in order.
 pub fn spawn_join(n: u64) -> Duration {
     let (elapsed, sum) = run(async {

@@ -53,6 +53,9 @@ impl Drop for DropCount {
     }
 }
 
+/// Size of the handle `spawn_join` keeps per task (`spawn_memory` reports the bytes beyond it).
+pub const HANDLE_BYTES: usize = std::mem::size_of::<async_executor::Task<u64>>();
+
 /// `spawn_join`: wall time of spawning `n` tasks returning `i` and awaiting them in order.
 pub fn spawn_join(n: u64) -> Duration {
     let (elapsed, sum) = block_on(|ex| async move {

@@ -63,6 +63,9 @@ impl Drop for DropCount {
     }
 }
 
+/// Size of the handle `spawn_join` keeps per task (`spawn_memory` reports the bytes beyond it).
+pub const HANDLE_BYTES: usize = std::mem::size_of::<JoinHandle<u64>>();
+
 /// `spawn_join`: wall time of spawning `n` tasks returning `i` and awaiting their handles.
 pub fn spawn_join(local: bool, n: u64) -> Duration {
     let (elapsed, sum) = block_on(local, async move {
