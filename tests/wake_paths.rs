@@ -485,9 +485,19 @@ fn children_parked_on_the_crates_primitives_hold_no_waker() {
         let event = Event::new();
         let (sock_a, _sock_b) = hatchery::net::UnixStream::pair()?;
         let stash: RefCell<Option<std::task::Waker>> = RefCell::new(None);
+        let cond_lock = hatchery::sync::Mutex::new(0u32);
+        let cond = hatchery::sync::Condition::new();
         let guard = lock.lock().await?;
         nursery(async |n| {
             let (rx, tx_full, lock, event, sock_a, stash) = (&rx, &tx_full, &lock, &event, &sock_a, &stash);
+            let (cond_lock, cond) = (&cond_lock, &cond);
+            // A condition waiter: first in the condition's queue, then (notified) in the mutex's.
+            n.start_soon(async move {
+                let g = cond_lock.lock().await?;
+                let mut g = cond.wait(g).await.map_err(hatchery::sync::LockError::from)?;
+                *g += 1;
+                Ok::<(), Error>(())
+            });
             n.start_soon(async move { rx.recv().await.map(drop).map_err(Error::from) });
             n.start_soon(async move { tx_full.send(1).await.map_err(|e| Error::from(e.kind)) });
             n.start_soon(async move { lock.lock().await.map(drop).map_err(Error::from) });
@@ -529,6 +539,14 @@ fn children_parked_on_the_crates_primitives_hold_no_waker() {
             sleep(secs(2)).await?;
             wait_all_tasks_blocked().await?;
             assert_eq!(registrations().held_wakers, 0, "the consumer waits for the item");
+            {
+                let g = cond_lock.lock().await?;
+                cond.notify_one(&g);
+                wait_all_tasks_blocked().await?;
+                assert_eq!(registrations().held_wakers, 0, "the notified waiter waits for the lock");
+            }
+            wait_all_tasks_blocked().await?;
+            assert_eq!(*cond_lock.lock().await?, 1, "the waiter woke, holding the lock");
             n.start_soon(async move {
                 let mut first = true;
                 std::future::poll_fn(|cx| {

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use super::mutex::{BrokenMutex, LockError, Mutex, MutexGuard, MutexState};
 use super::parking_lot::{ParkingLot, Resource, Status, Take, Ticket};
 use crate::error::{CancelError, Cancelled};
-use crate::lowlevel::{Park, checkpoint_if_cancelled};
+use crate::lowlevel::{Here, Park};
 
 /// A condition variable for [`Mutex`] (Trio's `Condition`, S7.6): a task holding the lock
 /// [`wait`](Condition::wait)s, which releases the lock until another task holding it
@@ -282,13 +282,14 @@ impl<'a, T: ?Sized> ConditionWait<'a, T> {
     fn reacquire(
         &mut self,
         cancelled: Cancelled,
+        here: &Here,
         cx: &mut Context<'_>,
     ) -> Poll<Result<MutexGuard<'a, T>, WaitError<'a, T>>> {
         match self.state().try_take() {
             Take::Taken => Poll::Ready(self.relocked(Some(cancelled))),
             Take::Broken => Poll::Ready(Err(self.broken())),
             Take::Busy => {
-                let ticket = self.state().lot.park(cx.waker());
+                let ticket = self.state().lot.park_wakeup(here.wakeup(cx.waker()));
                 self.step = WaitStep::InMutex { ticket, cancelled: Some(cancelled) };
                 Poll::Pending
             }
@@ -301,13 +302,16 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        // One look-up of the run for the whole poll: the cancel point, the wake-ups and the
+        // cancellation registration share it (as the parking lot's `Acquire` does).
+        let here = Here::get();
         loop {
             match &mut this.step {
                 WaitStep::Start(_) => {
                     let WaitStep::Start(guard) = std::mem::replace(&mut this.step, WaitStep::Done) else {
                         unreachable!()
                     };
-                    if let Err(cancelled) = checkpoint_if_cancelled() {
+                    if let Err(cancelled) = here.cancel_point() {
                         return Poll::Ready(Err(WaitError::Cancelled { guard, cancelled }));
                     }
                     let state = this.mutex.state();
@@ -318,19 +322,19 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                         );
                     }
                     this.cond.mutex.set(state.addr());
-                    let ticket = this.cond.lot.park(cx.waker());
+                    let ticket = this.cond.lot.park_wakeup(here.wakeup(cx.waker()));
                     this.step = WaitStep::InCondition(ticket);
                     guard.into_locked();
                     state.release();
                 }
                 WaitStep::InCondition(ticket) => {
                     let ticket = *ticket;
-                    match this.cond.lot.poll(ticket, cx.waker()) {
+                    match this.cond.lot.poll_with(ticket, |w| here.refresh(w, cx.waker())) {
                         Status::Moved(to) => this.step = WaitStep::InMutex { ticket: to, cancelled: None },
-                        Status::Waiting => match this.park.poll_cancel(cx) {
+                        Status::Waiting => match here.poll_cancel(&mut this.park, cx) {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(c) => match this.cond.lot.leave(ticket) {
-                                Status::Waiting => return this.reacquire(c, cx),
+                                Status::Waiting => return this.reacquire(c, &here, cx),
                                 Status::Moved(to) => {
                                     this.step = WaitStep::InMutex { ticket: to, cancelled: Some(c) }
                                 }
@@ -342,7 +346,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                 }
                 WaitStep::InMutex { ticket, cancelled } => {
                     let ticket = *ticket;
-                    match this.mutex.state().lot.poll(ticket, cx.waker()) {
+                    match this.mutex.state().lot.poll_with(ticket, |w| here.refresh(w, cx.waker())) {
                         Status::Granted => {
                             let c = cancelled.take();
                             return Poll::Ready(this.relocked(c));
@@ -351,7 +355,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                         Status::Waiting => {
                             // Until cancelled, listen for cancellation; after, only for the lock.
                             if cancelled.is_none()
-                                && let Poll::Ready(c) = this.park.poll_cancel(cx)
+                                && let Poll::Ready(c) = here.poll_cancel(&mut this.park, cx)
                             {
                                 *cancelled = Some(c);
                             }

@@ -49,7 +49,7 @@ pub(crate) struct Ticket {
     generation: u32,
 }
 
-/// A waiter's fate, as [`ParkingLot::poll`] and [`ParkingLot::leave`] report it.
+/// A waiter's fate, as [`ParkingLot::poll_with`] and [`ParkingLot::leave`] report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
     /// Still in the queue (from `leave`: was in the queue, and is now gone).
@@ -204,13 +204,18 @@ impl ParkingLot {
     }
 
     /// Parks a waiter at the tail of the queue; `waker` is woken when its fate changes. In a
-    /// broken lot the waiter is broken at once (and `waker` woken).
+    /// broken lot the waiter is broken at once (and `waker` woken). For the unit tests, which
+    /// drive a lot outside any run: the primitives park with [`park_wakeup`](Self::park_wakeup),
+    /// the wake-up made with the run in hand.
+    #[cfg(test)]
     pub(crate) fn park(&self, waker: &Waker) -> Ticket {
         // Made before the borrow: cloning a foreign waker is foreign code.
         self.park_wakeup(Wakeup::new(waker))
     }
 
-    /// [`park`](ParkingLot::park) with the wake-up already made.
+    /// Parks a waiter, with the wake-up made by the caller (`lowlevel::Here::wakeup`), at the
+    /// tail of the queue; the wake-up fires when its fate changes. In a broken lot the waiter is
+    /// broken at once (and woken).
     pub(crate) fn park_wakeup(&self, w: Wakeup) -> Ticket {
         let (t, wake) = self.lot.borrow_mut().push(w);
         if let Some(w) = wake {
@@ -220,13 +225,16 @@ impl ParkingLot {
     }
 
     /// Reads a waiter's fate. While it waits, refreshes its waker; otherwise frees the slot (the
-    /// ticket is spent).
+    /// ticket is spent). For the unit tests, as `park`; the primitives use
+    /// [`poll_with`](Self::poll_with).
+    #[cfg(test)]
     pub(crate) fn poll(&self, t: Ticket, waker: &Waker) -> Status {
         self.poll_with(t, |w| w.refresh(waker))
     }
 
-    /// [`poll`](ParkingLot::poll), with `refresh` bringing a waiting waiter's wake-up up to date
-    /// (and returning a replaced waker, dropped here after the borrow).
+    /// Reads a waiter's fate. While it waits, `refresh` brings its wake-up up to date (and
+    /// returns a replaced waker, dropped here after the borrow); otherwise the slot is freed
+    /// (the ticket is spent).
     pub(crate) fn poll_with(&self, t: Ticket, refresh: impl FnOnce(&mut Wakeup) -> Option<Waker>) -> Status {
         let mut lot = self.lot.borrow_mut();
         match lot.slot(t) {
