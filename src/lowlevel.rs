@@ -297,15 +297,21 @@ impl Park {
     }
 
     /// The operation completed: stop listening for cancellation.
+    #[inline]
     pub fn unpark(&mut self) {
-        let waiter = self.waiter();
-        if waiter != NIL {
-            if let Some(core) = context::try_core().filter(|c| c.id as u32 == self.run_id) {
-                let old = core.cancel.borrow_mut().unregister(waiter);
-                drop(old);
-            }
-            self.state = NO_WAITER;
+        // Parked with the task's own waker (the common case), there is nothing to undo: no call.
+        if self.state < NO_WAITER {
+            self.unregister();
         }
+    }
+
+    fn unregister(&mut self) {
+        let waiter = self.waiter();
+        if let Some(core) = context::try_core().filter(|c| c.id as u32 == self.run_id) {
+            let old = core.cancel.borrow_mut().unregister(waiter);
+            drop(old);
+        }
+        self.state = NO_WAITER;
     }
 }
 
@@ -663,10 +669,21 @@ impl Timer {
             return Poll::Ready(Ok(()));
         }
         let core = context::core();
-        if self.take_fired(&core) {
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(c) = cancel_point(&core) {
+        // The entry is looked up once for both questions: has it fired (that wins), and if not,
+        // is the caller cancelled (then it goes).
+        if let Some(key) = self.entry(&core) {
+            let mut timers = core.timers.borrow_mut();
+            let fired = timers.armed(key) == Some(false);
+            let cancelled = if fired { None } else { cancel_point(&core) };
+            if fired || cancelled.is_some() {
+                timers.remove(key);
+                drop(timers);
+                self.key = NIL;
+                self.fired = fired;
+                self.park.unpark();
+                return Poll::Ready(cancelled.map_or(Ok(()), Err));
+            }
+        } else if let Some(c) = cancel_point(&core) {
             self.reset_in(Some(&core));
             return Poll::Ready(Err(c));
         }
