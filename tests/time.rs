@@ -521,3 +521,40 @@ fn a_sleep_moved_to_another_run_arms_an_entry_of_its_own() {
     assert_eq!(other_ended, Some(at(4)));
     assert_eq!(moved_ended, Some(at(10)), "the deadline fixed in the first run (both clocks start at 0)");
 }
+
+#[test]
+fn a_sleep_that_fired_wins_over_a_cancellation_that_came_before_its_task_ran_s2_3() {
+    // Both sleeps fire in the same pass; under Fifo the one that began first runs first and
+    // cancels the other's scope. The other's sleep has completed: it returns Ok (a completed
+    // operation wins over a cancellation that arrived meanwhile), and the scope's body goes on
+    // to its end.
+    testing::builder().schedule(hatchery::SchedulePolicy::Fifo).run(async {
+        let scope = CancelScope::new();
+        let h = scope.handle();
+        let slept = Cell::new(None);
+        nursery(async |n| {
+            let (h, slept) = (&h, &slept);
+            n.start_soon(async move {
+                sleep(secs(1)).await?;
+                h.cancel();
+                Ok::<_, Cancelled>(())
+            });
+            n.start_soon(async move {
+                let r = scope
+                    .run(async {
+                        let r = sleep(secs(1)).await;
+                        slept.set(Some(r));
+                        Ok::<_, Cancelled>(now())
+                    })
+                    .await;
+                assert_eq!(r, Ok(Some(at(1))), "the body ran to its end");
+                Ok::<_, Cancelled>(())
+            });
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(slept.take(), Some(Ok(())), "the fired sleep returned Ok, not Cancelled");
+        assert!(h.cancel_called());
+    });
+}
