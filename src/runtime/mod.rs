@@ -249,10 +249,10 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
 
         // 2. How long may we wait?
         let runnable = core.sched.borrow().root_scheduled;
-        let next_deadline = core.timers.borrow_mut().next_deadline();
         let timeout = if runnable {
             Some(Duration::ZERO)
         } else {
+            let next_deadline = core.timers.borrow_mut().next_deadline();
             let idle_for = idle_since.map_or(Duration::ZERO, |t| t.elapsed());
             let until_deadline = next_deadline.and_then(|d| core.clock.real_wait_until(d));
             let blocked = core.blocked.borrow();
@@ -298,8 +298,8 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         expire_deadlines(core, &mut wakeups);
 
         // 5. Idle: quiescence waiters first, then autojump.
-        let idle = !core.sched.borrow().root_scheduled && !core.shared.has_remote();
-        if !idle {
+        let mut scheduled = core.sched.borrow().root_scheduled;
+        if scheduled || core.shared.has_remote() {
             idle_since = None;
         } else {
             let idle_for = idle_since.get_or_insert_with(clock::real_now).elapsed();
@@ -313,10 +313,11 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
                 }
                 expire_deadlines(core, &mut wakeups);
             }
+            scheduled = core.sched.borrow().root_scheduled;
         }
 
         // 6. One batch.
-        if core.sched.borrow().root_scheduled {
+        if scheduled {
             core.sched.borrow_mut().root_scheduled = false;
             let (data, vtable) = context::waker_id(&root_waker);
             core.entity.set((WakeTarget::ROOT, data, vtable));
