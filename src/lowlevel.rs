@@ -142,8 +142,12 @@ impl Future for YieldNow {
 /// free function of this module looks it up again: a thread-local read and a reference count).
 /// The crate's own primitives use it on their hot paths; it is not public because a primitive
 /// written outside the crate follows the same protocol through the free functions.
-pub(crate) struct Here {
-    core: std::rc::Rc<context::Core>,
+///
+/// Usually it owns a reference to the run (`Here::get`); an I/O source, whose registration
+/// holds the run already, lends its own instead (`Here<&Core>`), so that an operation keeps no
+/// extra word in its future across awaits.
+pub(crate) struct Here<C: std::ops::Deref<Target = context::Core> = std::rc::Rc<context::Core>> {
+    core: C,
 }
 
 impl Here {
@@ -154,7 +158,9 @@ impl Here {
     pub(crate) fn get() -> Here {
         Here { core: context::core() }
     }
+}
 
+impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
     /// [`checkpoint_if_cancelled`].
     #[inline]
     pub(crate) fn cancel_point(&self) -> Result<(), Cancelled> {
@@ -201,7 +207,35 @@ impl Here {
     pub(crate) fn poll_cancel(&self, park: &mut Park, cx: &mut Context<'_>) -> Poll<Cancelled> {
         park.poll_cancel_in(&self.core, cx)
     }
+
+    /// [`cancel_shielded_checkpoint`] with the run in hand (a future of one word for a
+    /// borrowed `Here`).
+    pub(crate) fn shielded_schedule_point(self) -> ShieldedPoint<C> {
+        ShieldedPoint { here: Some(self) }
+    }
 }
+
+/// Future of [`Here::shielded_schedule_point`]: passes at once within the turn's budget, else
+/// yields once (`here` is `None` once it has).
+pub(crate) struct ShieldedPoint<C: std::ops::Deref<Target = context::Core>> {
+    here: Option<Here<C>>,
+}
+
+impl<C: std::ops::Deref<Target = context::Core>> Future for ShieldedPoint<C> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &self.here {
+            Some(here) if !here.schedule_point(cx) => {
+                self.here = None;
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+}
+
+impl<C: std::ops::Deref<Target = context::Core>> Unpin for ShieldedPoint<C> {}
 
 /// A parked operation's registration for cancellation: the abort path of the parking protocol.
 ///
@@ -440,7 +474,7 @@ impl<T: AsFd> IoSource<T> {
         park: &mut Park,
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
-        self.check_run()?;
+        let here = self.here()?;
         let reactor = self.reg.reactor();
         loop {
             if reactor.should_try(self.reg.key, dir) {
@@ -464,7 +498,7 @@ impl<T: AsFd> IoSource<T> {
                     return Poll::Ready(Err(ClosedResource.into()));
                 }
                 Readiness::Pending => {
-                    return match park.poll_cancel(cx) {
+                    return match here.poll_cancel(park, cx) {
                         Poll::Ready(c) => {
                             reactor.forget_waiter(self.reg.key, dir, POLL_OP);
                             Poll::Ready(Err(c.into()))
@@ -476,32 +510,47 @@ impl<T: AsFd> IoSource<T> {
         }
     }
 
-    fn check_run(&self) -> io::Result<()> {
+    /// Checks that this source belongs to the run being polled (one look-up of the run) and
+    /// returns that run, borrowed from the registration: the steps of an operation use it
+    /// without looking the run up again, and without keeping it in their future.
+    fn here(&self) -> io::Result<Here<&context::Core>> {
         if context::core().id != self.reg.run_id() {
             return Err(io::Error::other(
                 "this IoSource was registered in a hatchery run that has ended; register the descriptor again",
             ));
         }
-        Ok(())
+        Ok(self.at())
+    }
+
+    /// The run of the registration (the one being polled, once [`here`](Self::here) said so).
+    fn at(&self) -> Here<&context::Core> {
+        Here { core: self.reg.core() }
     }
 
     async fn wait(&self, dir: Dir) -> io::Result<()> {
-        self.check_run()?;
-        checkpoint_if_cancelled()?;
-        let mut wait =
-            ReadyWait { src: self, dir, id: context::core().fresh_id(), park: Park::new(), waited: false };
-        std::future::poll_fn(|cx| wait.poll(cx)).await?;
-        if !wait.waited {
-            cancel_shielded_checkpoint().await;
+        let id = {
+            let here = self.here()?;
+            here.cancel_point()?;
+            here.core.fresh_id()
+        };
+        let waited = {
+            let mut wait = ReadyWait { src: self, dir, id, park: Park::new(), waited: false };
+            (&mut wait).await?;
+            wait.waited
+        };
+        if !waited {
+            self.at().shielded_schedule_point().await;
         }
         Ok(())
     }
 
     async fn op_with<R>(&self, dir: Dir, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        self.check_run()?;
-        checkpoint_if_cancelled()?;
+        let id = {
+            let here = self.here()?;
+            here.cancel_point()?;
+            here.core.fresh_id()
+        };
         let mut waited = false;
-        let id = context::core().fresh_id();
         loop {
             if self.reg.reactor().should_try(self.reg.key, dir) {
                 // The schedule point comes *before* the syscall, never after it: a future
@@ -509,8 +558,8 @@ impl<T: AsFd> IoSource<T> {
                 // lose them. Having yielded, check for a cancellation that arrived meanwhile
                 // (cancelled before `op` runs means no effect).
                 if !waited {
-                    cancel_shielded_checkpoint().await;
-                    checkpoint_if_cancelled()?;
+                    self.at().shielded_schedule_point().await;
+                    self.at().cancel_point()?;
                     waited = true;
                 }
                 match op(self.get_ref()) {
@@ -521,7 +570,7 @@ impl<T: AsFd> IoSource<T> {
                 }
             }
             let mut wait = ReadyWait { src: self, dir, id, park: Park::new(), waited: false };
-            std::future::poll_fn(|cx| wait.poll(cx)).await?;
+            (&mut wait).await?;
             waited |= wait.waited;
         }
     }
@@ -543,25 +592,30 @@ struct ReadyWait<'a, T: AsFd> {
     waited: bool,
 }
 
-impl<T: AsFd> ReadyWait<'_, T> {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let fd = self.src.get_ref().as_fd();
-        let r = self.src.reg.poll_ready(self.dir, self.id, cx.waker(), fd);
+impl<T: AsFd> Future for ReadyWait<'_, T> {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let src = this.src;
+        let here = src.at();
+        let fd = src.get_ref().as_fd();
+        let r = src.reg.poll_ready(this.dir, this.id, cx.waker(), fd);
         match r {
             Err(e) => Poll::Ready(Err(e)),
             Ok(Readiness::Ready) => {
-                self.park.unpark();
+                this.park.unpark();
                 Poll::Ready(Ok(()))
             }
-            Ok(Readiness::Busy) => Poll::Ready(Err(busy(self.dir))),
+            Ok(Readiness::Busy) => Poll::Ready(Err(busy(this.dir))),
             Ok(Readiness::Closed) => Poll::Ready(Err(ClosedResource.into())),
-            Ok(Readiness::Pending) => match self.park.poll_cancel(cx) {
+            Ok(Readiness::Pending) => match here.poll_cancel(&mut this.park, cx) {
                 Poll::Ready(c) => {
-                    self.src.reg.reactor().forget_waiter(self.src.reg.key, self.dir, self.id);
+                    src.reg.reactor().forget_waiter(src.reg.key, this.dir, this.id);
                     Poll::Ready(Err(c.into()))
                 }
                 Poll::Pending => {
-                    self.waited = true;
+                    this.waited = true;
                     Poll::Pending
                 }
             },

@@ -526,6 +526,11 @@ impl Registration {
         &self.core.reactor
     }
 
+    /// The run this source is registered in.
+    pub(crate) fn core(&self) -> &super::context::Core {
+        &self.core
+    }
+
     /// [`Reactor::poll_ready`] for this source.
     pub(crate) fn poll_ready(
         &self,
