@@ -510,11 +510,17 @@ impl<T: AsFd> IoSource<T> {
         }
     }
 
-    /// Checks that this source belongs to the run being polled (one look-up of the run) and
-    /// returns that run, borrowed from the registration: the steps of an operation use it
-    /// without looking the run up again, and without keeping it in their future.
+    /// Checks that this source belongs to the run being polled (a read of the thread's run id)
+    /// and returns that run, borrowed from the registration: the steps of the poll use it
+    /// without looking the run up, and an operation keeps nothing more in its future. Every
+    /// poll of an operation that waits checks again, so a future moved to a later run fails
+    /// there instead of working on the run that ended.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
     fn here(&self) -> io::Result<Here<&context::Core>> {
-        if context::core().id != self.reg.run_id() {
+        if context::current_run_id() != self.reg.run_id() {
             return Err(io::Error::other(
                 "this IoSource was registered in a hatchery run that has ended; register the descriptor again",
             ));
@@ -522,7 +528,8 @@ impl<T: AsFd> IoSource<T> {
         Ok(self.at())
     }
 
-    /// The run of the registration (the one being polled, once [`here`](Self::here) said so).
+    /// The run of the registration: the one being polled, once [`here`](Self::here) has said
+    /// so in the same poll.
     fn at(&self) -> Here<&context::Core> {
         Here { core: self.reg.core() }
     }
@@ -559,7 +566,8 @@ impl<T: AsFd> IoSource<T> {
                 // (cancelled before `op` runs means no effect).
                 if !waited {
                     self.at().shielded_schedule_point().await;
-                    self.at().cancel_point()?;
+                    // Maybe a later poll: check the run again.
+                    self.here()?.cancel_point()?;
                     waited = true;
                 }
                 match op(self.get_ref()) {
@@ -598,7 +606,7 @@ impl<T: AsFd> Future for ReadyWait<'_, T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let src = this.src;
-        let here = src.at();
+        let here = src.here()?;
         let fd = src.get_ref().as_fd();
         let r = src.reg.poll_ready(this.dir, this.id, cx.waker(), fd);
         match r {

@@ -87,3 +87,46 @@ fn a_panic_in_the_main_future_propagates_and_cleans_up() {
     assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"main exploded"));
     assert_eq!(drops.count(), 1, "the sibling was cancelled and dropped before the panic was resumed");
 }
+
+/// Panics the first time it is woken only, so that later wakes (a cancellation reaching a
+/// registration it holds) do not hide the first panic.
+struct PanicsOnceWaker(std::sync::atomic::AtomicBool);
+
+impl Wake for PanicsOnceWaker {
+    fn wake(self: Arc<Self>) {
+        if !self.0.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            panic!("this waker refuses to wake once");
+        }
+    }
+}
+
+#[test]
+fn a_handle_waker_that_panics_when_the_child_finishes_surfaces_as_that_panic() {
+    // The handle is first polled by a foreign combinator whose waker panics: the child's
+    // value is stored, the wake panics, and the nursery reports the child as failed (telling
+    // the handle a second time). The panic that leaves the run is the waker's own, not a
+    // complaint about the handle.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let _ = nursery(async |n| {
+                let mut h = n.spawn(async {
+                    sleep(secs(1)).await?;
+                    Ok::<u32, Cancelled>(5)
+                });
+                let waker = Waker::from(Arc::new(PanicsOnceWaker(Default::default())));
+                assert!(std::pin::Pin::new(&mut h).poll(&mut Context::from_waker(&waker)).is_pending());
+                sleep(secs(2)).await?;
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        })
+    }));
+    let p = r.unwrap_err();
+    assert_eq!(
+        p.downcast_ref::<&str>(),
+        Some(&"this waker refuses to wake once"),
+        "{:?}",
+        p.downcast_ref::<String>()
+    );
+    assert_eq!(testing::run(async { sleep(secs(1)).await.map(|_| 5) }), Ok(5));
+}

@@ -6,6 +6,7 @@ mod support;
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hatchery::lowlevel::IoSource;
@@ -280,6 +281,26 @@ fn io_source_from_an_earlier_run_is_an_error() {
         let mut buf = [0u8; 4];
         a.read_with(|s| (&*s).read(&mut buf)).await.unwrap_err()
     });
+    assert!(e.to_string().contains("has ended"), "{e}");
+}
+
+/// A wait that began in one run and is polled again in a later run fails there with the same
+/// error, instead of waiting on the ended run (session 9 review: an operation works with the run
+/// its source's registration holds, so every poll checks that it is still the current one).
+#[test]
+fn a_wait_carried_into_a_later_run_is_an_error() {
+    use std::os::unix::net::UnixStream;
+    let (a, _b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    #[expect(clippy::async_yields_async, reason = "the wait is carried into the next run")]
+    let mut wait = testing::run(async move {
+        let a: &'static IoSource<UnixStream> = Box::leak(Box::new(IoSource::new(a).unwrap()));
+        let mut wait = Box::pin(a.readable());
+        let polled = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "nothing to read yet");
+        wait
+    });
+    let e = testing::run(async move { wait.as_mut().await.unwrap_err() });
     assert!(e.to_string().contains("has ended"), "{e}");
 }
 

@@ -25,17 +25,6 @@ enum Out<T> {
     Taken,
 }
 
-impl<T> Out<T> {
-    fn name(&self) -> &'static str {
-        match self {
-            Out::Running(_) => "running",
-            Out::Value(_) => "value",
-            Out::NoValue(_) => "no value",
-            Out::Taken => "taken",
-        }
-    }
-}
-
 /// Where a child leaves its value for its handle.
 pub(crate) struct OutCell<T> {
     out: Cell<Out<T>>,
@@ -50,7 +39,10 @@ impl<T> OutCell<T> {
         match self.out.replace(out) {
             Out::Running(Some(w)) => w.wake(),
             Out::Running(None) => {}
-            done => unreachable!("hatchery internal error: a child finished twice ({})", done.name()),
+            // Finished already: the waker the first finish woke panicked, so the nursery counts
+            // the child as failed and says so again. The later word stands (as the handle's
+            // `JoinError::Failed`), and the earlier value is dropped.
+            earlier => drop(earlier),
         }
     }
 

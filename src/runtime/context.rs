@@ -408,6 +408,9 @@ impl Core {
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+    /// The id of the run in `CURRENT`, 0 when there is none (run ids start at 1): a check
+    /// that a run is still the current one reads a word, not the `RefCell`.
+    static CURRENT_ID: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The core of the run on this thread.
@@ -416,12 +419,29 @@ thread_local! {
 ///
 /// Outside a run, with a message that says what to do.
 pub(crate) fn core() -> Rc<Core> {
-    try_core().unwrap_or_else(|| {
-        panic!(
-            "this hatchery operation was used outside a hatchery run; \
-             call it from a future driven by hatchery::run"
-        )
-    })
+    try_core().unwrap_or_else(|| outside_a_run())
+}
+
+/// The id of the run on this thread, without taking a reference to it.
+///
+/// # Panics
+///
+/// Outside a run, as [`core()`].
+#[inline]
+pub(crate) fn current_run_id() -> u64 {
+    let id = CURRENT_ID.with(Cell::get);
+    if id == 0 {
+        outside_a_run();
+    }
+    id
+}
+
+#[cold]
+fn outside_a_run() -> ! {
+    panic!(
+        "this hatchery operation was used outside a hatchery run; \
+         call it from a future driven by hatchery::run"
+    )
 }
 
 pub(crate) fn try_core() -> Option<Rc<Core>> {
@@ -433,6 +453,7 @@ pub(crate) fn is_running() -> bool {
 }
 
 pub(crate) fn set_current(core: Option<Rc<Core>>) -> Option<Rc<Core>> {
+    CURRENT_ID.with(|id| id.set(core.as_ref().map_or(0, |c| c.id)));
     CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), core))
 }
 
