@@ -287,21 +287,32 @@ fn io_source_from_an_earlier_run_is_an_error() {
 /// A wait that began in one run and is polled again in a later run fails there with the same
 /// error, instead of waiting on the ended run (session 9 review: an operation works with the run
 /// its source's registration holds, so every poll checks that it is still the current one).
+///
+/// The runs happen on a thread of their own, and the test waits for them with a real-clock
+/// timeout: should the check regress, the second run would wait forever, and this turns that
+/// into a failure instead of a hung test binary.
 #[test]
 fn a_wait_carried_into_a_later_run_is_an_error() {
     use std::os::unix::net::UnixStream;
-    let (a, _b) = UnixStream::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    #[expect(clippy::async_yields_async, reason = "the wait is carried into the next run")]
-    let mut wait = testing::run(async move {
-        let a: &'static IoSource<UnixStream> = Box::leak(Box::new(IoSource::new(a).unwrap()));
-        let mut wait = Box::pin(a.readable());
-        let polled = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
-        assert!(polled.is_pending(), "nothing to read yet");
-        wait
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        #[expect(clippy::async_yields_async, reason = "the wait is carried into the next run")]
+        let mut wait = testing::run(async move {
+            let a: &'static IoSource<UnixStream> = Box::leak(Box::new(IoSource::new(a).unwrap()));
+            let mut wait = Box::pin(a.readable());
+            let polled = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "nothing to read yet");
+            wait
+        });
+        let e = testing::run(async move { wait.as_mut().await.unwrap_err() });
+        let _ = done_tx.send(e.to_string());
     });
-    let e = testing::run(async move { wait.as_mut().await.unwrap_err() });
-    assert!(e.to_string().contains("has ended"), "{e}");
+    let e = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the carried wait neither failed nor finished: it waits on the ended run");
+    assert!(e.contains("has ended"), "{e}");
 }
 
 /// S4.9 through `io::Error`: a cancelled scope strips the cancellations out of a group that
