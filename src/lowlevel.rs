@@ -208,6 +208,25 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
         park.poll_cancel_in(&self.core, cx)
     }
 
+    /// Registers `park` for cancellation for an operation that passed its cancel point earlier
+    /// in this same poll and has just parked with the wake-up `made`: if making it ran no
+    /// foreign code (it names the task; a foreign waker's clone could do anything), nothing
+    /// can have cancelled the operation in between, so the cancel point is not asked again.
+    #[inline]
+    pub(crate) fn register_parked(
+        &self,
+        park: &mut Park,
+        made_for_task: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Cancelled> {
+        if made_for_task {
+            park.register(&self.core, cx);
+            Poll::Pending
+        } else {
+            park.poll_cancel_in(&self.core, cx)
+        }
+    }
+
     /// [`cancel_shielded_checkpoint`] with the run in hand (a future of one word for a
     /// borrowed `Here`).
     pub(crate) fn shielded_schedule_point(self) -> ShieldedPoint<C> {

@@ -51,6 +51,12 @@ pub(crate) enum Wakeup {
 }
 
 impl Wakeup {
+    /// Whether it names a task of the run (made without cloning a waker: no foreign code ran).
+    #[inline]
+    pub(crate) fn is_task(&self) -> bool {
+        matches!(self, Wakeup::Task(_))
+    }
+
     /// Who to wake for the poll that has `waker`, for paths without the run in hand; outside a
     /// run, the waker.
     pub(crate) fn new(waker: &Waker) -> Wakeup {

@@ -91,12 +91,15 @@ impl<'a, T> SendFuture<'a, T> {
                 if passed { Poll::Ready(Ok(())) } else { Poll::Pending }
             }
             Err(TrySendError::Full(value)) => {
-                let key = state.park_sender(value, self.sender.id, here.wakeup(cx.waker()));
+                let wakeup = here.wakeup(cx.waker());
+                let for_task = wakeup.is_task();
+                let key = state.park_sender(value, self.sender.id, wakeup);
                 drop(state);
                 self.state = SendState::Parked { key, park: Park::new() };
                 // Nothing can have taken the value yet (no other code ran): no need to ask the
-                // channel about the new entry.
-                self.poll_cancel_parked(&here, cx)
+                // channel about the new entry; nor to check for cancellation again, unless a
+                // foreign waker was cloned.
+                self.poll_cancel_parked(&here, for_task, cx)
             }
             Err(TrySendError::Disconnected(value)) => {
                 drop(state);
@@ -119,7 +122,7 @@ impl<'a, T> SendFuture<'a, T> {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
                 let here = here.expect("hatchery internal error: a waiting send was not refreshed");
-                return self.poll_cancel_parked(&here, cx);
+                return self.poll_cancel_parked(&here, false, cx);
             }
             Polled::Done(Ok(())) => Ok(()),
             Polled::Done(Err((why, value))) => Err(SendError::new(
@@ -136,11 +139,17 @@ impl<'a, T> SendFuture<'a, T> {
     }
 
     /// A parked send that nothing has completed: registers for cancellation, and when one
-    /// arrives, takes the value back out of the channel.
+    /// arrives, takes the value back out of the channel. `just_parked`: parked in this poll,
+    /// after its cancel point, with no foreign code run since (see `Here::register_parked`).
     #[inline(always)]
-    fn poll_cancel_parked(&mut self, here: &Here, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+    fn poll_cancel_parked(
+        &mut self,
+        here: &Here,
+        just_parked: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError<T>>> {
         let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
-        let Poll::Ready(c) = here.poll_cancel(park, cx) else { return Poll::Pending };
+        let Poll::Ready(c) = here.register_parked(park, just_parked, cx) else { return Poll::Pending };
         let (value, waker) = self.sender.shared.borrow_mut().cancel_sender(*key);
         drop(waker);
         self.state = SendState::Done;
@@ -215,7 +224,7 @@ impl RecvWait {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
                 let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
-                self.poll_cancel(&here, shared, cx).map(Err)
+                self.poll_cancel(&here, shared, false, cx).map(Err)
             }
             Polled::Done(r) => Poll::Ready(r.map_err(|why| match why {
                 RecvFailure::Closed => RecvError::Closed,
@@ -225,15 +234,19 @@ impl RecvWait {
     }
 
     /// A parked receive that nothing has completed: registers for cancellation, and when one
-    /// arrives, removes the entry (nothing was consumed).
+    /// arrives, removes the entry (nothing was consumed). `just_parked`: parked in this poll,
+    /// after its cancel point, with no foreign code run since (see `Here::register_parked`).
     #[inline]
     fn poll_cancel<T>(
         &mut self,
         here: &Here,
         shared: &RefCell<State<T>>,
+        just_parked: bool,
         cx: &mut Context<'_>,
     ) -> Poll<RecvError> {
-        let Poll::Ready(c) = here.poll_cancel(&mut self.park, cx) else { return Poll::Pending };
+        let Poll::Ready(c) = here.register_parked(&mut self.park, just_parked, cx) else {
+            return Poll::Pending;
+        };
         let waker = shared.borrow_mut().cancel_receiver(self.key);
         drop(waker);
         Poll::Ready(RecvError::Cancelled(c))
@@ -271,12 +284,15 @@ impl<T> Receiver<T> {
         match state.try_recv() {
             Ok((v, woken)) => RecvStart::Now(v, woken),
             Err(TryRecvError::Empty) => {
-                let key = state.park_receiver(self.id, here.wakeup(cx.waker()));
+                let wakeup = here.wakeup(cx.waker());
+                let for_task = wakeup.is_task();
+                let key = state.park_receiver(self.id, wakeup);
                 drop(state);
                 // Nobody can have sent or closed meanwhile (no other code ran): no need to ask
-                // the channel about the new entry.
+                // the channel about the new entry; nor to check for cancellation again, unless
+                // a foreign waker was cloned.
                 let mut wait = RecvWait { key, park: Park::new() };
-                match wait.poll_cancel(here, &self.shared, cx) {
+                match wait.poll_cancel(here, &self.shared, for_task, cx) {
                     Poll::Pending => RecvStart::Parked(wait),
                     Poll::Ready(e) => RecvStart::Failed(e),
                 }
