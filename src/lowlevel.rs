@@ -209,9 +209,10 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
     }
 
     /// Registers `park` for cancellation for an operation that passed its cancel point earlier
-    /// in this same poll and has just parked with the wake-up `made`: if making it ran no
-    /// foreign code (it names the task; a foreign waker's clone could do anything), nothing
-    /// can have cancelled the operation in between, so the cancel point is not asked again.
+    /// in this same poll and has just parked. `made_for_task`: its wake-up names the task, so
+    /// making it ran no foreign code (a foreign waker's clone could do anything); then nothing
+    /// can have cancelled the operation in between, and the cancel point is not asked again.
+    /// Otherwise this is [`poll_cancel`](Here::poll_cancel).
     #[inline]
     pub(crate) fn register_parked(
         &self,
