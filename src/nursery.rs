@@ -29,7 +29,7 @@
 //! so that [`JoinHandle::cancel`] can cancel one child.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -152,6 +152,9 @@ pub struct Nursery<'n, 'env, E> {
     body_waker: Waker,
     node: u32,
     inner: RefCell<Inner<'n, E>>,
+    /// The nursery's scope has been seen cancelled (it stays so): `cancel_self` has nothing to
+    /// do, without a look at the cancel tree for each of the children that end with an error.
+    seen_cancelled: Cell<bool>,
     _marker: PhantomData<&'n mut &'env ()>,
 }
 
@@ -322,6 +325,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 closed: false,
                 pending_starts: 0,
             }),
+            seen_cancelled: Cell::new(false),
             _marker: PhantomData,
         }
     }
@@ -447,6 +451,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     fn cancel_self(&self, reason: &'static str) {
         // The first cause wins (S4.15): once cancelled, there is nothing to record or wake (each
         // child of a cancelled nursery ends here with its `Cancelled`).
+        if self.seen_cancelled.get() {
+            return;
+        }
+        self.seen_cancelled.set(true);
         if self.core.cancel.borrow().state(self.node).cancel_called.get() {
             return;
         }
