@@ -554,12 +554,17 @@ impl<T: AsFd> IoSource<T> {
         Here { core: self.reg.core() }
     }
 
+    /// The start of an `async` operation: the run check, the cancel point on entry, and the
+    /// operation's id for the reactor.
+    #[inline]
+    fn begin_op(&self) -> io::Result<u64> {
+        let here = self.here()?;
+        here.cancel_point()?;
+        Ok(here.core.fresh_id())
+    }
+
     async fn wait(&self, dir: Dir) -> io::Result<()> {
-        let id = {
-            let here = self.here()?;
-            here.cancel_point()?;
-            here.core.fresh_id()
-        };
+        let id = self.begin_op()?;
         let waited = {
             let mut wait = ReadyWait { src: self, dir, id, park: Park::new(), waited: false };
             (&mut wait).await?;
@@ -572,11 +577,7 @@ impl<T: AsFd> IoSource<T> {
     }
 
     async fn op_with<R>(&self, dir: Dir, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        let id = {
-            let here = self.here()?;
-            here.cancel_point()?;
-            here.core.fresh_id()
-        };
+        let id = self.begin_op()?;
         let mut waited = false;
         loop {
             if self.reg.reactor().should_try(self.reg.key, dir) {
@@ -726,7 +727,7 @@ impl Timer {
             return Poll::Ready(());
         }
         let core = context::core();
-        if self.take_fired(&core) {
+        if self.settle(&core, false).is_some() {
             return Poll::Ready(());
         }
         let wake = self.register(&core, cx);
@@ -751,43 +752,41 @@ impl Timer {
             return Poll::Ready(Ok(()));
         }
         let core = context::core();
-        // The entry is looked up once for both questions: has it fired (that wins), and if not,
-        // is the caller cancelled (then it goes).
-        if let Some(key) = self.entry(&core) {
-            let mut timers = core.timers.borrow_mut();
-            let fired = timers.armed(key) == Some(false);
-            let cancelled = if fired { None } else { cancel_point(&core) };
-            if fired || cancelled.is_some() {
-                timers.remove(key);
-                drop(timers);
-                self.key = NIL;
-                self.fired = fired;
-                self.park.unpark();
-                return Poll::Ready(cancelled.map_or(Ok(()), Err));
-            }
-        } else if let Some(c) = cancel_point(&core) {
-            self.reset_in(Some(&core));
-            return Poll::Ready(Err(c));
+        if let Some(outcome) = self.settle(&core, true) {
+            return Poll::Ready(outcome);
         }
         let wake = self.register(&core, cx);
         self.arm(&core, deadline, wake);
         Poll::Pending
     }
 
-    /// If the armed entry has fired: removes it, unparks and marks the timer fired.
-    fn take_fired(&mut self, core: &context::Core) -> bool {
-        let Some(key) = self.entry(core) else { return false };
-        let mut timers = core.timers.borrow_mut();
-        // A sleep's entry is only disarmed by firing.
-        if timers.armed(key) != Some(false) {
-            return false;
-        }
-        timers.remove(key);
-        drop(timers);
+    /// Whether the wait is over, with the armed entry looked up once: `Ok` if it has fired
+    /// (that wins), else, if `cancellable`, `Err` at a cancel point that finds the caller
+    /// cancelled. Either way the entry is removed and the park unregistered (`fired` is set
+    /// for `Ok`). `None`: neither, and the entry stays armed.
+    #[inline(always)]
+    fn settle(&mut self, core: &context::Core, cancellable: bool) -> Option<Result<(), Cancelled>> {
+        let outcome = match self.entry(core) {
+            Some(key) => {
+                let mut timers = core.timers.borrow_mut();
+                // A sleep's entry is only disarmed by firing.
+                let outcome = if timers.armed(key) == Some(false) {
+                    Ok(())
+                } else if cancellable {
+                    Err(cancel_point(core)?)
+                } else {
+                    return None;
+                };
+                timers.remove(key);
+                outcome
+            }
+            None if cancellable => Err(cancel_point(core)?),
+            None => return None,
+        };
         self.key = NIL;
-        self.fired = true;
+        self.fired = outcome.is_ok();
         self.park.unpark();
-        true
+        Some(outcome)
     }
 
     /// Makes the armed entry name `wake`, how the latest registration wakes the task; arms one
