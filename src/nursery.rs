@@ -454,6 +454,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         if self.seen_cancelled.get() {
             return;
         }
+        // Cancelled already, or about to be below: either way, for good.
         self.seen_cancelled.set(true);
         if self.core.cancel.borrow().state(self.node).cancel_called.get() {
             return;
