@@ -51,10 +51,12 @@ use crate::runtime::slab::Slab;
 
 mod handle;
 mod poll;
+mod shared;
 mod start;
 
 pub use handle::JoinHandle;
 use handle::OutCell;
+use shared::SharedChild;
 pub use start::TaskStatus;
 
 /// Opens a nursery, runs `body` in it, and returns when the body and every child have finished.
@@ -160,15 +162,98 @@ pub struct Nursery<'n, 'env, E> {
 
 type BoxedChild<'n, E> = Pin<Box<dyn Child<E> + 'n>>;
 
-struct Slot<'n, E> {
-    /// `None` while the child is being polled.
-    task: Option<ManuallyDrop<BoxedChild<'n, E>>>,
-    /// The child's own cancel-status node, once it has one (`NIL` before).
-    node: u32,
-    /// Whether the child may need a node of its own (it has a handle that can cancel it). The
-    /// node is created lazily: when the child first parks, enters a scope or opens a nursery, or
-    /// when its handle cancels it. Trivial children never get one.
-    wants_node: bool,
+/// A child, out of its slot (while it is polled, inserted or dropped).
+enum Task<'n, E> {
+    /// A `start_soon` or `start` child: the nursery alone owns the future.
+    Boxed(BoxedChild<'n, E>),
+    /// A `spawn` child: the future shares one allocation with its handle's output cell.
+    Shared(SharedChild<'n, E>),
+}
+
+impl<E> Task<'_, E> {
+    fn poll_child(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        match self {
+            Task::Boxed(t) => t.as_mut().poll_child(cx),
+            Task::Shared(t) => t.poll_child(cx),
+        }
+    }
+
+    /// Tells the handle, if any, why there is no value.
+    fn no_value(&mut self, why: &dyn Fn() -> JoinError) {
+        if let Task::Shared(t) = self {
+            t.no_value(why);
+        }
+    }
+}
+
+/// A child in the nursery's slab. An enum, not a struct holding a [`Task`], so that its tag
+/// sits beside `node`: 24 bytes per child instead of 32 (DESIGN.md section 9).
+///
+/// Every child has, besides its future, its own cancel-status node once it has one (`NIL`
+/// before). Only a child with a handle that can cancel it (a `Shared` one) may need a node of
+/// its own; the node is created lazily: when the child first parks, enters a scope or opens a
+/// nursery, or when its handle cancels it. Trivial children never get one.
+enum Slot<'n, E> {
+    Boxed { task: ManuallyDrop<BoxedChild<'n, E>>, node: u32 },
+    Shared { task: ManuallyDrop<SharedChild<'n, E>>, node: u32 },
+    /// Taken out of its slot to be polled; `wants_node` says which of the others it was.
+    Polled { node: u32, wants_node: bool },
+}
+
+impl<'n, E> Slot<'n, E> {
+    fn new(task: Task<'n, E>, node: u32) -> Self {
+        match task {
+            Task::Boxed(t) => Slot::Boxed { task: ManuallyDrop::new(t), node },
+            Task::Shared(t) => Slot::Shared { task: ManuallyDrop::new(t), node },
+        }
+    }
+
+    fn node(&self) -> u32 {
+        match *self {
+            Slot::Boxed { node, .. } | Slot::Shared { node, .. } | Slot::Polled { node, .. } => node,
+        }
+    }
+
+    fn set_node(&mut self, to: u32) {
+        match self {
+            Slot::Boxed { node, .. } | Slot::Shared { node, .. } | Slot::Polled { node, .. } => *node = to,
+        }
+    }
+
+    fn wants_node(&self) -> bool {
+        match *self {
+            Slot::Boxed { .. } => false,
+            Slot::Shared { .. } => true,
+            Slot::Polled { wants_node, .. } => wants_node,
+        }
+    }
+
+    /// Takes the child out to be polled (`None` if it is out already).
+    fn take(&mut self) -> Option<ManuallyDrop<Task<'n, E>>> {
+        let (node, wants_node) = (self.node(), self.wants_node());
+        match std::mem::replace(self, Slot::Polled { node, wants_node }) {
+            Slot::Boxed { task, .. } => Some(ManuallyDrop::new(Task::Boxed(ManuallyDrop::into_inner(task)))),
+            Slot::Shared { task, .. } => Some(ManuallyDrop::new(Task::Shared(ManuallyDrop::into_inner(task)))),
+            polled @ Slot::Polled { .. } => {
+                *self = polled;
+                None
+            }
+        }
+    }
+
+    /// Puts back a child taken out with `take`.
+    fn put_back(&mut self, task: ManuallyDrop<Task<'n, E>>) {
+        *self = Slot::new(ManuallyDrop::into_inner(task), self.node());
+    }
+
+    /// The child, if it is in its slot, for its final drop.
+    fn into_task(self) -> Option<ManuallyDrop<Task<'n, E>>> {
+        match self {
+            Slot::Boxed { task, .. } => Some(ManuallyDrop::new(Task::Boxed(ManuallyDrop::into_inner(task)))),
+            Slot::Shared { task, .. } => Some(ManuallyDrop::new(Task::Shared(ManuallyDrop::into_inner(task)))),
+            Slot::Polled { .. } => None,
+        }
+    }
 }
 
 struct Inner<'n, E> {
@@ -195,62 +280,27 @@ impl<E> fmt::Debug for Nursery<'_, '_, E> {
     }
 }
 
-/// A child future as the nursery sees it.
+/// A child future the nursery owns alone (`start_soon`, `start`): nobody awaits its value.
 trait Child<E> {
     fn poll_child(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>>;
-    /// The child ended without a value (failed, panicked, cancelled): tell its handle why.
-    /// `why` is called only if there is a handle (building a `JoinError` clones a cause).
-    fn no_value(self: Pin<&mut Self>, why: &dyn Fn() -> JoinError);
-}
-
-/// Where a child's value goes: its handle's cell, or nowhere (`()`, for children nobody awaits,
-/// which then carry no pointer at all).
-trait OutSink<T> {
-    fn value(&self, v: T);
-    fn no_value(&self, why: &dyn Fn() -> JoinError);
-}
-
-impl<T> OutSink<T> for () {
-    fn value(&self, _v: T) {}
-    fn no_value(&self, _why: &dyn Fn() -> JoinError) {}
-}
-
-impl<T> OutSink<T> for Rc<OutCell<T>> {
-    fn value(&self, v: T) {
-        self.set_value(v);
-    }
-    fn no_value(&self, why: &dyn Fn() -> JoinError) {
-        self.set_no_value(why());
-    }
 }
 
 pin_project! {
-    struct ChildTask<F, O> {
+    struct ChildTask<F> {
         #[pin]
         fut: F,
-        out: O,
     }
 }
 
-impl<F, T, E, O> Child<E> for ChildTask<F, O>
+impl<F, T, E> Child<E> for ChildTask<F>
 where
     F: Future<Output = Result<T, E>>,
-    O: OutSink<T>,
 {
     fn poll_child(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
-        let this = self.project();
-        match this.fut.poll(cx) {
+        match self.project().fut.poll(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(v)) => {
-                this.out.value(v);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(r) => Poll::Ready(r.map(drop)),
         }
-    }
-
-    fn no_value(self: Pin<&mut Self>, why: &dyn Fn() -> JoinError) {
-        self.project().out.no_value(why);
     }
 }
 
@@ -275,13 +325,14 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
             };
             let Some(slot) = next else { break };
             n.core.live_tasks.set(n.core.live_tasks.get() - 1);
-            if let Some(task) = slot.task
+            let node = slot.node();
+            if let Some(task) = slot.into_task()
                 && let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(ManuallyDrop::into_inner(task))))
             {
                 panic.get_or_insert(p);
             }
-            if slot.node != NIL {
-                n.core.cancel.borrow_mut().exit(slot.node);
+            if node != NIL {
+                n.core.cancel.borrow_mut().exit(node);
             }
         }
         // Wakers kept by children that were dropped unfinished (dropped here, nothing borrowed).
@@ -350,24 +401,20 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     }
 
     /// Adds a child and schedules it. Returns its index, or gives the task back if closed.
-    fn insert_child(&self, task: BoxedChild<'n, E>, own_node: bool) -> Result<u32, BoxedChild<'n, E>> {
-        self.insert_child_at(task, own_node, NIL)
+    fn insert_child(&self, task: Task<'n, E>) -> Result<u32, Task<'n, E>> {
+        self.insert_child_at(task, NIL)
     }
 
-    /// Like `insert_child`, for a child that already has its own node (a started task).
-    fn insert_child_at(
-        &self,
-        task: BoxedChild<'n, E>,
-        own_node: bool,
-        node: u32,
-    ) -> Result<u32, BoxedChild<'n, E>> {
+    /// Inserts a child with its node (`NIL`: none yet) and schedules it; gives the child back if
+    /// the nursery is closed.
+    fn insert_child_at(&self, task: Task<'n, E>, node: u32) -> Result<u32, Task<'n, E>> {
         let index = {
             let mut inner = self.inner.borrow_mut();
             if inner.closed {
                 return Err(task);
             }
             let index = inner.children.vacant_key() as u32 + 1;
-            inner.children.insert(Slot { task: Some(ManuallyDrop::new(task)), node, wants_node: own_node });
+            inner.children.insert(Slot::new(task, node));
             index
         };
         self.core.live_tasks.set(self.core.live_tasks.get() + 1);
@@ -390,12 +437,12 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         T: 'n,
         E: 'n,
     {
-        let out = Rc::new(OutCell::new());
-        let task: BoxedChild<'n, E> = Box::pin(ChildTask { fut: future, out: out.clone() });
-        match self.insert_child(task, true) {
+        let (task, out) = SharedChild::new(future);
+        match self.insert_child(Task::Shared(task)) {
             Ok(index) => JoinHandle::new(self, index, out),
             Err(task) => {
                 drop(task);
+                let out = Rc::pin(OutCell::new());
                 out.set_no_value(JoinError::ChildCancelled(closed_cancelled()));
                 JoinHandle::new(self, 0, out)
             }
@@ -428,8 +475,8 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         T: 'n,
         E: 'n,
     {
-        let task: BoxedChild<'n, E> = Box::pin(ChildTask { fut: future, out: () });
-        self.insert_child(task, false).map(|_| ()).map_err(|_| StartError::Closed)
+        let task = Task::Boxed(Box::pin(ChildTask { fut: future }));
+        self.insert_child(task).map(|_| ()).map_err(|_| StartError::Closed)
     }
 
     /// Records an error and cancels the nursery's scope (S3.4, S3.5).
@@ -475,13 +522,13 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let node = {
             let mut inner = self.inner.borrow_mut();
             match inner.children.get_mut(index as usize - 1) {
-                Some(slot) if slot.node != NIL => slot.node,
-                Some(slot) if slot.wants_node => {
+                Some(slot) if slot.node() != NIL => slot.node(),
+                Some(slot) if slot.wants_node() => {
                     // The child has not needed a node yet: it has nothing registered, so a fresh
                     // node under the nursery's is all it takes.
                     let state = ScopeRef::Shared(self.core.inert.clone());
                     let node = self.core.cancel.borrow_mut().enter(self.node, state);
-                    slot.node = node;
+                    slot.set_node(node);
                     node
                 }
                 _ => return,

@@ -15,7 +15,7 @@
 //! | workload | n | measures |
 //! |---|---|---|
 //! | `spawn_join` | 1,000,000 | spawn a child returning `i: u64`, keep its handle; then await all handles in order and sum them. ns per task |
-//! | `spawn_memory` | 1,000,000 | `spawn_join` in a fresh child process: peak bytes per task = (`VmHWM` at the end - `VmRSS` before) / n, the handle (kept in a `Vec` until awaited) included, and the same less the size of the handle (hatchery's `JoinHandle<u64>` is 40 bytes, tokio's `JoinHandle` and async-executor's `Task` 8) |
+//! | `spawn_memory` | 1,000,000 | `spawn_join` in a fresh child process: peak bytes per task = (`VmHWM` at the end - `VmRSS` before) / n, the handle (kept in a `Vec` until awaited) included, and the same less the size of the handle (hatchery's `JoinHandle<u64>` is 48 bytes, tokio's `JoinHandle` and async-executor's `Task` 8) |
 //! | `spawn_nested` | 1,000,000 leaves | 1,000 parents each spawn 1,000 children and await them (nested nurseries for hatchery). ns per leaf |
 //! | `pingpong` | 1,000,000 round trips | task B (started first) receives each value on a capacity-1 channel and sends it back on another; task A sends `i`, receives it back and sums. hatchery `channel(1)`, tokio `sync::mpsc::channel(1)`, smol `async_channel::bounded(1)`. ns per round trip |
 //! | `pingpong_rendezvous` | 1,000,000 round trips | `pingpong` over two capacity-0 (rendezvous) channels, **hatchery only** (tokio's mpsc and async-channel have no capacity 0; their cells show `-`). Naming `pingpong` on the command line runs it too. ns per round trip |

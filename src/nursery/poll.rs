@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::{BodyState, BoxedChild, Nursery, RunState};
+use super::{BodyState, Nursery, RunState, Task};
 use crate::cancel::{self, StatusGuard};
 use crate::error::{CancelError, JoinError, NurseryError};
 use crate::runtime::cancel_tree::{NIL, Wakeups};
@@ -121,9 +121,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let taken = {
             let mut inner = self.inner.borrow_mut();
             match inner.children.get_mut(index as usize - 1) {
-                Some(slot) => match slot.task.take() {
+                Some(slot) => match slot.take() {
                     Some(t) => {
-                        let (node, wants_node) = (slot.node, slot.wants_node);
+                        let (node, wants_node) = (slot.node(), slot.wants_node());
                         let kept = inner.kept.get_mut(index as usize - 1).and_then(Option::take);
                         let waker = match kept {
                             Some(w) => {
@@ -153,7 +153,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let res = {
             let _status = StatusGuard::enter_lazy(core, status, lazy);
             let mut cx = Context::from_waker(task_waker);
-            catch_unwind(AssertUnwindSafe(|| task.as_mut().poll_child(&mut cx)))
+            catch_unwind(AssertUnwindSafe(|| task.poll_child(&mut cx)))
         };
         core.entity.set(prev_entity);
         core.cancel_points.set(saved.0);
@@ -167,8 +167,8 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             Ok(Poll::Pending) => {
                 let mut inner = self.inner.borrow_mut();
                 let slot = &mut inner.children[index as usize - 1];
-                slot.task = Some(task);
-                slot.node = node;
+                slot.set_node(node);
+                slot.put_back(task);
                 if let Some(w) = kept {
                     let i = index as usize - 1;
                     if i >= inner.kept.len() {
@@ -209,7 +209,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// `made` (created by the child during the poll, lazily) and whatever its handle created
     /// meanwhile to cancel it (the child cancelled itself, or a task it polls did).
     fn reconcile_node(&self, index: u32, before: u32, made: u32) -> u32 {
-        let during = self.inner.borrow().children.get(index as usize - 1).map_or(before, |s| s.node);
+        let during = self.inner.borrow().children.get(index as usize - 1).map_or(before, |s| s.node());
         if during == before {
             return if made != NIL { made } else { before };
         }
@@ -222,7 +222,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         // a freed node even for the moment before the caller stores the result (a handle's
         // cancel, woken re-entrantly, reads it).
         if let Some(slot) = self.inner.borrow_mut().children.get_mut(index as usize - 1) {
-            slot.node = made;
+            slot.set_node(made);
         }
         let mut wakeups = Wakeups::default();
         {
@@ -237,13 +237,13 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
 
     /// Tells a child's handle why there is no value. Waking the awaiting task calls its waker,
     /// which may be foreign code: a panic there counts as the child's.
-    fn tell_handle(&self, task: &mut ManuallyDrop<BoxedChild<'n, E>>, why: &dyn Fn() -> JoinError) {
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| task.as_mut().no_value(why))) {
+    fn tell_handle(&self, task: &mut ManuallyDrop<Task<'n, E>>, why: &dyn Fn() -> JoinError) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| task.no_value(why))) {
             self.record_panic(p);
         }
     }
 
-    fn finish_child(&self, index: u32, task: ManuallyDrop<BoxedChild<'n, E>>, node: u32) {
+    fn finish_child(&self, index: u32, task: ManuallyDrop<Task<'n, E>>, node: u32) {
         self.inner.borrow_mut().children.remove(index as usize - 1);
         self.core.live_tasks.set(self.core.live_tasks.get() - 1);
         // The child's destructor is user code: run it with nothing borrowed, and treat a panic

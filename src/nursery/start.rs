@@ -6,7 +6,7 @@ use std::future::{Future, poll_fn};
 use std::rc::Rc;
 use std::task::Poll;
 
-use super::{BoxedChild, ChildTask, Nursery};
+use super::{BoxedChild, ChildTask, Nursery, Task};
 use crate::cancel::StatusGuard;
 use crate::error::{CancelError, StartError};
 use crate::runtime::cancel_tree::{NIL, ScopeRef};
@@ -129,7 +129,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let guard = PendingStart { n: self, node: std::cell::Cell::new(node) };
         let cell = Rc::new(RefCell::new(None));
         let status = TaskStatus { cell: Some(cell.clone()) };
-        let mut task: Option<BoxedChild<'n, E>> = Some(Box::pin(ChildTask { fut: f(status), out: () }));
+        let mut task: Option<BoxedChild<'n, E>> = Some(Box::pin(ChildTask { fut: f(status) }));
         // The caller's own checkpoint (S2.1): the task's checkpoints are its own, so `start`
         // counts its cancel point (the check below) and its schedule point (a wait, or one yield).
         let mut yielded = false;
@@ -185,7 +185,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                     // The task's node (and all it holds) moves under the nursery's.
                     let task_node = guard.node.get();
                     core.cancel.borrow_mut().reparent(task_node, self.node);
-                    match self.insert_child_at(moved, false, task_node) {
+                    match self.insert_child_at(Task::Boxed(moved), task_node) {
                         Ok(_) => {
                             guard.node.set(NIL);
                             Poll::Ready(Ok(cell.borrow_mut().take().expect("started value")))
