@@ -15,11 +15,12 @@
 //! - if it is dropped, the body is dropped, then [`CloseGuard`] drops every child, while the
 //!   borrows are still valid.
 //!
-//! Children are stored as `ManuallyDrop<Pin<Box<dyn Child + 'n>>>`: a type with no drop glue
-//! for `'n`, which is what lets the nursery be borrowed for `'n` by the very futures it stores
-//! (drop-check would otherwise reject it). Every child is dropped explicitly, exactly once:
-//! when it finishes, or by the guard. A child is taken out of its slot while it is polled, so the
-//! nursery's state is never borrowed while user code runs.
+//! Children are stored as a `ManuallyDrop` of their owner (a `Pin<Box<dyn Child + 'n>>`, or a
+//! [`SharedChild`] whose future shares one allocation with its handle's output cell): a type with
+//! no drop glue for `'n`, which is what lets the nursery be borrowed for `'n` by the very futures
+//! it stores (drop-check would otherwise reject it). Every child is dropped explicitly, exactly
+//! once: when it finishes, or by the guard. A child is taken out of its slot while it is polled,
+//! so the nursery's state is never borrowed while user code runs.
 //!
 //! # Scheduling and cancellation
 //!
@@ -194,10 +195,19 @@ impl<E> Task<'_, E> {
 /// its own; the node is created lazily: when the child first parks, enters a scope or opens a
 /// nursery, or when its handle cancels it. Trivial children never get one.
 enum Slot<'n, E> {
-    Boxed { task: ManuallyDrop<BoxedChild<'n, E>>, node: u32 },
-    Shared { task: ManuallyDrop<SharedChild<'n, E>>, node: u32 },
+    Boxed {
+        task: ManuallyDrop<BoxedChild<'n, E>>,
+        node: u32,
+    },
+    Shared {
+        task: ManuallyDrop<SharedChild<'n, E>>,
+        node: u32,
+    },
     /// Taken out of its slot to be polled; `wants_node` says which of the others it was.
-    Polled { node: u32, wants_node: bool },
+    Polled {
+        node: u32,
+        wants_node: bool,
+    },
 }
 
 impl<'n, E> Slot<'n, E> {
@@ -233,7 +243,9 @@ impl<'n, E> Slot<'n, E> {
         let (node, wants_node) = (self.node(), self.wants_node());
         match std::mem::replace(self, Slot::Polled { node, wants_node }) {
             Slot::Boxed { task, .. } => Some(ManuallyDrop::new(Task::Boxed(ManuallyDrop::into_inner(task)))),
-            Slot::Shared { task, .. } => Some(ManuallyDrop::new(Task::Shared(ManuallyDrop::into_inner(task)))),
+            Slot::Shared { task, .. } => {
+                Some(ManuallyDrop::new(Task::Shared(ManuallyDrop::into_inner(task))))
+            }
             polled @ Slot::Polled { .. } => {
                 *self = polled;
                 None
@@ -250,7 +262,9 @@ impl<'n, E> Slot<'n, E> {
     fn into_task(self) -> Option<ManuallyDrop<Task<'n, E>>> {
         match self {
             Slot::Boxed { task, .. } => Some(ManuallyDrop::new(Task::Boxed(ManuallyDrop::into_inner(task)))),
-            Slot::Shared { task, .. } => Some(ManuallyDrop::new(Task::Shared(ManuallyDrop::into_inner(task)))),
+            Slot::Shared { task, .. } => {
+                Some(ManuallyDrop::new(Task::Shared(ManuallyDrop::into_inner(task))))
+            }
             Slot::Polled { .. } => None,
         }
     }

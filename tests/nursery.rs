@@ -358,6 +358,79 @@ fn dropping_the_nursery_future_drops_children_once() {
     });
 }
 
+/// A future that keeps what it owns after it is ready (an async block would have dropped its
+/// locals by then): it shows when the nursery drops a finished child's future.
+struct ReadyHolding(u64, #[allow(dead_code)] support::DropToken);
+
+impl std::future::Future for ReadyHolding {
+    type Output = Result<u64, Cancelled>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(self.0))
+    }
+}
+
+#[test]
+fn a_spawned_childs_future_is_dropped_when_it_ends_not_when_its_handle_goes() {
+    // The future shares its allocation with the handle's output cell; the allocation outlives
+    // the child, the future must not.
+    let counter = DropCounter::new();
+    testing::run(async {
+        nursery(async |n| {
+            let handles: Vec<_> = (0..3).map(|i| n.spawn(ReadyHolding(i, counter.token()))).collect();
+            let parked = n.spawn(async {
+                let _t = counter.token();
+                sleep_forever().await?;
+                Ok::<_, Cancelled>(9)
+            });
+            wait_all_tasks_blocked().await?;
+            assert_eq!(counter.count(), 3, "the finished children's futures are gone, their handles not");
+            parked.cancel();
+            wait_all_tasks_blocked().await?;
+            assert_eq!(counter.count(), 4, "so is the cancelled child's");
+            let mut values = Vec::new();
+            for h in handles {
+                values.push(h.await.unwrap());
+            }
+            assert_eq!(values, [0, 1, 2]);
+            assert!(matches!(parked.await, Err(JoinError::ChildCancelled(_))));
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(counter.count(), 4, "each future dropped once");
+}
+
+#[test]
+fn dropping_the_nursery_future_drops_spawned_children_once() {
+    let counter = DropCounter::new();
+    testing::run(async {
+        {
+            let mut fut = Box::pin(nursery(async |n| {
+                for _ in 0..5 {
+                    let t = counter.token();
+                    let h = n.spawn(async move {
+                        let _t = t;
+                        sleep_forever().await?;
+                        Ok::<_, Cancelled>(())
+                    });
+                    assert!(!h.is_finished());
+                    drop(h);
+                }
+                sleep_forever().await?;
+                Ok::<_, Cancelled>(())
+            }));
+            support::poll_twice(fut.as_mut()).await;
+            assert_eq!(counter.count(), 0);
+        }
+        assert_eq!(counter.count(), 5);
+        assert_eq!(testing::live_tasks(), 1);
+    });
+}
+
 #[test]
 fn forgetting_the_nursery_future_is_sound() {
     let counter = DropCounter::new();

@@ -170,7 +170,11 @@ mod tests {
         type Output = Result<u64, ()>;
         fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
             self.polls.set(self.polls.get() + 1);
-            if self.polls.get() >= self.ready_at { Poll::Ready(Ok(u64::from(self.polls.get()))) } else { Poll::Pending }
+            if self.polls.get() >= self.ready_at {
+                Poll::Ready(Ok(u64::from(self.polls.get())))
+            } else {
+                Poll::Pending
+            }
         }
     }
 
