@@ -14,15 +14,22 @@
 //!   methods, which only [`SharedChild`] calls, each time through `&mut self`. A `SharedChild` is
 //!   made once per allocation, is not `Clone`, and its `Rc` field is private; the other clones of
 //!   the `Rc` are typed `dyn Output<T>`, which reaches the output cell only. So a `&mut
-//!   SharedChild` is a proof that nothing else is looking at the future, and safe Rust cannot
-//!   make two of them (the nursery keeps its children in a `RefCell`, and takes a child out of its
-//!   slot while polling it).
+//!   SharedChild` is a proof that nothing else is looking at the future, whatever its owner does
+//!   with it. While the future runs, the handle may make a `&Shared` (to reach the output cell):
+//!   that does not conflict with the `&mut F`, because every byte of `Shared` is interior-mutable
+//!   (the future's `UnsafeCell`, the output's `Cell`).
 //! - **Pinning.** The allocation is pinned from birth (`Rc::pin`) and nothing here moves the
 //!   future out of it. The future is dropped in place, by [`SharedChild`]'s destructor, while the
 //!   `SharedChild` still holds its strong count: the memory cannot be freed before the future's
-//!   destructor has run. If the `SharedChild` is leaked, its count is leaked with it, and so is
-//!   the allocation, which pinning allows. After that destructor nothing reads the future again:
-//!   it is a `ManuallyDrop`, which the allocation's own destructor leaves alone.
+//!   destructor has run, nor during a poll or that destructor (the calls borrow `Pin<&Self>`,
+//!   which the count keeps valid). If the `SharedChild` is leaked, its count is leaked with it,
+//!   and so is the allocation, which pinning allows. After that destructor (even one that
+//!   panicked) nothing reads the future again: it is a `ManuallyDrop`, which the allocation's own
+//!   destructor leaves alone.
+//!
+//! Valgrind (CI runs the nursery suites under it) checks the memory side; the aliasing side is
+//! argued here, not checked by a tool (Miri is not available; its run of this module's tests
+//! would need `-Zmiri-ignore-leaks`, for the deliberate leak).
 //!
 //! [`JoinHandle`]: super::JoinHandle
 
