@@ -444,6 +444,11 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// fails, its error goes to the nursery (which cancels its other tasks) and its handle
     /// resolves to [`JoinError::Failed`] (or to the awaiter's own cancellation).
     ///
+    /// Memory: the child's future and its result share one allocation with the handle. The
+    /// future is dropped as soon as the child ends; the allocation (the future's size plus the
+    /// result's) is freed when the handle is dropped too. To keep nothing of a finished child,
+    /// drop its handle, or use [`start_soon`](Nursery::start_soon) for a child nobody awaits.
+    ///
     /// Spawning into a closed nursery (only possible from a child's destructor while the nursery
     /// is being torn down) runs nothing: the future is dropped and the handle reports it.
     pub fn spawn<F, T>(&'n self, future: F) -> JoinHandle<'n, T>

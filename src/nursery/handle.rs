@@ -132,7 +132,8 @@ impl<T> OutCell<T> {
 /// `ChildCancelled`, which `?` propagates as an ordinary error, never as a silent cancellation of
 /// the nursery.
 ///
-/// Dropping the handle does not affect the child. The handle cannot outlive its nursery.
+/// Dropping the handle does not affect the child (it frees the child's allocation if the child has
+/// ended: see [`Nursery::spawn`](crate::Nursery::spawn)). The handle cannot outlive its nursery.
 pub struct JoinHandle<'n, T> {
     ctl: &'n dyn ChildControl,
     index: u32,
