@@ -194,8 +194,11 @@ impl<T> Future for JoinHandle<'_, T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        // One virtual call for the poll: the cell is inside the child's allocation, whose type the
+        // handle cannot name.
+        let out = this.out.cell();
         assert!(
-            !this.out.cell().is_taken(),
+            !out.is_taken(),
             "a hatchery JoinHandle was awaited after its value was taken (by an earlier await or try_take)"
         );
         // One look-up of the run for the whole poll (a `Yielding` poll does not need it; it is
@@ -205,8 +208,7 @@ impl<T> Future for JoinHandle<'_, T> {
             match this.state {
                 JoinState::Start => {
                     here.cancel_point().map_err(JoinError::Cancelled)?;
-                    this.state =
-                        if this.out.cell().is_finished() { JoinState::Yielding } else { JoinState::Waiting };
+                    this.state = if out.is_finished() { JoinState::Yielding } else { JoinState::Waiting };
                     // Fast path: a schedule point that cannot fail, then the value (S2.3).
                     if let JoinState::Yielding = this.state
                         && !here.schedule_point(cx)
@@ -217,20 +219,20 @@ impl<T> Future for JoinHandle<'_, T> {
                 JoinState::Yielding => {
                     this.state = JoinState::Start;
                     // Only this handle takes the value, and it is borrowed for this poll.
-                    return Poll::Ready(this.out.cell().take().expect("a finished child keeps its result"));
+                    return Poll::Ready(out.take().expect("a finished child keeps its result"));
                 }
                 JoinState::Waiting => {
-                    if let Some(r) = this.out.cell().take() {
+                    if let Some(r) = out.take() {
                         this.park.unpark();
                         this.state = JoinState::Start;
                         return Poll::Ready(r);
                     }
                     if let Poll::Ready(c) = here.poll_cancel(&mut this.park, cx) {
-                        drop(this.out.cell().set_waiter(None));
+                        drop(out.set_waiter(None));
                         this.state = JoinState::Start;
                         return Poll::Ready(Err(JoinError::Cancelled(c)));
                     }
-                    drop(this.out.cell().set_waiter(Some(here.wakeup(cx.waker()))));
+                    drop(out.set_waiter(Some(here.wakeup(cx.waker()))));
                     return Poll::Pending;
                 }
             }
