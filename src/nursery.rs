@@ -584,3 +584,17 @@ impl<E> ChildControl for Nursery<'_, '_, E> {
         Nursery::cancel_child(self, index, reason)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_24_bytes_whichever_owner_it_holds() {
+        // The enum's tag sits beside `node`; a struct holding a two-way `Task` would be 32, and
+        // the slab's own tag lives in the slot's niche.
+        assert_eq!(std::mem::size_of::<Slot<'static, Cancelled>>(), 24);
+        assert_eq!(crate::runtime::slab::entry_size::<Slot<'static, Cancelled>>(), 24);
+        assert_eq!(std::mem::size_of::<Task<'static, Cancelled>>(), 24, "a task out of its slot");
+    }
+}
