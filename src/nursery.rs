@@ -20,8 +20,8 @@
 //! no drop glue for `'n`, which is what lets the nursery be borrowed for `'n` by the very futures
 //! it stores (drop-check would otherwise reject it). Every child is dropped explicitly, never
 //! twice: when it finishes, or by the guard (a panic escaping the nursery's own code while a child
-//! is out of its slot leaks that child, which is sound). A child is taken out of its slot while it is polled,
-//! so the nursery's state is never borrowed while user code runs.
+//! is out of its slot leaks that child, which is sound). A child is taken out of its slot while
+//! it is polled, so the nursery's state is never borrowed while user code runs.
 //!
 //! # Scheduling and cancellation
 //!
@@ -57,7 +57,6 @@ mod shared;
 mod start;
 
 pub use handle::JoinHandle;
-use handle::OutCell;
 use shared::SharedChild;
 pub use start::TaskStatus;
 
@@ -240,18 +239,10 @@ impl<'n, E> Slot<'n, E> {
     }
 
     /// Takes the child out to be polled (`None` if it is out already).
+    #[inline]
     fn take(&mut self) -> Option<ManuallyDrop<Task<'n, E>>> {
-        let (node, wants_node) = (self.node(), self.wants_node());
-        match std::mem::replace(self, Slot::Polled { node, wants_node }) {
-            Slot::Boxed { task, .. } => Some(ManuallyDrop::new(Task::Boxed(ManuallyDrop::into_inner(task)))),
-            Slot::Shared { task, .. } => {
-                Some(ManuallyDrop::new(Task::Shared(ManuallyDrop::into_inner(task))))
-            }
-            polled @ Slot::Polled { .. } => {
-                *self = polled;
-                None
-            }
-        }
+        let polled = Slot::Polled { node: self.node(), wants_node: self.wants_node() };
+        std::mem::replace(self, polled).into_task()
     }
 
     /// Puts back a child taken out with `take`.
@@ -259,7 +250,8 @@ impl<'n, E> Slot<'n, E> {
         *self = Slot::new(ManuallyDrop::into_inner(task), self.node());
     }
 
-    /// The child, if it is in its slot, for its final drop.
+    /// The child, if it is in its slot (to poll it, or for its final drop).
+    #[inline]
     fn into_task(self) -> Option<ManuallyDrop<Task<'n, E>>> {
         match self {
             Slot::Boxed { task, .. } => Some(ManuallyDrop::new(Task::Boxed(ManuallyDrop::into_inner(task)))),
@@ -462,8 +454,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             Ok(index) => JoinHandle::new(self, index, out),
             Err(task) => {
                 drop(task);
-                let out = Rc::pin(OutCell::new());
-                out.set_no_value(JoinError::ChildCancelled(closed_cancelled()));
+                out.cell().set_no_value(JoinError::ChildCancelled(closed_cancelled()));
                 JoinHandle::new(self, 0, out)
             }
         }

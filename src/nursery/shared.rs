@@ -63,13 +63,6 @@ impl<F, T> Output<T> for Shared<F, T> {
     }
 }
 
-/// A handle whose child never ran (its nursery was closed) has a cell on its own.
-impl<T> Output<T> for OutCell<T> {
-    fn cell(&self) -> &OutCell<T> {
-        self
-    }
-}
-
 /// The nursery's side, type-erased. Private to this module: only [`SharedChild`] calls it.
 trait Drive<E> {
     /// Polls the future; a value goes to the output cell.
