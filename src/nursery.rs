@@ -19,8 +19,9 @@
 //! [`SharedChild`] whose future shares one allocation with its handle's output cell): a type with
 //! no drop glue for `'n`, which is what lets the nursery be borrowed for `'n` by the very futures
 //! it stores (drop-check would otherwise reject it). Every child is dropped explicitly, never
-//! twice: when it finishes, or by the guard (a panic escaping the nursery's own code while a child
-//! is out of its slot leaks that child, which is sound). A child is taken out of its slot while
+//! twice: when it finishes, or by the guard (user code that runs while a child is out of its
+//! slot is caught; a panic of the nursery's own code there would leak the child, which is
+//! sound). A child is taken out of its slot while
 //! it is polled, so the nursery's state is never borrowed while user code runs.
 //!
 //! # Scheduling and cancellation

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
@@ -62,6 +63,58 @@ fn a_panicking_child_destructor_counts_as_the_childs_panic() {
     }));
     assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"destructor exploded"));
     assert_eq!(drops.count(), 1);
+}
+
+#[test]
+fn a_panicking_cancel_error_method_counts_as_the_childs_panic_and_the_child_is_dropped() {
+    // A user's error type whose `strip_cancelled` panics: the nursery calls it when a child with
+    // a node of its own ends cancelled, to absorb the cancellation.
+    #[derive(Debug)]
+    struct Strict(Cancelled);
+    impl From<Cancelled> for Strict {
+        fn from(c: Cancelled) -> Self {
+            Strict(c)
+        }
+    }
+    impl hatchery::CancelError for Strict {
+        fn cancelled(&self) -> Option<&Cancelled> {
+            Some(&self.0)
+        }
+        fn strip_cancelled(self) -> Option<Self> {
+            panic!("strip_cancelled exploded");
+        }
+    }
+    // Keeps its token until it is dropped (an async block drops its locals when it returns).
+    struct Holding(
+        std::pin::Pin<Box<dyn Future<Output = Result<(), Strict>>>>,
+        #[allow(dead_code)] support::DropToken,
+    );
+    impl Future for Holding {
+        type Output = Result<(), Strict>;
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<Self::Output> {
+            self.0.as_mut().poll(cx)
+        }
+    }
+    let drops = DropCounter::new();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let _ = nursery(async |n| {
+                let sleeper = Box::pin(async {
+                    sleep(secs(10)).await?;
+                    Ok::<_, Strict>(())
+                });
+                let child = n.spawn(Holding(sleeper, drops.token()));
+                testing::wait_all_tasks_blocked().await.map_err(Strict)?;
+                child.cancel();
+                let joined = child.await;
+                assert!(matches!(joined, Err(hatchery::JoinError::Failed)), "{joined:?}");
+                Ok(())
+            })
+            .await;
+        })
+    }));
+    assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"strip_cancelled exploded"));
+    assert_eq!(drops.count(), 1, "the child was dropped, not leaked out of its slot");
 }
 
 #[test]

@@ -180,13 +180,24 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             }
             Ok(Poll::Ready(Ok(()))) => self.finish_child(index, task, node),
             Ok(Poll::Ready(Err(e))) => {
-                let absorbed = if node != NIL { cancel::absorb(core, node, e) } else { Some(e) };
+                // `absorb` runs the error type's `CancelError` methods, which are user code for a
+                // user's error type: a panic there counts as the child's (it would otherwise
+                // leave the child out of its slot, never dropped).
+                let absorbed = if node != NIL {
+                    catch_unwind(AssertUnwindSafe(|| cancel::absorb(core, node, e)))
+                } else {
+                    Ok(Some(e))
+                };
                 match absorbed {
-                    None => {
+                    Err(p) => {
+                        self.tell_handle(&mut task, &|| JoinError::Failed);
+                        self.record_panic(p);
+                    }
+                    Ok(None) => {
                         let why = || JoinError::ChildCancelled(core.cancel.borrow().state(node).cause());
                         self.tell_handle(&mut task, &why);
                     }
-                    Some(e) => {
+                    Ok(Some(e)) => {
                         let why = || match e.cancelled() {
                             Some(c) => JoinError::ChildCancelled(c.clone()),
                             None => JoinError::Failed,
