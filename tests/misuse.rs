@@ -1,5 +1,5 @@
-//! Misuse and foreign failures: a panicking waker, a panicking child destructor, a panic in the
-//! main future. Each surfaces as a propagated panic with its own message, and the thread can run
+//! Misuse and foreign failures: a panicking waker, a panicking child destructor, a user error
+//! type whose `CancelError` method panics, a panic in the main future. Each surfaces as a propagated panic with its own message, and the thread can run
 //! again afterwards: nothing corrupts the loop.
 
 mod support;
