@@ -160,6 +160,21 @@ impl Here {
     }
 }
 
+impl<'a> Here<&'a context::Core> {
+    /// The run `core` belongs to, borrowed from something that holds it (a nursery), which must
+    /// be the run on this thread: checked with one thread-local word instead of a look-up.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run, or in a run other than `core`'s (a future polled after its run ended, in
+    /// a later one).
+    #[inline]
+    pub(crate) fn of(core: &'a context::Core) -> Self {
+        context::assert_current(core);
+        Here { core }
+    }
+}
+
 impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
     /// [`checkpoint_if_cancelled`].
     #[inline]

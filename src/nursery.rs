@@ -569,11 +569,16 @@ fn closed_cancelled() -> Cancelled {
 /// What a [`JoinHandle`] needs from its nursery, without its type parameters.
 trait ChildControl {
     fn cancel_child(&self, index: u32, reason: Option<Arc<str>>);
+    /// The nursery's run, for a handle's poll (no thread-local look-up).
+    fn core(&self) -> &Core;
 }
 
 impl<E> ChildControl for Nursery<'_, '_, E> {
     fn cancel_child(&self, index: u32, reason: Option<Arc<str>>) {
         Nursery::cancel_child(self, index, reason)
+    }
+    fn core(&self) -> &Core {
+        &self.core
     }
 }
 

@@ -381,3 +381,40 @@ fn callbacks_after_a_panicking_one_still_run() {
     assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"callback two"));
     assert_eq!(*seen.lock().unwrap(), [1, 3]);
 }
+
+/// A nursery future carried into a later run says so at its first poll there. Before the
+/// check it waited forever: its children's wake-ups went to the ended run's scheduler.
+///
+/// The runs happen on a thread of their own, with a real-clock timeout as in the test above, so
+/// that a regression fails instead of hanging the test binary.
+#[test]
+fn a_nursery_carried_into_a_later_run_panics_with_a_clear_message() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        #[expect(clippy::async_yields_async, reason = "the nursery is carried into the next run")]
+        let mut carried = testing::run(async {
+            let mut fut = Box::pin(nursery(async |n| {
+                let h = n.spawn(async { Ok::<_, Cancelled>(7) });
+                let v = h.await.unwrap_or(0);
+                Ok::<_, Cancelled>(v)
+            }));
+            let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "the body waits for its child");
+            fut
+        });
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            testing::run(async move {
+                let _ = carried.as_mut().await;
+            })
+        }));
+        let msg = match r {
+            Ok(()) => "no panic".to_string(),
+            Err(p) => p.downcast_ref::<&str>().map_or("a panic without a message", |m| m).to_string(),
+        };
+        let _ = done_tx.send(msg);
+    });
+    let msg = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the carried nursery neither failed nor finished: it waits on the ended run");
+    assert!(msg.contains("polled in a run other than the one it started in"), "{msg:?}");
+}

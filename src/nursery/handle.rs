@@ -201,9 +201,8 @@ impl<T> Future for JoinHandle<'_, T> {
             !out.is_taken(),
             "a hatchery JoinHandle was awaited after its value was taken (by an earlier await or try_take)"
         );
-        // One look-up of the run for the whole poll (a `Yielding` poll does not need it; it is
-        // the rare one).
-        let here = Here::get();
+        // The run, from the nursery, for the whole poll.
+        let here = Here::of(this.ctl.core());
         loop {
             match this.state {
                 JoinState::Start => {

@@ -29,6 +29,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         E: CancelError,
     {
         let core = &self.core;
+        context::assert_current(core);
         if !st.closing {
             let (mut batch, old_parent, all) =
                 core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());

@@ -428,6 +428,28 @@ pub(crate) fn core() -> Rc<Core> {
     try_core().unwrap_or_else(|| outside_a_run())
 }
 
+/// Checks that `core` is the run on this thread (one thread-local word), for code that holds its
+/// run instead of looking it up: a nursery, a join handle.
+///
+/// # Panics
+///
+/// Outside a run, or in a run other than `core`'s: a future that started in one run was carried
+/// into a later one, where it could only mix the two runs' state or wait forever.
+#[inline]
+pub(crate) fn assert_current(core: &Core) {
+    if current_run_id() != core.id {
+        polled_in_another_run();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn polled_in_another_run() -> ! {
+    panic!(
+        "a hatchery future was polled in a run other than the one it started in (a nursery and its handles belong to one run)"
+    )
+}
+
 /// The id of the run on this thread, without taking a reference to it.
 ///
 /// # Panics
