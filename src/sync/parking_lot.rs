@@ -408,7 +408,16 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                             return Poll::Pending;
                         }
                         Take::Busy => {
-                            self.step = Step::Parked(self.res.lot().park_wakeup(here.wakeup(cx.waker())));
+                            let w = here.wakeup(cx.waker());
+                            let for_task = w.is_task();
+                            self.step = Step::Parked(self.res.lot().park_wakeup(w));
+                            // Just parked, after this poll's cancel point: with a wake-up naming
+                            // the task (no foreign code ran since) the cancel registration is
+                            // all that is left, as in a channel (DESIGN.md section 9). A foreign
+                            // waker's clone could have cancelled us: the parked step asks again.
+                            if here.register_parked(&mut self.park, for_task, cx).is_pending() {
+                                return Poll::Pending;
+                            }
                         }
                         Take::Broken => {
                             self.step = Step::Done;
