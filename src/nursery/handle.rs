@@ -98,8 +98,20 @@ impl<T> OutCell<T> {
         }
     }
 
+    /// The result, if the child has finished and it was not taken yet. The value's path is
+    /// inline (an await of a finished child is the common case); the rest is not.
+    #[inline]
     pub(super) fn take(&self) -> Option<Result<T, JoinError>> {
         match self.out.replace(Out::Taken) {
+            Out::Value(v) => Some(Ok(v)),
+            other => self.take_other(other),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_other(&self, out: Out<T>) -> Option<Result<T, JoinError>> {
+        match out {
             running @ Out::Running(_) => {
                 self.put_back(running);
                 None
