@@ -414,7 +414,10 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                             // Just parked, after this poll's cancel point: with a wake-up naming
                             // the task (no foreign code ran since) the cancel registration is
                             // all that is left, as in a channel (DESIGN.md section 9). A foreign
-                            // waker's clone could have cancelled us: the parked step asks again.
+                            // waker's clone could have cancelled us: then the parked step asks
+                            // for the cancellation again. (It does not look at the resource
+                            // again: a clone that released it would leave this waiter queued
+                            // until the next release; an old order, noted, not handled.)
                             if here.register_parked(&mut self.park, for_task, cx).is_pending() {
                                 return Poll::Pending;
                             }
