@@ -285,11 +285,15 @@ impl<'a, T: ?Sized> ConditionWait<'a, T> {
         here: &Here,
         cx: &mut Context<'_>,
     ) -> Poll<Result<MutexGuard<'a, T>, WaitError<'a, T>>> {
+        // The wake-up first: making it may clone a foreign waker, which is foreign code and
+        // could release the mutex; after `try_take` that would leave this waiter queued behind
+        // nobody. (A rare path: one wake-up too many costs nothing.)
+        let wakeup = here.wakeup(cx.waker());
         match self.state().try_take() {
             Take::Taken => Poll::Ready(self.relocked(Some(cancelled))),
             Take::Broken => Poll::Ready(Err(self.broken())),
             Take::Busy => {
-                let ticket = self.state().lot.park_wakeup(here.wakeup(cx.waker()));
+                let ticket = self.state().lot.park_wakeup(wakeup);
                 self.step = WaitStep::InMutex { ticket, cancelled: Some(cancelled) };
                 Poll::Pending
             }

@@ -396,8 +396,21 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                         self.step = Step::Done;
                         return Poll::Ready(Err(Failed::Cancelled(c)));
                     }
-                    match self.res.try_take() {
+                    let mut take = self.res.try_take();
+                    let mut wakeup = None;
+                    if take == Take::Busy {
+                        let w = here.wakeup(cx.waker());
+                        // A foreign waker's clone is foreign code: it may have released or
+                        // broken the resource since `try_take`. Look again before parking, or
+                        // the waiter would queue behind nobody until the next release.
+                        if !w.is_task() {
+                            take = self.res.try_take();
+                        }
+                        wakeup = Some(w);
+                    }
+                    match take {
                         Take::Taken => {
+                            drop(wakeup);
                             // Within the turn's budget the schedule point passes at once
                             // (DESIGN §3.4).
                             if here.schedule_point(cx) {
@@ -408,21 +421,21 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                             return Poll::Pending;
                         }
                         Take::Busy => {
-                            let w = here.wakeup(cx.waker());
+                            let w = wakeup.expect("hatchery internal error: a busy acquire made no wake-up");
                             let for_task = w.is_task();
                             self.step = Step::Parked(self.res.lot().park_wakeup(w));
                             // Just parked, after this poll's cancel point: with a wake-up naming
                             // the task (no foreign code ran since) the cancel registration is
                             // all that is left, as in a channel (DESIGN.md section 9). A foreign
                             // waker's clone could have cancelled us: then the parked step asks
-                            // for the cancellation again. (It does not look at the resource
-                            // again: a clone that released it would leave this waiter queued
-                            // until the next release; an old order, noted, not handled.)
+                            // for the cancellation again (and the resource was looked at again
+                            // above).
                             if here.register_parked(&mut self.park, for_task, cx).is_pending() {
                                 return Poll::Pending;
                             }
                         }
                         Take::Broken => {
+                            drop(wakeup);
                             self.step = Step::Done;
                             return Poll::Ready(Err(Failed::Broken));
                         }

@@ -1,0 +1,171 @@
+//! A foreign waker whose `clone` does something: releases the very resource being acquired.
+//!
+//! A primitive that finds its resource busy clones the poll's waker to park. For a waker of
+//! another crate that clone is foreign code, and nothing stops it from releasing the mutex (or
+//! the semaphore's unit, or setting the event) the task is about to wait for. The waiter must then
+//! not queue behind nobody: it looks at the resource again before it parks.
+//!
+//! `std::task::Wake` cannot run code on clone, so this file builds its waker from a
+//! `RawWakerVTable`: the one place in the test suite with `unsafe` code.
+
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+use hatchery::{Condition, Event, Mutex, Semaphore};
+
+thread_local! {
+    /// What each clone of a hooked waker runs, until it returns `true` (it acted).
+    static ON_CLONE: RefCell<Option<Box<dyn FnMut() -> bool>>> = const { RefCell::new(None) };
+}
+
+/// A waker that forwards its wakes to the `Waker` it boxes, and runs `ON_CLONE` when cloned.
+fn hooked(inner: &Waker) -> Waker {
+    let data = Box::into_raw(Box::new(inner.clone())).cast::<()>();
+    // SAFETY: `data` is a `Box<Waker>` from `Box::into_raw`, which is what every function of
+    // `VTABLE` expects; each clone owns its own box, and `wake`/`drop` free exactly that box.
+    unsafe { Waker::new(data, &VTABLE) }
+}
+
+static VTABLE: RawWakerVTable =
+    RawWakerVTable::new(clone_hooked, wake_hooked, wake_by_ref_hooked, drop_hooked);
+
+unsafe fn clone_hooked(data: *const ()) -> RawWaker {
+    if let Some(mut hook) = ON_CLONE.with(|h| h.borrow_mut().take())
+        && !hook()
+    {
+        ON_CLONE.with(|h| *h.borrow_mut() = Some(hook));
+    }
+    // SAFETY: `data` points to a live `Box<Waker>` (see `hooked`).
+    let inner = unsafe { &*data.cast::<Waker>() };
+    RawWaker::new(Box::into_raw(Box::new(inner.clone())).cast::<()>(), &VTABLE)
+}
+
+unsafe fn wake_hooked(data: *const ()) {
+    // SAFETY: `data` is this waker's own box; `wake` consumes the waker, so the box goes too.
+    let inner = unsafe { Box::from_raw(data.cast_mut().cast::<Waker>()) };
+    inner.wake();
+}
+
+unsafe fn wake_by_ref_hooked(data: *const ()) {
+    // SAFETY: `data` points to a live `Box<Waker>`.
+    unsafe { &*data.cast::<Waker>() }.wake_by_ref();
+}
+
+unsafe fn drop_hooked(data: *const ()) {
+    // SAFETY: `data` is this waker's own box, dropped once, with the waker.
+    drop(unsafe { Box::from_raw(data.cast_mut().cast::<Waker>()) });
+}
+
+/// Polls `fut` once with a hooked waker that runs `on_clone` whenever the future clones it, until
+/// that returns `true`; then, if the future is pending, once more the same way: the result of the
+/// last poll, and how many polls there were.
+async fn poll_hooked<F: Future>(fut: F, on_clone: impl FnMut() -> bool + 'static) -> (Poll<F::Output>, u32) {
+    ON_CLONE.with(|h| *h.borrow_mut() = Some(Box::new(on_clone)));
+    let mut fut = pin!(fut);
+    let mut polls = 0;
+    let r = poll_fn(|cx| {
+        let waker = hooked(cx.waker());
+        let mut hcx = Context::from_waker(&waker);
+        let mut r = Poll::Pending;
+        while r.is_pending() && polls < 2 {
+            polls += 1;
+            r = fut.as_mut().poll(&mut hcx);
+        }
+        Poll::Ready(r)
+    })
+    .await;
+    assert!(ON_CLONE.with(|h| h.borrow_mut().take().is_none()), "the hook never acted");
+    (r, polls)
+}
+
+#[test]
+fn a_lock_whose_waker_clone_unlocks_the_mutex_takes_it_instead_of_waiting() {
+    hatchery::testing::run(async {
+        let mutex: &'static Mutex<u32> = Box::leak(Box::new(Mutex::new(7)));
+        let held = mutex.lock().await.unwrap();
+        let mut held = Some(held);
+        let (r, _) = poll_hooked(mutex.lock(), move || held.take().is_some()).await;
+        let Poll::Ready(Ok(guard)) = r else { panic!("the lock waits behind nobody") };
+        assert_eq!(*guard, 7);
+        assert_eq!(mutex.statistics().tasks_waiting, 0);
+        drop(guard);
+        assert!(!mutex.is_locked());
+        // Nothing was left behind: the next lock is immediate.
+        assert!(mutex.try_lock().is_ok());
+    });
+}
+
+#[test]
+fn an_acquire_whose_waker_clone_releases_a_unit_takes_it() {
+    hatchery::testing::run(async {
+        let sem: &'static Semaphore = Box::leak(Box::new(Semaphore::new(1)));
+        let permit = sem.acquire().await.unwrap();
+        let mut permit = Some(permit);
+        let (r, _) = poll_hooked(sem.acquire(), move || permit.take().is_some()).await;
+        let Poll::Ready(Ok(permit)) = r else { panic!("the acquire waits behind nobody") };
+        assert_eq!((sem.value(), sem.statistics().tasks_waiting), (0, 0));
+        drop(permit);
+        assert_eq!(sem.value(), 1);
+    });
+}
+
+#[test]
+fn a_wait_whose_waker_clone_sets_the_event_returns() {
+    hatchery::testing::run(async {
+        let event: &'static Event = Box::leak(Box::new(Event::new()));
+        let (r, _) = poll_hooked(event.wait(), || {
+            event.set();
+            true
+        })
+        .await;
+        assert!(matches!(r, Poll::Ready(Ok(()))), "the wait missed the set");
+        assert_eq!(event.statistics().tasks_waiting, 0);
+    });
+}
+
+#[test]
+fn a_condition_wait_cancelled_then_relocking_through_a_clone_that_unlocks_takes_the_lock() {
+    use hatchery::CancelScope;
+    hatchery::testing::run(async {
+        let mutex: &'static Mutex<u32> = Box::leak(Box::new(Mutex::new(3)));
+        let cond: &'static Condition = Box::leak(Box::new(Condition::new()));
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        let r = scope
+            .run(async {
+                let guard = mutex.lock().await.unwrap();
+                let mut wait = pin!(cond.wait(guard));
+                // Parked in the condition (the mutex is free now); another task takes the
+                // mutex, and then the wait is cancelled: it must take the mutex back.
+                let first = poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+                assert!(first.is_pending());
+                let other = mutex.try_lock().unwrap();
+                handle.cancel();
+                // The first clone refreshes the wait's wake-up in the condition (inside the
+                // condition's borrow, so the hook must not touch it then); the second is the one
+                // made to queue for the mutex again, after the wait left the condition.
+                let mut other = Some(other);
+                let mut clones = 0;
+                let (r, polls) = poll_hooked(wait.as_mut(), move || {
+                    clones += 1;
+                    clones == 2 && other.take().is_some()
+                })
+                .await;
+                assert_eq!(polls, 1, "the relock did not wait");
+                match r {
+                    Poll::Ready(Err(hatchery::sync::WaitError::Cancelled { guard, .. })) => {
+                        Ok::<_, hatchery::Cancelled>(*guard)
+                    }
+                    _ => panic!("the cancelled wait did not relock"),
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), Some(3));
+        assert!(!mutex.is_locked());
+        assert_eq!(mutex.statistics().tasks_waiting, 0);
+    });
+}
