@@ -347,15 +347,16 @@ impl Park {
             // A waiter from an earlier poll with another waker is not needed any more.
             let old = tree.unregister(existing);
             drop(tree);
-            drop(old);
+            // The state first: dropping a waker is foreign code, which may panic.
             self.state = NO_WAITER;
+            drop(old);
             ParkRef::Task(task)
         } else {
             let (waiter, old) = tree.register(existing, node, cx.waker());
             drop(tree);
-            drop(old);
             debug_assert!(waiter < NO_WAITER, "hatchery internal error: waiter key out of range");
             self.state = waiter;
+            drop(old);
             ParkRef::Waiter(waiter)
         };
         self.run_id = core.id as u32;
@@ -376,11 +377,13 @@ impl Park {
 
     fn unregister(&mut self) {
         let waiter = self.waiter();
+        // The state first: the waker dropped below is foreign code, which may panic, and the
+        // waiter must not be unregistered twice.
+        self.state = NO_WAITER;
         if let Some(core) = context::try_core().filter(|c| c.id as u32 == self.run_id) {
             let old = core.cancel.borrow_mut().unregister(waiter);
             drop(old);
         }
-        self.state = NO_WAITER;
     }
 }
 

@@ -450,7 +450,11 @@ fn exit_status_for(signal: i32) -> u8 {
 ///   once with status 128 + that signal (130 for SIGINT) from the signal handler, which works
 ///   even if the run is stuck.
 ///
-/// Outside the call, the signals have their usual effect again.
+/// Outside the call, the signals have their usual effect again. A signal the process started
+/// with ignored is left alone (as Trio leaves an ignored SIGINT): a server started as a
+/// background job of a shell script (`server &`, which starts with SIGINT ignored) does not
+/// stop at the script's Ctrl-C, and still stops at a SIGTERM. That is read from
+/// `/proc/self/status`, so on Linux only; elsewhere both signals are taken.
 ///
 /// ```
 /// use hatchery::signal::{ctrl_c_cancels, Outcome, SIGTERM};
@@ -486,20 +490,25 @@ where
     F: Future<Output = Result<T, E>>,
     E: CancelError + From<io::Error>,
 {
+    // A signal the process started with ignored stays ignored (as Trio leaves an ignored
+    // SIGINT alone): a shell script's background job must not stop at the script's Ctrl-C.
+    let taken: Vec<i32> =
+        [SIGINT, SIGTERM].into_iter().filter(|&s| !disposition::ignored_at_start(s)).collect();
     // The receiver first: its bookkeeping records the signals' earlier disposition before the
     // exit actions below install `signal-hook`'s handler.
-    let mut signals = Signals::new(&[SIGINT, SIGTERM])?;
-    let _exit = ExitOnSecondSignal::register()?;
+    let mut signals = if taken.is_empty() { None } else { Some(Signals::new(&taken)?) };
+    let _exit = ExitOnSecondSignal::register(&taken)?;
     let scope = CancelScope::new();
     let handle = scope.handle();
     let mut body = pin!(scope.run(body));
     let mut first = None;
-    let mut watcher = Some(Watcher::new());
+    let mut watcher = signals.as_ref().map(|_| Watcher::new());
     let out = std::future::poll_fn(|cx| {
         if let Some(w) = &mut watcher
+            && let Some(signals) = &mut signals
             && let Some(mut wcx) = w.context_if_woken(cx)
         {
-            match futures_core::Stream::poll_next(Pin::new(&mut signals), &mut wcx) {
+            match futures_core::Stream::poll_next(Pin::new(signals), &mut wcx) {
                 Poll::Ready(Some(Ok(sig))) => {
                     watcher = None;
                     first = Some(sig);
@@ -518,7 +527,7 @@ where
         // A signal that arrived while the body was finishing is not lost: the run was
         // interrupted all the same (as Trio raises a KeyboardInterrupt that arrives after main
         // finished).
-        first = signals.try_recv();
+        first = signals.as_mut().and_then(Signals::try_recv);
     }
     match (out, first) {
         (Ok(Some(v)), None) => Ok(Outcome::Completed(v)),
@@ -592,14 +601,14 @@ struct ExitOnSecondSignal {
 }
 
 impl ExitOnSecondSignal {
-    fn register() -> io::Result<ExitOnSecondSignal> {
+    fn register(signals: &[i32]) -> io::Result<ExitOnSecondSignal> {
         let armed = Arc::new(AtomicBool::new(false));
         let mut me = ExitOnSecondSignal { ids: Vec::with_capacity(4) };
-        for sig in [SIGINT, SIGTERM] {
+        for &sig in signals {
             let status = i32::from(exit_status_for(sig));
             me.ids.push(signal_hook::flag::register_conditional_shutdown(sig, status, armed.clone())?);
         }
-        for sig in [SIGINT, SIGTERM] {
+        for &sig in signals {
             me.ids.push(signal_hook::flag::register(sig, armed.clone())?);
         }
         Ok(me)
@@ -631,6 +640,8 @@ mod disposition {
     struct Entry {
         /// Live receivers of the signal.
         receivers: usize,
+        /// The signal was ignored before hatchery first registered it.
+        ignored_at_start: bool,
         /// Set when the signal should act as by default (no receiver); `None` if the signal's
         /// earlier disposition was not the default, or `signal-hook` cannot emulate it.
         default: Option<Arc<AtomicBool>>,
@@ -645,8 +656,14 @@ mod disposition {
     /// A receiver of `sig` starts listening.
     pub(super) fn acquire(sig: i32) {
         let mut table = table();
-        let entry =
-            table.entry(sig).or_insert_with(|| Entry { receivers: 0, default: default_restorer(sig) });
+        let entry = table.entry(sig).or_insert_with(|| {
+            let (ignored, caught) = current_disposition(sig);
+            Entry {
+                receivers: 0,
+                ignored_at_start: ignored,
+                default: if ignored || caught { None } else { default_restorer(sig) },
+            }
+        });
         entry.receivers += 1;
         if let Some(armed) = &entry.default {
             armed.store(false, Ordering::SeqCst);
@@ -666,21 +683,27 @@ mod disposition {
         }
     }
 
-    fn default_restorer(sig: i32) -> Option<Arc<AtomicBool>> {
-        if !had_default_disposition(sig) {
-            return None;
+    /// Whether `sig` was ignored before hatchery first registered it (a background job of a
+    /// shell script starts with SIGINT ignored). Unknown outside Linux: `false`.
+    pub(super) fn ignored_at_start(sig: i32) -> bool {
+        match table().get(&sig) {
+            Some(entry) => entry.ignored_at_start,
+            None => current_disposition(sig).0,
         }
+    }
+
+    fn default_restorer(sig: i32) -> Option<Arc<AtomicBool>> {
         let armed = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register_conditional_default(sig, armed.clone()).ok()?;
         Some(armed)
     }
 
-    /// Whether `sig` is neither ignored nor caught right now (before hatchery's first
-    /// registration of it). Linux tells through `/proc/self/status`; elsewhere, assume so.
-    fn had_default_disposition(sig: i32) -> bool {
+    /// Whether `sig` is ignored, and whether it is caught, right now. Linux tells through
+    /// `/proc/self/status`; elsewhere, assume the default (neither).
+    fn current_disposition(sig: i32) -> (bool, bool) {
         match std::fs::read_to_string("/proc/self/status") {
-            Ok(status) => !(in_mask(&status, "SigIgn:", sig) || in_mask(&status, "SigCgt:", sig)),
-            Err(_) => true,
+            Ok(status) => (in_mask(&status, "SigIgn:", sig), in_mask(&status, "SigCgt:", sig)),
+            Err(_) => (false, false),
         }
     }
 

@@ -483,16 +483,19 @@ impl<R: Send + 'static> Job<R> {
         let outcome = catch_unwind(AssertUnwindSafe(f));
         WORKER_JOB.with(|j| j.borrow_mut().take());
         let mut st = self.lock();
-        st.finished = true;
         if st.abandoned {
             drop(st);
-            // Dropped here, on the pool thread, silently (S10.3).
-            drop(outcome);
+            // Dropped here, on the pool thread, silently (S10.3), and before the job counts as
+            // finished: its token stays out while the result's destructor (user code) runs, and
+            // a panic there must not keep the token from going back.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(outcome)));
+            self.lock().finished = true;
             // The job's token waits on the run's thread; have it returned there. If the run
             // has ended, the token stays out, as Trio's does (it goes at the next sweep).
             let _ = self.run.run_sync_soon(sweep_abandoned);
             return;
         }
+        st.finished = true;
         st.outcome = Some(outcome);
         let waker = st.waker.take();
         drop(st);

@@ -251,6 +251,27 @@ fn never_cancelled_scope_does_not_swallow_even_if_shielded_later_s4_8() {
 }
 
 #[test]
+fn a_timeout_set_while_running_counts_from_now_s4_3() {
+    testing::run(async {
+        let scope = CancelScope::new();
+        let h = scope.handle();
+        assert_eq!(h.deadline(), None, "a plain scope has no deadline");
+        let r = scope
+            .run(async {
+                sleep(secs(2)).await?;
+                h.set_timeout(secs(3));
+                assert_eq!(h.deadline(), Some(at(5)));
+                sleep_forever().await?;
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(now(), at(5));
+        assert!(h.cancel_called() && h.cancelled_caught());
+    });
+}
+
+#[test]
 fn pending_cancel_without_checkpoint_is_dropped_s4_10() {
     testing::run(async {
         let scope = CancelScope::new();

@@ -1,4 +1,5 @@
-//! A foreign waker whose `clone` does something: releases the very resource being acquired.
+//! A foreign waker whose `clone` does something: releases the very resource being acquired;
+//! and one whose destructor panics while the resource is being handed over.
 //!
 //! A primitive that finds its resource busy clones the poll's waker to park. For a waker of
 //! another crate that clone is foreign code, and nothing stops it from releasing the mutex (or
@@ -20,6 +21,8 @@ use hatchery::{Condition, Event, Mutex, Semaphore};
 thread_local! {
     /// What each clone of a hooked waker runs, until it returns `true` (it acted).
     static ON_CLONE: RefCell<Option<Box<dyn FnMut() -> bool>>> = const { RefCell::new(None) };
+    /// Whether the next drop of a hooked waker (a clone) panics.
+    static PANIC_ON_DROP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A waker that forwards its wakes to the `Waker` it boxes, and runs `ON_CLONE` when cloned.
@@ -58,6 +61,9 @@ unsafe fn wake_by_ref_hooked(data: *const ()) {
 unsafe fn drop_hooked(data: *const ()) {
     // SAFETY: `data` is this waker's own box, dropped once, with the waker.
     drop(unsafe { Box::from_raw(data.cast_mut().cast::<Waker>()) });
+    if PANIC_ON_DROP.with(|p| p.replace(false)) {
+        panic!("a foreign waker's destructor panics (expected by this test)");
+    }
 }
 
 /// Polls `fut` once with a hooked waker that runs `on_clone` whenever the future clones it, until
@@ -167,5 +173,40 @@ fn a_condition_wait_cancelled_then_relocking_through_a_clone_that_unlocks_takes_
         assert_eq!(r.unwrap(), Some(3));
         assert!(!mutex.is_locked());
         assert_eq!(mutex.statistics().tasks_waiting, 0);
+    });
+}
+
+#[test]
+fn a_waker_destructor_that_panics_as_the_lock_is_handed_over_does_not_strand_the_mutex() {
+    hatchery::testing::run(async {
+        let mutex = Mutex::new(1);
+        let guard = mutex.lock().await.unwrap();
+        let mut lock = Box::pin(mutex.lock());
+        poll_fn(|cx| {
+            let waker = hooked(cx.waker());
+            // Parks through the foreign waker: the lot and the cancel registration keep clones.
+            assert!(lock.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        drop(guard); // handed to the parked lock
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let polled = poll_fn(|cx| {
+            let waker = hooked(cx.waker());
+            // The poll that takes the grant lets go of the registration's clone, which panics.
+            PANIC_ON_DROP.with(|p| p.set(true));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                lock.as_mut().poll(&mut Context::from_waker(&waker)).is_ready()
+            }));
+            PANIC_ON_DROP.with(|p| p.set(false));
+            Poll::Ready(r)
+        })
+        .await;
+        std::panic::set_hook(hook);
+        assert!(polled.is_err(), "the destructor did not panic where this test expects");
+        drop(lock); // the future that panicked goes, as its task would
+        assert!(!mutex.is_locked(), "the granted lock went with the panic");
+        assert_eq!(*mutex.try_lock().unwrap(), 1);
     });
 }

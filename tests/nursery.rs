@@ -569,6 +569,57 @@ fn started_child_gets_target_nursery_cancellation_st_7() {
 }
 
 #[test]
+fn a_cancel_right_after_started_reaches_the_scopes_and_grandchildren_opened_before_it_st_7() {
+    let log = Log::new();
+    testing::run(async {
+        nursery(async |n| {
+            n.start(|s: TaskStatus<()>| {
+                let log = &log;
+                async move {
+                    // Opened before `started`, under the caller's scopes; they move with the task.
+                    let r = nursery(async |inner| {
+                        inner.start_soon(async move {
+                            let c = sleep_forever().await.unwrap_err();
+                            log.push(format!(
+                                "grandchild: {}@{}",
+                                c.reason().unwrap_or("-"),
+                                now().since_origin().as_secs()
+                            ));
+                            Err::<(), _>(c)
+                        });
+                        hatchery::CancelScope::new()
+                            .run(async {
+                                s.started(());
+                                let c = sleep_forever().await.unwrap_err();
+                                log.push(format!(
+                                    "task: {}@{}",
+                                    c.reason().unwrap_or("-"),
+                                    now().since_origin().as_secs()
+                                ));
+                                Err::<(), _>(c)
+                            })
+                            .await
+                    })
+                    .await;
+                    assert!(r.is_err(), "the cancellation belongs to the target nursery: {r:?}");
+                    Ok::<_, TestError>(())
+                }
+            })
+            .await?;
+            // No checkpoint in between: the task is the nursery's from here on.
+            n.cancel_scope().cancel_with_reason("x");
+            Ok::<_, TestError>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(now(), at(0));
+    });
+    let mut l = log.take();
+    l.sort();
+    assert_eq!(l, ["grandchild: x@0", "task: x@0"]);
+}
+
+#[test]
 fn task_status_ignored_lets_a_service_be_awaited_directly_st_8() {
     let log = Log::new();
     let t = testing::run(async {
@@ -648,6 +699,81 @@ fn a_closed_nursery_refuses_new_children_from_destructors() {
         drop(fut);
     });
     assert_eq!(*seen.borrow(), Some(true));
+}
+
+#[test]
+fn start_on_a_closed_nursery_fails_at_once_without_running_the_task_st_6() {
+    struct StartOnDrop<'n, 'env>(
+        &'n hatchery::Nursery<'n, 'env, TestError>,
+        &'n Cell<Option<bool>>,
+        &'n Cell<bool>,
+    );
+    impl Drop for StartOnDrop<'_, '_> {
+        fn drop(&mut self) {
+            let ran = self.2;
+            let start = std::pin::pin!(self.0.start(|s: TaskStatus<()>| {
+                ran.set(true);
+                async move {
+                    s.started(());
+                    Ok::<_, TestError>(())
+                }
+            }));
+            // One poll, no run needed: the answer comes before any checkpoint.
+            let polled = std::future::Future::poll(
+                start,
+                &mut std::task::Context::from_waker(std::task::Waker::noop()),
+            );
+            self.1.set(Some(matches!(
+                polled,
+                std::task::Poll::Ready(Err(TestError::Start(StartError::Closed)))
+            )));
+        }
+    }
+    let (seen, ran) = (Cell::new(None), Cell::new(false));
+    testing::run(async {
+        let mut fut = Box::pin(nursery(async |n| {
+            let guard = StartOnDrop(n, &seen, &ran);
+            n.start_soon(async move {
+                let _g = guard;
+                sleep_forever().await?;
+                Ok(())
+            });
+            sleep_forever().await?;
+            Ok::<_, TestError>(())
+        }));
+        support::poll_twice(fut.as_mut()).await;
+        drop(fut);
+    });
+    assert_eq!(seen.get(), Some(true), "start on a closed nursery did not fail at once with Closed");
+    assert!(!ran.get(), "the task function ran");
+}
+
+#[test]
+fn start_soon_and_spawn_return_before_the_child_runs_s3_2() {
+    let log = Log::new();
+    testing::run(async {
+        nursery(async |n| {
+            n.start_soon(async {
+                log.push("start_soon child");
+                Ok::<_, Error>(())
+            });
+            let h = n.spawn(async {
+                log.push("spawned child");
+                Ok::<_, Error>(1)
+            });
+            assert!(!h.is_finished());
+            log.push("body after both calls");
+            wait_all_tasks_blocked().await?;
+            assert!(h.is_finished());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    });
+    let mut l = log.take();
+    assert_eq!(l[0], "body after both calls");
+    l[1..].sort();
+    assert_eq!(l[1..], ["spawned child", "start_soon child"]);
 }
 
 #[test]

@@ -337,6 +337,65 @@ fn same_seed_same_trace_different_seeds_differ() {
 }
 
 #[test]
+fn random_reverse_runs_each_batch_in_order_or_reversed_and_a_seed_replays_it_s1_6() {
+    let (mut forward, mut reversed) = (0, 0);
+    for seed in 0..4 {
+        let log = lock_step_trace(SchedulePolicy::RandomReverse, seed);
+        assert_eq!(log, lock_step_trace(SchedulePolicy::RandomReverse, seed), "seed {seed} did not replay");
+        for batch in log.chunks(6) {
+            let ids: Vec<u32> = batch.iter().map(|&(_, i)| i).collect();
+            if ids == [0, 1, 2, 3, 4, 5] {
+                forward += 1;
+            } else if ids == [5, 4, 3, 2, 1, 0] {
+                reversed += 1;
+            } else {
+                panic!("seed {seed}: a batch neither in order nor reversed: {ids:?}");
+            }
+        }
+    }
+    // Neither order is a guarantee: both happen.
+    assert!(forward > 0 && reversed > 0, "{forward} forward, {reversed} reversed");
+}
+
+#[test]
+fn a_task_woken_during_a_batch_runs_in_the_next_one_s1_5() {
+    let woke_in = Cell::new(0);
+    testing::builder().schedule(SchedulePolicy::Fifo).run(async {
+        let pass = Cell::new(0);
+        let event = hatchery::Event::new();
+        let done = Cell::new(false);
+        nursery(async |n| {
+            // First in every batch: counts the passes.
+            n.start_soon(async {
+                while !done.get() {
+                    pass.set(pass.get() + 1);
+                    checkpoint().await?;
+                }
+                Ok::<_, Cancelled>(())
+            });
+            // Parked on the event in pass 1.
+            n.start_soon(async {
+                event.wait().await?;
+                woke_in.set(pass.get());
+                done.set(true);
+                Ok(())
+            });
+            // Sets the event in pass 2, after the waiter's turn in that batch.
+            n.start_soon(async {
+                checkpoint().await?;
+                assert_eq!(pass.get(), 2);
+                event.set();
+                Ok(())
+            });
+            Ok(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(woke_in.get(), 3, "the woken task ran in the batch that woke it");
+}
+
+#[test]
 fn fifo_runs_a_batch_in_spawn_order() {
     let log = RefCell::new(Vec::new());
     testing::builder().schedule(SchedulePolicy::Fifo).run(async {

@@ -404,6 +404,20 @@ fn run_self_as_child(mode: &str) -> ExitStatus {
     p.finish().0
 }
 
+/// [`run_self_as_child`], started with SIGINT ignored (through `sh`'s `trap`, as a shell
+/// script's background job starts); its output too.
+fn run_self_as_child_ignoring_sigint(mode: &str) -> (ExitStatus, Vec<String>) {
+    let mut p = Proc::spawn(
+        Command::new("sh")
+            .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "child_process_entry", "--nocapture", "--test-threads=1"])
+            .env(CHILD_MODE, mode),
+    );
+    p.expect_line_containing("child ready");
+    p.finish()
+}
+
 /// Does nothing in a normal test run; in a child run, what its mode says.
 #[test]
 fn child_process_entry() {
@@ -420,8 +434,32 @@ fn child_process_entry() {
             println!("still alive");
             std::process::exit(0);
         }
+        "ignored-sigint" => {
+            let out = hatchery::run(ctrl_c_cancels(async {
+                raise(SIGINT).unwrap(); // ignored since the process started: nothing happens
+                hatchery::sleep(std::time::Duration::from_millis(50)).await?;
+                Ok::<_, std::io::Error>(7)
+            }));
+            println!("outcome: {:?}", out.unwrap());
+            let out = hatchery::run(ctrl_c_cancels(async {
+                raise(SIGTERM).unwrap(); // not ignored: taken over as usual
+                hatchery::sleep_forever().await?;
+                Ok::<_, std::io::Error>(8)
+            }));
+            println!("outcome: {:?}", out.unwrap());
+            std::process::exit(0);
+        }
         other => panic!("unknown child mode {other}"),
     }
+}
+
+#[test]
+fn a_sigint_ignored_since_the_process_started_stays_ignored_by_ctrl_c_cancels() {
+    let _serial = serial();
+    let (status, out) = run_self_as_child_ignoring_sigint("ignored-sigint");
+    assert_eq!(status.code(), Some(0), "{out:?}");
+    assert!(out.contains(&"outcome: Completed(7)".to_string()), "{out:?}");
+    assert!(out.contains(&"outcome: Interrupted { signal: 15, value: None }".to_string()), "{out:?}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use hatchery::lowlevel::checkpoint;
@@ -306,6 +307,28 @@ fn a_panicking_owner_breaks_the_mutex_for_waiters_and_later_locks() {
     let mut l = log.take();
     l.sort();
     assert_eq!(l, [format!("0 at line {line}@1"), format!("1 at line {line}@1")]);
+}
+
+#[test]
+fn a_lock_taken_and_released_by_a_destructor_while_unwinding_does_not_break_the_mutex() {
+    // The panic began before the lock was taken: the critical section itself was not cut short.
+    struct LocksOnDrop<'a>(&'a Mutex<u32>);
+    impl Drop for LocksOnDrop<'_> {
+        fn drop(&mut self) {
+            *self.0.try_lock().expect("the mutex is free") += 1;
+        }
+    }
+    let m = Mutex::new(0);
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let _cleanup = LocksOnDrop(&m);
+        panic!("unrelated");
+    }));
+    std::panic::set_hook(hook);
+    assert!(r.is_err());
+    assert!(!m.is_broken(), "a clean critical section during unwinding broke the mutex");
+    assert_eq!(*m.try_lock().unwrap(), 1);
 }
 
 #[test]
@@ -683,6 +706,54 @@ fn raising_the_total_wakes_waiters_at_once_in_fifo_order_s7_5() {
     l.sort();
     // The two new tokens went to the two oldest waiters; the third waited for a release.
     assert_eq!(l, ["0@1", "1@1", "2@2"]);
+}
+
+thread_local! {
+    /// What the next wake of a [`HookedWake`] runs first (once).
+    static ON_WAKE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A foreign waker (a combinator's) whose wake runs `ON_WAKE` before waking the task.
+struct HookedWake(std::task::Waker);
+
+impl std::task::Wake for HookedWake {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        if let Some(hook) = ON_WAKE.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+        self.0.wake_by_ref();
+    }
+}
+
+#[test]
+fn raising_the_total_counts_only_the_tokens_it_handed_out_when_a_wake_releases_one() {
+    testing::run(async {
+        let lim: &'static CapacityLimiter = Box::leak(Box::new(CapacityLimiter::new(1)));
+        let held = lim.acquire().await.unwrap();
+        let mut a = std::pin::pin!(lim.acquire());
+        let mut b = std::pin::pin!(lim.acquire());
+        std::future::poll_fn(|cx| {
+            // `a` waits through a foreign waker whose wake gives the held token back.
+            let w = std::task::Waker::from(std::sync::Arc::new(HookedWake(cx.waker().clone())));
+            assert!(a.as_mut().poll(&mut std::task::Context::from_waker(&w)).is_pending());
+            assert!(b.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        ON_WAKE.with(|h| *h.borrow_mut() = Some(Box::new(move || drop(held))));
+        // Two free tokens for two waiters; waking `a` frees a third, which `b` gets at once.
+        lim.set_total_tokens(3);
+        assert!(ON_WAKE.with(|h| h.borrow().is_none()), "the hook never ran");
+        let s = lim.statistics();
+        assert_eq!((s.borrowed_tokens, s.tasks_waiting), (2, 0), "a token counted but never handed out");
+        let (ta, tb) = (a.await.unwrap(), b.await.unwrap());
+        assert_eq!(lim.available_tokens(), 1);
+        drop((ta, tb));
+        assert_eq!(lim.borrowed_tokens(), 0);
+    });
 }
 
 #[test]

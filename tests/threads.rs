@@ -553,6 +553,68 @@ fn dropping_the_waiting_future_abandons_the_job() {
 }
 
 #[test]
+fn an_abandoned_jobs_token_stays_out_while_its_results_destructor_runs() {
+    /// Tells the test its destructor has begun, then blocks until let go.
+    struct SlowDrop(mpsc::Sender<()>, mpsc::Receiver<()>);
+    impl Drop for SlowDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+            let _ = self.1.recv_timeout(PATIENCE);
+        }
+    }
+    let (go, wait_go) = mpsc::channel::<()>();
+    let (began_tx, began) = mpsc::channel();
+    let (let_go, wait_let_go) = mpsc::channel::<()>();
+    testing::run(async {
+        let limiter = Rc::new(CapacityLimiter::new(1));
+        let mut job = Box::pin(ThreadOptions::new().limiter(limiter.clone()).run(move || {
+            wait_go.recv_timeout(PATIENCE).unwrap();
+            SlowDrop(began_tx, wait_let_go)
+        }));
+        assert!(poll_once(job.as_mut()).await.is_pending());
+        drop(job);
+        go.send(()).unwrap();
+        began.recv_timeout(PATIENCE).unwrap();
+        // The thread still runs user code (the destructor): the token is not free yet.
+        let mut next = Box::pin(ThreadOptions::new().limiter(limiter.clone()).run(|| 7));
+        assert!(poll_once(next.as_mut()).await.is_pending());
+        let st = limiter.statistics();
+        assert_eq!((st.borrowed_tokens, st.tasks_waiting), (1, 1), "a second thread ran beside the first");
+        let_go.send(()).unwrap();
+        assert_eq!(next.await, Ok(7));
+        assert_eq!(limiter.borrowed_tokens(), 0);
+    });
+}
+
+#[test]
+fn a_panicking_destructor_of_an_abandoned_result_still_gives_its_token_back() {
+    /// Tells the test it is being dropped, then panics.
+    struct Bomb(mpsc::Sender<()>);
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+            panic!("a result's destructor panics (expected by this test)");
+        }
+    }
+    let (go, wait_go) = mpsc::channel::<()>();
+    let (dropped_tx, dropped) = mpsc::channel();
+    // The real clock: the run waits for the thread, with a bound that only a failure reaches.
+    hatchery::run(async {
+        let limiter = Rc::new(CapacityLimiter::new(1));
+        let mut job = Box::pin(ThreadOptions::new().limiter(limiter.clone()).run(move || {
+            wait_go.recv_timeout(PATIENCE).unwrap();
+            Bomb(dropped_tx)
+        }));
+        assert!(poll_once(job.as_mut()).await.is_pending());
+        drop(job);
+        go.send(()).unwrap();
+        let r = move_on_after(PATIENCE, limiter.acquire()).await;
+        assert!(matches!(r, Ok(Some(_))), "the token never came back");
+    });
+    dropped.recv_timeout(PATIENCE).expect("the result was dropped");
+}
+
+#[test]
 fn the_clock_autojumps_again_however_the_wait_for_a_thread_ended() {
     let (go, wait_go) = mpsc::channel::<()>();
     testing::run(async {

@@ -206,12 +206,17 @@ impl CapacityLimiter {
         }
     }
 
-    /// Hands the free tokens to the oldest waiters (counted as borrowed before they run).
+    /// Hands the free tokens to the oldest waiters (counted as borrowed before they run), one
+    /// at a time: a wake is foreign code for a foreign waker, and may release a token or change
+    /// the total meanwhile (a nested call then hands out what it freed), so each grant is
+    /// counted only once it happened.
     fn wake_waiters(&self) {
-        let n = self.available_tokens().min(self.lot.tasks_waiting());
-        if n > 0 {
-            self.borrowed.set(self.borrowed.get() + n);
-            self.lot.unpark(n);
+        while self.available_tokens() > 0 && self.lot.tasks_waiting() > 0 {
+            self.borrowed.set(self.borrowed.get() + 1);
+            if self.lot.unpark(1) == 0 {
+                self.borrowed.set(self.borrowed.get() - 1);
+                break;
+            }
         }
     }
 }

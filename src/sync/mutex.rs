@@ -278,7 +278,9 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
 }
 
 /// Holds the lock of a [`Mutex`] and gives access to its data; dropping it releases the lock
-/// (hands it to the oldest waiter). Dropping it while the task panics breaks the mutex.
+/// (hands it to the oldest waiter). Dropping it while the task panics breaks the mutex, unless
+/// the panic began before the lock was taken (a destructor that locks while unwinding finishes
+/// its critical section).
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct MutexGuard<'a, T: ?Sized> {
     // Field order is drop order: the data borrow ends before the lock is released.
@@ -291,11 +293,15 @@ pub struct MutexGuard<'a, T: ?Sized> {
 struct Owner<'a> {
     state: &'a MutexState,
     at: &'static Location<'static>,
+    /// The thread was unwinding already when the lock was taken (a destructor that locks): a
+    /// panic that began before the critical section did not interrupt it (std's poisoning
+    /// makes the same distinction).
+    unwinding_at_lock: bool,
 }
 
 impl Drop for Owner<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.unwinding_at_lock {
             self.state.break_by(self.at);
         } else {
             self.state.release();
@@ -308,7 +314,8 @@ impl<'a, T: ?Sized> MutexGuard<'a, T> {
     pub(super) fn new(mutex: &'a Mutex<T>, at: &'static Location<'static>) -> Self {
         let data =
             mutex.data.try_borrow_mut().expect("hatchery internal error: a free mutex's data is borrowed");
-        MutexGuard { data, owner: Owner { state: &mutex.state, at }, mutex }
+        let owner = Owner { state: &mutex.state, at, unwinding_at_lock: std::thread::panicking() };
+        MutexGuard { data, owner, mutex }
     }
 
     /// Gives up the data borrow and returns the mutex, still locked: the caller must release it.

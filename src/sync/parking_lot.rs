@@ -410,6 +410,9 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                     }
                     match take {
                         Take::Taken => {
+                            // Held from here on: a foreign waker's destructor or wake below
+                            // that panics leaves a step whose drop gives the resource back.
+                            self.step = Step::Holding;
                             drop(wakeup);
                             // Within the turn's budget the schedule point passes at once
                             // (DESIGN §3.4).
@@ -417,7 +420,6 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                                 self.step = Step::Done;
                                 return Poll::Ready(Ok(()));
                             }
-                            self.step = Step::Holding;
                             return Poll::Pending;
                         }
                         Take::Busy => {
@@ -467,8 +469,11 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                         }
                         other => other,
                     };
-                    self.step = Step::Done;
+                    // Granted: held until returned (a foreign waker's destructor in `unpark`
+                    // that panics leaves a step whose drop gives the resource back).
+                    self.step = if status == Status::Granted { Step::Holding } else { Step::Done };
                     self.park.unpark();
+                    self.step = Step::Done;
                     return Poll::Ready(match status {
                         Status::Granted => Ok(()),
                         Status::Broken => Err(Failed::Broken),
