@@ -832,6 +832,48 @@ fn dropping_a_receiver_whose_stream_was_handed_a_value_gives_it_back() {
     });
 }
 
+#[test]
+fn a_value_handed_to_an_abandoned_stream_wait_comes_first_to_the_handles_recv() {
+    testing::run(async {
+        // A `next()` dropped while it waited (a `select!` whose other branch won, say).
+        let (tx, mut rx) = channel::<u32>(0);
+        {
+            let mut fut = pin!(next(&mut rx));
+            assert!(poll_once(fut.as_mut()).await.is_pending());
+        }
+        tx.try_send(1).unwrap(); // handed to the wait nobody polls
+        assert_eq!(rx.try_recv(), Ok(1), "try_recv finds it");
+        // With a buffer: the value handed over comes before a later one, in order.
+        let (tx, mut rx) = channel::<u32>(4);
+        {
+            let mut fut = pin!(next(&mut rx));
+            assert!(poll_once(fut.as_mut()).await.is_pending());
+        }
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        assert_eq!(rx.recv().await, Ok(1));
+        assert_eq!(rx.recv().await, Ok(2));
+        // A wait that got nothing just goes: it no longer counts as waiting.
+        {
+            let mut fut = pin!(next(&mut rx));
+            assert!(poll_once(fut.as_mut()).await.is_pending());
+        }
+        assert_eq!(rx.statistics().tasks_waiting_recv, 1);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(rx.statistics().tasks_waiting_recv, 0);
+        // Closing the handle gives a handed value to another receiver instead of keeping it.
+        let (tx, mut rx) = channel::<u32>(0);
+        let other = rx.clone();
+        {
+            let mut fut = pin!(next(&mut rx));
+            assert!(poll_once(fut.as_mut()).await.is_pending());
+        }
+        tx.try_send(3).unwrap();
+        rx.close();
+        assert_eq!(other.try_recv(), Ok(3));
+    });
+}
+
 // ---- dropped futures ----
 
 #[test]

@@ -280,6 +280,7 @@ impl<T> Receiver<T> {
         if self.is_closed() {
             return RecvStart::Failed(RecvError::Closed);
         }
+        self.drop_stream_wait();
         let mut state = self.shared.borrow_mut();
         match state.try_recv() {
             Ok((v, woken)) => RecvStart::Now(v, woken),

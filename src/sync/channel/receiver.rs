@@ -60,14 +60,16 @@ pub struct Receiver<T> {
     /// Tells this handle's waiting receives apart from the other clones'.
     pub(super) id: HandleId,
     closed: Cell<bool>,
-    /// The `Stream`'s pending receive, if it is waiting.
-    stream: Option<RecvWait>,
+    /// The `Stream`'s pending receive, if it is waiting. A `Cell`: a `next()` future dropped
+    /// while it waited leaves it behind, and `recv`, `try_recv` and `close` (which cannot run
+    /// while a `next()` future borrows the handle) give it up first (`drop_stream_wait`).
+    stream: Cell<Option<RecvWait>>,
 }
 
 impl<T> Receiver<T> {
     /// An open handle.
     pub(super) fn new(shared: Rc<RefCell<State<T>>>, id: HandleId) -> Self {
-        Receiver { shared, id, closed: Cell::new(false), stream: None }
+        Receiver { shared, id, closed: Cell::new(false), stream: Cell::new(None) }
     }
 
     /// Receives the next value, waiting until there is one.
@@ -135,6 +137,7 @@ impl<T> Receiver<T> {
         if self.is_closed() {
             return Err(TryRecvError::Closed);
         }
+        self.drop_stream_wait();
         let r = self.shared.borrow_mut().try_recv();
         r.map(|(v, woken)| {
             woken.into_iter().for_each(Wakeup::wake);
@@ -162,6 +165,7 @@ impl<T> Receiver<T> {
         if self.closed.replace(true) {
             return;
         }
+        self.drop_stream_wait();
         let (woken, discarded) = self.shared.borrow_mut().close_receiver(self.id);
         woken.into_iter().for_each(Wakeup::wake);
         drop(discarded);
@@ -221,7 +225,25 @@ impl<T> Clone for Receiver<T> {
         let mut state = self.shared.borrow_mut();
         let id = if self.is_closed() { state.closed_handle() } else { state.open_handle(false) };
         drop(state);
-        Receiver { shared: self.shared.clone(), id, closed: Cell::new(self.is_closed()), stream: None }
+        Receiver {
+            shared: self.shared.clone(),
+            id,
+            closed: Cell::new(self.is_closed()),
+            stream: Cell::new(None),
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Gives up the wait a `Stream` poll left behind (its `next()` future was dropped, say in a
+    /// `select!` whose other branch won): a value already handed to it goes back to the
+    /// channel, to the longest-waiting receiver or the front of the buffer, where this
+    /// handle's own `recv`, `try_recv` finds it first. Otherwise the value would sit in a wait
+    /// nobody polls, behind later values.
+    pub(super) fn drop_stream_wait(&self) {
+        if let Some(wait) = self.stream.take() {
+            wait.abandon(&self.shared);
+        }
     }
 }
 
@@ -229,9 +251,7 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         // First give back a value handed to the stream's pending wait, then close (which
         // discards it with the buffer if this was the last receiver).
-        if let Some(wait) = self.stream.take() {
-            wait.abandon(&self.shared);
-        }
+        self.drop_stream_wait();
         self.close();
     }
 }
@@ -291,11 +311,11 @@ impl<T> futures_core::Stream for Receiver<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let r = match &mut this.stream {
+        let r = match this.stream.get_mut() {
             Some(wait) => {
                 let r = std::task::ready!(wait.poll(&this.shared, cx));
                 // Completed: the entry is gone; dropping the wait unregisters its `Park`.
-                this.stream = None;
+                *this.stream.get_mut() = None;
                 r
             }
             None => match this.start_recv(&Here::get(), cx) {
@@ -304,7 +324,7 @@ impl<T> futures_core::Stream for Receiver<T> {
                     Ok(v)
                 }
                 RecvStart::Parked(wait) => {
-                    this.stream = Some(wait);
+                    *this.stream.get_mut() = Some(wait);
                     return Poll::Pending;
                 }
                 RecvStart::Failed(e) => Err(e),
