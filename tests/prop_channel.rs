@@ -223,7 +223,27 @@ impl Model {
             self.resolve(s, Outcome::Sent);
             return Ok(self.ops[s].value.unwrap());
         }
-        Err(if self.open_s == 0 { Fail::EndOfChannel } else { Fail::Empty })
+        Err(if self.ended() { Fail::EndOfChannel } else { Fail::Empty })
+    }
+
+    /// Values handed to a receive whose task has not returned them yet: a dropped one would
+    /// give its value back, so the channel has not ended while there is one.
+    fn in_transit(&self) -> usize {
+        self.ops.iter().filter(|op| matches!(op.state, OpState::Resolved(Outcome::Received(_)))).count()
+    }
+
+    /// Every sender closed, nothing left and nothing that could come back.
+    fn ended(&self) -> bool {
+        self.open_s == 0 && self.buffer.is_empty() && self.send_q.is_empty() && self.in_transit() == 0
+    }
+
+    /// Once the channel has ended, the waiting receives fail with `EndOfChannel`.
+    fn end_receivers(&mut self) {
+        if self.ended() {
+            for op in std::mem::take(&mut self.recv_q) {
+                self.resolve(op, Outcome::RecvFailed(Fail::EndOfChannel));
+            }
+        }
     }
 
     fn spawn_send(&mut self, h: usize, v: u64, deadline: Option<u64>) {
@@ -260,11 +280,7 @@ impl Model {
                     self.send_q.push_back(op);
                 }
             }
-            if self.open_s == 0 {
-                for op in std::mem::take(&mut self.recv_q) {
-                    self.resolve(op, Outcome::RecvFailed(Fail::EndOfChannel));
-                }
-            }
+            self.end_receivers();
         } else {
             if std::mem::replace(&mut self.r_closed[h], true) {
                 return;
@@ -357,10 +373,15 @@ impl Model {
                 (OpState::Finished(_), _) => unreachable!("requests go to pending operations"),
             };
         }
-        for op in &mut self.ops {
-            if let OpState::Resolved(o) = &op.state {
-                op.state = OpState::Finished(o.clone());
+        // The tasks whose operation completed return; when the last value in transit has
+        // reached its caller after every sender closed, the waiting receives end too, and run.
+        for _ in 0..2 {
+            for op in &mut self.ops {
+                if let OpState::Resolved(o) = &op.state {
+                    op.state = OpState::Finished(o.clone());
+                }
             }
+            self.end_receivers();
         }
     }
 
@@ -405,7 +426,7 @@ impl Model {
     fn check(&self, producers: &BTreeMap<u64, (usize, u64)>) {
         let restored = self.buffer.iter().filter(|(_, r)| *r).count();
         assert!(self.buffer.len() <= self.cap + restored, "buffer over capacity: {self:?}");
-        if self.open_s == 0 {
+        if self.open_s == 0 && self.in_transit() == 0 {
             assert!(self.recv_q.is_empty(), "a receive still waits after the last sender closed");
         }
         if self.open_r == 0 {

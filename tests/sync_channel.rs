@@ -874,6 +874,56 @@ fn a_value_handed_to_an_abandoned_stream_wait_comes_first_to_the_handles_recv() 
     });
 }
 
+#[test]
+fn the_channel_ends_only_after_a_value_in_transit_has_reached_its_caller_s6_3() {
+    testing::run(async {
+        // A value handed to a parked receive, then every sender gone: another receiver waits
+        // instead of ending, since the value may come back.
+        let (tx, rx) = channel::<u32>(0);
+        let rx2 = rx.clone();
+        let mut first = Box::pin(rx.recv());
+        assert!(poll_once(first.as_mut()).await.is_pending());
+        tx.try_send(1).unwrap();
+        drop(tx);
+        assert_eq!(rx2.try_recv(), Err(TryRecvError::Empty), "not ended: 1 is in transit");
+        let mut second = Box::pin(rx2.recv());
+        assert!(poll_once(second.as_mut()).await.is_pending());
+        // The first receive is dropped before it returned: 1 goes to the waiting one.
+        drop(first);
+        assert_eq!(second.await, Ok(1));
+        assert_eq!(rx2.recv().await, Err(RecvError::EndOfChannel));
+
+        // Delivered instead: then the waiting receive ends.
+        let (tx, rx) = channel::<u32>(0);
+        let rx2 = rx.clone();
+        let mut first = Box::pin(rx.recv());
+        assert!(poll_once(first.as_mut()).await.is_pending());
+        tx.try_send(2).unwrap();
+        drop(tx);
+        let mut second = Box::pin(rx2.recv());
+        assert!(poll_once(second.as_mut()).await.is_pending());
+        assert_eq!(first.await, Ok(2));
+        assert_eq!(second.await, Err(RecvError::EndOfChannel));
+    });
+}
+
+#[test]
+fn a_value_held_across_a_yield_keeps_the_channel_open_until_returned() {
+    // A budget of 0: every fast-path receive yields before it returns its value.
+    testing::builder().yield_budget(0).run(async {
+        let (tx, rx) = channel::<u32>(1);
+        let rx2 = rx.clone();
+        tx.try_send(3).unwrap();
+        drop(tx);
+        let mut first = Box::pin(rx.recv());
+        assert!(poll_once(first.as_mut()).await.is_pending(), "it took 3 and yielded");
+        assert_eq!(rx2.try_recv(), Err(TryRecvError::Empty), "not ended: 3 may come back");
+        drop(first);
+        assert_eq!(rx2.try_recv(), Ok(3));
+        assert_eq!(rx2.try_recv(), Err(TryRecvError::EndOfChannel));
+    });
+}
+
 // ---- dropped futures ----
 
 #[test]

@@ -132,6 +132,7 @@ impl<'a, T> SendFuture<'a, T> {
                     SendFailure::Disconnected => SendErrorKind::Disconnected,
                 },
             )),
+            Polled::DoneEnded(..) => unreachable!("hatchery internal error: a send ended the channel"),
         };
         // Dropping the `Park` unregisters it.
         self.state = SendState::Done;
@@ -226,10 +227,12 @@ impl RecvWait {
                 let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
                 self.poll_cancel(&here, shared, false, cx).map(Err)
             }
-            Polled::Done(r) => Poll::Ready(r.map_err(|why| match why {
-                RecvFailure::Closed => RecvError::Closed,
-                RecvFailure::EndOfChannel => RecvError::EndOfChannel,
-            })),
+            Polled::Done(r) => Poll::Ready(r.map_err(recv_error)),
+            Polled::DoneEnded(r) => {
+                let ended = shared.borrow_mut().take_ended();
+                ended.into_iter().for_each(Wakeup::wake);
+                Poll::Ready(r.map_err(recv_error))
+            }
         }
     }
 
@@ -260,6 +263,13 @@ impl RecvWait {
     }
 }
 
+fn recv_error(why: RecvFailure) -> RecvError {
+    match why {
+        RecvFailure::Closed => RecvError::Closed,
+        RecvFailure::EndOfChannel => RecvError::EndOfChannel,
+    }
+}
+
 /// The outcome of the start of a receive.
 pub(super) enum RecvStart<T> {
     /// Got a value without waiting (the caller decides about a schedule point), and the
@@ -280,7 +290,9 @@ impl<T> Receiver<T> {
         if self.is_closed() {
             return RecvStart::Failed(RecvError::Closed);
         }
-        self.drop_stream_wait();
+        if self.has_stream_wait() {
+            self.drop_stream_wait();
+        }
         let mut state = self.shared.borrow_mut();
         match state.try_recv() {
             Ok((v, woken)) => RecvStart::Now(v, woken),
@@ -378,6 +390,8 @@ impl<T> Future for RecvFuture<'_, T> {
                             this.state = RecvState::Done;
                             return Poll::Ready(Ok(v));
                         }
+                        // Held across the yield: in transit until returned (or restored).
+                        this.receiver.shared.borrow_mut().lend();
                         this.state = RecvState::Yielded(Some(v));
                         Poll::Pending
                     }
@@ -399,6 +413,8 @@ impl<T> Future for RecvFuture<'_, T> {
             RecvState::Yielded(v) => {
                 let v = v.take().expect("hatchery internal error: received value missing");
                 this.state = RecvState::Done;
+                let ended = this.receiver.shared.borrow_mut().returned();
+                ended.into_iter().for_each(Wakeup::wake);
                 Poll::Ready(Ok(v))
             }
             RecvState::Done => panic!("a hatchery channel receive future was polled after it completed"),

@@ -64,12 +64,21 @@ pub struct Receiver<T> {
     /// while it waited leaves it behind, and `recv`, `try_recv` and `close` (which cannot run
     /// while a `next()` future borrows the handle) give it up first (`drop_stream_wait`).
     stream: Cell<Option<RecvWait>>,
+    /// Whether `stream` holds a wait (a `Copy` flag: a receive checks it without moving the
+    /// `Option` in and out of its `Cell`).
+    stream_waits: Cell<bool>,
 }
 
 impl<T> Receiver<T> {
     /// An open handle.
     pub(super) fn new(shared: Rc<RefCell<State<T>>>, id: HandleId) -> Self {
-        Receiver { shared, id, closed: Cell::new(false), stream: Cell::new(None) }
+        Receiver {
+            shared,
+            id,
+            closed: Cell::new(false),
+            stream: Cell::new(None),
+            stream_waits: Cell::new(false),
+        }
     }
 
     /// Receives the next value, waiting until there is one.
@@ -137,7 +146,9 @@ impl<T> Receiver<T> {
         if self.is_closed() {
             return Err(TryRecvError::Closed);
         }
-        self.drop_stream_wait();
+        if self.has_stream_wait() {
+            self.drop_stream_wait();
+        }
         let r = self.shared.borrow_mut().try_recv();
         r.map(|(v, woken)| {
             woken.into_iter().for_each(Wakeup::wake);
@@ -230,6 +241,7 @@ impl<T> Clone for Receiver<T> {
             id,
             closed: Cell::new(self.is_closed()),
             stream: Cell::new(None),
+            stream_waits: Cell::new(false),
         }
     }
 }
@@ -241,9 +253,16 @@ impl<T> Receiver<T> {
     /// handle's own `recv`, `try_recv` finds it first. Otherwise the value would sit in a wait
     /// nobody polls, behind later values.
     pub(super) fn drop_stream_wait(&self) {
+        self.stream_waits.set(false);
         if let Some(wait) = self.stream.take() {
             wait.abandon(&self.shared);
         }
+    }
+
+    /// Whether a `Stream` poll left a wait behind.
+    #[inline]
+    pub(super) fn has_stream_wait(&self) -> bool {
+        self.stream_waits.get()
     }
 }
 
@@ -316,6 +335,7 @@ impl<T> futures_core::Stream for Receiver<T> {
                 let r = std::task::ready!(wait.poll(&this.shared, cx));
                 // Completed: the entry is gone; dropping the wait unregisters its `Park`.
                 *this.stream.get_mut() = None;
+                this.stream_waits.set(false);
                 r
             }
             None => match this.start_recv(&Here::get(), cx) {
@@ -325,6 +345,7 @@ impl<T> futures_core::Stream for Receiver<T> {
                 }
                 RecvStart::Parked(wait) => {
                     *this.stream.get_mut() = Some(wait);
+                    this.stream_waits.set(true);
                     return Poll::Pending;
                 }
                 RecvStart::Failed(e) => Err(e),

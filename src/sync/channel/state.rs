@@ -12,7 +12,8 @@
 //!   future removes its own key: that is the abort path, and it removes exactly that waiter.
 //! - Invariants (checked by `debug_check`): a receiver waits only while the buffer is empty and
 //!   no sender waits; a sender waits only while the buffer holds at least `capacity` values and
-//!   no receiver waits; nobody waits on a side whose counterpart is all closed.
+//!   no receiver waits; nobody waits on a side whose counterpart is all closed, except receivers
+//!   while values are *in transit* (see `in_transit`): one of those may still come back.
 
 use std::collections::VecDeque;
 use std::mem;
@@ -72,6 +73,10 @@ pub(super) enum Polled<R> {
     Waiting(Option<Waker>),
     /// Completed; the slot is free again.
     Done(R),
+    /// Completed, and it was the last value in transit after every sender closed: the channel
+    /// has ended, and the waiting receives failed with `EndOfChannel`; wake them
+    /// (`State::take_ended`) after the borrow. Rare: kept out of the common variant's size.
+    DoneEnded(R),
 }
 
 /// Slots for waiting operations, reused through a free list (no allocation per wait in the
@@ -136,6 +141,13 @@ pub(super) struct State<T> {
     receivers: Slab<RecvEntry<T>>,
     /// Keys of `Waiting` receivers, longest-waiting first.
     recv_queue: VecDeque<usize>,
+    /// Values that left the channel for a receive that has not returned them yet: handed to a
+    /// parked receive (`Got`), or taken by one whose schedule point yielded. Such a value comes
+    /// back (`restore`) if that future is dropped, so the channel has not ended while any is
+    /// in transit: `EndOfChannel` waits for them (S6.3: only once the buffer is drained).
+    in_transit: usize,
+    /// Wake-ups of the receives the last value in transit ended (see `Polled::DoneEnded`).
+    ended: Vec<Wakeup>,
 }
 
 impl<T> State<T> {
@@ -152,6 +164,8 @@ impl<T> State<T> {
             send_queue: VecDeque::new(),
             receivers: Slab::new(),
             recv_queue: VecDeque::new(),
+            in_transit: 0,
+            ended: Vec::new(),
         }
     }
 
@@ -194,6 +208,7 @@ impl<T> State<T> {
         if let Some(key) = self.recv_queue.pop_front() {
             let entry = mem::replace(self.receivers.get_mut(key), RecvEntry::Got(value));
             let RecvEntry::Waiting { waker, .. } = entry else { panic!("{BUG}") };
+            self.in_transit += 1;
             return Ok(Some(waker));
         }
         if self.send_queue.is_empty() && self.buffer.len() < self.capacity {
@@ -224,7 +239,42 @@ impl<T> State<T> {
             let (value, waker) = self.complete_sender(key);
             return Ok((value, Some(waker)));
         }
-        if self.open_senders == 0 { Err(TryRecvError::EndOfChannel) } else { Err(TryRecvError::Empty) }
+        if self.ended() { Err(TryRecvError::EndOfChannel) } else { Err(TryRecvError::Empty) }
+    }
+
+    /// Every sender closed, nothing buffered or waiting to be sent, and no value in transit
+    /// that could come back.
+    fn ended(&self) -> bool {
+        self.open_senders == 0 && self.in_transit == 0 && self.buffer.is_empty() && self.send_queue.is_empty()
+    }
+
+    /// A receive whose schedule point yielded keeps the value it took until its next poll.
+    pub(super) fn lend(&mut self) {
+        self.in_transit += 1;
+    }
+
+    /// A value in transit reached its caller. If the channel has ended with it, the waiting
+    /// receives fail with `EndOfChannel`: their wake-ups, to wake after the borrow.
+    pub(super) fn returned(&mut self) -> Vec<Wakeup> {
+        self.in_transit -= 1;
+        if self.ended() { self.end_receivers() } else { Vec::new() }
+    }
+
+    /// The wake-ups a [`Polled::DoneEnded`] left to wake.
+    pub(super) fn take_ended(&mut self) -> Vec<Wakeup> {
+        mem::take(&mut self.ended)
+    }
+
+    /// Fails every waiting receive with `EndOfChannel`; their wake-ups.
+    fn end_receivers(&mut self) -> Vec<Wakeup> {
+        let mut wake = Vec::new();
+        for key in mem::take(&mut self.recv_queue) {
+            let entry =
+                mem::replace(self.receivers.get_mut(key), RecvEntry::Failed(RecvFailure::EndOfChannel));
+            let RecvEntry::Waiting { waker, .. } = entry else { panic!("{BUG}") };
+            wake.push(waker);
+        }
+        wake
     }
 
     fn complete_sender(&mut self, key: usize) -> (T, Wakeup) {
@@ -281,11 +331,18 @@ impl<T> State<T> {
     ) -> Polled<Result<T, RecvFailure>> {
         match self.receivers.get_mut(key) {
             RecvEntry::Waiting { waker: stored, .. } => Polled::Waiting(refresh(stored)),
-            _ => Polled::Done(match self.receivers.remove(key) {
-                RecvEntry::Got(v) => Ok(v),
-                RecvEntry::Failed(why) => Err(why),
+            _ => match self.receivers.remove(key) {
+                RecvEntry::Got(v) => {
+                    self.in_transit -= 1;
+                    if self.in_transit == 0 && self.ended() {
+                        self.ended = self.end_receivers();
+                        return Polled::DoneEnded(Ok(v));
+                    }
+                    Polled::Done(Ok(v))
+                }
+                RecvEntry::Failed(why) => Polled::Done(Err(why)),
                 RecvEntry::Waiting { .. } => unreachable!(),
-            }),
+            },
         }
     }
 
@@ -349,12 +406,15 @@ impl<T> State<T> {
     /// drains below. If every receiver is closed there is nobody to give it to: it is discarded
     /// like the rest of the buffer (returned, for the caller to drop).
     pub(super) fn restore(&mut self, value: T) -> (Option<Wakeup>, Option<T>) {
+        // It was in transit; it is in the channel again (or discarded).
+        self.in_transit -= 1;
         if self.open_receivers == 0 {
             return (None, Some(value));
         }
         if let Some(key) = self.recv_queue.pop_front() {
             let entry = mem::replace(self.receivers.get_mut(key), RecvEntry::Got(value));
             let RecvEntry::Waiting { waker, .. } = entry else { panic!("{BUG}") };
+            self.in_transit += 1;
             return (Some(waker), None);
         }
         self.buffer.push_front(value);
@@ -364,7 +424,8 @@ impl<T> State<T> {
     }
 
     /// Sender `handle` closes (S6.6): its own waiting sends fail with `Closed` and get their
-    /// values back; if it was the last open sender, every waiting receive gets `EndOfChannel`.
+    /// values back; if it was the last open sender, every waiting receive gets `EndOfChannel`
+    /// (once no value is in transit: until then they wait, for one may come back).
     pub(super) fn close_sender(&mut self, handle: HandleId) -> Vec<Wakeup> {
         self.open_senders -= 1;
         let mut wake = Vec::new();
@@ -381,13 +442,8 @@ impl<T> State<T> {
             wake.push(waker);
             false
         });
-        if self.open_senders == 0 {
-            for key in mem::take(&mut self.recv_queue) {
-                let entry =
-                    mem::replace(self.receivers.get_mut(key), RecvEntry::Failed(RecvFailure::EndOfChannel));
-                let RecvEntry::Waiting { waker, .. } = entry else { panic!("{BUG}") };
-                wake.push(waker);
-            }
+        if self.ended() {
+            wake.extend(self.end_receivers());
         }
         self.debug_check();
         wake
@@ -433,7 +489,9 @@ impl<T> State<T> {
         if cfg!(debug_assertions) {
             if !self.recv_queue.is_empty() {
                 assert!(
-                    self.buffer.is_empty() && self.send_queue.is_empty() && self.open_senders > 0,
+                    self.buffer.is_empty()
+                        && self.send_queue.is_empty()
+                        && (self.open_senders > 0 || self.in_transit > 0),
                     "{BUG}"
                 );
             }
