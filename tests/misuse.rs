@@ -118,6 +118,47 @@ fn a_panicking_cancel_error_method_counts_as_the_childs_panic_and_the_child_is_d
 }
 
 #[test]
+fn a_handle_is_told_even_when_the_childs_error_panics_in_cancelled() {
+    // The error type's `cancelled` panics when the nursery asks the failed child's error what
+    // to tell its handle: the panic is the child's, and the handle still finishes.
+    #[derive(Debug)]
+    struct Picky;
+    impl From<Cancelled> for Picky {
+        fn from(_: Cancelled) -> Self {
+            Picky
+        }
+    }
+    impl hatchery::CancelError for Picky {
+        fn cancelled(&self) -> Option<&Cancelled> {
+            panic!("cancelled() exploded");
+        }
+    }
+    let seen = std::cell::Cell::new(None);
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let _ = nursery(async |n| {
+                let h = n.spawn(async { Err::<(), _>(Picky) });
+                // Shielded from the nursery's cancellation, so the panic's cancellation does not
+                // end this wait early: only the handle's own word can.
+                let r = hatchery::CancelScope::new()
+                    .shielded()
+                    .run(async {
+                        let joined = hatchery::move_on_after(secs(5), h).await;
+                        seen.set(Some(matches!(joined, Err(hatchery::JoinError::Failed))));
+                        Ok::<_, Cancelled>(())
+                    })
+                    .await;
+                let _ = r;
+                Ok::<_, Picky>(())
+            })
+            .await;
+        })
+    }));
+    assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"cancelled() exploded"));
+    assert_eq!(seen.get(), Some(true), "the handle never heard of its child's end");
+}
+
+#[test]
 fn a_panic_in_the_main_future_propagates_and_cleans_up() {
     let drops = DropCounter::new();
     let r = catch_unwind(AssertUnwindSafe(|| {

@@ -620,6 +620,47 @@ fn a_cancel_right_after_started_reaches_the_scopes_and_grandchildren_opened_befo
 }
 
 #[test]
+fn a_task_started_from_a_shield_into_a_cancelled_nursery_wakes_what_it_opened_st_7() {
+    let log = Log::new();
+    testing::run(async {
+        nursery(async |n| {
+            n.cancel_scope().cancel_with_reason("target");
+            hatchery::CancelScope::new()
+                .shielded()
+                .run(n.start(|s: TaskStatus<()>| {
+                    let log = &log;
+                    async move {
+                        let r = nursery(async |inner| {
+                            inner.start_soon(async move {
+                                let r = sleep(secs(100)).await;
+                                log.push(format!(
+                                    "worker {:?}@{}",
+                                    r.as_ref().map_err(|c| c.reason().map(str::to_owned)),
+                                    now().since_origin().as_secs()
+                                ));
+                                r
+                            });
+                            hatchery::lowlevel::checkpoint().await?; // the worker parks first
+                            s.started(());
+                            sleep(secs(100)).await
+                        })
+                        .await;
+                        assert!(r.is_err(), "{r:?}");
+                        Ok::<_, TestError>(())
+                    }
+                }))
+                .await?;
+            Ok::<_, TestError>(())
+        })
+        .await
+        .unwrap();
+        // Both the worker and the task's own sleep end at once, not after 100 s.
+        assert_eq!(now(), at(0));
+    });
+    assert_eq!(log.take(), ["worker Err(Some(\"target\"))@0"]);
+}
+
+#[test]
 fn task_status_ignored_lets_a_service_be_awaited_directly_st_8() {
     let log = Log::new();
     let t = testing::run(async {

@@ -247,10 +247,14 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         made
     }
 
-    /// Tells a child's handle why there is no value. Waking the awaiting task calls its waker,
-    /// which may be foreign code: a panic there counts as the child's.
+    /// Tells a child's handle why there is no value. Working out why may call the error type's
+    /// `CancelError` methods, and waking the awaiting task calls its waker: both may be foreign
+    /// code, and a panic there counts as the child's. The handle is told all the same (as
+    /// `Failed`), or it would wait for ever.
     fn tell_handle(&self, task: &mut ManuallyDrop<Task<'n, E>>, why: &dyn Fn() -> JoinError) {
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| task.no_value(why))) {
+            // A second word after a panicking waker only replaces the first (no second wake).
+            let _ = catch_unwind(AssertUnwindSafe(|| task.no_value(&|| JoinError::Failed)));
             self.record_panic(p);
         }
     }

@@ -9,7 +9,7 @@ use std::task::Poll;
 use super::{BoxedChild, ChildTask, Nursery, Task};
 use crate::cancel::StatusGuard;
 use crate::error::{CancelError, StartError};
-use crate::runtime::cancel_tree::{NIL, ScopeRef};
+use crate::runtime::cancel_tree::{NIL, ScopeRef, Wakeups};
 use crate::runtime::context;
 
 /// Given to a task started with [`Nursery::start`]: call [`started`](TaskStatus::started) once
@@ -188,6 +188,17 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                     match self.insert_child_at(Task::Boxed(moved), task_node) {
                         Ok(_) => {
                             guard.node.set(NIL);
+                            // Moved under a nursery that was cancelled already (the caller was
+                            // shielded from it): what the task parked on before `started`, in
+                            // scopes and nurseries it opened, learns of it now (ST.7).
+                            let mut wakeups = Wakeups::default();
+                            {
+                                let tree = core.cancel.borrow();
+                                if tree.is_effectively_cancelled(task_node) {
+                                    tree.collect(task_node, &mut wakeups);
+                                }
+                            }
+                            wakeups.wake(&core);
                             Poll::Ready(Ok(cell.borrow_mut().take().expect("started value")))
                         }
                         Err(moved) => {
