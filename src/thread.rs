@@ -488,7 +488,10 @@ impl<R: Send + 'static> Job<R> {
             // Dropped here, on the pool thread, silently (S10.3), and before the job counts as
             // finished: its token stays out while the result's destructor (user code) runs, and
             // a panic there must not keep the token from going back.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(outcome)));
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(outcome))) {
+                // Its own destructor could panic too: leak it rather than skip the lines below.
+                std::mem::forget(payload);
+            }
             self.lock().finished = true;
             // The job's token waits on the run's thread; have it returned there. If the run
             // has ended, the token stays out, as Trio's does (it goes at the next sweep).

@@ -908,6 +908,25 @@ fn the_channel_ends_only_after_a_value_in_transit_has_reached_its_caller_s6_3() 
 }
 
 #[test]
+fn a_value_handed_to_a_stream_wait_left_behind_does_not_hold_the_end_back() {
+    testing::run(async {
+        // A `next()` dropped while it waited: its wait may never be polled again, so a value
+        // handed to it does not keep the other receivers from ending (they would wait for
+        // ever); the handle's own next receive still finds it.
+        let (tx, mut rx) = channel::<u32>(0);
+        let rx2 = rx.clone();
+        {
+            let mut fut = pin!(next(&mut rx));
+            assert!(poll_once(fut.as_mut()).await.is_pending());
+        }
+        tx.try_send(1).unwrap();
+        drop(tx);
+        assert_eq!(rx2.recv().await, Err(RecvError::EndOfChannel));
+        assert_eq!(rx.try_recv(), Ok(1));
+    });
+}
+
+#[test]
 fn a_value_held_across_a_yield_keeps_the_channel_open_until_returned() {
     // A budget of 0: every fast-path receive yields before it returns its value.
     testing::builder().yield_budget(0).run(async {

@@ -254,7 +254,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     fn tell_handle(&self, task: &mut ManuallyDrop<Task<'n, E>>, why: &dyn Fn() -> JoinError) {
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| task.no_value(why))) {
             // A second word after a panicking waker only replaces the first (no second wake).
-            let _ = catch_unwind(AssertUnwindSafe(|| task.no_value(&|| JoinError::Failed)));
+            if let Err(again) = catch_unwind(AssertUnwindSafe(|| task.no_value(&|| JoinError::Failed))) {
+                // The waker panicked again: the first panic is the one recorded.
+                std::mem::forget(again);
+            }
             self.record_panic(p);
         }
     }

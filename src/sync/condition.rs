@@ -261,9 +261,12 @@ impl<'a, T: ?Sized> ConditionWait<'a, T> {
 
     /// The lock is ours again: the result to return.
     fn relocked(&mut self, cancelled: Option<Cancelled>) -> Result<MutexGuard<'a, T>, WaitError<'a, T>> {
+        // The guard first: `unpark` may drop a foreign waker, and a panic there then drops the
+        // guard (breaking the mutex, as any panic while holding it) instead of leaving the
+        // mutex locked with nobody to release it.
+        let guard = MutexGuard::new(self.mutex, self.at);
         self.step = WaitStep::Done;
         self.park.unpark();
-        let guard = MutexGuard::new(self.mutex, self.at);
         match cancelled {
             None => Ok(guard),
             Some(cancelled) => Err(WaitError::Cancelled { guard, cancelled }),
@@ -338,7 +341,12 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                         Status::Waiting => match here.poll_cancel(&mut this.park, cx) {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(c) => match this.cond.lot.leave(ticket) {
-                                Status::Waiting => return this.reacquire(c, &here, cx),
+                                Status::Waiting => {
+                                    // The ticket is freed: a panic below (a foreign waker's
+                                    // clone) must not make `Drop` leave it again.
+                                    this.step = WaitStep::Done;
+                                    return this.reacquire(c, &here, cx);
+                                }
                                 Status::Moved(to) => {
                                     this.step = WaitStep::InMutex { ticket: to, cancelled: Some(c) }
                                 }

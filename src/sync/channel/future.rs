@@ -282,8 +282,9 @@ pub(super) enum RecvStart<T> {
 }
 
 impl<T> Receiver<T> {
-    /// The start of a receive: cancel point, then S6.3, then park.
-    pub(super) fn start_recv(&self, here: &Here, cx: &mut Context<'_>) -> RecvStart<T> {
+    /// The start of a receive: cancel point, then S6.3, then park. `for_stream`: the
+    /// `Stream`'s receive (a value handed to its wait is not counted in transit).
+    pub(super) fn start_recv(&self, here: &Here, cx: &mut Context<'_>, for_stream: bool) -> RecvStart<T> {
         if let Err(c) = here.cancel_point() {
             return RecvStart::Failed(RecvError::Cancelled(c));
         }
@@ -299,7 +300,7 @@ impl<T> Receiver<T> {
             Err(TryRecvError::Empty) => {
                 let wakeup = here.wakeup(cx.waker());
                 let for_task = wakeup.is_task();
-                let key = state.park_receiver(self.id, wakeup);
+                let key = state.park_receiver(self.id, wakeup, !for_stream);
                 drop(state);
                 // Nobody can have sent or closed meanwhile (no other code ran): no need to ask
                 // the channel about the new entry; nor to check for cancellation again, unless
@@ -317,7 +318,7 @@ impl<T> Receiver<T> {
 
     /// A value taken on the fast path whose future was dropped before returning it.
     fn restore(&self, value: T) {
-        let (woken, undeliverable) = self.shared.borrow_mut().restore(value);
+        let (woken, undeliverable) = self.shared.borrow_mut().restore(value, true);
         woken.into_iter().for_each(Wakeup::wake);
         drop(undeliverable);
     }
@@ -379,7 +380,7 @@ impl<T> Future for RecvFuture<'_, T> {
         match &mut this.state {
             RecvState::Start => {
                 let here = Here::get();
-                match this.receiver.start_recv(&here, cx) {
+                match this.receiver.start_recv(&here, cx, false) {
                     RecvStart::Now(v, woken) => {
                         // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
                         let passed = here.schedule_point(cx);

@@ -338,7 +338,7 @@ impl<T> futures_core::Stream for Receiver<T> {
                 this.stream_waits.set(false);
                 r
             }
-            None => match this.start_recv(&Here::get(), cx) {
+            None => match this.start_recv(&Here::get(), cx, true) {
                 RecvStart::Now(v, woken) => {
                     woken.into_iter().for_each(Wakeup::wake);
                     Ok(v)

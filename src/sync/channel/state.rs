@@ -54,9 +54,12 @@ pub(super) enum RecvEntry<T> {
     Waiting {
         handle: HandleId,
         waker: Wakeup,
+        /// A value handed to it counts as in transit (`State::in_transit`): every receive but
+        /// a `Stream`'s, whose wait a dropped `next()` may leave behind unpolled for good.
+        counted: bool,
     },
-    /// A value was handed to this receiver.
-    Got(T),
+    /// A value was handed to this receiver (and whether it counts as in transit).
+    Got(T, bool),
     Failed(RecvFailure),
 }
 
@@ -206,10 +209,7 @@ impl<T> State<T> {
             return Err(TrySendError::Disconnected(value));
         }
         if let Some(key) = self.recv_queue.pop_front() {
-            let entry = mem::replace(self.receivers.get_mut(key), RecvEntry::Got(value));
-            let RecvEntry::Waiting { waker, .. } = entry else { panic!("{BUG}") };
-            self.in_transit += 1;
-            return Ok(Some(waker));
+            return Ok(Some(self.hand_to(key, value)));
         }
         if self.send_queue.is_empty() && self.buffer.len() < self.capacity {
             self.push_back(value);
@@ -246,6 +246,17 @@ impl<T> State<T> {
     /// that could come back.
     fn ended(&self) -> bool {
         self.open_senders == 0 && self.in_transit == 0 && self.buffer.is_empty() && self.send_queue.is_empty()
+    }
+
+    /// Hands `value` to the waiting receive `key` (taken out of its queue); its wake-up.
+    fn hand_to(&mut self, key: usize, value: T) -> Wakeup {
+        let entry = self.receivers.get_mut(key);
+        let RecvEntry::Waiting { counted, .. } = *entry else { panic!("{BUG}") };
+        let RecvEntry::Waiting { waker, .. } = mem::replace(entry, RecvEntry::Got(value, counted)) else {
+            unreachable!()
+        };
+        self.in_transit += usize::from(counted);
+        waker
     }
 
     /// A receive whose schedule point yielded keeps the value it took until its next poll.
@@ -298,8 +309,8 @@ impl<T> State<T> {
     }
 
     /// Parks a receive whose `try_recv` found nothing.
-    pub(super) fn park_receiver(&mut self, handle: HandleId, waker: Wakeup) -> usize {
-        let key = self.receivers.insert(RecvEntry::Waiting { handle, waker });
+    pub(super) fn park_receiver(&mut self, handle: HandleId, waker: Wakeup, counted: bool) -> usize {
+        let key = self.receivers.insert(RecvEntry::Waiting { handle, waker, counted });
         self.recv_queue.push_back(key);
         self.debug_check();
         key
@@ -332,7 +343,8 @@ impl<T> State<T> {
         match self.receivers.get_mut(key) {
             RecvEntry::Waiting { waker: stored, .. } => Polled::Waiting(refresh(stored)),
             _ => match self.receivers.remove(key) {
-                RecvEntry::Got(v) => {
+                RecvEntry::Got(v, false) => Polled::Done(Ok(v)),
+                RecvEntry::Got(v, true) => {
                     self.in_transit -= 1;
                     if self.in_transit == 0 && self.ended() {
                         self.ended = self.end_receivers();
@@ -390,8 +402,8 @@ impl<T> State<T> {
         match self.receivers.get_mut(key) {
             RecvEntry::Waiting { .. } => (None, None, Some(self.cancel_receiver(key))),
             _ => match self.receivers.remove(key) {
-                RecvEntry::Got(v) => {
-                    let (woken, undeliverable) = self.restore(v);
+                RecvEntry::Got(v, counted) => {
+                    let (woken, undeliverable) = self.restore(v, counted);
                     (woken, undeliverable, None)
                 }
                 _ => (None, None, None),
@@ -405,17 +417,15 @@ impl<T> State<T> {
     /// The buffer may then hold more than `capacity` values; senders keep waiting until it
     /// drains below. If every receiver is closed there is nobody to give it to: it is discarded
     /// like the rest of the buffer (returned, for the caller to drop).
-    pub(super) fn restore(&mut self, value: T) -> (Option<Wakeup>, Option<T>) {
+    /// `counted`: the value was counted in transit (see `RecvEntry::Waiting::counted`).
+    pub(super) fn restore(&mut self, value: T, counted: bool) -> (Option<Wakeup>, Option<T>) {
         // It was in transit; it is in the channel again (or discarded).
-        self.in_transit -= 1;
+        self.in_transit -= usize::from(counted);
         if self.open_receivers == 0 {
             return (None, Some(value));
         }
         if let Some(key) = self.recv_queue.pop_front() {
-            let entry = mem::replace(self.receivers.get_mut(key), RecvEntry::Got(value));
-            let RecvEntry::Waiting { waker, .. } = entry else { panic!("{BUG}") };
-            self.in_transit += 1;
-            return (Some(waker), None);
+            return (Some(self.hand_to(key, value)), None);
         }
         self.buffer.push_front(value);
         self.peak = self.peak.max(self.buffer.len());
@@ -524,7 +534,7 @@ mod tests {
         let parked = || Wakeup::Waker(waker.clone());
         let mut st = State::<u32>::new(0);
 
-        let key = st.park_receiver(1, parked());
+        let key = st.park_receiver(1, parked(), true);
         let back = st.cancel_receiver(key);
         assert_eq!(Arc::strong_count(&task), 3, "task, waker and the waker handed back");
         drop(back);
@@ -534,7 +544,7 @@ mod tests {
         assert_eq!((value, Arc::strong_count(&task)), (5, 3));
         drop(back);
 
-        let key = st.park_receiver(1, parked());
+        let key = st.park_receiver(1, parked(), true);
         let (woken, value, back) = st.abandon_receiver(key);
         assert!(woken.is_none() && value.is_none() && back.is_some());
         assert_eq!(Arc::strong_count(&task), 3);
