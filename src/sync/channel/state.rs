@@ -249,6 +249,7 @@ impl<T> State<T> {
     }
 
     /// Hands `value` to the waiting receive `key` (taken out of its queue); its wake-up.
+    #[inline]
     fn hand_to(&mut self, key: usize, value: T) -> Wakeup {
         let entry = self.receivers.get_mut(key);
         let RecvEntry::Waiting { counted, .. } = *entry else { panic!("{BUG}") };
