@@ -51,7 +51,11 @@
 //! | SIGINT when no [`ctrl_c_cancels`] or [`Signals`] listens for it | the usual: killed by the signal (a shell shows 130) |
 //!
 //! All but the last are exits with that status (`ExitStatus::code()` is `Some(130)`), not
-//! deaths by the signal; a shell shows the same number either way.
+//! deaths by the signal; a shell shows the same number either way in `$?`. Where the
+//! difference matters (a shell script's loop stops at a child killed by Ctrl-C but not at one
+//! that exited with 130; systemd counts a death by SIGTERM as a clean stop but exit status 143
+//! as a failure), end `main` with [`Outcome::exit_by_signal`] instead of
+//! [`Outcome::exit_code`]: after the cleanup, an interrupted run then dies by its signal.
 //!
 //! # Caveats
 //!
@@ -428,6 +432,37 @@ impl<T> Outcome<T> {
     /// [`exit_status`](Outcome::exit_status) as the value `main` returns.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.exit_status())
+    }
+
+    /// Like [`exit_code`](Outcome::exit_code), except that an interrupted run ends the process
+    /// here by the signal that interrupted it (its default action, as if hatchery had never
+    /// caught it), after flushing standard output and error: the parent then sees a death by
+    /// SIGINT or SIGTERM, not an exit with status 130 or 143. Call it last in `main`, once the
+    /// run is over: destructors still pending do not run. A completed run returns
+    /// `ExitCode::SUCCESS`; if the default action cannot be emulated, the exit status is
+    /// returned instead.
+    ///
+    /// ```no_run
+    /// use std::process::ExitCode;
+    /// use hatchery::signal::ctrl_c_cancels;
+    /// fn main() -> ExitCode {
+    ///     let outcome = hatchery::run(ctrl_c_cancels(async { Ok::<_, std::io::Error>(()) }));
+    ///     match outcome {
+    ///         Ok(o) => o.exit_by_signal(), // killed by SIGINT after Ctrl-C, like `sleep` is
+    ///         Err(_) => ExitCode::FAILURE,
+    ///     }
+    /// }
+    /// ```
+    pub fn exit_by_signal(&self) -> ExitCode {
+        if let Some(signal) = self.signal() {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // Resets the disposition to the default and raises the signal: does not return for
+            // SIGINT and SIGTERM.
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+        }
+        self.exit_code()
     }
 }
 

@@ -449,6 +449,18 @@ fn child_process_entry() {
             println!("outcome: {:?}", out.unwrap());
             std::process::exit(0);
         }
+        "exit-by-signal" => {
+            let out = hatchery::run(ctrl_c_cancels(async {
+                raise(SIGTERM).unwrap();
+                hatchery::sleep_forever().await?;
+                Ok::<_, std::io::Error>(())
+            }));
+            let outcome = out.unwrap();
+            println!("interrupted: {:?}", outcome.signal());
+            let _ = outcome.exit_by_signal();
+            println!("still alive");
+            std::process::exit(0);
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -460,6 +472,13 @@ fn a_sigint_ignored_since_the_process_started_stays_ignored_by_ctrl_c_cancels() 
     assert_eq!(status.code(), Some(0), "{out:?}");
     assert!(out.contains(&"outcome: Completed(7)".to_string()), "{out:?}");
     assert!(out.contains(&"outcome: Interrupted { signal: 15, value: None }".to_string()), "{out:?}");
+}
+
+#[test]
+fn exit_by_signal_ends_an_interrupted_run_by_that_signal() {
+    let _serial = serial();
+    let status = run_self_as_child("exit-by-signal");
+    assert_eq!(status.signal(), Some(SIGTERM), "died by SIGTERM, after its cleanup: {status:?}");
 }
 
 #[test]
