@@ -815,15 +815,19 @@ fn a_stream_reports_cancellation_and_consumes_nothing_s6_9() {
     });
 }
 
+/// Polls the receiver's `Stream` once, which parks a wait in the handle, and drops that
+/// `next()` future: the wait stays behind (as after a `select!` whose other branch won).
+async fn leave_a_stream_wait(rx: &mut hatchery::Receiver<u32>) {
+    let mut fut = pin!(next(rx));
+    assert!(poll_once(fut.as_mut()).await.is_pending());
+}
+
 #[test]
 fn dropping_a_receiver_whose_stream_was_handed_a_value_gives_it_back() {
     testing::run(async {
         let (tx, rx) = channel::<u32>(0);
         let mut streaming = rx.clone();
-        {
-            let mut fut = pin!(next(&mut streaming));
-            assert!(poll_once(fut.as_mut()).await.is_pending());
-        }
+        leave_a_stream_wait(&mut streaming).await;
         assert_eq!(rx.statistics().tasks_waiting_recv, 1, "the stream's wait lives in the receiver");
         tx.try_send(8).unwrap();
         drop(streaming);
@@ -837,37 +841,25 @@ fn a_value_handed_to_an_abandoned_stream_wait_comes_first_to_the_handles_recv() 
     testing::run(async {
         // A `next()` dropped while it waited (a `select!` whose other branch won, say).
         let (tx, mut rx) = channel::<u32>(0);
-        {
-            let mut fut = pin!(next(&mut rx));
-            assert!(poll_once(fut.as_mut()).await.is_pending());
-        }
+        leave_a_stream_wait(&mut rx).await;
         tx.try_send(1).unwrap(); // handed to the wait nobody polls
         assert_eq!(rx.try_recv(), Ok(1), "try_recv finds it");
         // With a buffer: the value handed over comes before a later one, in order.
         let (tx, mut rx) = channel::<u32>(4);
-        {
-            let mut fut = pin!(next(&mut rx));
-            assert!(poll_once(fut.as_mut()).await.is_pending());
-        }
+        leave_a_stream_wait(&mut rx).await;
         tx.try_send(1).unwrap();
         tx.try_send(2).unwrap();
         assert_eq!(rx.recv().await, Ok(1));
         assert_eq!(rx.recv().await, Ok(2));
         // A wait that got nothing just goes: it no longer counts as waiting.
-        {
-            let mut fut = pin!(next(&mut rx));
-            assert!(poll_once(fut.as_mut()).await.is_pending());
-        }
+        leave_a_stream_wait(&mut rx).await;
         assert_eq!(rx.statistics().tasks_waiting_recv, 1);
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         assert_eq!(rx.statistics().tasks_waiting_recv, 0);
         // Closing the handle gives a handed value to another receiver instead of keeping it.
         let (tx, mut rx) = channel::<u32>(0);
         let other = rx.clone();
-        {
-            let mut fut = pin!(next(&mut rx));
-            assert!(poll_once(fut.as_mut()).await.is_pending());
-        }
+        leave_a_stream_wait(&mut rx).await;
         tx.try_send(3).unwrap();
         rx.close();
         assert_eq!(other.try_recv(), Ok(3));
@@ -915,13 +907,12 @@ fn a_value_handed_to_a_stream_wait_left_behind_does_not_hold_the_end_back() {
         // ever); the handle's own next receive still finds it.
         let (tx, mut rx) = channel::<u32>(0);
         let rx2 = rx.clone();
-        {
-            let mut fut = pin!(next(&mut rx));
-            assert!(poll_once(fut.as_mut()).await.is_pending());
-        }
+        leave_a_stream_wait(&mut rx).await;
         tx.try_send(1).unwrap();
         drop(tx);
-        assert_eq!(rx2.recv().await, Err(RecvError::EndOfChannel));
+        // Bounded: were the value counted, this would wait for ever (the virtual clock jumps).
+        let r = move_on_after(secs(1), rx2.recv()).await;
+        assert_eq!(r, Err(RecvError::EndOfChannel));
         assert_eq!(rx.try_recv(), Ok(1));
     });
 }

@@ -291,9 +291,7 @@ impl<T> Receiver<T> {
         if self.is_closed() {
             return RecvStart::Failed(RecvError::Closed);
         }
-        if self.has_stream_wait() {
-            self.drop_stream_wait();
-        }
+        self.drop_stream_wait();
         let mut state = self.shared.borrow_mut();
         match state.try_recv() {
             Ok((v, woken)) => RecvStart::Now(v, woken),

@@ -60,25 +60,16 @@ pub struct Receiver<T> {
     /// Tells this handle's waiting receives apart from the other clones'.
     pub(super) id: HandleId,
     closed: Cell<bool>,
-    /// The `Stream`'s pending receive, if it is waiting. A `Cell`: a `next()` future dropped
+    /// The `Stream`'s pending receive, if it is waiting. A `RefCell`: a `next()` future dropped
     /// while it waited leaves it behind, and `recv`, `try_recv` and `close` (which cannot run
     /// while a `next()` future borrows the handle) give it up first (`drop_stream_wait`).
-    stream: Cell<Option<RecvWait>>,
-    /// Whether `stream` holds a wait (a `Copy` flag: a receive checks it without moving the
-    /// `Option` in and out of its `Cell`).
-    stream_waits: Cell<bool>,
+    stream: RefCell<Option<RecvWait>>,
 }
 
 impl<T> Receiver<T> {
     /// An open handle.
     pub(super) fn new(shared: Rc<RefCell<State<T>>>, id: HandleId) -> Self {
-        Receiver {
-            shared,
-            id,
-            closed: Cell::new(false),
-            stream: Cell::new(None),
-            stream_waits: Cell::new(false),
-        }
+        Receiver { shared, id, closed: Cell::new(false), stream: RefCell::new(None) }
     }
 
     /// Receives the next value, waiting until there is one.
@@ -146,9 +137,7 @@ impl<T> Receiver<T> {
         if self.is_closed() {
             return Err(TryRecvError::Closed);
         }
-        if self.has_stream_wait() {
-            self.drop_stream_wait();
-        }
+        self.drop_stream_wait();
         let r = self.shared.borrow_mut().try_recv();
         r.map(|(v, woken)| {
             woken.into_iter().for_each(Wakeup::wake);
@@ -240,8 +229,7 @@ impl<T> Clone for Receiver<T> {
             shared: self.shared.clone(),
             id,
             closed: Cell::new(self.is_closed()),
-            stream: Cell::new(None),
-            stream_waits: Cell::new(false),
+            stream: RefCell::new(None),
         }
     }
 }
@@ -252,25 +240,28 @@ impl<T> Receiver<T> {
     /// channel, to the longest-waiting receiver or the front of the buffer, where this
     /// handle's own `recv`, `try_recv` finds it first. Otherwise the value would sit in a wait
     /// nobody polls, behind later values.
+    #[inline]
     pub(super) fn drop_stream_wait(&self) {
-        self.stream_waits.set(false);
-        if let Some(wait) = self.stream.take() {
-            wait.abandon(&self.shared);
+        if self.stream.borrow().is_some() {
+            self.give_up_stream_wait();
         }
     }
 
-    /// Whether a `Stream` poll left a wait behind.
-    #[inline]
-    pub(super) fn has_stream_wait(&self) -> bool {
-        self.stream_waits.get()
+    #[cold]
+    fn give_up_stream_wait(&self) {
+        // Out of the `RefCell` first: abandoning wakes, which is foreign code.
+        let wait = self.stream.borrow_mut().take();
+        if let Some(wait) = wait {
+            wait.abandon(&self.shared);
+        }
     }
 }
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        // First give back a value handed to the stream's pending wait, then close (which
-        // discards it with the buffer if this was the last receiver).
-        self.drop_stream_wait();
+        // `close` first gives back a value handed to the stream's pending wait, then closes
+        // (which discards it with the buffer if this was the last receiver). A handle closed
+        // earlier gave its wait up then, and cannot have parked another.
         self.close();
     }
 }
@@ -335,7 +326,6 @@ impl<T> futures_core::Stream for Receiver<T> {
                 let r = std::task::ready!(wait.poll(&this.shared, cx));
                 // Completed: the entry is gone; dropping the wait unregisters its `Park`.
                 *this.stream.get_mut() = None;
-                this.stream_waits.set(false);
                 r
             }
             None => match this.start_recv(&Here::get(), cx, true) {
@@ -345,7 +335,6 @@ impl<T> futures_core::Stream for Receiver<T> {
                 }
                 RecvStart::Parked(wait) => {
                     *this.stream.get_mut() = Some(wait);
-                    this.stream_waits.set(true);
                     return Poll::Pending;
                 }
                 RecvStart::Failed(e) => Err(e),
