@@ -1,5 +1,6 @@
 //! A foreign waker whose `clone` does something: releases the very resource being acquired;
-//! and one whose destructor panics while the resource is being handed over.
+//! one whose destructor completes a channel operation just before it is cancelled; and one
+//! whose destructor panics while the resource is being handed over.
 //!
 //! A primitive that finds its resource busy clones the poll's waker to park. For a waker of
 //! another crate that clone is foreign code, and nothing stops it from releasing the mutex (or
@@ -13,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use hatchery::{Condition, Event, Mutex, Semaphore};
@@ -21,6 +22,8 @@ use hatchery::{Condition, Event, Mutex, Semaphore};
 thread_local! {
     /// What each clone of a hooked waker runs, until it returns `true` (it acted).
     static ON_CLONE: RefCell<Option<Box<dyn FnMut() -> bool>>> = const { RefCell::new(None) };
+    /// What the next drop of a hooked waker runs (once).
+    static ON_DROP: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
     /// Whether the next drop of a hooked waker (a clone) panics.
     static PANIC_ON_DROP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -61,6 +64,9 @@ unsafe fn wake_by_ref_hooked(data: *const ()) {
 unsafe fn drop_hooked(data: *const ()) {
     // SAFETY: `data` is this waker's own box, dropped once, with the waker.
     drop(unsafe { Box::from_raw(data.cast_mut().cast::<Waker>()) });
+    if let Some(hook) = ON_DROP.with(|h| h.borrow_mut().take()) {
+        hook();
+    }
     if PANIC_ON_DROP.with(|p| p.replace(false)) {
         panic!("a foreign waker's destructor panics (expected by this test)");
     }
@@ -208,5 +214,78 @@ fn a_waker_destructor_that_panics_as_the_lock_is_handed_over_does_not_strand_the
         drop(lock); // the future that panicked goes, as its task would
         assert!(!mutex.is_locked(), "the granted lock went with the panic");
         assert_eq!(*mutex.try_lock().unwrap(), 1);
+    });
+}
+
+/// Polls `fut` once through a hooked waker (it parks, keeping clones of it), then arms
+/// `on_drop` and polls it again with the task's own waker: the channel lets go of the hooked
+/// clone it kept, and its destructor runs `on_drop` before the future looks at cancellation.
+async fn park_foreign_then_repoll<F: Future + Unpin>(
+    mut fut: F,
+    on_drop: impl FnOnce() + 'static,
+) -> Poll<F::Output> {
+    poll_fn(|cx| {
+        let waker = hooked(cx.waker());
+        assert!(Pin::new(&mut fut).poll(&mut Context::from_waker(&waker)).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+    ON_DROP.with(|h| *h.borrow_mut() = Some(Box::new(on_drop)));
+    let r = poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
+    assert!(ON_DROP.with(|h| h.borrow_mut().take().is_none()), "the hook never ran");
+    r
+}
+
+#[test]
+fn a_receive_completed_by_a_waker_destructor_just_before_its_cancellation_returns_the_value() {
+    use hatchery::{CancelScope, channel};
+    hatchery::testing::run(async {
+        let (tx, rx) = channel::<u32>(1);
+        let tx: &'static _ = Box::leak(Box::new(tx));
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        let r = scope
+            .run(async {
+                let r = park_foreign_then_repoll(Box::pin(rx.recv()), move || {
+                    handle.cancel();
+                    tx.try_send(5).unwrap(); // handed to the parked receive
+                })
+                .await;
+                Ok::<_, hatchery::Cancelled>(r)
+            })
+            .await;
+        // The value was handed over before the cancellation was seen: it is returned, not lost
+        // (and not a "missing slot" internal error).
+        assert!(matches!(r, Ok(Some(Poll::Ready(Ok(5))))), "{r:?}");
+        assert_eq!(rx.statistics().tasks_waiting_recv, 0);
+        assert!(rx.try_recv().is_err(), "nothing else is in the channel");
+    });
+}
+
+#[test]
+fn a_send_completed_by_a_waker_destructor_just_before_its_cancellation_reports_it_delivered() {
+    use hatchery::{CancelScope, channel};
+    hatchery::testing::run(async {
+        let (tx, rx) = channel::<u32>(0);
+        let rx: &'static _ = Box::leak(Box::new(rx));
+        let got = std::rc::Rc::new(std::cell::Cell::new(None));
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        let seen = got.clone();
+        let r = scope
+            .run(async {
+                let r = park_foreign_then_repoll(Box::pin(tx.send(7)), move || {
+                    handle.cancel();
+                    seen.set(rx.try_recv().ok()); // takes the parked send's value
+                })
+                .await;
+                Ok::<_, hatchery::Cancelled>(r)
+            })
+            .await;
+        assert_eq!(got.get(), Some(7));
+        // Delivered, so the send reports success (a cancelled send would hand 7 back as well:
+        // a duplicate).
+        assert!(matches!(r, Ok(Some(Poll::Ready(Ok(()))))), "{r:?}");
+        assert_eq!(tx.statistics().tasks_waiting_send, 0);
     });
 }

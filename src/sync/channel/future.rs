@@ -118,25 +118,14 @@ impl<'a, T> SendFuture<'a, T> {
             .shared
             .borrow_mut()
             .poll_sender(key, |w| here.insert(Here::get()).refresh(w, cx.waker()));
-        let result = match polled {
-            Polled::Waiting(old_waker) => {
-                drop(old_waker);
-                let here = here.expect("hatchery internal error: a waiting send was not refreshed");
-                return self.poll_cancel_parked(&here, false, cx);
-            }
-            Polled::Done(Ok(())) => Ok(()),
-            Polled::Done(Err((why, value))) => Err(SendError::new(
-                value,
-                match why {
-                    SendFailure::Closed => SendErrorKind::Closed,
-                    SendFailure::Disconnected => SendErrorKind::Disconnected,
-                },
-            )),
-            Polled::DoneEnded(..) => unreachable!("hatchery internal error: a send ended the channel"),
-        };
+        if let Polled::Waiting(old_waker) = polled {
+            drop(old_waker);
+            let here = here.expect("hatchery internal error: a waiting send was not refreshed");
+            return self.poll_cancel_parked(&here, false, cx);
+        }
         // Dropping the `Park` unregisters it.
         self.state = SendState::Done;
-        Poll::Ready(result)
+        Poll::Ready(send_result(polled))
     }
 
     /// A parked send that nothing has completed: registers for cancellation, and when one
@@ -151,10 +140,40 @@ impl<'a, T> SendFuture<'a, T> {
     ) -> Poll<Result<(), SendError<T>>> {
         let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
         let Poll::Ready(c) = here.register_parked(park, just_parked, cx) else { return Poll::Pending };
-        let (value, waker) = self.sender.shared.borrow_mut().cancel_sender(*key);
-        drop(waker);
+        // Foreign code may have run since the entry was last seen (the destructor of a replaced
+        // waker, a clone made to register): if it completed the send, that wins.
+        let mut state = self.sender.shared.borrow_mut();
+        let result = match state.poll_sender(*key, |_| None) {
+            Polled::Waiting(_) => {
+                let (value, waker) = state.cancel_sender(*key);
+                drop(state);
+                drop(waker);
+                Err(SendError::new(value, SendErrorKind::Cancelled(c)))
+            }
+            done => {
+                drop(state);
+                send_result(done)
+            }
+        };
         self.state = SendState::Done;
-        Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))))
+        Poll::Ready(result)
+    }
+}
+
+/// The result of a send whose entry the channel completed.
+fn send_result<T>(polled: Polled<Result<(), (SendFailure, T)>>) -> Result<(), SendError<T>> {
+    match polled {
+        Polled::Done(Ok(())) => Ok(()),
+        Polled::Done(Err((why, value))) => Err(SendError::new(
+            value,
+            match why {
+                SendFailure::Closed => SendErrorKind::Closed,
+                SendFailure::Disconnected => SendErrorKind::Disconnected,
+            },
+        )),
+        Polled::Waiting(_) | Polled::DoneEnded(..) => {
+            unreachable!("hatchery internal error: a send's entry was not complete")
+        }
     }
 }
 
@@ -221,19 +240,12 @@ impl RecvWait {
         let mut here = None;
         let polled =
             shared.borrow_mut().poll_receiver(self.key, |w| here.insert(Here::get()).refresh(w, cx.waker()));
-        match polled {
-            Polled::Waiting(old_waker) => {
-                drop(old_waker);
-                let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
-                self.poll_cancel(&here, shared, false, cx).map(Err)
-            }
-            Polled::Done(r) => Poll::Ready(r.map_err(recv_error)),
-            Polled::DoneEnded(r) => {
-                let ended = shared.borrow_mut().take_ended();
-                ended.into_iter().for_each(Wakeup::wake);
-                Poll::Ready(r.map_err(recv_error))
-            }
+        if let Polled::Waiting(old_waker) = polled {
+            drop(old_waker);
+            let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
+            return self.poll_cancel(&here, shared, false, cx);
         }
+        Poll::Ready(recv_result(shared, polled))
     }
 
     /// A parked receive that nothing has completed: registers for cancellation, and when one
@@ -246,13 +258,25 @@ impl RecvWait {
         shared: &RefCell<State<T>>,
         just_parked: bool,
         cx: &mut Context<'_>,
-    ) -> Poll<RecvError> {
+    ) -> Poll<Result<T, RecvError>> {
         let Poll::Ready(c) = here.register_parked(&mut self.park, just_parked, cx) else {
             return Poll::Pending;
         };
-        let waker = shared.borrow_mut().cancel_receiver(self.key);
-        drop(waker);
-        Poll::Ready(RecvError::Cancelled(c))
+        // Foreign code may have run since the entry was last seen (the destructor of a replaced
+        // waker, a clone made to register): if it completed the receive, that wins.
+        let mut state = shared.borrow_mut();
+        match state.poll_receiver(self.key, |_| None) {
+            Polled::Waiting(_) => {
+                let waker = state.cancel_receiver(self.key);
+                drop(state);
+                drop(waker);
+                Poll::Ready(Err(RecvError::Cancelled(c)))
+            }
+            done => {
+                drop(state);
+                Poll::Ready(recv_result(shared, done))
+            }
+        }
     }
 
     /// The parked receive is dropped: a value already handed to it goes back to the channel.
@@ -260,6 +284,22 @@ impl RecvWait {
         let (woken, undeliverable, waker) = shared.borrow_mut().abandon_receiver(self.key);
         woken.into_iter().for_each(Wakeup::wake);
         drop((undeliverable, waker));
+    }
+}
+
+/// The result of a receive whose entry the channel completed; wakes the receives it ended.
+fn recv_result<T>(
+    shared: &RefCell<State<T>>,
+    polled: Polled<Result<T, RecvFailure>>,
+) -> Result<T, RecvError> {
+    match polled {
+        Polled::Done(r) => r.map_err(recv_error),
+        Polled::DoneEnded(r) => {
+            let ended = shared.borrow_mut().take_ended();
+            ended.into_iter().for_each(Wakeup::wake);
+            r.map_err(recv_error)
+        }
+        Polled::Waiting(_) => unreachable!("hatchery internal error: a receive's entry was not complete"),
     }
 }
 
@@ -306,7 +346,8 @@ impl<T> Receiver<T> {
                 let mut wait = RecvWait { key, park: Park::new() };
                 match wait.poll_cancel(here, &self.shared, for_task, cx) {
                     Poll::Pending => RecvStart::Parked(wait),
-                    Poll::Ready(e) => RecvStart::Failed(e),
+                    Poll::Ready(Ok(v)) => RecvStart::Now(v, None),
+                    Poll::Ready(Err(e)) => RecvStart::Failed(e),
                 }
             }
             Err(TryRecvError::EndOfChannel) => RecvStart::Failed(RecvError::EndOfChannel),
