@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use super::error::{RecvError, SendError, SendErrorKind, TryRecvError, TrySendError};
 use super::state::{Polled, RecvFailure, SendFailure, State};
 use super::{Receiver, Sender};
+use crate::Cancelled;
 use crate::lowlevel::{Here, Park, Wakeup};
 
 /// Future of [`Sender::send`]. Resolves to `Ok(())` once the value was taken (into the buffer
@@ -140,12 +141,22 @@ impl<'a, T> SendFuture<'a, T> {
     ) -> Poll<Result<(), SendError<T>>> {
         let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
         let Poll::Ready(c) = here.register_parked(park, just_parked, cx) else { return Poll::Pending };
-        // Foreign code may have run since the entry was last seen (the destructor of a replaced
-        // waker, a clone made to register): if it completed the send, that wins.
+        let key = *key;
+        let result = self.cancelled(key, c);
+        self.state = SendState::Done;
+        Poll::Ready(result)
+    }
+
+    /// A cancellation arrived: takes the value back, unless foreign code that ran since the
+    /// entry was last seen (the destructor of a replaced waker, a clone made to register)
+    /// completed the send: that wins.
+    #[cold]
+    #[inline(never)]
+    fn cancelled(&self, key: usize, c: Cancelled) -> Result<(), SendError<T>> {
         let mut state = self.sender.shared.borrow_mut();
-        let result = match state.poll_sender(*key, |_| None) {
+        match state.poll_sender(key, |_| None) {
             Polled::Waiting(_) => {
-                let (value, waker) = state.cancel_sender(*key);
+                let (value, waker) = state.cancel_sender(key);
                 drop(state);
                 drop(waker);
                 Err(SendError::new(value, SendErrorKind::Cancelled(c)))
@@ -154,13 +165,12 @@ impl<'a, T> SendFuture<'a, T> {
                 drop(state);
                 send_result(done)
             }
-        };
-        self.state = SendState::Done;
-        Poll::Ready(result)
+        }
     }
 }
 
 /// The result of a send whose entry the channel completed.
+#[inline]
 fn send_result<T>(polled: Polled<Result<(), (SendFailure, T)>>) -> Result<(), SendError<T>> {
     match polled {
         Polled::Done(Ok(())) => Ok(()),
@@ -240,12 +250,15 @@ impl RecvWait {
         let mut here = None;
         let polled =
             shared.borrow_mut().poll_receiver(self.key, |w| here.insert(Here::get()).refresh(w, cx.waker()));
-        if let Polled::Waiting(old_waker) = polled {
-            drop(old_waker);
-            let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
-            return self.poll_cancel(&here, shared, false, cx);
+        match polled {
+            Polled::Waiting(old_waker) => {
+                drop(old_waker);
+                let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
+                self.poll_cancel(&here, shared, false, cx)
+            }
+            Polled::Done(r) => Poll::Ready(r.map_err(recv_error)),
+            ended @ Polled::DoneEnded(_) => Poll::Ready(recv_result(shared, ended)),
         }
-        Poll::Ready(recv_result(shared, polled))
     }
 
     /// A parked receive that nothing has completed: registers for cancellation, and when one
@@ -259,22 +272,29 @@ impl RecvWait {
         just_parked: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, RecvError>> {
-        let Poll::Ready(c) = here.register_parked(&mut self.park, just_parked, cx) else {
-            return Poll::Pending;
-        };
-        // Foreign code may have run since the entry was last seen (the destructor of a replaced
-        // waker, a clone made to register): if it completed the receive, that wins.
+        match here.register_parked(&mut self.park, just_parked, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(c) => Poll::Ready(self.cancelled(shared, c)),
+        }
+    }
+
+    /// A cancellation arrived: gives the entry up, unless foreign code that ran since the entry
+    /// was last seen (the destructor of a replaced waker, a clone made to register) completed
+    /// the receive: that wins.
+    #[cold]
+    #[inline(never)]
+    fn cancelled<T>(&mut self, shared: &RefCell<State<T>>, c: Cancelled) -> Result<T, RecvError> {
         let mut state = shared.borrow_mut();
         match state.poll_receiver(self.key, |_| None) {
             Polled::Waiting(_) => {
                 let waker = state.cancel_receiver(self.key);
                 drop(state);
                 drop(waker);
-                Poll::Ready(Err(RecvError::Cancelled(c)))
+                Err(RecvError::Cancelled(c))
             }
             done => {
                 drop(state);
-                Poll::Ready(recv_result(shared, done))
+                recv_result(shared, done)
             }
         }
     }
