@@ -167,16 +167,23 @@ impl CancelHandle {
     }
 
     /// Whether cancellation was requested (by a call or by the deadline).
+    ///
+    /// An unentered or running scope whose deadline has passed is cancelled by this call if it
+    /// was not yet (as Trio's getter does): the answer never goes back to `false`, even if the
+    /// deadline is then moved later (S4.4). A scope that exited before its deadline was not
+    /// cancelled.
     pub fn cancel_called(&self) -> bool {
         if self.state.cancel_called.get() {
             return true;
         }
-        // An unentered or running scope whose deadline has passed already counts (S4.4); a
-        // scope that exited before its deadline was not cancelled.
         let d = self.state.deadline.get();
-        self.state.phase.get() != Phase::Exited
+        let passed = self.state.phase.get() != Phase::Exited
             && d != Instant::MAX
-            && context::try_core().is_some_and(|c| c.now() >= d)
+            && context::try_core().is_some_and(|c| c.now() >= d);
+        if passed {
+            cancel_state(&self.state, CancelSource::Deadline, None);
+        }
+        passed
     }
 
     /// Whether this scope absorbed a cancellation.
@@ -268,7 +275,11 @@ pub(crate) fn cancel_state(state: &Rc<ScopeState>, source: CancelSource, reason:
             wakeups.wake(&core);
         }
         _ => {
-            state.mark_cancelled(source, reason);
+            // Entered in a run that is not the one running (it ended, or the scope's future was
+            // carried out of it): that run's tree must not count it.
+            if state.mark_cancelled(source, reason) && matches!(state.phase.get(), Phase::Entered(_)) {
+                state.uncounted.set(true);
+            }
         }
     }
 }

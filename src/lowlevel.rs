@@ -96,8 +96,13 @@ pub fn cancel_shielded_checkpoint() -> YieldNow {
 /// });
 /// ```
 pub async fn checkpoint() -> Result<(), Cancelled> {
-    YieldNow { state: YieldState::Always }.await;
+    yield_always().await;
     checkpoint_if_cancelled()
+}
+
+/// The schedule point of [`checkpoint`]: always yields (no budget), never fails.
+pub(crate) fn yield_always() -> YieldNow {
+    YieldNow { state: YieldState::Always }
 }
 
 /// Future of [`cancel_shielded_checkpoint`].
@@ -817,12 +822,13 @@ impl Timer {
                     *t = TimerTarget::Sleep(wake).into();
                 }
             }
-            (None, Some(deadline)) => {
+            // `MAX` never comes: no entry (an entry would read as fired, see `settle`).
+            (None, Some(deadline)) if deadline != Instant::MAX => {
                 let target = TimerTarget::Sleep(wake).into();
                 // Keys stay below `NIL`: `Deadlines::insert` checks.
                 self.key = timers.insert(deadline, target) as u32;
             }
-            (None, None) => {}
+            (None, _) => {}
         }
     }
 

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::error::Cancelled;
-use crate::lowlevel::{Instant, Timer, current_time};
+use crate::lowlevel::{Instant, Timer, checkpoint_if_cancelled, current_time, yield_always};
 
 /// The current time on the run's clock.
 ///
@@ -71,6 +71,10 @@ enum Until {
     At(Instant),
     Forever,
     Fixed(Instant),
+    /// The deadline had come by the first poll: the sleep is a [`checkpoint`], and it yielded.
+    ///
+    /// [`checkpoint`]: crate::lowlevel::checkpoint
+    Yielded,
 }
 
 /// Future of [`sleep`], [`sleep_until`] and [`sleep_forever`]. Dropping it removes its timer.
@@ -118,14 +122,25 @@ impl<T: SleepOutput> Future for Sleep<T> {
         let deadline = match this.until {
             Until::Fixed(t) => Some(t),
             Until::Forever => None,
+            Until::Yielded => return Poll::Ready(checkpoint_if_cancelled().map(|()| T::finished())),
             first => {
                 // First poll: fix the deadline (the wait below is the cancel point; in a
                 // cancelled scope it fails before arming anything).
+                let now = now();
                 let t = match first {
-                    Until::After(nanos) => now() + Duration::from_nanos(nanos),
+                    Until::After(nanos) => now + Duration::from_nanos(nanos),
                     Until::At(t) => t,
                     _ => unreachable!(),
                 };
+                if t <= now {
+                    // Already due (`sleep(ZERO)`, a deadline in the past): exactly a checkpoint
+                    // (S2.4), a yield and then the cancel point, so that a deadline expiring in
+                    // the same pass is seen (S1.9); no timer, and no I/O poll for one.
+                    this.until = Until::Yielded;
+                    let yielded = Pin::new(&mut yield_always()).poll(cx);
+                    debug_assert!(yielded.is_pending(), "hatchery internal error: a yield did not yield");
+                    return Poll::Pending;
+                }
                 this.until = Until::Fixed(t);
                 Some(t)
             }

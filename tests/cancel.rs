@@ -502,3 +502,81 @@ fn nursery_scope_shared_on_first_handle_keeps_its_state() {
         assert_eq!(now(), at(3));
     });
 }
+
+#[test]
+fn cancel_called_that_saw_the_deadline_pass_stays_true_s4_4() {
+    testing::run(async {
+        let scope = CancelScope::new();
+        let h = scope.handle();
+        let r = scope
+            .run(async {
+                h.set_deadline(hatchery::now());
+                assert!(h.cancel_called());
+                // Moving the deadline later does not un-cancel what was reported cancelled.
+                h.set_deadline(Instant::MAX);
+                assert!(h.cancel_called());
+                hatchery::lowlevel::checkpoint().await?;
+                Ok::<_, Cancelled>(())
+            })
+            .await;
+        assert_eq!(r, Ok(None));
+        assert!(h.cancelled_caught());
+    });
+}
+
+#[test]
+fn a_huge_timeout_means_no_deadline_at_any_time() {
+    // At virtual time 0 and later alike: `Duration::MAX` saturates to "never", so the autojump
+    // has nothing to jump to and the scope is never cancelled by it.
+    testing::run(async {
+        for _ in 0..2 {
+            let scope = CancelScope::new().with_timeout(Duration::MAX);
+            let h = scope.handle();
+            let r = scope.run(async { Ok::<_, Cancelled>(hatchery::current_effective_deadline()) }).await;
+            assert_eq!(r, Ok(Some(None)));
+            assert_eq!(h.deadline(), None);
+            sleep(secs(1)).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn cancelling_a_scope_entered_in_an_ended_run_is_harmless() {
+    let scope = CancelScope::new();
+    let h = scope.handle();
+    let mut fut = Box::pin(scope.run(async {
+        hatchery::sleep_forever().await?;
+        Ok::<_, Cancelled>(())
+    }));
+    // Entered in one run, carried out of it while entered.
+    let mut fut = testing::run(async move {
+        assert!(support::poll_once(fut.as_mut()).await.is_pending());
+        fut
+    });
+    assert!(h.is_running());
+    h.cancel(); // no run: the ended run's tree must not count it...
+    assert!(h.cancel_called());
+    drop(fut); // ...nor uncount it on exit (this was an overflow)
+    // The same in another run.
+    let scope = CancelScope::new();
+    let h = scope.handle();
+    let mut fut = Box::pin(scope.run(async {
+        hatchery::sleep_forever().await?;
+        Ok::<_, Cancelled>(())
+    }));
+    let fut = testing::run(async move {
+        assert!(support::poll_once(fut.as_mut()).await.is_pending());
+        fut
+    });
+    testing::run(async move {
+        h.cancel();
+        drop(fut);
+        // This run's own cancellations still work.
+        let r = move_on_after(secs(1), async {
+            sleep(secs(5)).await?;
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(r, Ok(None));
+    });
+}

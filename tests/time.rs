@@ -558,3 +558,85 @@ fn a_sleep_that_fired_wins_over_a_cancellation_that_came_before_its_task_ran_s2_
         assert!(h.cancel_called());
     });
 }
+
+#[test]
+fn a_sleep_with_no_deadline_ends_only_cancelled() {
+    // `Duration::MAX` and `Instant::MAX` mean never: a re-poll (here the cancellation's wake) must
+    // not read the missing timer as fired.
+    testing::run(async {
+        let r = move_on_after(secs(5), async {
+            sleep(Duration::MAX).await?;
+            Ok::<_, Cancelled>(1)
+        })
+        .await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(now(), at(5));
+        let r = move_on_after(secs(5), async {
+            sleep_until(Instant::MAX).await?;
+            Ok::<_, Cancelled>(2)
+        })
+        .await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(now(), at(10));
+        let mut s = std::pin::pin!(sleep_until(Instant::MAX));
+        assert!(poll_once(s.as_mut()).await.is_pending());
+        hatchery::lowlevel::checkpoint().await.unwrap();
+        assert!(poll_once(s.as_mut()).await.is_pending(), "a spurious re-poll ended a sleep that never ends");
+    });
+}
+
+#[test]
+fn a_sleep_already_due_is_exactly_a_checkpoint_and_sees_a_deadline_expiring_meanwhile_s1_9() {
+    testing::run(async {
+        for due in [sleep(Duration::ZERO), sleep_until(Instant::ZERO)] {
+            let scope = CancelScope::new();
+            let h = scope.handle();
+            let r = scope
+                .run(async {
+                    h.set_deadline(now());
+                    // The yield comes first, the pass expires the deadline, then the cancel point.
+                    due.await?;
+                    Ok::<_, Cancelled>(())
+                })
+                .await;
+            assert_eq!(r, Ok(None));
+            assert!(h.cancelled_caught());
+        }
+        // And it arms no timer.
+        let mut s = std::pin::pin!(sleep(Duration::ZERO));
+        assert!(poll_once(s.as_mut()).await.is_pending(), "it yields");
+        assert_eq!(registrations().timers, 0);
+        assert_eq!(s.await, Ok(()));
+    });
+}
+
+/// Real time, so tolerant bounds: each idle stretch must last its threshold (or cushion) once,
+/// from the moment nothing is runnable: not twice (the first pass used to wait a whole
+/// threshold before it started counting), nor zero (a stretch after a jump or a quiescence
+/// wake-up used to count from the stretch before).
+fn assert_one_threshold(took: Duration, what: &str) {
+    assert!(took >= Duration::from_millis(150), "{what}: too early: {took:?}");
+    assert!(took < Duration::from_millis(290), "{what}: waited the threshold twice: {took:?}");
+}
+
+#[test]
+fn autojump_waits_its_threshold_once_per_idle_stretch() {
+    Builder::new().clock(MockClock::with_autojump(Duration::from_millis(150))).run(async {
+        for i in 0..2 {
+            let start = std::time::Instant::now();
+            sleep(secs(1)).await.unwrap();
+            assert_one_threshold(start.elapsed(), &format!("jump {i}"));
+        }
+    });
+}
+
+#[test]
+fn quiescence_waits_its_cushion_once_per_idle_stretch() {
+    testing::run(async {
+        for i in 0..2 {
+            let start = std::time::Instant::now();
+            testing::wait_all_tasks_blocked_cushion(Duration::from_millis(150)).await.unwrap();
+            assert_one_threshold(start.elapsed(), &format!("wait {i}"));
+        }
+    });
+}

@@ -41,6 +41,9 @@ use crate::runtime::clock::Instant;
 
 pub(crate) const NIL: u32 = u32::MAX;
 
+/// [`ScopeState::relative`] for a timeout too long to end (`Instant` + it saturates to `MAX`).
+const FOREVER: u64 = u64::MAX - 1;
+
 /// Where a scope is in its single life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -57,6 +60,10 @@ pub(crate) enum Phase {
 /// source sits in padding, its rare reason is boxed, keys and run ids are 32 bits.
 pub(crate) struct ScopeState {
     pub(crate) cancel_called: Cell<bool>,
+    /// Cancelled while entered in a run that was not running (a handle used after its run
+    /// ended, or from another run): that run's tree did not count it, so its exit must not
+    /// uncount it.
+    pub(crate) uncounted: Cell<bool>,
     pub(crate) shield: Cell<bool>,
     pub(crate) caught: Cell<bool>,
     /// The first cause recorded wins (S4.15): its source, and its reason if it has one (a
@@ -91,6 +98,7 @@ impl ScopeState {
     pub(crate) const fn new() -> ScopeState {
         ScopeState {
             cancel_called: Cell::new(false),
+            uncounted: Cell::new(false),
             shield: Cell::new(false),
             caught: Cell::new(false),
             source: Cell::new(CancelSource::Explicit),
@@ -108,6 +116,7 @@ impl ScopeState {
     pub(crate) fn move_to_shared(&self) -> Rc<ScopeState> {
         Rc::new(ScopeState {
             cancel_called: Cell::new(self.cancel_called.get()),
+            uncounted: Cell::new(self.uncounted.get()),
             shield: Cell::new(self.shield.get()),
             caught: Cell::new(self.caught.get()),
             source: Cell::new(self.source.get()),
@@ -118,6 +127,11 @@ impl ScopeState {
             deadline_key: Cell::new(self.deadline_key.get()),
             run: Cell::new(self.run.get()),
         })
+    }
+
+    /// Whether the tree of the run it is entered in counts its cancellation.
+    fn counted(&self) -> bool {
+        self.cancel_called.get() && !self.uncounted.get()
     }
 
     /// Records the cancellation; returns true if this call is the one that cancelled it.
@@ -138,14 +152,19 @@ impl ScopeState {
         c
     }
 
+    /// A timeout of `u64::MAX - 1` ns (about 584 years) or more is stored as that, and means no
+    /// deadline, whenever the scope is entered.
     pub(crate) fn set_relative(&self, timeout: Option<std::time::Duration>) {
-        let nanos = timeout.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1));
+        let nanos = timeout.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(FOREVER).min(FOREVER));
         self.relative.set(nanos);
     }
 
     pub(crate) fn take_relative(&self) -> Option<std::time::Duration> {
-        let nanos = self.relative.replace(u64::MAX);
-        (nanos != u64::MAX).then(|| std::time::Duration::from_nanos(nanos))
+        match self.relative.replace(u64::MAX) {
+            u64::MAX => None,
+            FOREVER => Some(std::time::Duration::MAX),
+            nanos => Some(std::time::Duration::from_nanos(nanos)),
+        }
     }
 
     pub(crate) fn deadline_key(&self) -> Option<usize> {
@@ -264,10 +283,11 @@ impl CancelTree {
     /// Gives `node` a new origin (used to cancel one nursery child on its own).
     pub(crate) fn replace_state(&mut self, node: u32, state: ScopeRef) {
         let old = std::mem::replace(&mut self.nodes[node as usize].state, state);
-        if old.cancel_called.get() {
+        if old.counted() {
             self.cancelled -= 1;
         }
         if self.nodes[node as usize].state.cancel_called.get() {
+            self.nodes[node as usize].state.uncounted.set(false);
             self.cancelled += 1;
         }
     }
@@ -350,7 +370,7 @@ impl CancelTree {
         let Some(n) = self.nodes.remove(key as usize) else {
             unreachable!("hatchery internal error: exit of a cancel node that does not exist")
         };
-        if n.state.cancel_called.get() {
+        if n.state.counted() {
             self.cancelled -= 1;
         }
         n.state

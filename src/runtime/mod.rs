@@ -253,9 +253,17 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             Some(Duration::ZERO)
         } else {
             let next_deadline = core.timers.borrow_mut().next_deadline();
+            let blocked = core.blocked.borrow();
+            // The idle time starts now if it has not yet: a quiescence waiter or an autojump
+            // waits its cushion or threshold from here, once (S8.3, S8.4). Read only when
+            // something counts it, so a server's idle pass pays no clock read for it.
+            let counts_idle = !blocked.is_empty()
+                || matches!(&core.clock, Clock::Mock(m) if m.autojump_threshold().is_some());
+            if counts_idle && idle_since.is_none() {
+                idle_since = Some(clock::real_now());
+            }
             let idle_for = idle_since.map_or(Duration::ZERO, |t| t.elapsed());
             let until_deadline = next_deadline.and_then(|d| core.clock.real_wait_until(d));
-            let blocked = core.blocked.borrow();
             let blocked_cushion = blocked.iter().map(|b| b.cushion.saturating_sub(idle_for)).min();
             // Quiescence waiters take precedence: no jump while one waits (S8.4).
             // Nor while a task waits for work outside the run (a thread job): the jump would
@@ -314,6 +322,10 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
                 expire_deadlines(core, &mut wakeups);
             }
             scheduled = core.sched.borrow().root_scheduled;
+            if scheduled {
+                // What this woke runs; the next idle stretch is measured afresh.
+                idle_since = None;
+            }
         }
 
         // 6. One batch.
