@@ -421,6 +421,18 @@ impl<T: AsFd> IoSource<T> {
         self.reg.reactor().clear_ready(self.reg.key, Dir::Write);
     }
 
+    /// A read returned less than asked: the descriptor was drained, unless its end was reported
+    /// or the reactor cannot tell (see `reactor::DirState`). Weaker than
+    /// [`clear_readable`](IoSource::clear_readable), which a `WouldBlock` proves.
+    pub(crate) fn drained_readable(&self) {
+        self.reg.reactor().drained(self.reg.key, Dir::Read);
+    }
+
+    /// A write took less than offered: the buffer is full (as `drained_readable`).
+    pub(crate) fn filled_writable(&self) {
+        self.reg.reactor().drained(self.reg.key, Dir::Write);
+    }
+
     /// Waits until the OS reports the descriptor readable (or it already had reported so and no
     /// operation has failed with `WouldBlock` since: see
     /// [`clear_readable`](IoSource::clear_readable)). A checkpoint.
@@ -448,9 +460,10 @@ impl<T: AsFd> IoSource<T> {
     /// does not have to wait comes before `op`).
     ///
     /// In edge mode `op` is not even tried while the reactor knows the descriptor would block.
-    /// If `op` learns that it drained the descriptor (a short read), it may call
-    /// [`clear_readable`](IoSource::clear_readable) itself, *inside* `op`: not after the await,
-    /// which yields first, so that an event arriving meanwhile would be overwritten.
+    /// Do not call [`clear_readable`](IoSource::clear_readable) after a short read: the end of
+    /// stream may have come with the data, and no new event would announce it; the next try's
+    /// `WouldBlock` clears readiness (hatchery's own streams skip that syscall where the
+    /// reactor can tell the end apart).
     ///
     /// # Errors
     ///
@@ -613,6 +626,11 @@ impl<T: AsFd> IoSource<T> {
                     // Maybe a later poll: check the run again.
                     self.here()?.cancel_point()?;
                     waited = true;
+                    // Closed while this yielded: the operation does not run (as a waiting one
+                    // fails), it would reach a descriptor its owner has given up.
+                    if self.reg.reactor().is_closed(self.reg.key) {
+                        return Err(ClosedResource.into());
+                    }
                 }
                 match op(self.get_ref()) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

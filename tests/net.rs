@@ -349,3 +349,57 @@ fn set_linger_takes_none_or_zero_and_a_zero_linger_resets_on_drop() {
     })
     .unwrap();
 }
+
+/// Runs `f` on its own thread and fails if it does not finish within `limit` of real time: for
+/// a regression that would spin the run without ever yielding, where no deadline can fire.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()).unwrap());
+    rx.recv_timeout(limit).expect("the run did not finish: it spins")
+}
+
+#[test]
+fn a_datagram_error_reported_once_does_not_leave_the_socket_ready_for_ever() {
+    // An ICMP port-unreachable makes the kernel report EPOLLERR once; `recv` returns the error,
+    // and the next `recv` blocks (EAGAIN). That `WouldBlock` must clear the reported end: the
+    // socket used to stay "ready", so the next `recv` retried its syscall for ever.
+    within(Duration::from_secs(30), || {
+        support::run_with_sockets(async {
+            let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let dead_addr = dead.local_addr()?;
+            drop(dead);
+            let u = UdpSocket::bind(([127, 0, 0, 1], 0))?;
+            u.connect(dead_addr)?;
+            u.send(b"x").await?;
+            let mut buf = [0u8; 8];
+            let e = u.recv(&mut buf).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+            let r = move_on_after(Duration::from_secs(1), u.recv(&mut buf)).await;
+            assert!(matches!(r, Ok(None)), "{r:?}");
+            Ok::<_, io::Error>(())
+        })
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_read_whose_stream_is_closed_at_its_schedule_point_does_not_run() {
+    // With a yield budget of 0 the read yields before its syscall; the stream is closed
+    // meanwhile: the read fails with `ClosedResource` (as a waiting one would) instead of
+    // taking the byte from a stream its owner has given up.
+    support::sockets_builder()
+        .yield_budget(0)
+        .run(async {
+            let (a, b) = UnixStream::pair()?;
+            b.write_all(b"x").await?;
+            a.readable().await?; // the reactor knows: the read will try its syscall
+            let mut buf = [0u8; 8];
+            let mut read = std::pin::pin!(a.read(&mut buf));
+            assert!(support::poll_once(read.as_mut()).await.is_pending(), "it yields first");
+            a.close();
+            let e = read.await.unwrap_err();
+            assert!(e.get_ref().is_some_and(|e| e.is::<ClosedResource>()), "{e:?}");
+            Ok::<_, io::Error>(())
+        })
+        .unwrap();
+}

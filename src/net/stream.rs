@@ -430,7 +430,7 @@ where
     fn read_now(&self, mut s: &T, buf: &mut [u8]) -> io::Result<usize> {
         let n = s.read(buf)?;
         if n > 0 && n < buf.len() {
-            self.src.clear_readable();
+            self.src.drained_readable();
         }
         Ok(n)
     }
@@ -439,7 +439,7 @@ where
     fn write_now(&self, mut s: &T, buf: &[u8]) -> io::Result<usize> {
         let n = s.write(buf)?;
         if n < buf.len() {
-            self.src.clear_writable();
+            self.src.filled_writable();
         }
         Ok(n)
     }

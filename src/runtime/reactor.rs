@@ -52,9 +52,17 @@ pub(crate) enum Dir {
 #[derive(Debug, Default)]
 struct DirState {
     ready: bool,
-    /// The OS reported the end of this direction (peer shut down or reset, or an error): sticky,
-    /// so a short read that drains the data in front of the end of stream cannot hide it.
+    /// The OS reported the end of this direction (peer shut down or reset, or an error): kept
+    /// through a short read, so one that drains the data in front of the end of stream cannot
+    /// hide it; cleared by a `WouldBlock`, which proves the condition did not last (a datagram
+    /// socket's error is reported once, then it blocks again).
     hup: bool,
+    /// The last event came through `polling`'s decoding, which cannot report a half close: a
+    /// short read proves nothing then (the peer's FIN may have come with the data), so only a
+    /// `WouldBlock` clears readiness. Always so on the portable path (kqueue reports no
+    /// hang-up through `polling`); on the Linux path only for events drained by the notifier's
+    /// `Poller::wait`.
+    inexact: bool,
     /// The one waiting operation: its id and whom to wake.
     waiter: Option<(u64, Wakeup)>,
 }
@@ -295,6 +303,13 @@ impl Reactor {
         }
     }
 
+    /// Whether `notify_closing` was called for the source (or it is gone).
+    pub(crate) fn is_closed(&self, key: usize) -> bool {
+        let (index, generation) = unpack(key);
+        let sources = self.sources.borrow();
+        sources.get(index).filter(|s| same_source(s, generation)).is_none_or(|s| s.closed)
+    }
+
     /// The operation `op_id` stops waiting (completed, cancelled or dropped).
     pub(crate) fn forget_waiter(&self, key: usize, dir: Dir, op_id: u64) {
         let (index, generation) = unpack(key);
@@ -311,13 +326,30 @@ impl Reactor {
         };
     }
 
-    /// The task's syscall said `WouldBlock`: the direction is not ready any more.
+    /// The task's syscall said `WouldBlock`: the direction is not ready any more, and not at its
+    /// end either (an end would have been reported instead).
     pub(crate) fn clear_ready(&self, key: usize, dir: Dir) {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
         if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
             let d = s.dir(dir);
-            d.ready = d.hup;
+            d.ready = false;
+            d.hup = false;
+            d.inexact = false;
+        }
+    }
+
+    /// The task's syscall moved less than asked (a short read or write): the direction is
+    /// drained, unless its end was reported (the next syscall reports the end) or the last
+    /// event could not have said so (`DirState::inexact`).
+    pub(crate) fn drained(&self, key: usize, dir: Dir) {
+        let (index, generation) = unpack(key);
+        let mut sources = self.sources.borrow_mut();
+        if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
+            let d = s.dir(dir);
+            if !d.inexact {
+                d.ready = d.hup;
+            }
         }
     }
 
@@ -368,7 +400,7 @@ impl Reactor {
             // Only the direct epoll path learns of a half close (EPOLLRDHUP); here a hang-up
             // or an error ends both directions.
             let end = ev.is_interrupt() || ev.is_err() == Some(true);
-            self.deliver(ev.key, (ev.readable, ev.writable), (end, end), wakers, &mut rearm);
+            self.deliver(ev.key, (ev.readable, ev.writable), (end, end), false, wakers, &mut rearm);
         }
         drop(events);
         self.rearm(rearm)
@@ -411,7 +443,7 @@ impl Reactor {
             }
             let ready = (flags.intersects(read_flags), flags.intersects(write_flags));
             let hup = (flags.intersects(F::RDHUP | F::HUP | F::ERR), flags.intersects(F::HUP | F::ERR));
-            self.deliver(key, ready, hup, wakers, &mut rearm);
+            self.deliver(key, ready, hup, true, wakers, &mut rearm);
         }
         drop(raw);
         if notified {
@@ -426,6 +458,7 @@ impl Reactor {
         key: usize,
         (readable, writable): (bool, bool),
         (read_hup, write_hup): (bool, bool),
+        exact: bool,
         wakers: &mut Vec<Wakeup>,
         rearm: &mut Vec<(std::os::fd::RawFd, usize)>,
     ) {
@@ -434,6 +467,10 @@ impl Reactor {
         let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) else { return };
         s.read.hup |= read_hup;
         s.write.hup |= write_hup;
+        // An epoll event carries every condition of the descriptor, so an exact one tells both
+        // directions everything.
+        s.read.inexact = !exact;
+        s.write.inexact = !exact;
         // An error or hang-up is reported as readable and writable; either way the next syscall
         // will report it.
         if readable {
