@@ -107,7 +107,12 @@ pub async fn connect_tcp_with_delay(host: &str, port: u16, delay: Duration) -> i
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => {
             let owned = host.to_owned();
-            crate::to_thread(move || (owned.as_str(), port).to_socket_addrs().map(Iterator::collect))
+            // Abandoned on cancellation, as Trio's `getaddrinfo`: a timeout around a connect
+            // must not wait for a resolver that takes tens of seconds (the lookup's thread
+            // finishes on its own, and its answer is dropped).
+            crate::thread::ThreadOptions::new()
+                .abandon_on_cancel(true)
+                .run(move || (owned.as_str(), port).to_socket_addrs().map(Iterator::collect))
                 .await??
         }
     };

@@ -37,12 +37,13 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accept errors that mean "out of a resource for now": back off and retry, do not crash.
 fn is_transient(e: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOMEM, ENOBUFS (Linux numbering; the BSDs share EMFILE/ENFILE/ENOMEM and
-    // number ENOBUFS 55).
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS, and ENOSPC (registering the accepted connection with
+    // epoll, out of `max_user_watches`) (Linux numbering; the BSDs share EMFILE/ENFILE/ENOMEM/
+    // ENOSPC and number ENOBUFS 55).
     let transient: &[i32] = if cfg!(any(target_os = "linux", target_os = "android")) {
-        &[24, 23, 12, 105]
+        &[24, 23, 12, 105, 28]
     } else {
-        &[24, 23, 12, 55]
+        &[24, 23, 12, 55, 28]
     };
     e.raw_os_error().is_some_and(|n| transient.contains(&n))
 }

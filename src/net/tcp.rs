@@ -111,9 +111,46 @@ impl TcpListener {
     /// [`Cancelled`](crate::Cancelled); [`BusyResource`](crate::BusyResource) if another task
     /// is accepting on this listener.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (s, peer) = self.src.read_with(|l| l.accept()).await?;
+        let (s, peer) = self.src.read_with(accept_one).await?;
         Ok((TcpStream::from_connected(s)?, peer))
     }
+}
+
+/// One `accept` that passes over connections that failed before they could be accepted: the
+/// kernel reports those as errors of `accept` itself (a client's reset, a firewall's `EPERM`,
+/// the network errors Linux's accept(2) says to treat as `EAGAIN`), and they say nothing about
+/// the listener. Trio retries the same list (`_ignorable_accept_errno_names`).
+fn accept_one(l: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        match l.accept() {
+            Err(e) if failed_before_accept(&e) => {}
+            r => return r,
+        }
+    }
+}
+
+fn failed_before_accept(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::ConnectionAborted
+            | K::ConnectionReset
+            | K::PermissionDenied
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+    ) {
+        return true;
+    }
+    // EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET, EOPNOTSUPP (std has no kinds for them).
+    let raw: &[i32] = if cfg!(any(target_os = "linux", target_os = "android")) {
+        &[71, 92, 112, 64, 95]
+    } else if cfg!(target_vendor = "apple") {
+        &[100, 42, 64, 102]
+    } else {
+        &[92, 42, 64, 45]
+    };
+    e.raw_os_error().is_some_and(|n| raw.contains(&n))
 }
 
 super::fd_impls!(TcpListener; src);
@@ -294,5 +331,26 @@ impl TcpStream {
     pub fn close_with_reset(&self) {
         let _ = SockRef::from(self.core.get_ref()).set_linger(Some(Duration::ZERO));
         self.core.mark_closed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    #[test]
+    fn accept_passes_over_connections_that_failed_but_not_listener_errors() {
+        let per_connection = [io::ErrorKind::ConnectionAborted, io::ErrorKind::ConnectionReset];
+        for kind in per_connection {
+            assert!(super::failed_before_accept(&io::Error::from(kind)), "{kind:?}");
+        }
+        #[cfg(target_os = "linux")]
+        for errno in [103, 1, 71, 100, 92, 112, 64, 113, 95, 101] {
+            assert!(super::failed_before_accept(&io::Error::from_raw_os_error(errno)), "errno {errno}");
+        }
+        // Out of descriptors or memory, would block, bad descriptor: about the listener.
+        for errno in [24, 23, 12, 11, 9, 22] {
+            assert!(!super::failed_before_accept(&io::Error::from_raw_os_error(errno)), "errno {errno}");
+        }
     }
 }
