@@ -1006,3 +1006,128 @@ fn memory_stream_debug_and_drop() {
     })
     .unwrap();
 }
+
+/// A reader that is always ready, with `left` bytes of `b'a'` (no newline), one byte a read.
+struct Trickle {
+    left: usize,
+}
+
+impl AsyncRead for Trickle {
+    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.left == 0 || buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.left -= 1;
+        buf[0] = b'a';
+        Poll::Ready(Ok(1))
+    }
+}
+
+#[test]
+fn reads_that_gather_over_an_always_ready_reader_yield_and_stop_when_cancelled() {
+    // `read_to_end`, `read_until` and `read_exact` read many times in one call; over a reader
+    // that never waits they must still let other tasks run and see a cancellation between
+    // reads, keeping what they read buffered.
+    testing::run(async {
+        for which in 0..3 {
+            let mut r = BufReader::with_capacity(100, Trickle { left: 1_000_000 });
+            let scope = CancelScope::new();
+            let handle = scope.handle();
+            nursery(async |n| {
+                n.start_soon(async {
+                    for _ in 0..5 {
+                        lowlevel::checkpoint().await?;
+                    }
+                    handle.cancel();
+                    Ok(())
+                });
+                let mut out = Vec::new();
+                let mut exact = vec![0; 1_000_000];
+                let res = scope
+                    .run(async {
+                        match which {
+                            0 => r.read_to_end(&mut out).await,
+                            1 => r.read_until(b'\n', &mut out).await,
+                            _ => r.read_exact(&mut exact).await.map(|()| 0),
+                        }
+                    })
+                    .await;
+                assert!(matches!(res, Ok(None)), "{which}: {res:?}");
+                assert!(out.is_empty(), "a cancelled call hands out nothing");
+                let kept = r.buffer().len();
+                assert!(kept > 0 && kept < 1_000_000, "{which}: {kept} bytes kept buffered");
+                Ok::<_, io::Error>(())
+            })
+            .await
+            .map_err(|e| e.into_first())?;
+        }
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_last_line_of_exactly_the_limit_without_a_newline_is_within_it() {
+    testing::run(async {
+        let mut r = BufReader::new(Scripted::new(&[(0, b"abcde")], 0));
+        r.set_max_line_length(Some(5));
+        let mut v = Vec::new();
+        assert_eq!(r.read_until(b'\n', &mut v).await?, 5);
+        assert_eq!(v, b"abcde");
+        // A limit of 0 on a stream at its end: no line, no error.
+        r.set_max_line_length(Some(0));
+        assert_eq!(r.read_until(b'\n', &mut v).await?, 0);
+        // One byte over the limit is still too long.
+        let mut r = BufReader::new(Scripted::new(&[(0, b"abcdef")], 0));
+        r.set_max_line_length(Some(5));
+        let e = r.read_until(b'\n', &mut v).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_write_all_that_wrote_everything_is_not_reported_cancelled() {
+    // The write-through waits for room; in the same pass the room comes and the scope is
+    // cancelled: the write then completes, and a complete write is `Ok`, not a cancellation
+    // with `written == len`.
+    testing::run(async {
+        let (a, b) = memory_stream_pair_with_capacity(4);
+        let mut w = BufWriter::with_capacity(2, &a);
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        nursery(async |n| {
+            n.start_soon(async {
+                wait_all_tasks_blocked().await?;
+                // Room for the whole write, and the cancellation, before the writer runs.
+                let mut buf = [0; 4];
+                assert_eq!(b.read(&mut buf).await?, 4);
+                handle.cancel();
+                Ok(())
+            });
+            let r = scope.run(async { w.write_all(b"12345678").await.map_err(|e| e.error) }).await;
+            assert_eq!(r.map_err(|e| e.to_string()), Ok(Some(())));
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        let mut buf = [0; 8];
+        assert_eq!(b.read(&mut buf).await?, 4);
+        assert_eq!(&buf[..4], b"5678");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_memory_stream_of_capacity_zero_holds_one_byte() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair_with_capacity(0);
+        assert_eq!(a.write(b"xy").await?, 1);
+        let mut buf = [0; 4];
+        assert_eq!(b.read(&mut buf).await?, 1);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}

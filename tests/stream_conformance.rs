@@ -150,6 +150,7 @@ all_suites!([
     poll_style_readers_in_two_tasks_the_second_is_busy,
     poll_style_writers_in_two_tasks_the_second_is_busy,
     a_poll_style_read_dropped_while_waiting_makes_no_one_busy,
+    after_a_contest_the_busy_reader_reads_once_the_other_is_gone,
     a_cancelled_poll_style_read_wakes_the_one_it_replaced,
     a_new_waker_replaces_the_old_one,
     a_poll_style_waiter_gives_way_to_an_async_read,
@@ -770,6 +771,58 @@ mod checks {
         .await
         .map_err(|e| e.into_first())?;
         assert_eq!(registrations(), before, "nothing left registered");
+        Ok(())
+    }
+
+    /// As `poll_style_readers_in_two_tasks_the_second_is_busy`, then the first reader stops
+    /// polling its read while it waits (the losing branch of a `select`: no last poll tells the
+    /// stream): the second task, reading again, is not told `BusyResource` for ever by what the
+    /// contest left behind; it reads the data.
+    pub(super) async fn after_a_contest_the_busy_reader_reads_once_the_other_is_gone<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()>
+    where
+        for<'x> &'x S: AsyncRead,
+    {
+        let drivers = [Driver::default(), Driver::default()];
+        let (retry, stop) = (hatchery::Event::new(), hatchery::Event::new());
+        nursery(async |n| {
+            let first = n.spawn(async {
+                let mut buf = [0; 4];
+                let mut stopped = std::pin::pin!(stop.wait());
+                std::future::poll_fn(|cx| {
+                    if stopped.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok::<_, io::Error>(()));
+                    }
+                    assert!(Pin::new(&mut &a).poll_read(cx, &mut buf).is_pending());
+                    Poll::Pending
+                })
+                .await
+            });
+            wait_all_tasks_blocked().await?;
+            let second = n.spawn(async {
+                let mut buf = [0; 4];
+                let e = drivers[1]
+                    .drive(false, |cx| Pin::new(&mut &a).poll_read(cx, &mut buf))
+                    .await
+                    .unwrap_err();
+                assert!(is::<BusyResource>(&e), "{e:?}");
+                retry.wait().await?;
+                let k = drivers[1].drive(false, |cx| Pin::new(&mut &a).poll_read(cx, &mut buf)).await?;
+                Ok::<_, io::Error>(buf[..k].to_vec())
+            });
+            wait_all_tasks_blocked().await?;
+            stop.set();
+            first.await?;
+            retry.set();
+            wait_all_tasks_blocked().await?;
+            b.write_all(b"xyz").await?;
+            assert_eq!(second.await?, b"xyz");
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| e.into_first())?;
         Ok(())
     }
 

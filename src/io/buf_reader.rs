@@ -210,15 +210,21 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
         // Buffered bytes after `pos` known not to hold `byte`; positions are relative to `pos`,
         // which moves when the buffer is compacted.
         let mut searched = 0;
+        let mut filled = false;
         let end = loop {
             let avail = &self.buf[self.pos..self.filled];
             if let Some(i) = avail[searched..].iter().position(|&b| b == byte) {
                 break searched + i + 1;
             }
             searched = avail.len();
-            if searched >= self.max_line {
+            if searched > self.max_line {
                 // No delimiter within the limit: whatever comes next, the line is too long.
+                // (Exactly the limit and no delimiter yet: the end of stream would make it a
+                // last line within the limit, so read on.)
                 break usize::MAX;
+            }
+            if std::mem::replace(&mut filled, true) {
+                op.between_fills().await?;
             }
             self.reserve_for(searched + 1);
             if self.fill_more(&mut op).await? == 0 {
@@ -238,7 +244,11 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
     /// Buffers at least `n` bytes, then passes the schedule point.
     async fn fill_exact(&mut self, n: usize) -> io::Result<()> {
         let mut op = Op::start()?;
+        let mut filled = false;
         while self.filled - self.pos < n {
+            if std::mem::replace(&mut filled, true) {
+                op.between_fills().await?;
+            }
             self.reserve_for(n);
             if self.fill_more(&mut op).await? == 0 {
                 return Err(io::Error::new(
@@ -257,7 +267,11 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
     /// Buffers everything up to end of stream, then passes the schedule point.
     async fn fill_to_end(&mut self) -> io::Result<()> {
         let mut op = Op::start()?;
+        let mut filled = false;
         loop {
+            if std::mem::replace(&mut filled, true) {
+                op.between_fills().await?;
+            }
             self.reserve_for(self.filled - self.pos + self.capacity.min(DEFAULT_BUF_SIZE));
             if self.fill_more(&mut op).await? == 0 {
                 break;

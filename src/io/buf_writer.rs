@@ -197,11 +197,17 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
                 self.flush_buf(&mut op).await.map_err(|e| fail(written, e))?;
                 continue;
             }
-            // An empty buffer and more than it holds: write through.
+            // An empty buffer and more than it holds: write through, after the schedule point
+            // (nothing may be moved before it). All written is done: no cancel point after it
+            // turns a complete write into an error.
+            op.schedule_point().await;
             written += op
                 .wait(|cx| poll_write_some(&mut self.inner, cx, rest))
                 .await
                 .map_err(|e| fail(written, e))?;
+            if written == buf.len() {
+                return Ok(());
+            }
         }
     }
 

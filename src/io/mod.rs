@@ -64,12 +64,14 @@ struct Op {
     /// The call waited since it started (or since its last step): that wait was its schedule
     /// point.
     waited: bool,
+    /// The call waited since its last [`Op::between_fills`].
+    fill_waited: bool,
 }
 
 impl Op {
     /// The bookkeeping alone, for a call that passes a cancel point of its own before each step.
     fn new() -> Op {
-        Op { park: Park::new(), waited: false }
+        Op { park: Park::new(), waited: false, fill_waited: false }
     }
 
     /// The cancel point on entry, then the bookkeeping.
@@ -85,7 +87,7 @@ impl Op {
         &mut self,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> io::Result<T> {
-        let Op { park, waited } = self;
+        let Op { park, waited, fill_waited } = self;
         std::future::poll_fn(|cx| match poll(cx) {
             Poll::Ready(r) => {
                 park.unpark();
@@ -95,6 +97,7 @@ impl Op {
                 Poll::Ready(c) => Poll::Ready(Err(c.into())),
                 Poll::Pending => {
                     *waited = true;
+                    *fill_waited = true;
                     Poll::Pending
                 }
             },
@@ -109,6 +112,18 @@ impl Op {
         if !self.waited {
             lowlevel::cancel_shielded_checkpoint().await;
         }
+    }
+
+    /// Between two reads of one call that gathers a line, a count or the whole stream: a
+    /// cancel point, after a schedule point offered under the turn's yield budget (DESIGN
+    /// §3.4) unless the read before waited. So a reader that is always ready (a decompressor
+    /// over memory, an endless source) neither hogs the thread nor ignores a cancellation,
+    /// while a fast stream is not slowed by a yield per chunk. What was read stays buffered.
+    async fn between_fills(&mut self) -> Result<(), Cancelled> {
+        if !std::mem::replace(&mut self.fill_waited, false) {
+            lowlevel::cancel_shielded_checkpoint().await;
+        }
+        lowlevel::checkpoint_if_cancelled()
     }
 
     /// Between two steps of a long call: a cancel point if the step waited (the wait was its

@@ -334,7 +334,14 @@ pub(crate) trait StreamEnd {
         cx: &mut Context<'_>,
         step: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
-        if self.poll_wait(dir).borrow().as_ref().is_some_and(|w| w.is_conflict(cx.waker())) {
+        if let Some(w) = self.poll_wait(dir).borrow_mut().as_mut()
+            && w.is_conflict(cx.waker())
+        {
+            // Reported once: the other poller may be gone without a last poll (the losing
+            // branch of a `select`), and then this one must not be told busy for ever. If the
+            // other is live and this poller tries again, the contest starts over and one of
+            // the two hears of it again.
+            w.contested = false;
             return Poll::Ready(Err(busy(dir)));
         }
         let r = step(cx);

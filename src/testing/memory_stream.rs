@@ -70,13 +70,11 @@ pub fn memory_stream_pair() -> (MemoryStream, MemoryStream) {
 }
 
 /// Like [`memory_stream_pair`], with `capacity` bytes of buffer per direction: a write waits
-/// while its direction holds `capacity` unread bytes, and writes at most the free space.
-///
-/// # Panics
-///
-/// If `capacity` is 0 (nothing could ever be written).
+/// while its direction holds `capacity` unread bytes, and writes at most the free space. A
+/// capacity of 0 is taken as 1 (nothing could ever be written), as `BufReader` and `BufWriter`
+/// do.
 pub fn memory_stream_pair_with_capacity(capacity: usize) -> (MemoryStream, MemoryStream) {
-    assert!(capacity > 0, "a memory stream needs a capacity of at least one byte");
+    let capacity = capacity.max(1);
     let pair = Rc::new(RefCell::new(Pair { pipes: [Pipe::new(capacity), Pipe::new(capacity)] }));
     (MemoryStream::new(pair.clone(), 0), MemoryStream::new(pair, 1))
 }
