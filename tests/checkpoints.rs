@@ -402,3 +402,50 @@ fn generate_and_its_yield_and_recv_are_checkpoints_s2_1_s6_11() {
         assert_eq!(r.unwrap(), at(3));
     });
 }
+
+#[test]
+fn a_sequencer_step_cancelled_on_entry_or_dropped_while_waiting_breaks_the_sequence() {
+    // Either way step 1 can never run; step 2, waiting for it, must fail with the reason
+    // rather than hang. On another thread with a real-time limit, so that a regression fails.
+    for dropped in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(|| {
+                testing::run(async {
+                    let seq = Sequencer::new();
+                    nursery(async |n| {
+                        n.start_soon(async {
+                            let _g = seq.step(2).await?;
+                            Ok(())
+                        });
+                        let g0 = seq.step(0).await?;
+                        if dropped {
+                            let mut step = std::pin::pin!(seq.step(1));
+                            let polled =
+                                std::future::poll_fn(|cx| std::task::Poll::Ready(step.as_mut().poll(cx)))
+                                    .await;
+                            assert!(polled.is_pending(), "step 1 waits for step 0");
+                        } else {
+                            let scope = CancelScope::new().with_deadline(hatchery::Instant::ZERO);
+                            assert_eq!(scope.run(async { seq.step(1).await.map(drop) }).await, Ok(None));
+                        }
+                        drop(g0);
+                        Ok::<_, Cancelled>(())
+                    })
+                    .await
+                })
+            });
+            let text = match r {
+                Ok(_) => "no panic".to_owned(),
+                Err(p) => p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default(),
+            };
+            tx.send(text).unwrap();
+        });
+        let text = rx.recv_timeout(Duration::from_secs(30)).expect("the sequence hung");
+        assert!(text.contains("Sequencer broken: step 1"), "{dropped}: {text}");
+    }
+}

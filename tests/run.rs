@@ -429,3 +429,50 @@ fn a_waker_used_after_its_run_finished_is_harmless() {
     assert_eq!(testing::run(async { sleep(secs(1)).await.map(|()| now()) }), Ok(at(1)));
     w2.wake();
 }
+
+#[test]
+fn callbacks_accepted_just_before_the_end_still_run_s1_10() {
+    // Trio runs what `run_sync_soon` accepted before the run ended; only later calls get
+    // `RunFinished`.
+    let (tx, rx) = mpsc::channel();
+    hatchery::run(async {
+        let h = lowlevel::run_handle();
+        std::thread::spawn(move || h.run_sync_soon(move || tx.send(1).unwrap()).map_err(|_| ()).unwrap())
+            .join()
+            .unwrap();
+    });
+    assert_eq!(rx.try_recv(), Ok(1));
+}
+
+#[test]
+fn a_quiescence_wait_carried_into_a_later_run_does_not_take_another_waiters_place() {
+    // Waiter ids are per run: a wait registered in one run and polled in the next must not
+    // be taken for the new run's waiter with the same id (whose wake-up it would steal).
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stale = Box::pin(testing::wait_all_tasks_blocked());
+        let mut stale = testing::run(async move {
+            let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(stale.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+            stale
+        });
+        testing::run(async move {
+            hatchery::nursery(async |n| {
+                n.start_soon(async { testing::wait_all_tasks_blocked().await });
+                n.start_soon(async {
+                    lowlevel::checkpoint().await?;
+                    let polled =
+                        std::future::poll_fn(|cx| std::task::Poll::Ready(stale.as_mut().poll(cx))).await;
+                    assert!(polled.is_pending());
+                    drop(stale);
+                    Ok(())
+                });
+                Ok::<_, Cancelled>(())
+            })
+            .await
+            .unwrap();
+        });
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("the second run hung");
+}

@@ -576,3 +576,28 @@ fn children_parked_on_the_crates_primitives_hold_no_waker() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_wake_from_a_thread_local_destructor_is_harmless() {
+    // A foreign thread keeps a hatchery waker in a thread-local whose destructor wakes it. That
+    // thread's own wake first touched hatchery's thread-local, registered later and so
+    // destroyed first: the destructor's wake must not touch it (a panic in a thread-local
+    // destructor aborts the process).
+    struct WakeOnDrop(std::task::Waker);
+    impl Drop for WakeOnDrop {
+        fn drop(&mut self) {
+            self.0.wake_by_ref();
+        }
+    }
+    thread_local! {
+        static KEPT: std::cell::RefCell<Option<WakeOnDrop>> = const { std::cell::RefCell::new(None) };
+    }
+    let waker =
+        hatchery::run(async { std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await });
+    std::thread::spawn(move || {
+        KEPT.with(|k| *k.borrow_mut() = Some(WakeOnDrop(waker.clone())));
+        waker.wake_by_ref();
+    })
+    .join()
+    .expect("the thread ended cleanly");
+}

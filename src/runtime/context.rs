@@ -472,12 +472,14 @@ fn outside_a_run() -> ! {
     )
 }
 
+/// The run active on this thread, if any. `None` too while the thread's locals are being
+/// destroyed (a waker or a handle used from another thread-local's destructor).
 pub(crate) fn try_core() -> Option<Rc<Core>> {
-    CURRENT.with(|c| c.try_borrow().ok().and_then(|c| c.clone()))
+    CURRENT.try_with(|c| c.try_borrow().ok().and_then(|c| c.clone())).ok().flatten()
 }
 
 pub(crate) fn is_running() -> bool {
-    CURRENT.with(|c| c.try_borrow().map(|c| c.is_some()).unwrap_or(true))
+    CURRENT.try_with(|c| c.try_borrow().map(|c| c.is_some()).unwrap_or(true)).unwrap_or(false)
 }
 
 pub(crate) fn set_current(core: Option<Rc<Core>>) -> Option<Rc<Core>> {
@@ -487,10 +489,15 @@ pub(crate) fn set_current(core: Option<Rc<Core>>) -> Option<Rc<Core>> {
 
 /// Delivers a wake on this thread if `shared` belongs to the run active here.
 pub(crate) fn wake_local(shared: &Arc<Shared>, t: WakeTarget) -> bool {
-    let core = CURRENT.with(|c| match c.try_borrow() {
-        Ok(c) => c.as_ref().filter(|core| Arc::ptr_eq(&core.shared, shared)).cloned(),
-        Err(_) => None,
-    });
+    // `try_with`: a wake from another thread-local's destructor, after this one's, must not
+    // panic (a panic there aborts); no run is active then, and the wake goes the remote way.
+    let core = CURRENT
+        .try_with(|c| match c.try_borrow() {
+            Ok(c) => c.as_ref().filter(|core| Arc::ptr_eq(&core.shared, shared)).cloned(),
+            Err(_) => None,
+        })
+        .ok()
+        .flatten();
     match core {
         Some(core) => {
             core.wake(t);

@@ -200,9 +200,22 @@ struct RunGuard {
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
+        // From here `run_sync_soon` says `RunFinished`; what it accepted before still runs, as
+        // in Trio, in the run (a callback may read its clock), after its tasks are gone.
         let leftover = self.core.shared.finish();
+        let mut panic = None;
+        for cb in leftover {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
+                panic.get_or_insert(p);
+            }
+        }
         context::set_current(None);
-        drop(leftover);
+        // The first panic leaves the run (S1.10), unless the run is already leaving with one.
+        if let Some(p) = panic
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(p);
+        }
     }
 }
 

@@ -134,7 +134,8 @@ impl Shared {
         callbacks.append(&mut r.callbacks);
     }
 
-    /// Marks the run finished; returns the callbacks that were never run (to drop them outside the lock).
+    /// Marks the run finished; returns the callbacks it accepted and has not run yet (to run
+    /// them outside the lock).
     pub(crate) fn finish(&self) -> VecDeque<Callback> {
         let mut r = self.lock();
         r.finished = true;
