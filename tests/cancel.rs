@@ -549,7 +549,8 @@ fn cancelling_a_scope_entered_in_an_ended_run_is_harmless() {
         Ok::<_, Cancelled>(())
     }));
     // Entered in one run, carried out of it while entered.
-    let mut fut = testing::run(async move {
+    #[expect(clippy::async_yields_async, reason = "the scope's future is carried out of the run")]
+    let fut = testing::run(async move {
         assert!(support::poll_once(fut.as_mut()).await.is_pending());
         fut
     });
@@ -564,6 +565,7 @@ fn cancelling_a_scope_entered_in_an_ended_run_is_harmless() {
         hatchery::sleep_forever().await?;
         Ok::<_, Cancelled>(())
     }));
+    #[expect(clippy::async_yields_async, reason = "the scope's future is carried into the next run")]
     let fut = testing::run(async move {
         assert!(support::poll_once(fut.as_mut()).await.is_pending());
         fut

@@ -451,6 +451,7 @@ fn a_quiescence_wait_carried_into_a_later_run_does_not_take_another_waiters_plac
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut stale = Box::pin(testing::wait_all_tasks_blocked());
+        #[expect(clippy::async_yields_async, reason = "the wait is carried into the next run")]
         let mut stale = testing::run(async move {
             let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(stale.as_mut().poll(cx))).await;
             assert!(polled.is_pending());
