@@ -114,15 +114,34 @@ impl SleepOutput for Infallible {
     }
 }
 
+/// A sleep already due at its first poll (`sleep(ZERO)`, a deadline in the past) is exactly a
+/// checkpoint (S2.4): a yield, then the cancel point, so that a deadline expiring in that pass
+/// is seen (S1.9); no timer, and no I/O poll for one. Cold: sleeps mostly wait.
+#[cold]
+#[inline(never)]
+fn due_yield<T>(cx: &mut Context<'_>) -> Poll<T> {
+    let yielded = Pin::new(&mut yield_always()).poll(cx);
+    debug_assert!(yielded.is_pending(), "hatchery internal error: a yield did not yield");
+    Poll::Pending
+}
+
+/// The cancel point after [`due_yield`].
+#[cold]
+#[inline(never)]
+fn due_checkpoint<T: SleepOutput>() -> Result<T, Cancelled> {
+    checkpoint_if_cancelled().map(|()| T::finished())
+}
+
 impl<T: SleepOutput> Future for Sleep<T> {
     type Output = Result<T, Cancelled>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let deadline = match this.until {
             Until::Fixed(t) => Some(t),
             Until::Forever => None,
-            Until::Yielded => return Poll::Ready(checkpoint_if_cancelled().map(|()| T::finished())),
+            Until::Yielded => return Poll::Ready(due_checkpoint()),
             first => {
                 // First poll: fix the deadline (the wait below is the cancel point; in a
                 // cancelled scope it fails before arming anything).
@@ -133,13 +152,8 @@ impl<T: SleepOutput> Future for Sleep<T> {
                     _ => unreachable!(),
                 };
                 if t <= now {
-                    // Already due (`sleep(ZERO)`, a deadline in the past): exactly a checkpoint
-                    // (S2.4), a yield and then the cancel point, so that a deadline expiring in
-                    // the same pass is seen (S1.9); no timer, and no I/O poll for one.
                     this.until = Until::Yielded;
-                    let yielded = Pin::new(&mut yield_always()).poll(cx);
-                    debug_assert!(yielded.is_pending(), "hatchery internal error: a yield did not yield");
-                    return Poll::Pending;
+                    return due_yield(cx);
                 }
                 this.until = Until::Fixed(t);
                 Some(t)
