@@ -376,6 +376,21 @@ fn a_datagram_error_reported_once_does_not_leave_the_socket_ready_for_ever() {
             assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
             let r = move_on_after(Duration::from_secs(1), u.recv(&mut buf)).await;
             assert!(matches!(r, Ok(None)), "{r:?}");
+            // And it still works: a datagram that comes later wakes a waiting `recv` (on the
+            // oneshot backends the error took the idle socket out of the poller; the wait puts
+            // it back).
+            let v = UdpSocket::bind(([127, 0, 0, 1], 0))?;
+            u.connect(v.local_addr()?)?;
+            let got = nursery(async |n| {
+                let got = n.spawn(async { u.recv(&mut buf).await });
+                wait_all_tasks_blocked().await?;
+                v.send_to(b"late", u.local_addr()?).await?;
+                Ok::<_, io::Error>(got.await?)
+            })
+            .await
+            .map_err(|e| e.into_first())?
+            .expect("not cancelled");
+            assert_eq!(got, 4);
             Ok::<_, io::Error>(())
         })
     })

@@ -603,3 +603,36 @@ fn a_read_parked_through_a_foreign_waker_then_its_own_gives_the_clone_back() {
     });
     assert_eq!(got.unwrap(), (1, b'x'));
 }
+
+/// CPU time this thread has used, from `/proc/thread-self/stat` (clock ticks, 10 ms apart).
+#[cfg(target_os = "linux")]
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn an_idle_run_with_a_hung_up_source_registered_does_not_spin() {
+    // polling's poll(2) backend (CI runs the suite on it too) reports a hang-up whatever the
+    // interest: a hung-up source left registered with no waiter made every wait of the loop
+    // return at once. Real time, tolerant: a 300 ms sleep must not burn anything like 300 ms.
+    hatchery::run(async {
+        let (a, b) = UnixStream::pair()?;
+        a.set_nonblocking(true)?;
+        let a = IoSource::new(a)?;
+        drop(b);
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read_with(|mut s| s.read(&mut buf)).await?, 0, "end of stream");
+        let before = thread_cpu();
+        sleep(Duration::from_millis(300)).await?;
+        let used = thread_cpu() - before;
+        assert!(used < Duration::from_millis(150), "the idle run spun: {used:?} of CPU in 300 ms");
+        // Still usable: a wait on it returns at once with the end.
+        assert_eq!(a.read_with(|mut s| s.read(&mut buf)).await?, 0);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}

@@ -75,6 +75,11 @@ struct Source {
     read: DirState,
     write: DirState,
     closed: bool,
+    /// Oneshot mode only: taken out of the poller after a hang-up or error found no waiter,
+    /// and added back by the next wait. polling's `poll(2)` backend keeps a disarmed
+    /// descriptor in its set, and `poll` reports `POLLHUP`/`POLLERR` whatever the interest, so
+    /// every wait of the loop would return at once: an idle run would spin.
+    detached: bool,
 }
 
 impl Source {
@@ -270,19 +275,34 @@ impl Reactor {
                         return Ok(Readiness::Ready);
                     }
                     _replaced = core.refresh_wakeup(w, waker);
-                    false
+                    None
                 }
                 None => {
                     if d.ready {
                         return Ok(Readiness::Ready);
                     }
                     d.waiter = Some((op_id, core.wakeup(waker)));
-                    !self.edge
+                    // Oneshot: arm it (back into the poller if it was detached).
+                    (!self.edge).then(|| std::mem::replace(&mut s.detached, false))
                 }
             }
         };
-        if rearm {
-            self.shared.poller.modify(fd, self.interest(key))?;
+        match rearm {
+            Some(false) => self.shared.poller.modify(fd, self.interest(key))?,
+            Some(true) => {
+                // SAFETY: `fd` is the source's descriptor, open until its `Registration` is
+                // dropped (the invariant), and that drop deletes it from the poller first: the
+                // contract of `Poller::add`, as at registration. It was deleted when detached,
+                // so it is not registered twice.
+                unsafe {
+                    self.shared.poller.add_with_mode(
+                        std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        self.interest(key),
+                        PollMode::Oneshot,
+                    )?
+                }
+            }
+            None => {}
         }
         Ok(Readiness::Pending)
     }
@@ -460,7 +480,7 @@ impl Reactor {
         (read_hup, write_hup): (bool, bool),
         exact: bool,
         wakers: &mut Vec<Wakeup>,
-        rearm: &mut Vec<(std::os::fd::RawFd, usize)>,
+        rearm: &mut Vec<(std::os::fd::RawFd, usize, bool)>,
     ) {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
@@ -482,19 +502,30 @@ impl Reactor {
             wakers.extend(s.write.waiter.take().map(|(_, w)| w));
         }
         // In oneshot mode any event disarms the whole registration: re-arm the direction that
-        // still has a waiter (a reader must not lose its interest to a writer's event).
-        if !self.edge && (s.read.waiter.is_some() || s.write.waiter.is_some()) {
-            rearm.push((s.fd, key));
+        // still has a waiter (a reader must not lose its interest to a writer's event). A
+        // hang-up or error that nobody waits for detaches the source (see `Source::detached`).
+        if !self.edge {
+            if s.read.waiter.is_some() || s.write.waiter.is_some() {
+                rearm.push((s.fd, key, false));
+            } else if read_hup || write_hup {
+                s.detached = true;
+                rearm.push((s.fd, key, true));
+            }
         }
     }
 
-    fn rearm(&self, rearm: Vec<(std::os::fd::RawFd, usize)>) -> io::Result<()> {
-        for (fd, key) in rearm {
+    /// Re-arms (or, `true`, detaches) the sources an event disarmed.
+    fn rearm(&self, rearm: Vec<(std::os::fd::RawFd, usize, bool)>) -> io::Result<()> {
+        for (fd, key, detach) in rearm {
             // SAFETY: the source is still registered (we hold no borrow that could have removed
             // it, and only a `Registration` drop removes it), so by the `Registration` invariant
             // its descriptor is open.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            self.shared.poller.modify(fd, self.interest(key))?;
+            if detach {
+                self.shared.poller.delete(fd)?;
+            } else {
+                self.shared.poller.modify(fd, self.interest(key))?;
+            }
         }
         Ok(())
     }
@@ -540,6 +571,7 @@ impl Registration {
             read: DirState::default(),
             write: DirState::default(),
             closed: false,
+            detached: false,
         });
         let key = pack(index, generation);
         let res = if DIRECT_EPOLL {
@@ -602,8 +634,8 @@ impl Drop for Registration {
         // SAFETY: the invariant says `fd` is still open here (the owner drops the descriptor
         // only after this Registration).
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
-        // Deleting can only fail if the descriptor is not registered, which the invariant rules
-        // out; there is nothing useful to do about it in Drop.
+        // Deleting fails only if the descriptor is not registered: a detached source (oneshot
+        // mode, `Source::detached`), which needs nothing more.
         let _ = if DIRECT_EPOLL {
             direct_delete(&self.core.reactor, fd)
         } else {
