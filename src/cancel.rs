@@ -162,8 +162,12 @@ impl CancelHandle {
     /// Cancels the scope with a reason that the resulting [`Cancelled`](crate::Cancelled) carries. The first
     /// reason recorded wins.
     pub fn cancel_with_reason(&self, reason: impl Into<String>) {
-        let reason: Arc<str> = Arc::from(reason.into());
-        cancel_state(&self.state, CancelSource::Explicit, Some(reason));
+        self.cancel_from(CancelSource::Explicit, reason.into());
+    }
+
+    /// Cancels the scope from `source`, with a reason (the crate's own sources: signals).
+    pub(crate) fn cancel_from(&self, source: CancelSource, reason: String) {
+        cancel_state(&self.state, source, Some(Arc::from(reason)));
     }
 
     /// Whether cancellation was requested (by a call or by the deadline).
@@ -478,7 +482,9 @@ where
     }
 }
 
-/// Runs `future` with a deadline `timeout` from now; `Ok(None)` if the deadline interrupted it.
+/// Runs `future` with a deadline `timeout` after its first poll (the scope is entered then,
+/// S4.5: a future built now and awaited later starts its clock later); `Ok(None)` if the
+/// deadline interrupted it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -534,7 +540,8 @@ where
     }
 }
 
-/// Runs `future` with a deadline `timeout` from now; fails with [`TooSlow`] (converted into the
+/// Runs `future` with a deadline `timeout` after its first poll (as [`move_on_after`]); fails
+/// with [`TooSlow`] (converted into the
 /// future's error type) if the deadline interrupted it (S5.2). If the deadline passes but no
 /// checkpoint ran inside, the value is returned.
 ///

@@ -21,7 +21,8 @@ pub enum CancelSource {
     Deadline,
     /// A nursery cancelled its own scope because a child or its body failed or panicked.
     Nursery,
-    /// The runtime is shutting down.
+    /// A signal asked the program to stop: [`ctrl_c_cancels`](crate::signal::ctrl_c_cancels)
+    /// (Trio's `KeyboardInterrupt` source). The reason names the signal.
     Shutdown,
 }
 
@@ -339,8 +340,13 @@ impl CancelError for TooSlow {
 
 /// A general error type for programs that do not need their own.
 ///
-/// Every error of this crate converts into it, so `?` works everywhere, and it implements
-/// [`CancelError`], so it can be used inside cancel scopes and nurseries.
+/// The errors of waiting operations convert into it (`Cancelled`, `TooSlow`, `JoinError`,
+/// `StartError`, `io::Error`, `NurseryError<Error>`, `WriteAllError`, and the channel, mutex,
+/// condition, copy and thread errors), so `?` works on them, and it implements
+/// [`CancelError`], so it can be used inside cancel scopes and nurseries. The errors of `try_`
+/// operations and of misuse (`TryLockError`, `TryAcquireError`, the semaphore's, `RunError`,
+/// `ReuniteError`, `run_sync_soon`'s) do not: handle them where they happen, or wrap them with
+/// [`Error::other`](Error::other).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -1,7 +1,8 @@
 //! The low-level facade: the one parking protocol every hatchery primitive is built on.
 //!
-//! `time`, and later `sync` and `net`, are written only against this module, as anyone may
-//! write their own primitives. The protocol, in Trio's shape (S2.3):
+//! `time`, `sync`, `net` and `io` are written against this module (plus two crate-private
+//! shortcuts of it, `Here` and `Wakeup`, which save lookups on hot paths), as anyone may write
+//! their own primitives. The protocol, in Trio's shape (S2.3):
 //!
 //! 1. On the first poll, [`checkpoint_if_cancelled`]: in a cancelled scope, fail at once and
 //!    touch nothing.

@@ -84,7 +84,7 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::cancel::CancelScope;
-use crate::error::{CancelError, Cancelled};
+use crate::error::{CancelError, CancelSource, Cancelled};
 use crate::lowlevel::{IoSource, Park, cancel_shielded_checkpoint, checkpoint_if_cancelled};
 use crate::runtime::context;
 
@@ -547,7 +547,7 @@ where
                 Poll::Ready(Some(Ok(sig))) => {
                     watcher = None;
                     first = Some(sig);
-                    handle.cancel_with_reason(format!("{} received", signal_name(sig)));
+                    handle.cancel_from(CancelSource::Shutdown, format!("{} received", signal_name(sig)));
                 }
                 // The code around is cancelled: the body sees that too and ends; nothing
                 // left to watch for (a second signal still ends the process).

@@ -251,6 +251,7 @@ fn ctrl_c_cancels_the_body_and_its_children_clean_up() {
                 let log = log.clone();
                 n.start_soon(async move {
                     let Err(c) = sleep_forever().await;
+                    assert_eq!(c.source(), hatchery::CancelSource::Shutdown);
                     log.push(format!("{id} cancelled: {}", c.reason().unwrap_or("?")));
                     CancelScope::new().shielded().run(sleep(secs(5))).await?; // cleanup
                     log.push(format!("{id} clean at {}", now().since_origin().as_secs()));
@@ -356,7 +357,7 @@ fn the_example_shuts_down_gracefully_on_sigint_with_status_130() {
     for id in 0..3 {
         assert!(
             out.contains(&format!(
-                "worker {id}: cancelled due to explicit cancel with reason 'SIGINT received'; cleaning up"
+                "worker {id}: cancelled due to shutdown with reason 'SIGINT received'; cleaning up"
             )),
             "{out:?}"
         );

@@ -28,9 +28,11 @@ use crate::net::stream::empty_read;
 ///    and a cancellation interrupts it (hatchery's streams fail their `poll_read` with
 ///    `Cancelled` there; for any other reader this type registers for cancellation itself), so
 ///    waiting is cancellable whatever the reader is.
-/// 3. **Schedule point, then completion**: if the call never had to wait, it yields once,
-///    cancel-shielded (S2.3), *before* moving anything out; then it moves the bytes out and
-///    returns in the same poll. A future dropped during that yield has moved nothing.
+/// 3. **Schedule point, then completion**: if the call never had to wait, it passes a
+///    cancel-shielded schedule point (S2.3; a yield once the turn's
+///    [`yield_budget`](crate::Builder::yield_budget) is spent), *before* moving anything out;
+///    then it moves the bytes out and returns in the same poll. A future dropped during that
+///    yield has moved nothing.
 ///
 /// # Growing the buffer
 ///

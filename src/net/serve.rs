@@ -88,8 +88,10 @@ fn is_transient(e: &io::Error) -> bool {
 /// - **Serving stops only by cancellation or an error**: a handler's error, or an accept error
 ///   other than the transient ones below, cancels the other handlers and comes out of
 ///   `serve_tcp` (the nursery's errors, as `E`); the listener is closed on the way out.
-/// - **Transient accept errors** (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`) are reported on
-///   stderr and retried after [`ACCEPT_BACKOFF`], instead of crashing the server.
+/// - **Transient accept errors** (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`, and `ENOSPC`: epoll
+///   out of watches for the new connection) are reported on stderr and retried after
+///   [`ACCEPT_BACKOFF`], instead of crashing the server. Errors that belong to one connection
+///   that failed before it was accepted never get here: `TcpListener::accept` passes over them.
 ///
 /// The handler is an async closure taking the stream by value; it may borrow from the
 /// caller (shared state such as a channel sender or a `Mutex`).

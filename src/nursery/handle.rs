@@ -146,6 +146,12 @@ impl<T> OutCell<T> {
 ///
 /// Dropping the handle does not affect the child (it frees the child's allocation if the child has
 /// ended: see [`Nursery::spawn`](crate::Nursery::spawn)). The handle cannot outlive its nursery.
+///
+/// # Panics
+///
+/// Awaiting it again after its value was taken (by an earlier await that returned it, or by
+/// [`try_take`](JoinHandle::try_take)), as a future polled after it completed; and `try_take`
+/// outside a run.
 pub struct JoinHandle<'n, T> {
     ctl: &'n dyn ChildControl,
     index: u32,

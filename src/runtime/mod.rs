@@ -113,7 +113,7 @@ impl Builder {
     /// use hatchery::Builder;
     /// let n = Builder::new().yield_budget(0).run(async {
     ///     let (tx, rx) = hatchery::channel(4);
-    ///     tx.send(1).await.unwrap(); // yields to the scheduler, whatever the budget
+    ///     tx.send(1).await.unwrap(); // budget 0: this send yields (with 64 it would not)
     ///     rx.recv().await.unwrap()
     /// });
     /// assert_eq!(n, 1);

@@ -89,7 +89,8 @@ impl Event {
     /// # Cancellation
     ///
     /// A checkpoint, even when the event is already set (S7.1): in a cancelled scope it fails at
-    /// once; otherwise a set event still yields once. A wait cancelled while blocked leaves the
+    /// once; otherwise a set event still passes a schedule point (which yields once the task's
+    /// [`yield_budget`](crate::Builder::yield_budget) is spent). A wait cancelled while blocked leaves the
     /// event untouched. If the event was set before the cancellation was noticed, the wait
     /// returns `Ok(())` and the cancellation is delivered at the next checkpoint.
     ///

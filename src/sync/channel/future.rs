@@ -389,8 +389,8 @@ impl<T> Receiver<T> {
 ///
 /// A checkpoint (see [`Receiver::recv`]); cancellation is atomic. Dropping the future before it
 /// returns is safe: nothing is consumed, and a value already handed to it goes to the
-/// longest-waiting receiver, or back to the front of the buffer (which may then hold one value
-/// more than its capacity until it drains).
+/// longest-waiting receiver, or back to the front of the buffer (which may then hold more than
+/// its capacity, a value per such dropped receive, until it drains).
 ///
 /// ```
 /// use std::pin::pin;
