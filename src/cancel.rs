@@ -180,10 +180,15 @@ impl CancelHandle {
         if self.state.cancel_called.get() {
             return true;
         }
+        // Only a scope that is unentered or entered in the run on this thread: another run's
+        // clock says nothing about this scope's deadline.
         let d = self.state.deadline.get();
-        let passed = self.state.phase.get() != Phase::Exited
-            && d != Instant::MAX
-            && context::try_core().is_some_and(|c| c.now() >= d);
+        let here = match self.state.phase.get() {
+            Phase::Unentered => context::try_core(),
+            Phase::Entered(_) => entered_here(&self.state).map(|(core, _)| core),
+            Phase::Exited => None,
+        };
+        let passed = d != Instant::MAX && here.is_some_and(|c| c.now() >= d);
         if passed {
             cancel_state(&self.state, CancelSource::Deadline, None);
         }

@@ -175,7 +175,8 @@ impl Sequencer {
         Sequencer::default()
     }
 
-    /// Waits for step `i`. A checkpoint.
+    /// Waits for step `i`. A checkpoint, step 0 included (Trio's step 0 is not one, so it
+    /// cannot be cancelled there; here a step 0 cancelled on entry breaks the sequence too).
     ///
     /// # Errors
     ///

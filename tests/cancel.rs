@@ -582,3 +582,26 @@ fn cancelling_a_scope_entered_in_an_ended_run_is_harmless() {
         assert_eq!(r, Ok(None));
     });
 }
+
+#[test]
+fn cancel_called_does_not_judge_a_scope_by_another_runs_clock() {
+    // Entered in one run with a deadline at 5 s, carried into a later run whose clock reads
+    // 10 s: that clock says nothing about the scope, which must not be cancelled by the getter.
+    let scope = CancelScope::new().with_deadline(at(5));
+    let h = scope.handle();
+    let mut fut = Box::pin(scope.run(async {
+        hatchery::sleep_forever().await?;
+        Ok::<_, Cancelled>(())
+    }));
+    #[expect(clippy::async_yields_async, reason = "the scope's future is carried into the next run")]
+    let fut = testing::run(async move {
+        assert!(support::poll_once(fut.as_mut()).await.is_pending());
+        fut
+    });
+    testing::run(async move {
+        sleep(secs(10)).await.unwrap();
+        assert!(!h.cancel_called());
+        drop(fut);
+        assert!(!h.cancel_called(), "still not cancelled");
+    });
+}

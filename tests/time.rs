@@ -640,3 +640,23 @@ fn quiescence_waits_its_cushion_once_per_idle_stretch() {
         }
     });
 }
+
+#[test]
+fn after_a_jump_that_woke_nothing_the_next_waits_a_whole_threshold() {
+    // A scope's deadline at 5 s above a shielded sleep until 10 s: the jump to 5 s cancels the
+    // scope but wakes nothing (the sleep is shielded); the jump to 10 s must wait its own
+    // threshold of idleness (as Trio), not follow at once.
+    let start = std::time::Instant::now();
+    Builder::new().clock(MockClock::with_autojump(Duration::from_millis(150))).run(async {
+        let r = move_on_after(secs(5), async {
+            CancelScope::new().shielded().run(sleep(secs(10))).await?;
+            Ok::<_, Cancelled>(())
+        })
+        .await;
+        assert_eq!(r, Ok(Some(())), "the shielded body ran to its end");
+        assert_eq!(now(), at(10));
+    });
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300), "two jumps, one threshold each: {took:?}");
+    assert!(took < Duration::from_millis(580), "{took:?}");
+}

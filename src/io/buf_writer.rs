@@ -198,9 +198,12 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
                 continue;
             }
             // An empty buffer and more than it holds: write through, after the schedule point
-            // (nothing may be moved before it). All written is done: no cancel point after it
-            // turns a complete write into an error.
-            op.schedule_point().await;
+            // if nothing moved yet (nothing may be moved before it; once bytes moved, a yield
+            // would only risk a drop that loses their count). All written is done: no cancel
+            // point after it turns a complete write into an error.
+            if written == 0 {
+                op.schedule_point().await;
+            }
             written += op
                 .wait(|cx| poll_write_some(&mut self.inner, cx, rest))
                 .await

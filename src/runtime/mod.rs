@@ -220,7 +220,7 @@ impl Drop for RunGuard {
 }
 
 /// The event loop. One pass:
-/// 1. run the callbacks other threads queued (FIFO) and route their wake-ups;
+/// 1. run the callbacks other threads queued (FIFO), then route their wake-ups;
 /// 2. compute how long to wait: zero if the root is scheduled, else until the next deadline;
 /// 3. wait for I/O and wake the tasks it concerns (skipped when nothing could arrive);
 /// 4. expire due deadlines: wake sleepers, cancel scopes;
@@ -244,16 +244,18 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         // 1. Cross-thread entry.
         if core.shared.has_remote() {
             core.shared.take_remote(&mut remote_wakes, &mut callbacks);
-            for t in remote_wakes.drain(..) {
-                core.wake(t);
-            }
-            // A callback that panics does not stop the ones queued after it (S1.10); the first
+            // The callbacks first: a wake-up can run foreign code (a combinator's waker) that
+            // panics, and a callback whose caller was told `Ok` must not be dropped unrun. A
+            // callback that panics does not stop the ones queued after it (S1.10); the first
             // panic then leaves the run.
             let mut panic = None;
             while let Some(cb) = callbacks.pop_front() {
                 if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
                     panic.get_or_insert(p);
                 }
+            }
+            for t in remote_wakes.drain(..) {
+                core.wake(t);
             }
             if let Some(p) = panic {
                 std::panic::resume_unwind(p);
@@ -333,6 +335,9 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
                     m.jump_to(d);
                 }
                 expire_deadlines(core, &mut wakeups);
+                // As Trio: after a jump the next one waits a whole threshold again, even if
+                // this one woke nothing (a deadline above a shielded sleep).
+                idle_since = None;
             }
             scheduled = core.sched.borrow().root_scheduled;
             if scheduled {
