@@ -332,10 +332,9 @@ pub(crate) fn enter_under(core: &Core, state: ScopeRef, parent: u32) -> u32 {
     state.run.set(core.id as u32);
     // One clock read serves both the relative deadline and the check that it has not passed.
     let mut read = None;
-    if let Some(rel) = state.take_relative() {
-        let now = core.now();
+    if let Some((now, deadline)) = state.take_relative(|| core.now()) {
         read = Some(now);
-        state.deadline.set(now + rel);
+        state.deadline.set(deadline);
     }
     let d = state.deadline.get();
     let mut tree = core.cancel.borrow_mut();

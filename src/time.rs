@@ -145,13 +145,13 @@ impl<T: SleepOutput> Future for Sleep<T> {
             first => {
                 // First poll: fix the deadline (the wait below is the cancel point; in a
                 // cancelled scope it fails before arming anything).
-                let now = now();
-                let t = match first {
-                    Until::After(nanos) => now + Duration::from_nanos(nanos),
-                    Until::At(t) => t,
+                let (t, due) = match first {
+                    // A duration later than now is due only if it is zero.
+                    Until::After(nanos) => (now().saturating_add_nanos(nanos), nanos == 0),
+                    Until::At(t) => (t, t <= now()),
                     _ => unreachable!(),
                 };
-                if t <= now {
+                if due {
                     this.until = Until::Yielded;
                     return due_yield(cx);
                 }

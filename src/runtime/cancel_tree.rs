@@ -159,12 +159,16 @@ impl ScopeState {
         self.relative.set(nanos);
     }
 
-    pub(crate) fn take_relative(&self) -> Option<std::time::Duration> {
-        match self.relative.replace(u64::MAX) {
-            u64::MAX => None,
-            FOREVER => Some(std::time::Duration::MAX),
-            nanos => Some(std::time::Duration::from_nanos(nanos)),
+    /// The relative timeout, taken at entry: the deadline it gives counted from `now`
+    /// (`Instant::MAX`, none, for `FOREVER`), or `None` for an absolute scope.
+    #[inline]
+    pub(crate) fn take_relative(&self, now: impl FnOnce() -> Instant) -> Option<(Instant, Instant)> {
+        let nanos = self.relative.replace(u64::MAX);
+        if nanos == u64::MAX {
+            return None;
         }
+        let now = now();
+        Some((now, if nanos == FOREVER { Instant::MAX } else { now.saturating_add_nanos(nanos) }))
     }
 
     pub(crate) fn deadline_key(&self) -> Option<usize> {

@@ -26,6 +26,12 @@ impl Instant {
     /// The far future: a deadline of `MAX` never fires.
     pub const MAX: Instant = Instant(u64::MAX);
 
+    /// `nanos` later, saturating at `MAX` (never).
+    #[inline]
+    pub(crate) fn saturating_add_nanos(self, nanos: u64) -> Instant {
+        Instant(self.0.saturating_add(nanos))
+    }
+
     /// The instant `d` after the origin.
     pub fn from_origin(d: Duration) -> Instant {
         Instant(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
