@@ -289,3 +289,38 @@ fn a_send_completed_by_a_waker_destructor_just_before_its_cancellation_reports_i
         assert_eq!(tx.statistics().tasks_waiting_send, 0);
     });
 }
+
+#[test]
+fn a_waker_destructor_that_panics_as_a_received_value_is_handed_out_does_not_lose_it() {
+    use hatchery::channel;
+    hatchery::testing::run(async {
+        let (tx, rx) = channel::<u32>(1);
+        let mut recv = Box::pin(rx.recv());
+        poll_fn(|cx| {
+            let waker = hooked(cx.waker());
+            // Parks through the foreign waker: the cancel registration keeps a clone.
+            assert!(recv.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        tx.try_send(9).unwrap(); // handed to the parked receive
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let polled = poll_fn(|cx| {
+            let waker = hooked(cx.waker());
+            // The poll that takes the value lets go of the registration's clone, which panics.
+            PANIC_ON_DROP.with(|p| p.set(true));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                recv.as_mut().poll(&mut Context::from_waker(&waker)).is_ready()
+            }));
+            PANIC_ON_DROP.with(|p| p.set(false));
+            Poll::Ready(r)
+        })
+        .await;
+        std::panic::set_hook(hook);
+        assert!(polled.is_err(), "the destructor did not panic where this test expects");
+        drop(recv); // the future that panicked goes, as its task would
+        assert_eq!(rx.try_recv(), Ok(9), "the value went down with the panic");
+        assert!(rx.try_recv().is_err());
+    });
+}

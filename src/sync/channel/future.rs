@@ -230,6 +230,10 @@ impl<T> fmt::Debug for SendFuture<'_, T> {
     }
 }
 
+/// [`RecvWait::key`] once its entry is gone without the wait being over (a panic while the
+/// value was handed out, see `unpark_keeping`).
+const GONE: usize = usize::MAX;
+
 /// A parked receive: its entry in the channel and its cancellation registration. Shared by
 /// [`RecvFuture`] and the receiver's `Stream`.
 #[derive(Debug)]
@@ -256,9 +260,33 @@ impl RecvWait {
                 let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
                 self.poll_cancel(&here, shared, false, cx)
             }
-            Polled::Done(r) => Poll::Ready(r.map_err(recv_error)),
-            ended @ Polled::DoneEnded(_) => Poll::Ready(recv_result(shared, ended)),
+            Polled::Done(r) => self.unpark_keeping(shared, r.map_err(recv_error)),
+            ended @ Polled::DoneEnded(_) => {
+                let r = recv_result(shared, ended);
+                self.unpark_keeping(shared, r)
+            }
         }
+    }
+
+    /// The receive completed: its cancellation registration goes, before the value is handed
+    /// out. Unregistering drops a foreign waker (a combinator's), whose destructor may panic:
+    /// then the value goes back to the channel instead of being lost with the unwinding.
+    #[inline]
+    fn unpark_keeping<T>(
+        &mut self,
+        shared: &RefCell<State<T>>,
+        r: Result<T, RecvError>,
+    ) -> Poll<Result<T, RecvError>> {
+        let park = &mut self.park;
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| park.unpark())) {
+            // The entry is gone already: the future's drop must not look for it.
+            self.key = GONE;
+            if let Ok(v) = r {
+                restore_after_panic(shared, v);
+            }
+            std::panic::resume_unwind(p);
+        }
+        Poll::Ready(r)
     }
 
     /// A parked receive that nothing has completed: registers for cancellation, and when one
@@ -301,6 +329,9 @@ impl RecvWait {
 
     /// The parked receive is dropped: a value already handed to it goes back to the channel.
     pub(super) fn abandon<T>(&self, shared: &RefCell<State<T>>) {
+        if self.key == GONE {
+            return;
+        }
         let (woken, undeliverable, waker) = shared.borrow_mut().abandon_receiver(self.key);
         woken.into_iter().for_each(Wakeup::wake);
         drop((undeliverable, waker));
@@ -321,6 +352,19 @@ fn recv_result<T>(
         }
         Polled::Waiting(_) => unreachable!("hatchery internal error: a receive's entry was not complete"),
     }
+}
+
+/// A value taken from the channel whose hand-out a foreign waker's panic interrupted: back to
+/// the channel (it no longer counts in transit), as a dropped receive's.
+#[cold]
+#[inline(never)]
+fn restore_after_panic<T>(shared: &RefCell<State<T>>, v: T) {
+    let (woken, undeliverable) = shared.borrow_mut().restore(v, false);
+    // The receive it went to is woken; a second panic there is dropped (one is unwinding).
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(undeliverable);
+        woken.into_iter().for_each(Wakeup::wake);
+    }));
 }
 
 fn recv_error(why: RecvFailure) -> RecvError {
@@ -444,7 +488,13 @@ impl<T> Future for RecvFuture<'_, T> {
                         // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
                         let passed = here.schedule_point(cx);
                         if let Some(w) = woken {
-                            here.wake(w);
+                            // A foreign waker's wake may panic: the value goes back, not down.
+                            if let Err(p) =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| here.wake(w)))
+                            {
+                                this.receiver.restore(v);
+                                std::panic::resume_unwind(p);
+                            }
                         }
                         if passed {
                             this.state = RecvState::Done;
