@@ -44,7 +44,6 @@ const fn ms(n: u64) -> Duration {
 type Section = (&'static str, fn() -> Result<(), Error>);
 
 fn main() -> Result<(), Error> {
-    // Later sections (channels, networking) go at the end of this list.
     let sections: [Section; 7] = [
         ("1. nurseries", nurseries),
         ("2. start handshake", start_handshake),
@@ -298,7 +297,14 @@ fn channels() -> Result<(), Error> {
                 }
                 Ok(()) // dropping the last sender ends the channel
             });
-            while let Ok(job) = rx.recv().await {
+            loop {
+                let job = match rx.recv().await {
+                    Ok(job) => job,
+                    // Every sender is gone and the buffer is drained: the work is done.
+                    Err(e) if e.is_end_of_channel() => break,
+                    // Anything else (a cancellation, say) is not the end: pass it on.
+                    Err(e) => return Err(e.into()),
+                };
                 say!("[virtual {}s] consumer: doing {job:?} for 2 s", hatchery::now().as_secs_f64());
                 sleep(Duration::from_secs(2)).await?;
             }
@@ -325,16 +331,29 @@ fn channels() -> Result<(), Error> {
 
 // ---------------------------------------------------------------------------------------------
 
-/// An echo server's connection handler: sends back everything it reads.
+/// An echo server's connection handler: sends back everything it reads. A handler's error
+/// would stop the whole server (`serve_tcp` cancels every connection), so one connection's own
+/// failure (a client's reset) is reported and ends only that connection; a cancellation (the
+/// server shutting down) goes through.
 async fn echo(conn: TcpStream, served: &Cell<u32>) -> Result<(), Error> {
     served.set(served.get() + 1);
     let mut buf = [0; 1024];
-    loop {
-        let n = conn.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(()); // the client is done; returning closes the connection
+    let copied: std::io::Result<()> = async {
+        loop {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(()); // the client is done; returning closes the connection
+            }
+            conn.write_all(&buf[..n]).await?;
         }
-        conn.write_all(&buf[..n]).await?;
+    }
+    .await;
+    match copied {
+        Err(e) if hatchery::Cancelled::from_io(&e).is_none() => {
+            say!("a connection failed: {e}");
+            Ok(())
+        }
+        r => Ok(r?),
     }
 }
 
@@ -351,7 +370,7 @@ async fn client(name: &str, addr: std::net::SocketAddr) -> Result<(), Error> {
 }
 
 /// A real TCP server and its clients in one program: `serve_tcp` runs one task per connection,
-/// `start` returns once it listens (with the port it got), and cancelling the nursery's scope
+/// `start` returns once it listens (with the address it got), and cancelling the nursery's scope
 /// shuts everything down: the accept loop, every connection task, every socket.
 fn networking() -> Result<(), Error> {
     let served = Cell::new(0); // borrowed by every connection's task: no Arc needed

@@ -36,7 +36,7 @@ pub const HTTP_BODY: &str = "Hello, alice!";
 /// A runtime under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {
-    /// hatchery, `SchedulePolicy::Fifo`.
+    /// hatchery, default `Builder`.
     Hatchery,
     /// tokio current_thread runtime, `tokio::spawn`.
     Tokio,
@@ -316,4 +316,27 @@ pub fn proc_status_kib(field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// What hatchery's accepted streams get besides `TCP_NODELAY` (which the peers set through
+/// their own API): `TCP_NOTSENT_LOWAT` of 16 KiB on Linux, so that every runtime's server
+/// sockets are configured alike. Best effort, as in hatchery.
+pub fn like_hatchery_stream(s: &impl std::os::fd::AsRawFd) {
+    #[cfg(target_os = "linux")]
+    {
+        let lowat: libc::c_int = 16 * 1024;
+        // SAFETY: a valid descriptor (borrowed from a live socket) and a correctly sized int
+        // option value; setsockopt reads `size_of::<c_int>()` bytes from it.
+        let _ = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&raw const lowat).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = s;
 }

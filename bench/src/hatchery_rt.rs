@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hatchery::net::{TcpListener, TcpStream};
-use hatchery::{Builder, Cancelled, Error, SchedulePolicy, channel, move_on_after, nursery, sleep};
+use hatchery::{Builder, Cancelled, Error, channel, move_on_after, nursery, sleep};
 
 use crate::common::{
     ECHO_BUF, FANIN_CAPACITY, LONG_SLEEP, SETTLE, SHORT_TIMEOUT, check, localhost, sum_below,
@@ -20,9 +20,9 @@ use crate::common::{
 use crate::echo::EchoRun;
 use crate::http::HttpConn;
 
-/// Runs `future` on a fresh hatchery run with FIFO scheduling (the benchmark policy).
+/// Runs `future` on a fresh hatchery run with the default options (what a user gets).
 fn run<F: Future>(future: F) -> F::Output {
-    Builder::new().schedule(SchedulePolicy::Fifo).run(future)
+    Builder::new().run(future)
 }
 
 /// Counts its own drops: proves that every child was dropped.

@@ -4,8 +4,9 @@
 //! hatchery only), alternating runtimes within each repetition (the order rotates from one
 //! repetition to the next):
 //!
-//! - **hatchery**: `Builder::new().schedule(SchedulePolicy::Fifo).run(..)`; children are spawned
-//!   into a nursery, whose own cost is included;
+//! - **hatchery**: `Builder::new().run(..)`, the defaults a user gets (Trio's coin-flip batch
+//!   order, a yield budget of 64); children are spawned into a nursery, whose own cost is
+//!   included;
 //! - **tokio**: a `current_thread` runtime with the time driver, `tokio::spawn`;
 //! - **tokio LocalSet**: the same runtime inside a `LocalSet`, `spawn_local`;
 //! - **smol**: an `async_executor::LocalExecutor` driven by `async_io::block_on`.
@@ -286,7 +287,8 @@ fn measure(w: Workload, rt: Runtime, n: u64, opts: &Options, hello_http: Option<
                 Smol => smol_rt::timers(n, TIMER_SLEEP),
             };
             let hwm = proc_status_kib("VmHWM");
-            let overhead_ms = d.saturating_sub(TIMER_SLEEP).as_secs_f64() * 1e3;
+            assert!(d >= TIMER_SLEEP, "{rt:?} woke its sleepers early: after {d:?}");
+            let overhead_ms = (d - TIMER_SLEEP).as_secs_f64() * 1e3;
             vec![overhead_ms, hwm.saturating_sub(rss_before) as f64 * 1024.0 / n as f64]
         }
         Workload::TimeoutCancel => vec![ns_per(
@@ -760,6 +762,7 @@ fn main() -> ExitCode {
     println!("# hatchery-bench\n");
     println!("- command: `hatchery-bench {}`", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
     println!("- machine: {} x {cpus}", cpu_model());
+    println!("- hatchery: default `Builder` (random-reverse batches, yield budget 64)");
     println!(
         "- {} reps{}; runtimes alternate within each rep, the order rotating between reps",
         opts.reps,

@@ -247,7 +247,7 @@ async fn echo(mut stream: Async<TcpStream>) -> io::Result<u64> {
 }
 
 /// `tcp_echo` and `idle_conns`: an echo server on `Async<TcpListener>` with one task per
-/// connection (`TCP_NODELAY` on, as hatchery's accepted streams have it); the accepting
+/// connection (`TCP_NODELAY` on and `TCP_NOTSENT_LOWAT` of 16 KiB, as hatchery's accepted streams have them); the accepting
 /// future keeps the tasks, lets the handlers park, lets the client go, then awaits them.
 /// Returns the bytes echoed in all.
 pub fn echo_server(probe: &EchoRun) -> u64 {
@@ -258,6 +258,7 @@ pub fn echo_server(probe: &EchoRun) -> u64 {
         for _ in 0..probe.conns() {
             let (stream, _) = listener.accept().await?;
             stream.get_ref().set_nodelay(true)?;
+            crate::common::like_hatchery_stream(stream.get_ref());
             tasks.push(ex.spawn(echo(stream)));
         }
         Timer::after(SETTLE).await;
@@ -300,6 +301,7 @@ pub fn http_server(addr: SocketAddr, listening: impl FnOnce(SocketAddr)) -> io::
         loop {
             let (stream, _) = listener.accept().await?;
             stream.get_ref().set_nodelay(true)?;
+            crate::common::like_hatchery_stream(stream.get_ref());
             ex.spawn(http_conn(stream)).detach();
         }
     })

@@ -56,19 +56,14 @@ impl TracerKind {
         if want_strace {
             return if strace() { Ok(TracerKind::Strace) } else { Err("strace is not installed".into()) };
         }
-        if works(Command::new("perf").args([
-            "stat",
-            "-e",
-            "raw_syscalls:sys_enter",
-            "-o",
-            "/dev/null",
-            "true",
-        ])) {
+        // The very events the count uses (`syscalls:sys_enter_*`), not a neighbour of them.
+        if works(Command::new("perf").args(["stat", "-e", "syscalls:sys_enter_*", "-o", "/dev/null", "true"]))
+        {
             Ok(TracerKind::Perf)
         } else if strace() {
             Ok(TracerKind::Strace)
         } else {
-            Err("neither `perf stat -e raw_syscalls:sys_enter` nor strace works here \
+            Err("neither `perf stat -e syscalls:sys_enter_*` nor strace works here \
                  (apt-get install -y strace)"
                 .into())
         }

@@ -252,7 +252,8 @@ async fn echo(mut stream: TcpStream) -> io::Result<u64> {
 }
 
 /// `tcp_echo` and `idle_conns`: an echo server with one task per connection (`TCP_NODELAY`
-/// on, as hatchery's accepted streams have it); the accepting future keeps the handles, lets
+/// on and `TCP_NOTSENT_LOWAT` of 16 KiB, as hatchery's accepted streams have them); the
+/// accepting future keeps the handles, lets
 /// the handlers park, lets the client go, then awaits them. Returns the bytes echoed in all.
 pub fn echo_server(local: bool, probe: &EchoRun) -> u64 {
     block_on_io(local, async {
@@ -262,6 +263,7 @@ pub fn echo_server(local: bool, probe: &EchoRun) -> u64 {
         for _ in 0..probe.conns() {
             let (stream, _) = listener.accept().await?;
             stream.set_nodelay(true)?;
+            crate::common::like_hatchery_stream(&stream);
             handles.push(spawn(local, echo(stream)));
         }
         sleep(SETTLE).await;
@@ -304,6 +306,7 @@ pub fn http_server(local: bool, addr: SocketAddr, listening: impl FnOnce(SocketA
         loop {
             let (stream, _) = listener.accept().await?;
             stream.set_nodelay(true)?;
+            crate::common::like_hatchery_stream(&stream);
             spawn(local, http_conn(stream));
         }
     })

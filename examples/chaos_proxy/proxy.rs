@@ -156,7 +156,8 @@ pub(crate) struct Plan {
 impl Config {
     /// Checks the percentages.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        let total = self.reset_percent + self.hang_percent + self.close_percent;
+        let total =
+            u64::from(self.reset_percent) + u64::from(self.hang_percent) + u64::from(self.close_percent);
         if total > 100 {
             return Err(format!("the fault percentages add up to {total}, more than 100"));
         }
@@ -176,7 +177,7 @@ impl Config {
         } else {
             None
         };
-        let after = rng.below(self.fault_bytes + 1);
+        let after = rng.below(self.fault_bytes.saturating_add(1));
         Plan {
             index,
             fault: kind.map(|kind| Fault { kind, after }),
@@ -309,7 +310,16 @@ impl Proxy {
     ) -> io::Result<Infallible> {
         let handler = async |client: TcpStream| match self.handle(client).await {
             Err(e) if e.cancelled().is_some() => Err(e),
-            _ => Ok(()),
+            Ok(()) => Ok(()),
+            // A failure `handle` did not count itself (the peer's address, a fault's own
+            // shutdown): counted and logged here, and only this connection ends.
+            Err(e) => {
+                add(&self.stats.errors, 1);
+                if self.config.verbose {
+                    println!("connection error: {e}");
+                }
+                Ok(())
+            }
         };
         serve_tcp(listen, handler, status).await
     }
@@ -510,7 +520,7 @@ impl Shaper {
                 max => 1 + self.rng.below(max.min(data.len()) as u64) as usize,
             };
             if self.delay_ns > 0 {
-                let wait = self.rng.below(self.delay_ns + 1);
+                let wait = self.rng.below(self.delay_ns.saturating_add(1));
                 if wait > 0 {
                     sleep(Duration::from_nanos(wait)).await?;
                 }
