@@ -182,35 +182,47 @@ fn a_condition_wait_cancelled_then_relocking_through_a_clone_that_unlocks_takes_
     });
 }
 
+/// Polls `fut` once through a hooked waker, so that it parks keeping clones of it.
+async fn park_through_hooked<F: Future + Unpin>(fut: &mut F) {
+    poll_fn(|cx| {
+        let waker = hooked(cx.waker());
+        assert!(Pin::new(&mut *fut).poll(&mut Context::from_waker(&waker)).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Polls the parked `fut` once more through a hooked waker whose next drop panics (the poll
+/// lets go of the registration's clone): whether that poll panicked, the panic message unprinted.
+async fn repoll_with_panicking_drop<F: Future + Unpin>(fut: &mut F) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let panicked = poll_fn(|cx| {
+        let waker = hooked(cx.waker());
+        PANIC_ON_DROP.with(|p| p.set(true));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Pin::new(&mut *fut).poll(&mut Context::from_waker(&waker)).is_ready()
+        }));
+        PANIC_ON_DROP.with(|p| p.set(false));
+        Poll::Ready(r.is_err())
+    })
+    .await;
+    std::panic::set_hook(hook);
+    panicked
+}
+
 #[test]
 fn a_waker_destructor_that_panics_as_the_lock_is_handed_over_does_not_strand_the_mutex() {
     hatchery::testing::run(async {
         let mutex = Mutex::new(1);
         let guard = mutex.lock().await.unwrap();
         let mut lock = Box::pin(mutex.lock());
-        poll_fn(|cx| {
-            let waker = hooked(cx.waker());
-            // Parks through the foreign waker: the lot and the cancel registration keep clones.
-            assert!(lock.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
-            Poll::Ready(())
-        })
-        .await;
+        // Parks through the foreign waker: the lot and the cancel registration keep clones.
+        park_through_hooked(&mut lock).await;
         drop(guard); // handed to the parked lock
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let polled = poll_fn(|cx| {
-            let waker = hooked(cx.waker());
-            // The poll that takes the grant lets go of the registration's clone, which panics.
-            PANIC_ON_DROP.with(|p| p.set(true));
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                lock.as_mut().poll(&mut Context::from_waker(&waker)).is_ready()
-            }));
-            PANIC_ON_DROP.with(|p| p.set(false));
-            Poll::Ready(r)
-        })
-        .await;
-        std::panic::set_hook(hook);
-        assert!(polled.is_err(), "the destructor did not panic where this test expects");
+        // The poll that takes the grant lets go of the registration's clone, which panics.
+        let panicked = repoll_with_panicking_drop(&mut lock).await;
+        assert!(panicked, "the destructor did not panic where this test expects");
         drop(lock); // the future that panicked goes, as its task would
         assert!(!mutex.is_locked(), "the granted lock went with the panic");
         assert_eq!(*mutex.try_lock().unwrap(), 1);
@@ -224,12 +236,7 @@ async fn park_foreign_then_repoll<F: Future + Unpin>(
     mut fut: F,
     on_drop: impl FnOnce() + 'static,
 ) -> Poll<F::Output> {
-    poll_fn(|cx| {
-        let waker = hooked(cx.waker());
-        assert!(Pin::new(&mut fut).poll(&mut Context::from_waker(&waker)).is_pending());
-        Poll::Ready(())
-    })
-    .await;
+    park_through_hooked(&mut fut).await;
     ON_DROP.with(|h| *h.borrow_mut() = Some(Box::new(on_drop)));
     let r = poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
     assert!(ON_DROP.with(|h| h.borrow_mut().take().is_none()), "the hook never ran");
@@ -296,29 +303,12 @@ fn a_waker_destructor_that_panics_as_a_received_value_is_handed_out_does_not_los
     hatchery::testing::run(async {
         let (tx, rx) = channel::<u32>(1);
         let mut recv = Box::pin(rx.recv());
-        poll_fn(|cx| {
-            let waker = hooked(cx.waker());
-            // Parks through the foreign waker: the cancel registration keeps a clone.
-            assert!(recv.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
-            Poll::Ready(())
-        })
-        .await;
+        // Parks through the foreign waker: the cancel registration keeps a clone.
+        park_through_hooked(&mut recv).await;
         tx.try_send(9).unwrap(); // handed to the parked receive
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let polled = poll_fn(|cx| {
-            let waker = hooked(cx.waker());
-            // The poll that takes the value lets go of the registration's clone, which panics.
-            PANIC_ON_DROP.with(|p| p.set(true));
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                recv.as_mut().poll(&mut Context::from_waker(&waker)).is_ready()
-            }));
-            PANIC_ON_DROP.with(|p| p.set(false));
-            Poll::Ready(r)
-        })
-        .await;
-        std::panic::set_hook(hook);
-        assert!(polled.is_err(), "the destructor did not panic where this test expects");
+        // The poll that takes the value lets go of the registration's clone, which panics.
+        let panicked = repoll_with_panicking_drop(&mut recv).await;
+        assert!(panicked, "the destructor did not panic where this test expects");
         drop(recv); // the future that panicked goes, as its task would
         assert_eq!(rx.try_recv(), Ok(9), "the value went down with the panic");
         assert!(rx.try_recv().is_err());
