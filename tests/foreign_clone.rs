@@ -26,6 +26,8 @@ thread_local! {
     static ON_DROP: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
     /// Whether the next drop of a hooked waker (a clone) panics.
     static PANIC_ON_DROP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether the next wake of a hooked waker panics (after passing the wake on).
+    static PANIC_ON_WAKE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A waker that forwards its wakes to the `Waker` it boxes, and runs `ON_CLONE` when cloned.
@@ -54,6 +56,9 @@ unsafe fn wake_hooked(data: *const ()) {
     // SAFETY: `data` is this waker's own box; `wake` consumes the waker, so the box goes too.
     let inner = unsafe { Box::from_raw(data.cast_mut().cast::<Waker>()) };
     inner.wake();
+    if PANIC_ON_WAKE.with(|p| p.replace(false)) {
+        panic!("a foreign waker's wake panics (expected by this test)");
+    }
 }
 
 unsafe fn wake_by_ref_hooked(data: *const ()) {
@@ -312,5 +317,38 @@ fn a_waker_destructor_that_panics_as_a_received_value_is_handed_out_does_not_los
         drop(recv); // the future that panicked goes, as its task would
         assert_eq!(rx.try_recv(), Ok(9), "the value went down with the panic");
         assert!(rx.try_recv().is_err());
+    });
+}
+
+#[test]
+fn a_sender_waker_that_panics_when_a_fast_receive_wakes_it_does_not_lose_the_value() {
+    use hatchery::channel;
+    hatchery::testing::run(async {
+        let (tx, rx) = channel::<u32>(0);
+        let mut send = Box::pin(tx.send(7));
+        // The send parks through the foreign waker: the channel keeps a clone to wake.
+        park_through_hooked(&mut send).await;
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        PANIC_ON_WAKE.with(|p| p.set(true));
+        // The receive takes 7 at once and wakes the sender, whose waker panics.
+        let mut recv = Box::pin(rx.recv());
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let waker = Waker::noop();
+            recv.as_mut().poll(&mut Context::from_waker(waker)).is_ready()
+        }));
+        PANIC_ON_WAKE.with(|p| p.set(false));
+        std::panic::set_hook(hook);
+        let payload = polled.expect_err("the wake did not panic where this test expects");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"a foreign waker's wake panics (expected by this test)")
+        );
+        drop(recv);
+        assert_eq!(rx.try_recv(), Ok(7), "the value went down with the panic");
+        // Its count is right too: with every sender gone, the channel ends.
+        drop(send);
+        drop(tx);
+        assert_eq!(rx.try_recv(), Err(hatchery::TryRecvError::EndOfChannel));
     });
 }

@@ -492,7 +492,8 @@ impl<T> Future for RecvFuture<'_, T> {
                             if let Err(p) =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| here.wake(w)))
                             {
-                                this.receiver.restore(v);
+                                // Not lent yet: it does not count in transit.
+                                restore_after_panic(&this.receiver.shared, v);
                                 std::panic::resume_unwind(p);
                             }
                         }
