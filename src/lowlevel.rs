@@ -414,24 +414,24 @@ impl<T: AsFd> IoSource<T> {
     /// from the OS, and about its end from you). [`read_with`](IoSource::read_with) does this
     /// for you.
     pub fn clear_readable(&self) {
-        self.reg.reactor().clear_ready(self.reg.key, Dir::Read);
+        self.reg.reactor().clear_ready(self.reg.key, Dir::Read, true);
     }
 
     /// Like [`clear_readable`](IoSource::clear_readable), for writing.
     pub fn clear_writable(&self) {
-        self.reg.reactor().clear_ready(self.reg.key, Dir::Write);
+        self.reg.reactor().clear_ready(self.reg.key, Dir::Write, true);
     }
 
     /// A read returned less than asked: the descriptor was drained, unless its end was reported
     /// or the reactor cannot tell (see `reactor::DirState`). Weaker than
     /// [`clear_readable`](IoSource::clear_readable), which a `WouldBlock` proves.
     pub(crate) fn drained_readable(&self) {
-        self.reg.reactor().drained(self.reg.key, Dir::Read);
+        self.reg.reactor().clear_ready(self.reg.key, Dir::Read, false);
     }
 
     /// A write took less than offered: the buffer is full (as `drained_readable`).
     pub(crate) fn filled_writable(&self) {
-        self.reg.reactor().drained(self.reg.key, Dir::Write);
+        self.reg.reactor().clear_ready(self.reg.key, Dir::Write, false);
     }
 
     /// Waits until the OS reports the descriptor readable (or it already had reported so and no
@@ -536,7 +536,9 @@ impl<T: AsFd> IoSource<T> {
         loop {
             if reactor.should_try(self.reg.key, dir) {
                 match op(self.get_ref()) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => reactor.clear_ready(self.reg.key, dir),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        reactor.clear_ready(self.reg.key, dir, true)
+                    }
                     res => {
                         park.unpark();
                         return Poll::Ready(res);
@@ -635,7 +637,7 @@ impl<T: AsFd> IoSource<T> {
                 }
                 match op(self.get_ref()) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.reg.reactor().clear_ready(self.reg.key, dir);
+                        self.reg.reactor().clear_ready(self.reg.key, dir, true);
                     }
                     res => return res,
                 }

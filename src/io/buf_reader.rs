@@ -212,7 +212,8 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
         // Buffered bytes after `pos` known not to hold `byte`; positions are relative to `pos`,
         // which moves when the buffer is compacted.
         let mut searched = 0;
-        let mut filled = false;
+        // A read happened since the last search: the next one is another step of the call.
+        let mut read_before = false;
         let end = loop {
             let avail = &self.buf[self.pos..self.filled];
             if let Some(i) = avail[searched..].iter().position(|&b| b == byte) {
@@ -225,8 +226,8 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
                 // last line within the limit, so read on.)
                 break usize::MAX;
             }
-            if std::mem::replace(&mut filled, true) {
-                op.between_fills().await?;
+            if std::mem::replace(&mut read_before, true) {
+                op.next_step().await?;
             }
             self.reserve_for(searched + 1);
             if self.fill_more(&mut op).await? == 0 {
@@ -246,11 +247,7 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
     /// Buffers at least `n` bytes, then passes the schedule point.
     async fn fill_exact(&mut self, n: usize) -> io::Result<()> {
         let mut op = Op::start()?;
-        let mut filled = false;
         while self.filled - self.pos < n {
-            if std::mem::replace(&mut filled, true) {
-                op.between_fills().await?;
-            }
             self.reserve_for(n);
             if self.fill_more(&mut op).await? == 0 {
                 return Err(io::Error::new(
@@ -261,6 +258,9 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
                     ),
                 ));
             }
+            if self.filled - self.pos < n {
+                op.next_step().await?;
+            }
         }
         op.schedule_point().await;
         Ok(())
@@ -269,15 +269,12 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
     /// Buffers everything up to end of stream, then passes the schedule point.
     async fn fill_to_end(&mut self) -> io::Result<()> {
         let mut op = Op::start()?;
-        let mut filled = false;
         loop {
-            if std::mem::replace(&mut filled, true) {
-                op.between_fills().await?;
-            }
             self.reserve_for(self.filled - self.pos + self.capacity.min(DEFAULT_BUF_SIZE));
             if self.fill_more(&mut op).await? == 0 {
                 break;
             }
+            op.next_step().await?;
         }
         op.schedule_point().await;
         Ok(())

@@ -58,20 +58,19 @@ const DEFAULT_BUF_SIZE: usize = 8 * 1024;
 ///
 /// A call passes its cancel point on entry ([`Op::start`]), waits only through [`Op::wait`],
 /// and, if it never waited, passes [`Op::schedule_point`] before it hands anything out. A call
-/// made of many steps (`copy`) passes [`Op::next_step`] between them.
+/// made of many steps (`copy`, a `BufReader` call that reads until a line or a count is
+/// complete) passes [`Op::next_step`] between them.
 struct Op {
     park: Park,
     /// The call waited since it started (or since its last step): that wait was its schedule
     /// point.
     waited: bool,
-    /// The call waited since its last [`Op::between_fills`].
-    fill_waited: bool,
 }
 
 impl Op {
     /// The bookkeeping alone, for a call that passes a cancel point of its own before each step.
     fn new() -> Op {
-        Op { park: Park::new(), waited: false, fill_waited: false }
+        Op { park: Park::new(), waited: false }
     }
 
     /// The cancel point on entry, then the bookkeeping.
@@ -87,7 +86,7 @@ impl Op {
         &mut self,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> io::Result<T> {
-        let Op { park, waited, fill_waited } = self;
+        let Op { park, waited } = self;
         std::future::poll_fn(|cx| match poll(cx) {
             Poll::Ready(r) => {
                 park.unpark();
@@ -97,7 +96,6 @@ impl Op {
                 Poll::Ready(c) => Poll::Ready(Err(c.into())),
                 Poll::Pending => {
                     *waited = true;
-                    *fill_waited = true;
                     Poll::Pending
                 }
             },
@@ -114,21 +112,10 @@ impl Op {
         }
     }
 
-    /// Between two reads of one call that gathers a line, a count or the whole stream: a
-    /// cancel point, after a schedule point offered under the turn's yield budget (DESIGN
-    /// §3.4) unless the read before waited. So a reader that is always ready (a decompressor
-    /// over memory, an endless source) neither hogs the thread nor ignores a cancellation,
-    /// while a fast stream is not slowed by a yield per chunk. What was read stays buffered.
-    async fn between_fills(&mut self) -> Result<(), Cancelled> {
-        if !std::mem::replace(&mut self.fill_waited, false) {
-            lowlevel::cancel_shielded_checkpoint().await;
-        }
-        lowlevel::checkpoint_if_cancelled()
-    }
-
     /// Between two steps of a long call: a cancel point if the step waited (the wait was its
-    /// schedule point), otherwise a full checkpoint, so that steps that never wait neither hog
-    /// the thread nor ignore a cancellation. The next step starts afresh.
+    /// schedule point), otherwise a full checkpoint, so that steps that never wait (streams that
+    /// are always ready, a decompressor over memory) neither hog the thread nor ignore a
+    /// cancellation. The next step starts afresh.
     async fn next_step(&mut self) -> Result<(), Cancelled> {
         let point =
             if self.waited { lowlevel::checkpoint_if_cancelled() } else { lowlevel::checkpoint().await };

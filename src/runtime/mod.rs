@@ -202,13 +202,7 @@ impl Drop for RunGuard {
     fn drop(&mut self) {
         // From here `run_sync_soon` says `RunFinished`; what it accepted before still runs, as
         // in Trio, in the run (a callback may read its clock), after its tasks are gone.
-        let leftover = self.core.shared.finish();
-        let mut panic = None;
-        for cb in leftover {
-            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
-                panic.get_or_insert(p);
-            }
-        }
+        let panic = run_callbacks(self.core.shared.finish());
         context::set_current(None);
         // The first panic leaves the run (S1.10), unless the run is already leaving with one.
         if let Some(p) = panic
@@ -217,6 +211,20 @@ impl Drop for RunGuard {
             std::panic::resume_unwind(p);
         }
     }
+}
+
+/// Runs `run_sync_soon` callbacks in order. One that panics does not stop the ones after it
+/// (S1.10): the first panic is returned, for the run to leave with.
+fn run_callbacks(
+    callbacks: impl IntoIterator<Item = sched::Callback>,
+) -> Option<Box<dyn std::any::Any + Send>> {
+    let mut panic = None;
+    for cb in callbacks {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
+            panic.get_or_insert(p);
+        }
+    }
+    panic
 }
 
 /// The event loop. One pass:
@@ -245,15 +253,8 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         if core.shared.has_remote() {
             core.shared.take_remote(&mut remote_wakes, &mut callbacks);
             // The callbacks first: a wake-up can run foreign code (a combinator's waker) that
-            // panics, and a callback whose caller was told `Ok` must not be dropped unrun. A
-            // callback that panics does not stop the ones queued after it (S1.10); the first
-            // panic then leaves the run.
-            let mut panic = None;
-            while let Some(cb) = callbacks.pop_front() {
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
-                    panic.get_or_insert(p);
-                }
-            }
+            // panics, and a callback whose caller was told `Ok` must not be dropped unrun.
+            let panic = run_callbacks(callbacks.drain(..));
             for t in remote_wakes.drain(..) {
                 core.wake(t);
             }
@@ -324,8 +325,10 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
         let mut scheduled = core.sched.borrow().root_scheduled;
         if scheduled || core.shared.has_remote() {
             idle_since = None;
-        } else {
-            let idle_for = idle_since.get_or_insert_with(clock::real_now).elapsed();
+        } else if let Some(since) = idle_since {
+            // Set by step 2 when a quiescence waiter or an autojump counts idle time; with
+            // neither, there is nothing to do here and no clock to read.
+            let idle_for = since.elapsed();
             if !wake_blocked_waiters(core, idle_for)
                 && core.external_work.get() == 0
                 && let Clock::Mock(m) = &core.clock

@@ -346,28 +346,19 @@ impl Reactor {
         };
     }
 
-    /// The task's syscall said `WouldBlock`: the direction is not ready any more, and not at its
-    /// end either (an end would have been reported instead).
-    pub(crate) fn clear_ready(&self, key: usize, dir: Dir) {
+    /// The task's syscall says the direction is not ready any more. `would_block`: it failed
+    /// with `WouldBlock`, which also proves the direction is not at its end (an end would have
+    /// been reported instead). Otherwise it moved less than asked (a short read or write): the
+    /// direction is drained, unless its end was reported (the next syscall reports it) or the
+    /// last event could not have said so (`DirState::inexact`).
+    pub(crate) fn clear_ready(&self, key: usize, dir: Dir, would_block: bool) {
         let (index, generation) = unpack(key);
         let mut sources = self.sources.borrow_mut();
         if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
             let d = s.dir(dir);
-            d.ready = false;
-            d.hup = false;
-            d.inexact = false;
-        }
-    }
-
-    /// The task's syscall moved less than asked (a short read or write): the direction is
-    /// drained, unless its end was reported (the next syscall reports the end) or the last
-    /// event could not have said so (`DirState::inexact`).
-    pub(crate) fn drained(&self, key: usize, dir: Dir) {
-        let (index, generation) = unpack(key);
-        let mut sources = self.sources.borrow_mut();
-        if let Some(s) = sources.get_mut(index).filter(|s| same_source(s, generation)) {
-            let d = s.dir(dir);
-            if !d.inexact {
+            if would_block {
+                (d.ready, d.hup, d.inexact) = (false, false, false);
+            } else if !d.inexact {
                 d.ready = d.hup;
             }
         }

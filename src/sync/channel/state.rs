@@ -265,22 +265,11 @@ impl<T> State<T> {
         self.in_transit += 1;
     }
 
-    /// A value in transit reached its caller: whether the channel ended with it (the waiting
-    /// receives then failed with `EndOfChannel`; their wake-ups are in `ended`).
-    #[inline]
-    fn arrived(&mut self) -> bool {
-        self.in_transit -= 1;
-        if !self.ended() {
-            return false;
-        }
-        self.ended = self.end_receivers();
-        true
-    }
-
-    /// A value lent across a yield reached its caller: the wake-ups of the receives the channel
-    /// ended with it, to wake after the borrow.
+    /// A value in transit reached its caller. If the channel has ended with it, the waiting
+    /// receives fail with `EndOfChannel`: their wake-ups, to wake after the borrow.
     pub(super) fn returned(&mut self) -> Vec<Wakeup> {
-        if self.arrived() { self.take_ended() } else { Vec::new() }
+        self.in_transit -= 1;
+        if self.ended() { self.end_receivers() } else { Vec::new() }
     }
 
     /// The wake-ups a [`Polled::DoneEnded`] left to wake.
@@ -355,12 +344,14 @@ impl<T> State<T> {
         match self.receivers.get_mut(key) {
             RecvEntry::Waiting { waker: stored, .. } => Polled::Waiting(refresh(stored)),
             _ => match self.receivers.remove(key) {
-                RecvEntry::Got(v, counted) => {
-                    if counted && self.arrived() {
-                        Polled::DoneEnded(Ok(v))
-                    } else {
-                        Polled::Done(Ok(v))
+                RecvEntry::Got(v, false) => Polled::Done(Ok(v)),
+                RecvEntry::Got(v, true) => {
+                    self.in_transit -= 1;
+                    if self.in_transit == 0 && self.ended() {
+                        self.ended = self.end_receivers();
+                        return Polled::DoneEnded(Ok(v));
                     }
+                    Polled::Done(Ok(v))
                 }
                 RecvEntry::Failed(why) => Polled::Done(Err(why)),
                 RecvEntry::Waiting { .. } => unreachable!(),
