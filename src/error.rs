@@ -226,9 +226,11 @@ impl<E: fmt::Display> fmt::Display for NurseryError<E> {
     }
 }
 
+/// The display already shows the first error, so the chain goes on with that error's source
+/// (a chain printer would otherwise print the first error twice).
 impl<E: StdError + 'static> StdError for NurseryError<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.errors[0])
+        self.errors[0].source()
     }
 }
 
@@ -305,7 +307,12 @@ impl CancelError for io::Error {
         if self.get_ref().is_some_and(|e| e.is::<NurseryError<io::Error>>()) {
             let kind = self.kind();
             let group = self.into_inner().and_then(|b| b.downcast::<NurseryError<io::Error>>().ok())?;
-            return group.strip_cancelled().map(|rest| io::Error::new(kind, rest));
+            // What is left goes back through the group's conversion: one error alone passes
+            // through with its own kind, as it would have had no cancellation joined it.
+            return group.strip_cancelled().map(|rest| match rest.len() {
+                1 => rest.into_first(),
+                _ => io::Error::new(kind, rest),
+            });
         }
         if self.cancelled().is_some() { None } else { Some(self) }
     }
@@ -341,12 +348,13 @@ impl CancelError for TooSlow {
 /// A general error type for programs that do not need their own.
 ///
 /// The errors of waiting operations convert into it (`Cancelled`, `TooSlow`, `JoinError`,
-/// `StartError`, `io::Error`, `NurseryError<Error>`, `WriteAllError`, and the channel, mutex,
-/// condition, copy and thread errors), so `?` works on them, and it implements
-/// [`CancelError`], so it can be used inside cancel scopes and nurseries. The errors of `try_`
-/// operations and of misuse (`TryLockError`, `TryAcquireError`, the semaphore's, `RunError`,
-/// `ReuniteError`, `run_sync_soon`'s) do not: handle them where they happen, or wrap them with
-/// [`Error::other`](Error::other).
+/// `StartError`, `io::Error`, `NurseryError<Error>`, `WriteAllError`, and the channel
+/// (`try_send`'s and `try_recv`'s included), mutex, condition, copy and thread errors), so `?`
+/// works on them, and it implements [`CancelError`], so it can be used inside cancel scopes and
+/// nurseries. The errors of the other `try_` operations and of misuse (`TryLockError`,
+/// `TryAcquireError`, the semaphore's, `RunError`, `ReuniteError`, `run_sync_soon`'s) do not:
+/// handle them where they happen, or wrap them with [`Error::other`](Error::other), which still
+/// finds a `Cancelled` inside what it wraps (a `Cancelled`, an `io::Error` or an `Error`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -381,11 +389,12 @@ impl Error {
 }
 
 impl From<NurseryError<Error>> for Error {
-    /// A group of nothing but cancellations becomes its first (they all come from the same
-    /// scope); anything else is kept whole.
+    /// A group of nothing but cancellations (however each is carried: `Error::Cancelled`, an
+    /// `io::Error` made from one, a `JoinError`) becomes `Error::Cancelled` with the first one
+    /// (they all come from the same scope); anything else is kept whole.
     fn from(e: NurseryError<Error>) -> Error {
-        if e.errors().iter().all(|x| matches!(x, Error::Cancelled(_))) {
-            return e.into_first();
+        if let Some(c) = e.cancelled() {
+            return Error::Cancelled(c.clone());
         }
         Error::Nursery(Box::new(e))
     }
@@ -398,7 +407,8 @@ impl CancelError for Error {
             Error::Io(e) => e.cancelled(),
             Error::Nursery(n) => n.cancelled(),
             Error::Join(j) => j.cancelled(),
-            _ => None,
+            Error::Other(e) => other_cancelled(&**e),
+            Error::TooSlow(_) | Error::Start(_) => None,
         }
     }
 
@@ -423,6 +433,17 @@ impl CancelError for Error {
             }
         }
     }
+}
+
+/// A cancellation wrapped with [`Error::other`]: the wrapped error is, or carries, one.
+fn other_cancelled<'a>(e: &'a (dyn StdError + Send + Sync + 'static)) -> Option<&'a Cancelled> {
+    if let Some(c) = e.downcast_ref::<Cancelled>() {
+        return Some(c);
+    }
+    if let Some(io) = e.downcast_ref::<io::Error>() {
+        return io.cancelled();
+    }
+    e.downcast_ref::<Error>().and_then(Error::cancelled)
 }
 
 /// The result type used with [`Error`].
@@ -505,5 +526,5 @@ pub enum RunError {
     Nested,
     /// The operating system refused to create the event loop.
     #[error("could not create the event loop: {0}")]
-    Poller(#[source] io::Error),
+    Poller(io::Error),
 }

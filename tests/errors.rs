@@ -1,0 +1,136 @@
+//! The error types: what survives a cancel scope's stripping (S4.9), how groups collapse into
+//! `Error`, and how error chains read.
+#![cfg(unix)]
+
+mod support;
+
+use std::error::Error as _;
+use std::io;
+
+use hatchery::{
+    CancelError, CancelScope, Cancelled, Error, NurseryError, move_on_after, nursery, sleep, testing,
+};
+use support::secs;
+
+/// A child's real error and the cancellations of an outer scope travel up as one group; when the
+/// outer scope strips the cancellations, the one error left comes out as it went in: its kind
+/// and its OS error number, not `Other` (as it does when no cancellation joins it).
+#[test]
+fn a_lone_survivor_of_stripping_keeps_its_kind_and_os_error() {
+    testing::run(async {
+        let outer = CancelScope::new();
+        let oh = outer.handle();
+        let r = outer
+            .run(async {
+                nursery(async |n| {
+                    n.start_soon(async { Err::<(), _>(io::Error::from_raw_os_error(libc_econnrefused())) });
+                    oh.cancel();
+                    sleep(secs(1)).await?;
+                    Ok::<_, io::Error>(())
+                })
+                .await?;
+                Ok::<_, io::Error>(())
+            })
+            .await;
+        let e = r.unwrap_err();
+        assert!(oh.cancelled_caught());
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert_eq!(e.raw_os_error(), Some(libc_econnrefused()));
+    });
+}
+
+/// Two real errors left after stripping stay a group, wrapped with the group's kind.
+#[test]
+fn survivors_of_stripping_stay_a_group() {
+    testing::run(async {
+        let outer = CancelScope::new();
+        let oh = outer.handle();
+        let r = outer
+            .run(async {
+                nursery(async |n| {
+                    n.start_soon(async { Err::<(), _>(io::Error::other("a")) });
+                    n.start_soon(async { Err::<(), _>(io::Error::other("b")) });
+                    oh.cancel();
+                    sleep(secs(1)).await?;
+                    Ok::<_, io::Error>(())
+                })
+                .await?;
+                Ok::<_, io::Error>(())
+            })
+            .await;
+        let e = r.unwrap_err();
+        let group = e.get_ref().and_then(|g| g.downcast_ref::<NurseryError<io::Error>>()).expect("a group");
+        let texts: Vec<String> = group.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["a", "b"]);
+    });
+}
+
+fn libc_econnrefused() -> i32 {
+    rustix::io::Errno::CONNREFUSED.raw_os_error()
+}
+
+/// A group of nothing but cancellations becomes `Error::Cancelled`, however each was carried
+/// (`Error::Cancelled`, an `io::Error` made from one).
+#[test]
+fn a_group_of_cancellations_carried_in_different_ways_becomes_error_cancelled() {
+    testing::run(async {
+        let outer = CancelScope::new();
+        let oh = outer.handle();
+        let seen = outer
+            .run(async {
+                let r = nursery(async |n| {
+                    n.start_soon(async {
+                        sleep(secs(5)).await.map_err(io::Error::from)?;
+                        Ok::<_, Error>(())
+                    });
+                    n.start_soon(async {
+                        sleep(secs(5)).await?;
+                        Ok::<_, Error>(())
+                    });
+                    oh.cancel();
+                    Ok::<_, Error>(())
+                })
+                .await;
+                let e = Error::from(r.unwrap_err());
+                Ok::<_, Error>(matches!(e, Error::Cancelled(_)))
+            })
+            .await;
+        assert_eq!(seen.unwrap(), Some(true), "the group collapsed into Error::Cancelled");
+    });
+}
+
+/// A cancellation wrapped with `Error::other` is still one: the scope it belongs to absorbs it.
+#[test]
+fn error_other_wrapping_a_cancellation_is_absorbed() {
+    testing::run(async {
+        let r = move_on_after(secs(1), async {
+            sleep(secs(5)).await.map_err(Error::other)?;
+            Ok::<_, Error>(())
+        })
+        .await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        let s = CancelScope::new();
+        s.handle().cancel();
+        let c = s.run(async { Ok::<_, Cancelled>(sleep(secs(1)).await.unwrap_err()) }).await;
+        let c = c.unwrap().expect("the body returned the cancellation");
+        assert!(Error::other(io::Error::from(c.clone())).cancelled().is_some());
+        assert!(Error::other(Error::from(c)).cancelled().is_some());
+    });
+}
+
+/// The group's display shows its first error, so the chain goes on with that error's source
+/// rather than with the first error again.
+#[test]
+fn a_group_does_not_repeat_its_first_error_in_the_chain() {
+    let r = testing::run(async {
+        nursery(async |n| {
+            n.start_soon(async { Err::<(), _>(Error::from(io::Error::other("a"))) });
+            n.start_soon(async { Err::<(), _>(Error::from(io::Error::other("b"))) });
+            Ok::<_, Error>(())
+        })
+        .await
+    });
+    let e = r.unwrap_err();
+    assert_eq!(e.to_string(), "a (and 1 more error(s) from the same nursery)");
+    assert!(e.source().is_none(), "{:?}", e.source());
+}
