@@ -137,8 +137,6 @@ pub struct Signals {
     signals: Vec<i32>,
     /// The cancellation registration of a [`Stream`](futures_core::Stream) wait.
     park: Park,
-    /// A `Stream` wait is in progress (its cancel point has been passed).
-    waiting: bool,
 }
 
 impl fmt::Debug for Signals {
@@ -198,7 +196,6 @@ impl Signals {
             buffer: VecDeque::new(),
             signals: set,
             park: Park::new(),
-            waiting: false,
         })
     }
 
@@ -253,6 +250,7 @@ impl Signals {
     /// .unwrap();
     /// ```
     pub fn try_recv(&mut self) -> Option<i32> {
+        self.stop_stream_wait();
         if self.buffer.is_empty() {
             let delivery = self.delivery.as_mut().expect("a Signals has its delivery until dropped");
             let _ = fill(delivery, &mut self.buffer);
@@ -269,7 +267,6 @@ impl Signals {
 
     fn stop_stream_wait(&mut self) {
         self.park.unpark();
-        self.waiting = false;
     }
 }
 
@@ -323,9 +320,11 @@ impl Drop for Signals {
 ///
 /// # Cancellation
 ///
-/// Each new item starts with a cancel point: in a cancelled scope the stream yields
-/// `Some(Err(Cancelled))` and consumes nothing. A wait is cancellable and loses nothing, as for
-/// `recv`. Unlike `recv`, `poll_next` is not a schedule point when a signal is ready.
+/// Every poll starts with a cancel point: in a cancelled scope the stream yields
+/// `Some(Err(Cancelled))` and consumes nothing, even when a signal is ready (also after a wait
+/// whose future was dropped, or a [`try_recv`](Signals::try_recv) in between). A wait is
+/// cancellable and loses nothing, as for `recv`. Unlike `recv`, `poll_next` is not a schedule
+/// point when a signal is ready.
 ///
 /// ```
 /// use std::pin::Pin;
@@ -350,27 +349,25 @@ impl futures_core::Stream for Signals {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         this.check_run();
-        if !this.waiting
-            && let Err(c) = checkpoint_if_cancelled()
-        {
+        // Every poll, not only an item's first: the stream cannot tell a wait polled again from
+        // a new item after a dropped wait, and neither may consume a signal once cancelled.
+        if let Err(c) = checkpoint_if_cancelled() {
+            this.park.unpark();
             return Poll::Ready(Some(Err(c)));
         }
         if this.buffer.is_empty() {
             let Signals { source, delivery, buffer, park, .. } = this;
             let delivery = delivery.as_mut().expect("a Signals has its delivery until dropped");
             match source.poll_read_with(cx, park, |_| fill(delivery, buffer)) {
-                Poll::Pending => {
-                    this.waiting = true;
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
-                    this.waiting = false;
+                    this.park.unpark();
                     return Poll::Ready(Some(Err(expect_cancelled(e))));
                 }
                 Poll::Ready(Ok(())) => {}
             }
         }
-        this.waiting = false;
+        this.park.unpark();
         Poll::Ready(this.buffer.pop_front().map(Ok))
     }
 }

@@ -194,6 +194,31 @@ fn the_stream_yields_signals_and_reports_cancellation() {
     });
 }
 
+/// A wait whose future is dropped leaves no wait behind: the next item, in a cancelled scope,
+/// is a cancellation even though a signal is ready, and the signal stays for later.
+#[test]
+fn the_stream_checks_cancellation_after_a_dropped_wait() {
+    let _serial = serial();
+    testing::run(async {
+        let mut signals = Signals::new(&[SIGUSR1]).unwrap();
+        assert!(poll_once(pin!(next(&mut signals))).await.is_pending());
+        raise(SIGUSR1).unwrap();
+        wait_all_tasks_blocked().await.unwrap(); // the loop sees the pipe readable
+        let r = in_cancelled_scope(next(&mut signals)).await;
+        assert!(matches!(r, Some(Err(_))), "{r:?}");
+        assert_eq!(signals.try_recv(), Some(SIGUSR1), "the cancelled item consumed nothing");
+        // With a `try_recv` after the dropped wait, too.
+        assert!(poll_once(pin!(next(&mut signals))).await.is_pending());
+        raise(SIGUSR1).unwrap();
+        assert_eq!(signals.try_recv(), Some(SIGUSR1));
+        raise(SIGUSR1).unwrap();
+        wait_all_tasks_blocked().await.unwrap(); // the loop sees the pipe readable
+        let r = in_cancelled_scope(next(&mut signals)).await;
+        assert!(matches!(r, Some(Err(_))), "{r:?}");
+        assert_eq!(next(&mut signals).await, Some(Ok(SIGUSR1)));
+    });
+}
+
 #[test]
 fn invalid_signal_sets_are_rejected() {
     let _serial = serial();
