@@ -482,10 +482,11 @@ fn exit_status_for(signal: i32) -> u8 {
 ///   once with status 128 + that signal (130 for SIGINT) from the signal handler, which works
 ///   even if the run is stuck.
 ///
-/// Outside the call, the signals have their usual effect again. A signal the process started
-/// with ignored is left alone (as Trio leaves an ignored SIGINT): a server started as a
-/// background job of a shell script (`server &`, which starts with SIGINT ignored) does not
-/// stop at the script's Ctrl-C, and still stops at a SIGTERM. That is read from
+/// Outside the call, the signals have their usual effect again. A signal that was ignored when
+/// hatchery first looked at it is left alone (as Trio leaves an ignored SIGINT), whether the
+/// process started with it ignored or the program ignored it itself before: a server started
+/// as a background job of a shell script (`server &`, which starts with SIGINT ignored) does
+/// not stop at the script's Ctrl-C, and still stops at a SIGTERM. That is read from
 /// `/proc/self/status`, so on Linux only; elsewhere both signals are taken.
 ///
 /// ```
@@ -522,14 +523,14 @@ where
     F: Future<Output = Result<T, E>>,
     E: CancelError + From<io::Error>,
 {
-    // A signal the process started with ignored stays ignored (as Trio leaves an ignored
+    // A signal ignored when hatchery first looked stays ignored (as Trio leaves an ignored
     // SIGINT alone): a shell script's background job must not stop at the script's Ctrl-C.
     let taken: Vec<i32> =
         [SIGINT, SIGTERM].into_iter().filter(|&s| !disposition::ignored_at_start(s)).collect();
     // The receiver first: its bookkeeping records the signals' earlier disposition before the
     // exit actions below install `signal-hook`'s handler.
     let mut signals = if taken.is_empty() { None } else { Some(Signals::new(&taken)?) };
-    let _exit = ExitOnSecondSignal::register(&taken)?;
+    let exit = ExitOnSecondSignal::register(&taken)?;
     let scope = CancelScope::new();
     let handle = scope.handle();
     let mut body = pin!(scope.run(body));
@@ -544,6 +545,8 @@ where
                 Poll::Ready(Some(Ok(sig))) => {
                     watcher = None;
                     first = Some(sig);
+                    // Came before the exit actions were in, it did not arm them.
+                    exit.arm();
                     handle.cancel_from(CancelSource::Shutdown, format!("{} received", signal_name(sig)));
                 }
                 // The code around is cancelled: the body sees that too and ends; nothing
@@ -561,6 +564,13 @@ where
         // finished).
         first = signals.as_mut().and_then(Signals::try_recv);
     }
+    // From here on the signals have their usual effect. One that came after the receiver was
+    // last read went to it and not to that effect: the exit actions, still in, saw it.
+    drop(signals);
+    if first.is_none() {
+        first = exit.seen();
+    }
+    drop(exit);
     match (out, first) {
         (Ok(Some(v)), None) => Ok(Outcome::Completed(v)),
         (Ok(value), Some(signal)) => Ok(Outcome::Interrupted { signal, value }),
@@ -630,20 +640,35 @@ impl Watcher {
 /// signal handler, without a pass of the event loop.
 struct ExitOnSecondSignal {
     ids: Vec<SigId>,
+    armed: Arc<AtomicBool>,
+    /// Per signal, set by its handler: which signals arrived while these actions were in.
+    seen: Vec<(i32, Arc<AtomicBool>)>,
 }
 
 impl ExitOnSecondSignal {
     fn register(signals: &[i32]) -> io::Result<ExitOnSecondSignal> {
         let armed = Arc::new(AtomicBool::new(false));
-        let mut me = ExitOnSecondSignal { ids: Vec::with_capacity(4) };
+        let seen: Vec<_> = signals.iter().map(|&s| (s, Arc::new(AtomicBool::new(false)))).collect();
+        let mut me = ExitOnSecondSignal { ids: Vec::with_capacity(3 * signals.len()), armed, seen };
         for &sig in signals {
             let status = i32::from(exit_status_for(sig));
-            me.ids.push(signal_hook::flag::register_conditional_shutdown(sig, status, armed.clone())?);
+            me.ids.push(signal_hook::flag::register_conditional_shutdown(sig, status, me.armed.clone())?);
         }
-        for &sig in signals {
-            me.ids.push(signal_hook::flag::register(sig, armed.clone())?);
+        for (sig, flag) in &me.seen {
+            me.ids.push(signal_hook::flag::register(*sig, me.armed.clone())?);
+            me.ids.push(signal_hook::flag::register(*sig, flag.clone())?);
         }
         Ok(me)
+    }
+
+    /// The next signal exits: for a first signal that came before these actions were in.
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// A signal that arrived while these actions were in (the first in the order given).
+    fn seen(&self) -> Option<i32> {
+        self.seen.iter().find(|(_, f)| f.load(Ordering::SeqCst)).map(|&(s, _)| s)
     }
 }
 
@@ -814,5 +839,23 @@ mod tests {
             idle,
             "a thousand polls of the body cost the receiver nothing"
         );
+    }
+
+    /// The exit actions tell which signal came while they were in (a signal that came after
+    /// the receiver was last read), and `arm` makes the next one exit. SIGUSR2, which nothing
+    /// else in this binary uses, stands in for SIGINT: raised once, it only sets flags.
+    #[test]
+    fn the_exit_actions_record_which_signal_came() {
+        use super::{ExitOnSecondSignal, SIGUSR2};
+        use std::sync::atomic::Ordering;
+        let exit = ExitOnSecondSignal::register(&[SIGUSR2]).unwrap();
+        assert_eq!(exit.seen(), None);
+        assert!(!exit.armed.load(Ordering::SeqCst));
+        exit.arm();
+        assert!(exit.armed.load(Ordering::SeqCst));
+        exit.armed.store(false, Ordering::SeqCst);
+        signal_hook::low_level::raise(SIGUSR2).unwrap();
+        assert_eq!(exit.seen(), Some(SIGUSR2));
+        assert!(exit.armed.load(Ordering::SeqCst), "a second one would now exit");
     }
 }
