@@ -36,6 +36,49 @@ fn tcp_round_trip_and_eof() {
     .unwrap();
 }
 
+/// Raw descriptors in and out (socket activation hands a server its listener as a descriptor):
+/// a listener, the stream it accepts and a datagram pair go through `OwnedFd` and keep working.
+#[test]
+fn sockets_convert_from_and_into_owned_fds() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    hatchery::run(async {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = std_listener.local_addr()?;
+        let raw = std_listener.as_raw_fd();
+        let listener = TcpListener::try_from(OwnedFd::from(std_listener))?;
+        assert_eq!((listener.as_raw_fd(), listener.local_addr()?), (raw, addr));
+        let client = TcpStream::connect(addr).await?;
+        let (served, peer) = listener.accept().await?;
+        assert_eq!(peer, client.local_addr()?);
+        // Out, as a descriptor, into `std` (non-blocking), and back in.
+        let fd = OwnedFd::from(served);
+        let std_served = std::net::TcpStream::from(fd);
+        assert_eq!(std_served.peer_addr()?, client.local_addr()?);
+        let served = TcpStream::try_from(OwnedFd::from(std_served))?;
+        client.write_all(b"ping").await?;
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let mut buf = [0; 4];
+            let n = served.read(&mut buf).await?;
+            assert!(n > 0, "early end of stream");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"ping");
+        let listener = std::net::TcpListener::from(OwnedFd::from(listener));
+        assert_eq!(listener.local_addr()?, addr);
+
+        let (a, b) = UnixDatagram::pair()?;
+        let a = UnixDatagram::try_from(OwnedFd::from(a))?;
+        let b = UnixDatagram::try_from(OwnedFd::from(b))?;
+        a.send(b"dgram").await?;
+        let mut buf = [0; 16];
+        let n = b.recv(&mut buf).await?;
+        assert_eq!(&buf[..n], b"dgram");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
 #[test]
 fn udp_and_unix_datagrams() {
     hatchery::run(async {

@@ -4,7 +4,7 @@
 
 /// Gives a datagram socket type (a struct with a `src: IoSource<$std>` field) the methods both
 /// kinds share: `from_std`, `into_std`, `connect`, `local_addr`, `peer_addr`, `send_to`, `send`,
-/// `recv_from` and `recv`, plus `AsFd` and `AsRawFd`.
+/// `recv_from` and `recv`, plus `AsFd`, `AsRawFd` and conversions from and into `OwnedFd`.
 ///
 /// `$Addr` is the address type the socket reports. `connect` and `send_to` take their peer as
 /// a parameter named `$peer` of type `$Peer`, which `$arg` turns into what `std`'s methods
@@ -106,7 +106,7 @@ macro_rules! datagram_socket {
             }
         }
 
-        $crate::net::fd_impls!($Socket; src);
+        $crate::net::fd_impls!($Socket, $std; src);
     };
 }
 pub(crate) use datagram_socket;

@@ -17,6 +17,12 @@
 //! marks the socket drained, so the next read waits for the OS instead of trying a syscall that
 //! would fail (an echo round trip costs one `recv` and one `send`).
 //!
+//! Every socket type converts from and into its `std` type (`from_std`, `into_std`, and
+//! `TryFrom`) and an `OwnedFd` (`TryFrom<OwnedFd>`, `From<_> for OwnedFd`: a descriptor handed
+//! over by socket activation, say), and lends its descriptor (`AsFd`, `AsRawFd`). Coming in,
+//! the socket is switched to non-blocking mode and registered with the current run; going out,
+//! it is deregistered and stays non-blocking.
+//!
 //! Addresses are taken as `impl Into<SocketAddr>` (a `SocketAddr`, or `([127, 0, 0, 1], 80)`):
 //! nothing here resolves host names except [`connect_tcp`], which does so on the blocking pool.
 
@@ -38,9 +44,11 @@ pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};
 
-/// `AsFd` and `AsRawFd` for a socket type whose registered I/O object is at `self.$field`.
+/// `AsFd` and `AsRawFd` for a socket type whose registered I/O object is at `self.$field`, and
+/// conversions from and into an `OwnedFd` through its `std` type `$std` (`from_std`,
+/// `into_std`).
 macro_rules! fd_impls {
-    ($T:ty; $field:ident) => {
+    ($T:ty, $std:ty; $field:ident) => {
         impl std::os::fd::AsFd for $T {
             fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
                 std::os::fd::AsFd::as_fd(self.$field.get_ref())
@@ -50,6 +58,34 @@ macro_rules! fd_impls {
         impl std::os::fd::AsRawFd for $T {
             fn as_raw_fd(&self) -> std::os::fd::RawFd {
                 std::os::fd::AsRawFd::as_raw_fd(self.$field.get_ref())
+            }
+        }
+
+        impl TryFrom<std::os::fd::OwnedFd> for $T {
+            type Error = std::io::Error;
+
+            /// Wraps a socket descriptor (one inherited through socket activation, say), as
+            /// `from_std` does: the descriptor must be a socket of this kind, which is not
+            /// checked; it is switched to non-blocking mode and registered with this run's
+            /// reactor.
+            ///
+            /// # Errors
+            ///
+            /// The OS error, from switching or from registering with the reactor (the
+            /// descriptor is then closed).
+            ///
+            /// # Panics
+            ///
+            /// Outside a run.
+            fn try_from(fd: std::os::fd::OwnedFd) -> std::io::Result<$T> {
+                <$T>::from_std(<$std>::from(fd))
+            }
+        }
+
+        impl From<$T> for std::os::fd::OwnedFd {
+            /// The descriptor, deregistered from the reactor (still non-blocking).
+            fn from(s: $T) -> std::os::fd::OwnedFd {
+                std::os::fd::OwnedFd::from(s.into_std())
             }
         }
     };

@@ -668,7 +668,7 @@ macro_rules! stream_type {
         $crate::net::stream::async_write_impl!($Stream; core);
         $crate::net::stream::async_write_impl!(&$Stream; core);
 
-        $crate::net::fd_impls!($Stream; core);
+        $crate::net::fd_impls!($Stream, $std; core);
 
         impl TryFrom<$std> for $Stream {
             type Error = std::io::Error;

@@ -141,7 +141,7 @@ fn failed_before_accept(e: &io::Error) -> bool {
     e.raw_os_error().is_some_and(|n| list.contains(&n))
 }
 
-super::fd_impls!(TcpListener; src);
+super::fd_impls!(TcpListener, std::net::TcpListener; src);
 
 impl TryFrom<std::net::TcpListener> for TcpListener {
     type Error = io::Error;

@@ -98,7 +98,7 @@ impl UnixListener {
     }
 }
 
-super::fd_impls!(UnixListener; src);
+super::fd_impls!(UnixListener, std::os::unix::net::UnixListener; src);
 
 /// A Unix domain stream socket: the same rules and methods as
 /// [`TcpStream`](super::TcpStream).
