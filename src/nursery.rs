@@ -20,8 +20,9 @@
 //! no drop glue for `'n`, which is what lets the nursery be borrowed for `'n` by the very futures
 //! it stores (drop-check would otherwise reject it). Every child is dropped explicitly, never
 //! twice: when it finishes, or by the guard (user code that runs while a child is out of its
-//! slot is caught; a panic of the nursery's own code there would leak the child, which is
-//! sound). A child is taken out of its slot while
+//! slot is caught, except a foreign waker woken when the nursery cancels itself; a panic there,
+//! or of the nursery's own code, would leak the child, which is sound). A child is taken out of
+//! its slot while
 //! it is polled, so the nursery's state is never borrowed while user code runs.
 //!
 //! # Scheduling and cancellation
@@ -130,6 +131,9 @@ where
     let _guard = CloseGuard { n: &n };
     let body = body(&n);
     let mut body = std::pin::pin!(body);
+    // Dropped first: the body's own destructors find the nursery closed (the children are
+    // dropped after them, by `_guard`, and a child spawned meanwhile would never run).
+    let _closed = CloseOnDrop { n: &n };
     let mut state = RunState { body: BodyState::Running, closing: false };
     std::future::poll_fn(|cx| n.poll_nursery(cx, body.as_mut(), &mut state)).await
 }
@@ -194,7 +198,8 @@ impl<E> Task<'_, E> {
 /// Every child has, besides its future, its own cancel-status node once it has one (`NIL`
 /// before). Only a child with a handle that can cancel it (a `Shared` one) may need a node of
 /// its own; the node is created lazily: when the child first parks, enters a scope or opens a
-/// nursery, or when its handle cancels it. Trivial children never get one.
+/// nursery, or when its handle cancels it. Trivial children never get one. A `Boxed` child
+/// moved in by `start` comes with the node it ran under before `started`.
 enum Slot<'n, E> {
     Boxed {
         task: ManuallyDrop<BoxedChild<'n, E>>,
@@ -309,6 +314,17 @@ where
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => Poll::Ready(r.map(drop)),
         }
+    }
+}
+
+/// Closes the nursery to new children.
+struct CloseOnDrop<'a, 'n, 'env, E> {
+    n: &'a Nursery<'n, 'env, E>,
+}
+
+impl<E> Drop for CloseOnDrop<'_, '_, '_, E> {
+    fn drop(&mut self) {
+        self.n.inner.borrow_mut().closed = true;
     }
 }
 
@@ -442,8 +458,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// result's) is freed when the handle is dropped too. To keep nothing of a finished child,
     /// drop its handle, or use [`start_soon`](Nursery::start_soon) for a child nobody awaits.
     ///
-    /// Spawning into a closed nursery (only possible from a child's destructor while the nursery
-    /// is being torn down) runs nothing: the future is dropped and the handle reports it.
+    /// Spawning into a closed nursery (only possible from a destructor, a child's or the
+    /// body's, while the nursery is being torn down) runs nothing: the future is dropped and the
+    /// handle reports it.
     pub fn spawn<F, T>(&'n self, future: F) -> JoinHandle<'n, T>
     where
         F: Future<Output = Result<T, E>> + 'n,
@@ -464,8 +481,8 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// Spawns a child whose value nobody awaits (Trio's `start_soon`). Cheaper than
     /// [`spawn`](Nursery::spawn): no handle, no per-child scope.
     ///
-    /// A closed nursery can only be reached from a child's destructor while the nursery is
-    /// being torn down; there the future is dropped without running (use
+    /// A closed nursery can only be reached from a destructor (a child's or the body's) while
+    /// the nursery is being torn down; there the future is dropped without running (use
     /// [`try_start_soon`](Nursery::try_start_soon) to find out).
     pub fn start_soon<F, T>(&'n self, future: F)
     where

@@ -224,3 +224,36 @@ fn a_handle_waker_that_panics_when_the_child_finishes_surfaces_as_that_panic() {
     );
     assert_eq!(testing::run(async { sleep(secs(1)).await.map(|_| 5) }), Ok(5));
 }
+
+/// A foreign parent waker that panics at the wake-up that follows `start`'s move of its task
+/// into the nursery: the slot owns the task's cancel node from the insertion on, so the panic
+/// surfaces as the waker's own and the tree stays whole (before, the start's guard exited the
+/// node the slot still used: a "stale slab key" internal error, or another node's exit).
+#[test]
+fn a_parent_waker_that_panics_when_a_started_task_moves_in_surfaces_as_that_panic() {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let mut fut = Box::pin(nursery(async |n| {
+                n.start(|s: hatchery::TaskStatus<()>| async move {
+                    s.started(());
+                    sleep(secs(1)).await?;
+                    Ok::<_, Error>(())
+                })
+                .await?;
+                sleep(secs(5)).await?;
+                Ok::<_, Error>(())
+            }));
+            let waker = Waker::from(Arc::new(PanicsOnceWaker(Default::default())));
+            let _ = fut.as_mut().poll(&mut Context::from_waker(&waker));
+            let _ = fut.await;
+        })
+    }));
+    let p = r.unwrap_err();
+    assert_eq!(
+        p.downcast_ref::<&str>(),
+        Some(&"this waker refuses to wake once"),
+        "{:?}",
+        p.downcast_ref::<String>()
+    );
+    assert_eq!(testing::run(async { sleep(secs(1)).await.map(|_| 5) }), Ok(5));
+}

@@ -7,8 +7,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use hatchery::testing::{self, wait_all_tasks_blocked};
 use hatchery::{
-    CancelError, CancelSource, Cancelled, Error, JoinError, NurseryError, StartError, TaskStatus, now,
-    nursery, sleep, sleep_forever,
+    CancelError, CancelSource, Cancelled, Error, Instant, JoinError, NurseryError, StartError, TaskStatus,
+    now, nursery, sleep, sleep_forever,
 };
 use support::{DropCounter, Log, TestError, at, secs};
 
@@ -740,6 +740,58 @@ fn a_closed_nursery_refuses_new_children_from_destructors() {
         drop(fut);
     });
     assert_eq!(*seen.borrow(), Some(true));
+}
+
+/// The body's own destructors run after the nursery closed, too: a child spawned from one is
+/// refused, not accepted and then dropped unpolled.
+#[test]
+fn a_closed_nursery_refuses_new_children_from_the_bodys_destructors() {
+    struct SpawnOnDrop<'n, 'env>(&'n hatchery::Nursery<'n, 'env, Cancelled>, &'n RefCell<Option<bool>>);
+    impl Drop for SpawnOnDrop<'_, '_> {
+        fn drop(&mut self) {
+            let r = self.0.try_start_soon(async { Ok::<_, Cancelled>(()) });
+            *self.1.borrow_mut() = Some(r == Err(StartError::Closed));
+        }
+    }
+    let seen = RefCell::new(None);
+    testing::run(async {
+        let mut fut = Box::pin(nursery(async |n| {
+            let _guard = SpawnOnDrop(n, &seen);
+            sleep_forever().await?;
+            Ok::<_, Cancelled>(())
+        }));
+        support::poll_twice(fut.as_mut()).await;
+        drop(fut);
+    });
+    assert_eq!(*seen.borrow(), Some(true));
+}
+
+/// `started` may come from another task than the started one (the status handed on): the
+/// starter is woken then, not at the started task's next wake-up (ST.1).
+#[test]
+fn started_from_another_task_wakes_the_starter_st_1() {
+    let (v, t, end) = testing::run(async {
+        let mut seen = (0, Instant::ZERO);
+        nursery(async |n| {
+            let v = n
+                .start(|st: TaskStatus<u8>| async move {
+                    n.start_soon(async move {
+                        sleep(secs(1)).await?;
+                        st.started(5);
+                        Ok::<_, Error>(())
+                    });
+                    sleep(secs(10)).await?;
+                    Ok::<_, Error>(())
+                })
+                .await?;
+            seen = (v, now());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        (seen.0, seen.1, now())
+    });
+    assert_eq!((v, t, end), (5, at(1), at(10)));
 }
 
 #[test]

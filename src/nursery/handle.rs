@@ -140,7 +140,8 @@ impl<T> OutCell<T> {
 /// - `Err(JoinError::Failed)` when the child failed or panicked (its error went to the nursery);
 /// - `Err(JoinError::ChildCancelled)` when the child was cancelled before producing a value.
 ///
-/// Only the first is a cancellation of the awaiting code. A child you cancelled yourself gives
+/// Only `JoinError::Cancelled` is a cancellation of the awaiting code. A child you cancelled
+/// yourself gives
 /// `ChildCancelled`, which `?` propagates as an ordinary error, never as a silent cancellation of
 /// the nursery.
 ///
@@ -150,8 +151,9 @@ impl<T> OutCell<T> {
 /// # Panics
 ///
 /// Awaiting it again after its value was taken (by an earlier await that returned it, or by
-/// [`try_take`](JoinHandle::try_take)), as a future polled after it completed; and `try_take`
-/// outside a run.
+/// [`try_take`](JoinHandle::try_take)), as a future polled after it completed. An error result
+/// is not taken away: awaiting again returns it again. `try_take` panics outside a run when the
+/// child ended without a value (it looks up whether the awaiting code is cancelled).
 pub struct JoinHandle<'n, T> {
     ctl: &'n dyn ChildControl,
     index: u32,

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use super::{BoxedChild, ChildTask, Nursery, Task};
 use crate::cancel::StatusGuard;
@@ -26,7 +26,15 @@ use crate::runtime::context;
 /// }
 /// ```
 pub struct TaskStatus<V> {
-    cell: Option<Rc<RefCell<Option<V>>>>,
+    cell: Option<Rc<RefCell<Started<V>>>>,
+}
+
+/// What `started` hands over: the value, and the waker of the `start` waiting for it while
+/// that `start` is not polling the task (so that a `started` from elsewhere, a task the status
+/// was handed to, wakes it).
+struct Started<V> {
+    value: Option<V>,
+    starter: Option<Waker>,
 }
 
 impl<V> fmt::Debug for TaskStatus<V> {
@@ -41,11 +49,21 @@ impl<V> TaskStatus<V> {
         TaskStatus { cell: None }
     }
 
-    /// Tells the starter that the task is ready and hands it `value`. From here on the task
-    /// belongs to the nursery `start` was called on. Not a checkpoint.
+    /// Tells the starter that the task is ready and hands it `value`. Once the poll of the task
+    /// that called it ends, the task belongs to the nursery `start` was called on, unless the
+    /// caller of `start` is cancelled by then (it then stays with the caller, ST.4). Not a
+    /// checkpoint. It may be called from another task than the started one (the status may be
+    /// handed on): the starter is woken.
     pub fn started(self, value: V) {
         if let Some(cell) = self.cell {
-            *cell.borrow_mut() = Some(value);
+            let starter = {
+                let mut c = cell.borrow_mut();
+                c.value = Some(value);
+                c.starter.take()
+            };
+            if let Some(w) = starter {
+                w.wake();
+            }
         }
     }
 }
@@ -127,7 +145,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             core.cancel.borrow_mut().enter(parent, ScopeRef::Shared(core.inert.clone()))
         };
         let guard = PendingStart { n: self, node: std::cell::Cell::new(node) };
-        let cell = Rc::new(RefCell::new(None));
+        let cell = Rc::new(RefCell::new(Started { value: None, starter: None }));
         let status = TaskStatus { cell: Some(cell.clone()) };
         let mut task: Option<BoxedChild<'n, E>> = Some(Box::pin(ChildTask { fut: f(status) }));
         // The caller's own checkpoint (S2.1): the task's checkpoints are its own, so `start`
@@ -136,6 +154,11 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let value = poll_fn(|cx| {
             let core = context::core();
             let t = task.as_mut().expect("start polled after completion");
+            // While the task is polled here, a `started` in it needs no wake-up. (After a
+            // `started` from elsewhere the task is polled once more for nothing: harmless, and
+            // needed when the caller turns out cancelled and keeps it, ST.4.)
+            let starter = cell.borrow_mut().starter.take();
+            drop(starter);
             // Before `started` the task is the caller's business, but its checkpoints are its own.
             let saved = (core.cancel_points.get(), core.schedule_points.get());
             let res = {
@@ -154,14 +177,14 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             match res {
                 Poll::Ready(Ok(())) => {
                     task = None;
-                    Poll::Ready(cell.borrow_mut().take().ok_or_else(|| E::from(StartError::NotStarted)))
+                    Poll::Ready(cell.borrow_mut().value.take().ok_or_else(|| E::from(StartError::NotStarted)))
                 }
                 Poll::Ready(Err(e)) => {
                     task = None;
                     // After `started` (and the caller not cancelled), the task belonged to the
                     // nursery already: its error goes there, and `start` has its value.
                     let node = core.current_status.get();
-                    let value = cell.borrow_mut().take();
+                    let value = cell.borrow_mut().value.take();
                     match value {
                         Some(v) if !core.cancel.borrow().is_effectively_cancelled(node) => {
                             self.record_error(e, "a child task failed");
@@ -171,7 +194,8 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                     }
                 }
                 Poll::Pending => {
-                    if cell.borrow().is_none() {
+                    if cell.borrow().value.is_none() {
+                        cell.borrow_mut().starter = Some(cx.waker().clone());
                         return pending(&mut yielded);
                     }
                     // `started` was called. If the caller is already cancelled, the task stays
@@ -185,9 +209,12 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                     // The task's node (and all it holds) moves under the nursery's.
                     let task_node = guard.node.get();
                     core.cancel.borrow_mut().reparent(task_node, self.node);
+                    // The slot owns the node from the insertion on, before the wake-up that
+                    // follows it (a foreign parent waker may panic there: the guard must not
+                    // exit a node the slot holds).
+                    guard.node.set(NIL);
                     match self.insert_child_at(Task::Boxed(moved), task_node) {
                         Ok(_) => {
-                            guard.node.set(NIL);
                             // Moved under a nursery that was cancelled already (the caller was
                             // shielded from it): what the task parked on before `started`, in
                             // scopes and nurseries it opened, learns of it now (ST.7).
@@ -199,9 +226,10 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                                 }
                             }
                             wakeups.wake(&core);
-                            Poll::Ready(Ok(cell.borrow_mut().take().expect("started value")))
+                            Poll::Ready(Ok(cell.borrow_mut().value.take().expect("started value")))
                         }
                         Err(moved) => {
+                            guard.node.set(task_node);
                             drop(moved);
                             Poll::Ready(Err(StartError::Closed.into()))
                         }
