@@ -45,7 +45,8 @@
 //!
 //! # How it works
 //!
-//! [`run`] drives one root future with an event loop built on `polling` (epoll, kqueue, IOCP).
+//! [`run`] drives one root future with an event loop built on `polling` (epoll on Linux, kqueue
+//! on the BSDs and macOS; hatchery is Unix-only for now, and tested on Linux).
 //! A nursery polls its children from inside its own future, each with its own waker, so only
 //! woken children run and children can borrow; wake-ups climb the tree of nurseries to the root.
 //! Every blocking operation parks through one protocol ([`lowlevel`]) that a cancel scope can

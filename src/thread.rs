@@ -329,8 +329,9 @@ pub fn check_cancelled() -> Result<(), FromThreadError> {
 /// returns its value (Trio's `from_thread.run_sync`). The pool thread blocks until `f` has run.
 ///
 /// `f` runs between two batches of the run, outside any task: it may use the synchronous parts
-/// of hatchery (the clock, [`CancelHandle::cancel`](crate::CancelHandle::cancel) reached
-/// through `Send` state, ...) but cannot await. It does not check for cancellation; use
+/// of hatchery it can reach from the run's thread (the clock; a
+/// [`CancelHandle`](crate::CancelHandle) kept in a thread-local there, since handles are not
+/// `Send`) but cannot await. It does not check for cancellation; use
 /// [`check_cancelled`]. A panic in `f` is resumed here, in the pool thread (and so travels on
 /// to the task waiting for the job).
 ///
