@@ -524,6 +524,47 @@ fn cancel_called_that_saw_the_deadline_pass_stays_true_s4_4() {
     });
 }
 
+/// A scope not entered yet whose deadline has passed reports `cancel_called()` (S4.4, last
+/// bullet), and entering it then cancels what runs in it at once.
+#[test]
+fn an_unentered_scope_past_its_deadline_reports_cancel_called_s4_4() {
+    testing::run(async {
+        let scope = CancelScope::new().with_deadline(at(1));
+        let h = scope.handle();
+        assert!(!h.cancel_called());
+        sleep(secs(2)).await.unwrap();
+        assert!(h.cancel_called(), "the deadline passed before entry");
+        let r = scope.run(async { hatchery::lowlevel::checkpoint().await }).await;
+        assert_eq!(r, Ok(None));
+        assert!(h.cancelled_caught());
+        assert_eq!(now(), at(2));
+    });
+}
+
+/// `fail_after(ZERO, send)` into a channel with room fails with `TooSlow` and sends nothing:
+/// the deadline is already due at entry, so the send's cancel point fires before it acts (S2.3,
+/// Trio #1626).
+#[test]
+fn fail_after_zero_around_a_send_with_room_sends_nothing_s2_3() {
+    testing::run(async {
+        let (tx, rx) = hatchery::channel::<u32>(1);
+        let r =
+            hatchery::fail_after(Duration::ZERO, async { tx.send(5).await.map_err(hatchery::Error::from) })
+                .await;
+        assert!(matches!(r, Err(hatchery::Error::TooSlow(_))), "{r:?}");
+        assert_eq!(rx.try_recv(), Err(hatchery::TryRecvError::Empty));
+        // A deadline that passes during synchronous work after entry: the fast-path send that
+        // follows still sees it at its cancel point and sends nothing.
+        let r = hatchery::fail_after(secs(1), async {
+            sleep(secs(1)).await.ok(); // wakes exactly at the deadline: cancelled or not, go on
+            tx.send(6).await.map_err(hatchery::Error::from)
+        })
+        .await;
+        assert!(matches!(r, Err(hatchery::Error::TooSlow(_))), "{r:?}");
+        assert_eq!(rx.try_recv(), Err(hatchery::TryRecvError::Empty));
+    });
+}
+
 #[test]
 fn a_huge_timeout_means_no_deadline_at_any_time() {
     // At virtual time 0 and later alike: `Duration::MAX` saturates to "never", so the autojump
