@@ -715,55 +715,52 @@ fn deep_nesting_does_not_overflow() {
     assert_eq!(v, Ok(200));
 }
 
-#[test]
-fn a_closed_nursery_refuses_new_children_from_destructors() {
-    struct SpawnOnDrop<'n, 'env>(&'n hatchery::Nursery<'n, 'env, Cancelled>, &'n RefCell<Option<bool>>);
-    impl Drop for SpawnOnDrop<'_, '_> {
-        fn drop(&mut self) {
-            let r = self.0.try_start_soon(async { Ok::<_, Cancelled>(()) });
-            *self.1.borrow_mut() = Some(r == Err(StartError::Closed));
-        }
+/// Tries to spawn when dropped, and records whether the nursery said it was closed.
+struct SpawnOnDrop<'n, 'env>(&'n hatchery::Nursery<'n, 'env, Cancelled>, &'n RefCell<Option<bool>>);
+
+impl Drop for SpawnOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        let r = self.0.try_start_soon(async { Ok::<_, Cancelled>(()) });
+        *self.1.borrow_mut() = Some(r == Err(StartError::Closed));
     }
+}
+
+/// Drops, after two polls, a nursery whose body (`in_child` false) or child holds a
+/// [`SpawnOnDrop`]: whether the spawn from its destructor was refused as closed.
+fn spawn_from_a_destructor_at_teardown(in_child: bool) -> Option<bool> {
     let seen = RefCell::new(None);
     testing::run(async {
         let mut fut = Box::pin(nursery(async |n| {
             let guard = SpawnOnDrop(n, &seen);
-            n.start_soon(async move {
-                let _g = guard;
-                sleep_forever().await?;
-                Ok(())
-            });
+            let _kept = if in_child {
+                n.start_soon(async move {
+                    let _g = guard;
+                    sleep_forever().await?;
+                    Ok(())
+                });
+                None
+            } else {
+                Some(guard)
+            };
             sleep_forever().await?;
             Ok::<_, Cancelled>(())
         }));
         support::poll_twice(fut.as_mut()).await;
         drop(fut);
     });
-    assert_eq!(*seen.borrow(), Some(true));
+    seen.into_inner()
+}
+
+#[test]
+fn a_closed_nursery_refuses_new_children_from_destructors() {
+    assert_eq!(spawn_from_a_destructor_at_teardown(true), Some(true));
 }
 
 /// The body's own destructors run after the nursery closed, too: a child spawned from one is
 /// refused, not accepted and then dropped unpolled.
 #[test]
 fn a_closed_nursery_refuses_new_children_from_the_bodys_destructors() {
-    struct SpawnOnDrop<'n, 'env>(&'n hatchery::Nursery<'n, 'env, Cancelled>, &'n RefCell<Option<bool>>);
-    impl Drop for SpawnOnDrop<'_, '_> {
-        fn drop(&mut self) {
-            let r = self.0.try_start_soon(async { Ok::<_, Cancelled>(()) });
-            *self.1.borrow_mut() = Some(r == Err(StartError::Closed));
-        }
-    }
-    let seen = RefCell::new(None);
-    testing::run(async {
-        let mut fut = Box::pin(nursery(async |n| {
-            let _guard = SpawnOnDrop(n, &seen);
-            sleep_forever().await?;
-            Ok::<_, Cancelled>(())
-        }));
-        support::poll_twice(fut.as_mut()).await;
-        drop(fut);
-    });
-    assert_eq!(*seen.borrow(), Some(true));
+    assert_eq!(spawn_from_a_destructor_at_teardown(false), Some(true));
 }
 
 /// `started` may come from another task than the started one (the status handed on): the
