@@ -79,6 +79,72 @@ fn sockets_convert_from_and_into_owned_fds() {
     .unwrap();
 }
 
+/// A listener's connections as a stream: each item is an `accept`, with its rules (S9.1): a
+/// cancelled item accepts nothing, a dropped wait leaves nothing registered, and a second
+/// acceptor meanwhile is told the listener is busy.
+#[test]
+fn incoming_yields_connections_and_loses_none_when_cancelled() {
+    use hatchery::Cancelled;
+    use std::pin::pin;
+    use support::{next, poll_once};
+    hatchery::run(async {
+        let listener = TcpListener::bind(([127, 0, 0, 1], 0))?;
+        let addr = listener.local_addr()?;
+        let mut incoming = listener.incoming();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await?);
+        }
+        for c in &clients {
+            let (served, peer) = next(&mut incoming).await.expect("never ends")?;
+            assert_eq!((peer, served.peer_addr()?), (c.local_addr()?, c.local_addr()?));
+        }
+        // Cancelled with a connection queued: nothing accepted, the next accept gets it.
+        let queued = TcpStream::connect(addr).await?;
+        let r = support::in_cancelled_scope(next(&mut incoming)).await.expect("never ends");
+        let e = r.expect_err("cancelled");
+        assert!(Cancelled::from_io(&e).is_some(), "{e:?}");
+        let (_, peer) = listener.accept().await?;
+        assert_eq!(peer, queued.local_addr()?);
+        // A wait in progress: another acceptor is busy; dropped, it leaves nothing behind.
+        let base = testing::registrations();
+        {
+            let mut waiting = listener.incoming();
+            assert!(poll_once(pin!(next(&mut waiting))).await.is_pending());
+            let e = listener.accept().await.expect_err("busy");
+            assert!(inner::<BusyResource>(&e).is_some(), "{e:?}");
+        }
+        assert_eq!(testing::registrations(), base);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}
+
+/// The same for a Unix listener: its `incoming` yields the connections, in order.
+#[test]
+fn unix_incoming_yields_connections() {
+    let dir = std::env::temp_dir().join(format!("hatchery-net-incoming-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sock");
+    let _ = std::fs::remove_file(&path);
+    hatchery::run(async {
+        let listener = hatchery::net::UnixListener::bind(&path)?;
+        let mut incoming = listener.incoming();
+        let a = UnixStream::connect(&path).await?;
+        let b = UnixStream::connect(&path).await?;
+        for (i, c) in [a, b].iter().enumerate() {
+            let (served, _) = support::next(&mut incoming).await.expect("never ends")?;
+            served.write_all(&[i as u8]).await?;
+            let mut buf = [9; 1];
+            assert_eq!(c.read(&mut buf).await?, 1);
+            assert_eq!(buf, [i as u8]);
+        }
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn udp_and_unix_datagrams() {
     hatchery::run(async {

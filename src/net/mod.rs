@@ -17,6 +17,9 @@
 //! marks the socket drained, so the next read waits for the OS instead of trying a syscall that
 //! would fail (an echo round trip costs one `recv` and one `send`).
 //!
+//! A listener's `incoming()` is a `futures_core::Stream` of its connections (each item one
+//! `accept`, with its rules).
+//!
 //! Every socket type converts from and into its `std` type (`from_std`, `into_std`, and
 //! `TryFrom`) and an `OwnedFd` (`TryFrom<OwnedFd>`, `From<_> for OwnedFd`: a descriptor handed
 //! over by socket activation, say), and lends its descriptor (`AsFd`, `AsRawFd`). Coming in,
@@ -91,6 +94,62 @@ macro_rules! fd_impls {
     };
 }
 pub(crate) use fd_impls;
+
+/// A listener's `incoming` stream: `pub struct Incoming<'a>` in the listener's module, each item
+/// one `accept`.
+macro_rules! incoming_stream {
+    ($Listener:ident, $Stream:ident, $Addr:ty) => {
+        /// The connections of a listener as a [`Stream`](futures_core::Stream), from
+        #[doc = concat!("[`", stringify!($Listener), "::incoming`].")]
+        ///
+        #[doc = concat!(
+            "Each item is what [`accept`](", stringify!($Listener), "::accept) would return, with ",
+            "the same rules: a checkpoint, and cancelled (the item is `Some(Err(e))`, `e` carrying ",
+            "the [`Cancelled`](crate::Cancelled)) or dropped while it waits, it accepts nothing: the ",
+            "connection stays queued. The stream never ends."
+        )]
+        pub struct Incoming<'a> {
+            listener: &'a $Listener,
+            /// The accept in progress, kept between polls.
+            accepting: Option<
+                std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<($Stream, $Addr)>> + 'a>>,
+            >,
+        }
+
+        impl std::fmt::Debug for Incoming<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("Incoming")
+                    .field("listener", &self.listener)
+                    .field("accepting", &self.accepting.is_some())
+                    .finish()
+            }
+        }
+
+        impl $Listener {
+            /// The connections as a stream of `accept` results (see [`Incoming`]).
+            pub fn incoming(&self) -> Incoming<'_> {
+                Incoming { listener: self, accepting: None }
+            }
+        }
+
+        impl<'a> futures_core::Stream for Incoming<'a> {
+            type Item = std::io::Result<($Stream, $Addr)>;
+
+            fn poll_next(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Self::Item>> {
+                let this = &mut *self;
+                let listener: &'a $Listener = this.listener;
+                let accepting = this.accepting.get_or_insert_with(|| Box::pin(listener.accept()));
+                let r = std::task::ready!(accepting.as_mut().poll(cx));
+                this.accepting = None;
+                std::task::Poll::Ready(Some(r))
+            }
+        }
+    };
+}
+pub(crate) use incoming_stream;
 
 /// A new non-blocking stream socket whose `connect` to `addr` has started (`EINPROGRESS`, the
 /// usual answer, is no error). Register it, then wait with

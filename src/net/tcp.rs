@@ -142,6 +142,7 @@ fn failed_before_accept(e: &io::Error) -> bool {
 }
 
 super::fd_impls!(TcpListener, std::net::TcpListener; src);
+super::incoming_stream!(TcpListener, TcpStream, SocketAddr);
 
 impl TryFrom<std::net::TcpListener> for TcpListener {
     type Error = io::Error;

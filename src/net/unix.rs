@@ -99,6 +99,7 @@ impl UnixListener {
 }
 
 super::fd_impls!(UnixListener, std::os::unix::net::UnixListener; src);
+super::incoming_stream!(UnixListener, UnixStream, SocketAddr);
 
 /// A Unix domain stream socket: the same rules and methods as
 /// [`TcpStream`](super::TcpStream).
