@@ -19,7 +19,7 @@ use crate::error::Cancelled;
 use crate::lowlevel::{Park, checkpoint_if_cancelled};
 use crate::runtime::context::{self, BlockedWaiter};
 
-pub use crate::runtime::clock::MockClock;
+pub use crate::runtime::clock::{InvalidRate, MockClock};
 pub use memory_stream::{
     DEFAULT_MEMORY_STREAM_CAPACITY, MemoryStream, MemoryStreamStatistics, memory_stream_pair,
     memory_stream_pair_with_capacity,

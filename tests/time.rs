@@ -660,3 +660,44 @@ fn after_a_jump_that_woke_nothing_the_next_waits_a_whole_threshold() {
     assert!(took >= Duration::from_millis(300), "two jumps, one threshold each: {took:?}");
     assert!(took < Duration::from_millis(580), "{took:?}");
 }
+
+/// A running virtual clock (S8.1, S8.2): at rate 10, a run with nothing to do sleeps a tenth of
+/// the virtual time in real time, and the sleep ends at or after its virtual instant. Real time,
+/// so tolerant bounds; the autojump of 5 s is only a safety net (had the rate no effect, it
+/// would fire after 5 s of real time and fail the upper bound instead of hanging).
+#[test]
+fn a_running_mock_clock_advances_rate_virtual_seconds_per_real_second_s8_1_s8_2() {
+    let clock = MockClock::with_autojump(secs(5));
+    clock.set_rate(10.0).unwrap();
+    let real = std::time::Instant::now();
+    let t = Builder::new().clock(clock.clone()).run(async {
+        sleep(secs(1)).await.unwrap();
+        now()
+    });
+    let elapsed = real.elapsed();
+    assert!(t >= at(1), "{t:?}");
+    assert!(elapsed >= Duration::from_millis(95), "1 virtual second at rate 10 took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "1 virtual second at rate 10 took {elapsed:?}");
+}
+
+/// Changing the rate does not change the current time; at rate zero the clock stands still
+/// and moves only by jumps; a negative, infinite or NaN rate is refused and changes nothing.
+#[test]
+fn changing_a_mock_clocks_rate_keeps_its_time_s8_1() {
+    let clock = MockClock::new();
+    clock.jump(secs(5));
+    clock.set_rate(10.0).unwrap();
+    let a = clock.now();
+    clock.set_rate(0.0).unwrap();
+    let b = clock.now();
+    assert!(a >= at(5) && b >= a && b - a < secs(1), "{a:?} {b:?}");
+    assert_eq!(clock.now(), b, "stands still at rate zero");
+    clock.jump(secs(1));
+    assert_eq!(clock.now(), b + secs(1));
+    for bad in [-1.0, f64::INFINITY, f64::NAN] {
+        let e = clock.set_rate(bad).unwrap_err();
+        assert!(e.to_string().contains("rate"), "{e}");
+    }
+    assert_eq!(clock.rate(), 0.0);
+    assert_eq!(clock.now(), b + secs(1));
+}

@@ -3,8 +3,8 @@
 //! Ground rules: every instant the crate handles is a [`Instant`] from the clock of the run it
 //! belongs to. The system clock adds a large random offset (as Trio does), so code that mixes
 //! hatchery instants with wall-clock time breaks visibly instead of subtly. The virtual clock
-//! ([`MockClock`]) moves only by [`MockClock::jump`] or by autojump, which the event loop
-//! performs when every task is blocked.
+//! ([`MockClock`]) moves by [`MockClock::jump`], by autojump, which the event loop performs when
+//! every task is blocked, and, at a rate above zero, with real time.
 
 use std::cell::Cell;
 use std::fmt;
@@ -111,6 +111,11 @@ impl fmt::Debug for Instant {
 /// task is blocked, so a test of a one-hour timeout takes microseconds and can assert exact
 /// instants. With no deadline pending, autojump does nothing, so a real deadlock still hangs.
 ///
+/// It can also run: with a [rate](MockClock::set_rate) above zero, virtual time advances by
+/// `rate` virtual seconds per real second (S8.1), and a run with nothing to do sleeps the real
+/// time that takes (S8.2): at rate 10, a one-second sleep takes a tenth of a second. The rate is
+/// zero by default (the clock stands still between jumps).
+///
 /// Clones share the same clock. Pass one to [`Builder::clock`](crate::Builder::clock).
 ///
 /// ```
@@ -130,14 +135,86 @@ pub struct MockClock {
 }
 
 struct MockState {
+    /// The virtual time at `since` (nanoseconds).
     now: Cell<u64>,
+    /// The real time the clock last stood at `now`; it matters only while `rate` is above zero.
+    since: Cell<std::time::Instant>,
+    rate: Cell<f64>,
     autojump: Cell<Option<Duration>>,
 }
+
+/// A [`MockClock`] rate that is negative or not a number.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("a MockClock's rate must be a finite number of zero or more, not {0}")]
+pub struct InvalidRate(pub f64);
 
 impl MockClock {
     /// A clock at zero with autojump off.
     pub fn new() -> MockClock {
-        MockClock { state: Rc::new(MockState { now: Cell::new(0), autojump: Cell::new(None) }) }
+        MockClock {
+            state: Rc::new(MockState {
+                now: Cell::new(0),
+                since: Cell::new(real_now()),
+                rate: Cell::new(0.0),
+                autojump: Cell::new(None),
+            }),
+        }
+    }
+
+    /// Virtual seconds per real second; zero (the default) for a clock that moves only by
+    /// jumps.
+    pub fn rate(&self) -> f64 {
+        self.state.rate.get()
+    }
+
+    /// Sets the rate at which the clock runs by itself. Changing it does not change the current
+    /// time (S8.1).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hatchery::{testing::MockClock, Builder};
+    ///
+    /// let clock = MockClock::new();
+    /// clock.set_rate(1000.0).unwrap(); // a virtual second per real millisecond
+    /// let real = std::time::Instant::now();
+    /// Builder::new().clock(clock.clone()).run(async {
+    ///     hatchery::sleep(Duration::from_secs(2)).await.unwrap();
+    /// });
+    /// assert!(clock.now().as_secs_f64() >= 2.0);
+    /// assert!(real.elapsed() >= Duration::from_millis(2));
+    /// assert!(clock.set_rate(-1.0).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidRate`] for a negative rate, an infinite one or not a number; the rate is then
+    /// left as it was.
+    pub fn set_rate(&self, rate: f64) -> Result<(), InvalidRate> {
+        if !(rate.is_finite() && rate >= 0.0) {
+            return Err(InvalidRate(rate));
+        }
+        self.rebase();
+        self.state.rate.set(rate);
+        Ok(())
+    }
+
+    /// Folds the time run since `since` into `now`.
+    fn rebase(&self) {
+        let real = real_now();
+        self.state.now.set(self.now_at(real).0);
+        self.state.since.set(real);
+    }
+
+    /// The virtual time at real time `real`.
+    fn now_at(&self, real: std::time::Instant) -> Instant {
+        let base = self.state.now.get();
+        let rate = self.state.rate.get();
+        if rate == 0.0 {
+            return Instant(base);
+        }
+        let ran = real.saturating_duration_since(self.state.since.get()).as_nanos() as f64 * rate;
+        // Saturates short of `MAX`, which means "never".
+        Instant(base.saturating_add(ran as u64).min(Instant::MAX.0 - 1))
     }
 
     /// A clock at zero that autojumps after `threshold` of real time with every task blocked.
@@ -149,13 +226,29 @@ impl MockClock {
 
     /// The current virtual time.
     pub fn now(&self) -> Instant {
-        Instant(self.state.now.get())
+        if self.state.rate.get() == 0.0 { Instant(self.state.now.get()) } else { self.now_at(real_now()) }
     }
 
     /// Moves the clock forward by `d`. Deadlines that become due fire on the next loop pass.
     pub fn jump(&self, d: Duration) {
-        let now = self.now() + d;
+        self.rebase();
+        let now = Instant(self.state.now.get()) + d;
         self.state.now.set(now.0);
+    }
+
+    /// How long in real time until the clock reaches `deadline` by itself: never at rate zero.
+    fn real_wait_until(&self, deadline: Instant) -> Option<Duration> {
+        let now = self.now();
+        if deadline <= now {
+            return Some(Duration::ZERO);
+        }
+        let rate = self.state.rate.get();
+        if rate == 0.0 || deadline == Instant::MAX {
+            return None;
+        }
+        // Rounded up, so the loop does not wake a hair early and spin.
+        let nanos = ((deadline.0 - now.0) as f64 / rate).ceil();
+        Some(Duration::from_nanos(if nanos >= u64::MAX as f64 { u64::MAX } else { nanos as u64 }))
     }
 
     /// Sets (or, with `None`, turns off) the autojump threshold. Takes effect at once, also
@@ -170,6 +263,7 @@ impl MockClock {
     }
 
     pub(crate) fn jump_to(&self, t: Instant) {
+        self.rebase();
         if t.0 > self.state.now.get() {
             self.state.now.set(t.0);
         }
@@ -186,6 +280,7 @@ impl fmt::Debug for MockClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MockClock")
             .field("now", &self.now())
+            .field("rate", &self.rate())
             .field("autojump_threshold", &self.autojump_threshold())
             .finish()
     }
@@ -219,7 +314,8 @@ impl Clock {
     }
 
     /// How long the event loop may sleep in real time before `deadline` is due.
-    /// `None` means "as long as it likes" (a virtual clock never reaches a deadline by itself).
+    /// `None` means "as long as it likes" (a virtual clock at rate zero never reaches a deadline
+    /// by itself).
     pub(crate) fn real_wait_until(&self, deadline: Instant) -> Option<Duration> {
         match self {
             Clock::System { .. } => {
@@ -229,13 +325,7 @@ impl Clock {
                     Some(deadline.saturating_duration_since(self.now()))
                 }
             }
-            Clock::Mock(m) => {
-                if deadline <= m.now() {
-                    Some(Duration::ZERO)
-                } else {
-                    None
-                }
-            }
+            Clock::Mock(m) => m.real_wait_until(deadline),
         }
     }
 }
