@@ -352,22 +352,22 @@ impl futures_core::Stream for Signals {
         // Every poll, not only an item's first: the stream cannot tell a wait polled again from
         // a new item after a dropped wait, and neither may consume a signal once cancelled.
         if let Err(c) = checkpoint_if_cancelled() {
-            this.park.unpark();
+            this.stop_stream_wait();
             return Poll::Ready(Some(Err(c)));
         }
         if this.buffer.is_empty() {
             let Signals { source, delivery, buffer, park, .. } = this;
             let delivery = delivery.as_mut().expect("a Signals has its delivery until dropped");
             match source.poll_read_with(cx, park, |_| fill(delivery, buffer)) {
+                // A result (an error too) has let go of the park already.
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    this.park.unpark();
-                    return Poll::Ready(Some(Err(expect_cancelled(e))));
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(expect_cancelled(e)))),
                 Poll::Ready(Ok(())) => {}
             }
+        } else {
+            // Signals were buffered (by `try_recv`) while a wait was registered.
+            this.stop_stream_wait();
         }
-        this.park.unpark();
         Poll::Ready(this.buffer.pop_front().map(Ok))
     }
 }
@@ -545,7 +545,7 @@ where
                 Poll::Ready(Some(Ok(sig))) => {
                     watcher = None;
                     first = Some(sig);
-                    // Came before the exit actions were in, it did not arm them.
+                    // A signal that came before the exit actions were in did not arm them.
                     exit.arm();
                     handle.cancel_from(CancelSource::Shutdown, format!("{} received", signal_name(sig)));
                 }

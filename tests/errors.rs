@@ -12,18 +12,20 @@ use hatchery::{
 };
 use support::secs;
 
-/// A child's real error and the cancellations of an outer scope travel up as one group; when the
-/// outer scope strips the cancellations, the one error left comes out as it went in: its kind
-/// and its OS error number, not `Other` (as it does when no cancellation joins it).
-#[test]
-fn a_lone_survivor_of_stripping_keeps_its_kind_and_os_error() {
+/// Children that fail with `errors` (one child each) in a nursery inside an outer scope that is
+/// cancelled meanwhile: their errors and the outer scope's cancellations travel up as one
+/// group, which the outer scope strips. Returns the error that leaves the outer scope, and
+/// whether that scope caught a cancellation.
+fn fail_under_a_cancelled_outer_scope(errors: &[fn() -> io::Error]) -> (io::Error, bool) {
     testing::run(async {
         let outer = CancelScope::new();
         let oh = outer.handle();
         let r = outer
             .run(async {
                 nursery(async |n| {
-                    n.start_soon(async { Err::<(), _>(io::Error::from_raw_os_error(libc_econnrefused())) });
+                    for &make in errors {
+                        n.start_soon(async move { Err::<(), _>(make()) });
+                    }
                     oh.cancel();
                     sleep(secs(1)).await?;
                     Ok::<_, io::Error>(())
@@ -32,37 +34,42 @@ fn a_lone_survivor_of_stripping_keeps_its_kind_and_os_error() {
                 Ok::<_, io::Error>(())
             })
             .await;
-        let e = r.unwrap_err();
-        assert!(oh.cancelled_caught());
-        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
-        assert_eq!(e.raw_os_error(), Some(libc_econnrefused()));
-    });
+        (r.unwrap_err(), oh.cancelled_caught())
+    })
+}
+
+/// The one error left after stripping comes out as it went in: its kind and its OS error
+/// number, not `Other` (as it does when no cancellation joins it).
+#[test]
+fn a_lone_survivor_of_stripping_keeps_its_kind_and_os_error() {
+    let (e, caught) =
+        fail_under_a_cancelled_outer_scope(&[|| io::Error::from_raw_os_error(libc_econnrefused())]);
+    assert!(caught);
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+    assert_eq!(e.raw_os_error(), Some(libc_econnrefused()));
+}
+
+/// S4.9 through `io::Error`: the cancellations are stripped out of the group that travels
+/// inside an `io::Error`, and the one error left passes through alone, as the group's
+/// conversion gives one error (moved here from the review's regressions).
+#[test]
+fn group_inside_io_error_is_stripped_s4_9() {
+    let (e, caught) = fail_under_a_cancelled_outer_scope(&[|| io::Error::other("boom")]);
+    assert!(caught);
+    assert!(e.cancelled().is_none());
+    assert!(e.get_ref().unwrap().downcast_ref::<NurseryError<io::Error>>().is_none(), "{e:?}");
+    assert_eq!(e.to_string(), "boom");
 }
 
 /// Two real errors left after stripping stay a group, wrapped with the group's kind.
 #[test]
 fn survivors_of_stripping_stay_a_group() {
-    testing::run(async {
-        let outer = CancelScope::new();
-        let oh = outer.handle();
-        let r = outer
-            .run(async {
-                nursery(async |n| {
-                    n.start_soon(async { Err::<(), _>(io::Error::other("a")) });
-                    n.start_soon(async { Err::<(), _>(io::Error::other("b")) });
-                    oh.cancel();
-                    sleep(secs(1)).await?;
-                    Ok::<_, io::Error>(())
-                })
-                .await?;
-                Ok::<_, io::Error>(())
-            })
-            .await;
-        let e = r.unwrap_err();
-        let group = e.get_ref().and_then(|g| g.downcast_ref::<NurseryError<io::Error>>()).expect("a group");
-        let texts: Vec<String> = group.errors().iter().map(ToString::to_string).collect();
-        assert_eq!(texts, ["a", "b"]);
-    });
+    let (e, caught) =
+        fail_under_a_cancelled_outer_scope(&[|| io::Error::other("a"), || io::Error::other("b")]);
+    assert!(caught);
+    let group = e.get_ref().and_then(|g| g.downcast_ref::<NurseryError<io::Error>>()).expect("a group");
+    let texts: Vec<String> = group.errors().iter().map(ToString::to_string).collect();
+    assert_eq!(texts, ["a", "b"]);
 }
 
 fn libc_econnrefused() -> i32 {

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use hatchery::lowlevel::IoSource;
 use hatchery::{
-    CancelError, CancelScope, Cancelled, Error, JoinHandle, NurseryError, TaskStatus, move_on_after, now,
-    nursery, sleep, testing,
+    CancelScope, Cancelled, Error, JoinHandle, TaskStatus, move_on_after, now, nursery, sleep, testing,
 };
 use support::{Log, TestError, at, secs};
 
@@ -313,34 +312,6 @@ fn a_wait_carried_into_a_later_run_is_an_error() {
         .recv_timeout(Duration::from_secs(60))
         .expect("the carried wait neither failed nor finished: it waits on the ended run");
     assert!(e.contains("has ended"), "{e}");
-}
-
-/// S4.9 through `io::Error`: a cancelled scope strips the cancellations out of a group that
-/// travels inside an `io::Error`, and keeps the rest.
-#[test]
-fn group_inside_io_error_is_stripped_s4_9() {
-    testing::run(async {
-        let outer = CancelScope::new();
-        let oh = outer.handle();
-        let r = outer
-            .run(async {
-                nursery(async |n| {
-                    n.start_soon(async { Err::<(), _>(std::io::Error::other("boom")) });
-                    oh.cancel();
-                    sleep(secs(1)).await?;
-                    Ok::<_, std::io::Error>(())
-                })
-                .await?;
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-        let e = r.unwrap_err();
-        assert!(oh.cancelled_caught());
-        assert!(e.cancelled().is_none());
-        // The one error left passes through alone, as the group's conversion gives one error.
-        assert!(e.get_ref().unwrap().downcast_ref::<NurseryError<std::io::Error>>().is_none(), "{e:?}");
-        assert_eq!(e.to_string(), "boom");
-    });
 }
 
 /// A scope that exited before its deadline was not cancelled.

@@ -193,14 +193,20 @@ impl MockClock {
         if !(rate.is_finite() && rate >= 0.0) {
             return Err(InvalidRate(rate));
         }
-        self.rebase();
+        self.rebase_at(real_now());
         self.state.rate.set(rate);
         Ok(())
     }
 
-    /// Folds the time run since `since` into `now`.
+    /// Folds the time run since `since` into `now`; at rate zero nothing has run, and no OS
+    /// time is read (`set_rate` restarts `since` before a rate above zero applies).
     fn rebase(&self) {
-        let real = real_now();
+        if self.state.rate.get() != 0.0 {
+            self.rebase_at(real_now());
+        }
+    }
+
+    fn rebase_at(&self, real: std::time::Instant) {
         self.state.now.set(self.now_at(real).0);
         self.state.since.set(real);
     }
