@@ -1,5 +1,6 @@
 //! A guided tour of hatchery, one short section per idea: nurseries, the `start` handshake,
-//! cancel scopes and deadlines, error propagation, virtual time, channels, and networking.
+//! cancel scopes and deadlines, error propagation, virtual time, channels, networking, and the
+//! task-tree dump.
 //!
 //! Each section is a plain function that starts its own `hatchery::run`, so sections are
 //! independent and new ones slot into the list in `main`. The whole tour takes well under
@@ -44,7 +45,7 @@ const fn ms(n: u64) -> Duration {
 type Section = (&'static str, fn() -> Result<(), Error>);
 
 fn main() -> Result<(), Error> {
-    let sections: [Section; 7] = [
+    let sections: [Section; 8] = [
         ("1. nurseries", nurseries),
         ("2. start handshake", start_handshake),
         ("3. cancel scopes and deadlines", cancel_scopes),
@@ -52,6 +53,7 @@ fn main() -> Result<(), Error> {
         ("5. virtual time", virtual_time),
         ("6. channels that lose nothing", channels),
         ("7. networking: a server and its clients", networking),
+        ("8. why is it stuck? the task tree", task_tree),
     ];
     let tour_start = std::time::Instant::now();
     for (title, section) in sections {
@@ -392,6 +394,50 @@ fn networking() -> Result<(), Error> {
         })
         .await?;
         say!("server stopped after {} connections; its listener and sockets are closed", served.get());
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn wait_for_orders(orders: &hatchery::Receiver<u32>) -> Result<(), Error> {
+    let order = orders.recv().await?;
+    say!("got order {order}");
+    Ok(())
+}
+
+async fn update_the_books(books: &hatchery::Mutex<u32>) -> Result<(), Error> {
+    *books.lock().await? += 1;
+    Ok(())
+}
+
+/// When a run seems stuck, ask it what each task waits for. In a run built with
+/// `track_tasks(true)`, `debug::task_tree()` lists every task under its nursery: the call that
+/// spawned it, what it waits on, and the deadline that will end the wait.
+fn task_tree() -> Result<(), Error> {
+    let clock = MockClock::with_autojump(Duration::ZERO);
+    Builder::new().clock(clock).track_tasks(true).run(async {
+        let (_orders_tx, orders) = hatchery::channel::<u32>(1);
+        let books = hatchery::Mutex::new(0);
+        let _held = books.lock().await?; // someone forgot to let go of the books
+        move_on_after(Duration::from_secs(60), async {
+            nursery(async |n| {
+                n.start_soon(wait_for_orders(&orders));
+                n.start_soon(update_the_books(&books));
+                // A watchdog: after 10 quiet seconds, print what everyone is waiting for.
+                sleep(Duration::from_secs(10)).await?;
+                let tree = hatchery::debug::task_tree().map_err(Error::other)?;
+                for line in tree.to_string().lines() {
+                    say!("{line}");
+                }
+                n.cancel_scope().cancel();
+                Ok::<_, Error>(())
+            })
+            .await?;
+            Ok::<_, Error>(())
+        })
+        .await?;
+        say!("the watchdog cancelled the stuck nursery at virtual {}s", hatchery::now().as_secs_f64());
         Ok(())
     })
 }

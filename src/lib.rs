@@ -57,6 +57,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod cancel;
+pub mod debug;
 mod error;
 pub mod io;
 pub mod lowlevel;

@@ -21,10 +21,11 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+pub use crate::debug::WaitingOn;
 use crate::error::{BusyResource, Cancelled, ClosedResource};
 use crate::runtime::cancel_tree::NIL;
 pub(crate) use crate::runtime::context::Wakeup;
@@ -223,10 +224,15 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
         self.core.wake_up(w)
     }
 
-    /// Registers for cancellation ([`Park::poll_cancel`]).
+    /// Registers for cancellation ([`Park::poll_cancel`]) a wait on `on`.
     #[inline]
-    pub(crate) fn poll_cancel(&self, park: &mut Park, cx: &mut Context<'_>) -> Poll<Cancelled> {
-        park.poll_cancel_in(&self.core, cx)
+    pub(crate) fn poll_cancel(
+        &self,
+        park: &mut Park,
+        cx: &mut Context<'_>,
+        on: WaitingOn,
+    ) -> Poll<Cancelled> {
+        park.poll_cancel_in(&self.core, cx, on)
     }
 
     /// Registers `park` for cancellation for an operation that passed its cancel point earlier
@@ -240,12 +246,13 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
         park: &mut Park,
         made_for_task: bool,
         cx: &mut Context<'_>,
+        on: WaitingOn,
     ) -> Poll<Cancelled> {
         if made_for_task {
-            park.register(&self.core, cx);
+            park.register(&self.core, cx, on);
             Poll::Pending
         } else {
-            park.poll_cancel_in(&self.core, cx)
+            park.poll_cancel_in(&self.core, cx, on)
         }
     }
 
@@ -325,16 +332,30 @@ impl Park {
     ///
     /// Outside a run.
     pub fn poll_cancel(&mut self, cx: &mut Context<'_>) -> Poll<Cancelled> {
-        self.poll_cancel_in(&context::core(), cx)
+        self.poll_cancel_on(cx, WaitingOn::Other("a lowlevel::Park"))
+    }
+
+    /// [`poll_cancel`](Park::poll_cancel), telling the task-tree dump what the wait is for.
+    ///
+    /// # Panics
+    ///
+    /// Outside a run.
+    pub fn poll_cancel_on(&mut self, cx: &mut Context<'_>, on: WaitingOn) -> Poll<Cancelled> {
+        self.poll_cancel_in(&context::core(), cx, on)
     }
 
     #[inline]
-    fn poll_cancel_in(&mut self, core: &context::Core, cx: &mut Context<'_>) -> Poll<Cancelled> {
+    fn poll_cancel_in(
+        &mut self,
+        core: &context::Core,
+        cx: &mut Context<'_>,
+        on: WaitingOn,
+    ) -> Poll<Cancelled> {
         if let Some(c) = cancel_point(core) {
             self.unpark();
             return Poll::Ready(c);
         }
-        self.register(core, cx);
+        self.register(core, cx, on);
         Poll::Pending
     }
 
@@ -342,14 +363,18 @@ impl Park {
     /// check), and says how the task will be woken. Polled with the waker of the task being
     /// polled (the common case), that is a mark on the status's node, undone by nothing;
     /// with any other waker, a waiter holding it. The first registration of a park counts as
-    /// the task's schedule point.
-    fn register(&mut self, core: &context::Core, cx: &Context<'_>) -> ParkRef {
+    /// the task's schedule point. `on` is what the task waits for, for the task-tree dump.
+    fn register(&mut self, core: &context::Core, cx: &Context<'_>, on: WaitingOn) -> ParkRef {
         let node = core.registration_status();
         let (task, data, vtable) = core.entity.get();
         let mut tree = core.cancel.borrow_mut();
         let first = self.state == NEVER;
         let existing = if self.run_id == core.id as u32 { self.waiter() } else { NIL };
-        let wake = if context::waker_id(cx.waker()) == (data, vtable) && tree.register_owner(node, task) {
+        // With task tracking, every park keeps a waiter record: its key names the wait for the
+        // task-tree dump for as long as it is registered (a task's own mark on a node does not
+        // say what it is for, nor when it ends).
+        let own = core.tracker.is_none() && context::waker_id(cx.waker()) == (data, vtable);
+        let wake = if own && tree.register_owner(node, task) {
             // A waiter from an earlier poll with another waker is not needed any more.
             let old = tree.unregister(existing);
             drop(tree);
@@ -362,6 +387,13 @@ impl Park {
             drop(tree);
             debug_assert!(waiter < NO_WAITER, "hatchery internal error: waiter key out of range");
             self.state = waiter;
+            if let Some(t) = &core.tracker {
+                let mut t = t.borrow_mut();
+                if existing != NIL && existing != waiter {
+                    t.unregistered(existing);
+                }
+                t.waiting(waiter, task, on);
+            }
             drop(old);
             ParkRef::Waiter(waiter)
         };
@@ -388,6 +420,9 @@ impl Park {
         self.state = NO_WAITER;
         if let Some(core) = context::try_core().filter(|c| c.id as u32 == self.run_id) {
             let old = core.cancel.borrow_mut().unregister(waiter);
+            if let Some(t) = &core.tracker {
+                t.borrow_mut().unregistered(waiter);
+            }
             drop(old);
         }
     }
@@ -557,7 +592,7 @@ impl<T: AsFd> IoSource<T> {
                     return Poll::Ready(Err(ClosedResource.into()));
                 }
                 Readiness::Pending => {
-                    return match here.poll_cancel(park, cx) {
+                    return match here.poll_cancel(park, cx, dir.waiting_on(fd.as_raw_fd())) {
                         Poll::Ready(c) => {
                             reactor.forget_waiter(self.reg.key, dir, POLL_OP);
                             Poll::Ready(Err(c.into()))
@@ -682,16 +717,18 @@ impl<T: AsFd> Future for ReadyWait<'_, T> {
             }
             Ok(Readiness::Busy) => Poll::Ready(Err(busy(this.dir))),
             Ok(Readiness::Closed) => Poll::Ready(Err(ClosedResource.into())),
-            Ok(Readiness::Pending) => match here.poll_cancel(&mut this.park, cx) {
-                Poll::Ready(c) => {
-                    src.reg.reactor().forget_waiter(src.reg.key, this.dir, this.id);
-                    Poll::Ready(Err(c.into()))
+            Ok(Readiness::Pending) => {
+                match here.poll_cancel(&mut this.park, cx, this.dir.waiting_on(fd.as_raw_fd())) {
+                    Poll::Ready(c) => {
+                        src.reg.reactor().forget_waiter(src.reg.key, this.dir, this.id);
+                        Poll::Ready(Err(c.into()))
+                    }
+                    Poll::Pending => {
+                        this.waited = true;
+                        Poll::Pending
+                    }
                 }
-                Poll::Pending => {
-                    this.waited = true;
-                    Poll::Pending
-                }
-            },
+            }
         }
     }
 }
@@ -735,11 +772,11 @@ impl Timer {
     /// Registers the park ([`Park::register`]), which makes its run the current one; an entry
     /// armed in another run is forgotten first (unreachable from here; that run removes it when
     /// it ends).
-    fn register(&mut self, core: &context::Core, cx: &Context<'_>) -> ParkRef {
+    fn register(&mut self, core: &context::Core, cx: &Context<'_>, on: WaitingOn) -> ParkRef {
         if self.park.run_id != core.id as u32 {
             self.key = NIL;
         }
-        self.park.register(core, cx)
+        self.park.register(core, cx, on)
     }
 
     /// The cancellation check of the waiting task ([`Park::poll_cancel`]).
@@ -755,7 +792,7 @@ impl Timer {
         }
         // The registration may have changed kind (own waker or foreign): the armed entry must
         // name the current one.
-        let wake = self.register(&core, cx);
+        let wake = self.register(&core, cx, WaitingOn::Other("a lowlevel::Timer"));
         self.arm(&core, None, wake);
         Poll::Pending
     }
@@ -774,7 +811,7 @@ impl Timer {
         if self.settle(&core, false).is_some() {
             return Poll::Ready(());
         }
-        let wake = self.register(&core, cx);
+        let wake = self.register(&core, cx, WaitingOn::Sleep(Some(deadline)));
         self.arm(&core, Some(deadline), wake);
         Poll::Pending
     }
@@ -799,7 +836,7 @@ impl Timer {
         if let Some(outcome) = self.settle(&core, true) {
             return Poll::Ready(outcome);
         }
-        let wake = self.register(&core, cx);
+        let wake = self.register(&core, cx, WaitingOn::Sleep(deadline));
         self.arm(&core, deadline, wake);
         Poll::Pending
     }

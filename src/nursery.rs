@@ -52,6 +52,7 @@ use crate::runtime::cancel_tree::{NIL, ScopeRef, ScopeState, Wakeups};
 use crate::runtime::context::{self, Core};
 use crate::runtime::sched::{BODY, LentWaker, TaskWaker, WakeTarget};
 use crate::runtime::slab::Slab;
+use crate::runtime::tracker::Origin;
 
 mod handle;
 mod poll;
@@ -122,12 +123,26 @@ pub use start::TaskStatus;
 ///     .await;
 /// });
 /// ```
-pub async fn nursery<'env, B, T, E>(body: B) -> Result<Option<T>, NurseryError<E>>
+#[track_caller]
+pub fn nursery<'env, B, T, E>(body: B) -> impl Future<Output = Result<Option<T>, NurseryError<E>>>
 where
     B: for<'n> AsyncFnOnce(&'n Nursery<'n, 'env, E>) -> Result<T, E>,
     E: CancelError,
 {
-    let n = Nursery::open();
+    // The call's location, for the task-tree dump (an `async fn` cannot track its caller).
+    let at = std::panic::Location::caller();
+    run_nursery(body, at)
+}
+
+async fn run_nursery<'env, B, T, E>(
+    body: B,
+    at: &'static std::panic::Location<'static>,
+) -> Result<Option<T>, NurseryError<E>>
+where
+    B: for<'n> AsyncFnOnce(&'n Nursery<'n, 'env, E>) -> Result<T, E>,
+    E: CancelError,
+{
+    let n = Nursery::open(at);
     let _guard = CloseGuard { n: &n };
     let body = body(&n);
     let mut body = std::pin::pin!(body);
@@ -345,10 +360,13 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
             let next = {
                 let mut inner = n.inner.borrow_mut();
                 let key = inner.children.iter().map(|(k, _)| k).next();
-                key.and_then(|k| inner.children.remove(k))
+                key.and_then(|k| inner.children.remove(k).map(|slot| (k, slot)))
             };
-            let Some(slot) = next else { break };
+            let Some((key, slot)) = next else { break };
             n.core.live_tasks.set(n.core.live_tasks.get() - 1);
+            if let Some(t) = &n.core.tracker {
+                t.borrow_mut().finished(n.target(key as u32 + 1));
+            }
             let node = slot.node();
             if let Some(task) = slot.into_task()
                 && let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(ManuallyDrop::into_inner(task))))
@@ -366,6 +384,9 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
         drop(kept);
         let parent = n.core.sched.borrow_mut().close_group(n.group);
         drop(parent);
+        if let Some(t) = &n.core.tracker {
+            t.borrow_mut().close_nursery(n.group);
+        }
         cancel::exit(&n.core, n.node);
         if let Some(p) = panic
             && !std::thread::panicking()
@@ -376,10 +397,13 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
 }
 
 impl<'n, 'env, E> Nursery<'n, 'env, E> {
-    fn open() -> Self {
+    fn open(at: &'static std::panic::Location<'static>) -> Self {
         let core = context::core();
         let (group, generation) = core.sched.borrow_mut().open_group();
         let node = cancel::enter(&core, ScopeRef::Own(ScopeState::new()));
+        if let Some(t) = &core.tracker {
+            t.borrow_mut().open_nursery((group, generation), node, at, core.entity.get().0);
+        }
         // The body and the children without a node of their own all park at this node: a
         // cancellation reaching it wakes the whole group.
         core.cancel.borrow_mut().set_group_owner(node, WakeTarget { group, generation, index: BODY });
@@ -425,13 +449,13 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     }
 
     /// Adds a child and schedules it. Returns its index, or gives the task back if closed.
-    fn insert_child(&self, task: Task<'n, E>) -> Result<u32, Task<'n, E>> {
-        self.insert_child_at(task, NIL)
+    fn insert_child(&self, task: Task<'n, E>, origin: Origin) -> Result<u32, Task<'n, E>> {
+        self.insert_child_at(task, NIL, origin)
     }
 
     /// Inserts a child with its node (`NIL`: none yet) and schedules it; gives the child back if
     /// the nursery is closed.
-    fn insert_child_at(&self, task: Task<'n, E>, node: u32) -> Result<u32, Task<'n, E>> {
+    fn insert_child_at(&self, task: Task<'n, E>, node: u32, origin: Origin) -> Result<u32, Task<'n, E>> {
         let index = {
             let mut inner = self.inner.borrow_mut();
             if inner.closed {
@@ -442,6 +466,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             index
         };
         self.core.live_tasks.set(self.core.live_tasks.get() + 1);
+        if let Some(t) = &self.core.tracker {
+            t.borrow_mut().spawned(self.target(index), origin);
+        }
         self.core.wake(self.target(index));
         Ok(index)
     }
@@ -461,14 +488,16 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// Spawning into a closed nursery (only possible from a destructor, a child's or the
     /// body's, while the nursery is being torn down) runs nothing: the future is dropped and the
     /// handle reports it.
+    #[track_caller]
     pub fn spawn<F, T>(&'n self, future: F) -> JoinHandle<'n, T>
     where
         F: Future<Output = Result<T, E>> + 'n,
         T: 'n,
         E: 'n,
     {
+        let origin = Origin::of::<F>();
         let (task, out) = SharedChild::new(future);
-        match self.insert_child(Task::Shared(task)) {
+        match self.insert_child(Task::Shared(task), origin) {
             Ok(index) => JoinHandle::new(self, index, out),
             Err(task) => {
                 drop(task);
@@ -484,6 +513,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// A closed nursery can only be reached from a destructor (a child's or the body's) while
     /// the nursery is being torn down; there the future is dropped without running (use
     /// [`try_start_soon`](Nursery::try_start_soon) to find out).
+    #[track_caller]
     pub fn start_soon<F, T>(&'n self, future: F)
     where
         F: Future<Output = Result<T, E>> + 'n,
@@ -498,14 +528,16 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     /// # Errors
     ///
     /// [`StartError::Closed`], with the future dropped, if the nursery is closed.
+    #[track_caller]
     pub fn try_start_soon<F, T>(&'n self, future: F) -> Result<(), StartError>
     where
         F: Future<Output = Result<T, E>> + 'n,
         T: 'n,
         E: 'n,
     {
+        let origin = Origin::of::<F>();
         let task = Task::Boxed(Box::pin(ChildTask { fut: future }));
-        self.insert_child(task).map(|_| ()).map_err(|_| StartError::Closed)
+        self.insert_child(task, origin).map(|_| ()).map_err(|_| StartError::Closed)
     }
 
     /// Records an error and cancels the nursery's scope (S3.4, S3.5).

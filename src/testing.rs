@@ -103,7 +103,7 @@ impl Future for WaitAllBlocked {
                 }
             }
         }
-        match self.park.poll_cancel(cx) {
+        match self.park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("wait_all_tasks_blocked")) {
             Poll::Ready(c) => {
                 self.remove();
                 Poll::Ready(Err(c))
@@ -206,7 +206,7 @@ impl Sequencer {
                 park.unpark();
                 return Poll::Ready(Ok(()));
             }
-            if let Poll::Ready(c) = park.poll_cancel(cx) {
+            if let Poll::Ready(c) = park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a Sequencer step")) {
                 return Poll::Ready(Err(c));
             }
             self.waiting.borrow_mut().insert(i, cx.waker().clone());

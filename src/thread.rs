@@ -597,7 +597,7 @@ impl<R: Send + 'static> Future for JobWait<R> {
         };
         drop(st);
         drop(old);
-        if let Poll::Ready(c) = live.park.poll_cancel(cx) {
+        if let Poll::Ready(c) = live.park.poll_cancel_on(cx, crate::debug::WaitingOn::Thread) {
             live.job.lock().cancelled.get_or_insert_with(|| c.clone());
             if this.abandon_on_cancel {
                 let live = this.live.take().expect("checked above");

@@ -92,13 +92,15 @@ impl Op {
                 park.unpark();
                 Poll::Ready(r)
             }
-            Poll::Pending => match park.poll_cancel(cx) {
-                Poll::Ready(c) => Poll::Ready(Err(c.into())),
-                Poll::Pending => {
-                    *waited = true;
-                    Poll::Pending
+            Poll::Pending => {
+                match park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a stream to read or write")) {
+                    Poll::Ready(c) => Poll::Ready(Err(c.into())),
+                    Poll::Pending => {
+                        *waited = true;
+                        Poll::Pending
+                    }
                 }
-            },
+            }
         })
         .await
     }

@@ -246,7 +246,9 @@ impl<T> Future for JoinHandle<'_, T> {
                         this.state = JoinState::Start;
                         return Poll::Ready(r);
                     }
-                    if let Poll::Ready(c) = here.poll_cancel(&mut this.park, cx) {
+                    if let Poll::Ready(c) =
+                        here.poll_cancel(&mut this.park, cx, crate::debug::WaitingOn::Join)
+                    {
                         drop(out.set_waiter(None));
                         this.state = JoinState::Start;
                         return Poll::Ready(Err(JoinError::Cancelled(c)));

@@ -33,6 +33,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         if !st.closing {
             let (mut batch, old_parent, all) =
                 core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());
+            if let Some(t) = &core.tracker {
+                t.borrow_mut().nursery_polled(self.group, core.entity.get().0);
+            }
             if all {
                 // A cancellation reached the nursery's node: every task of the group runs.
                 let inner = self.inner.borrow();
@@ -55,9 +58,17 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                             let (data, vtable) = context::waker_id(&self.body_waker);
                             let prev = core.entity.replace((self.target(BODY), data, vtable));
                             let budget = core.begin_turn();
+                            if let Some(t) = &core.tracker {
+                                t.borrow_mut().begin_poll(self.target(BODY), core.now());
+                            }
                             let res = catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(&mut bcx)));
                             core.budget.set(budget);
                             core.entity.set(prev);
+                            if let Some(t) = &core.tracker
+                                && !matches!(res, Ok(Poll::Pending))
+                            {
+                                t.borrow_mut().body_done(self.target(BODY));
+                            }
                             match res {
                                 Ok(Poll::Pending) => {}
                                 Ok(Poll::Ready(Ok(v))) => st.body = BodyState::Done(Some(v)),
@@ -151,6 +162,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let task_waker = waker.waker();
         let (data, vtable) = context::waker_id(task_waker);
         let prev_entity = core.entity.replace((self.target(index), data, vtable));
+        if let Some(t) = &core.tracker {
+            t.borrow_mut().begin_poll(self.target(index), core.now());
+        }
         let res = {
             let _status = StatusGuard::enter_lazy(core, status, lazy);
             let mut cx = Context::from_waker(task_waker);
@@ -265,6 +279,9 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     fn finish_child(&self, index: u32, task: ManuallyDrop<Task<'n, E>>, node: u32) {
         self.inner.borrow_mut().children.remove(index as usize - 1);
         self.core.live_tasks.set(self.core.live_tasks.get() - 1);
+        if let Some(t) = &self.core.tracker {
+            t.borrow_mut().finished(self.target(index));
+        }
         // The child's destructor is user code: run it with nothing borrowed, and treat a panic
         // in it like a panic of the child.
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(ManuallyDrop::into_inner(task)))) {

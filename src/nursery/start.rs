@@ -11,6 +11,7 @@ use crate::cancel::StatusGuard;
 use crate::error::{CancelError, StartError};
 use crate::runtime::cancel_tree::{NIL, ScopeRef, Wakeups};
 use crate::runtime::context;
+use crate::runtime::tracker::Origin;
 
 /// Given to a task started with [`Nursery::start`]: call [`started`](TaskStatus::started) once
 /// the task is ready (for example, once a socket is listening), handing a value to the starter.
@@ -125,7 +126,20 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
     ///     assert_eq!(hatchery::now().as_secs_f64(), 6.0);
     /// });
     /// ```
-    pub async fn start<F, Fut, V, T>(&'n self, f: F) -> Result<V, E>
+    #[track_caller]
+    pub fn start<F, Fut, V, T>(&'n self, f: F) -> impl Future<Output = Result<V, E>>
+    where
+        F: FnOnce(TaskStatus<V>) -> Fut,
+        Fut: Future<Output = Result<T, E>> + 'n,
+        V: 'n,
+        T: 'n,
+        E: From<StartError> + CancelError + 'n,
+    {
+        // The call's location, for the task-tree dump (an `async fn` cannot track its caller).
+        self.start_from(f, Origin::of::<Fut>())
+    }
+
+    async fn start_from<F, Fut, V, T>(&'n self, f: F, origin: Origin) -> Result<V, E>
     where
         F: FnOnce(TaskStatus<V>) -> Fut,
         Fut: Future<Output = Result<T, E>> + 'n,
@@ -213,7 +227,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                     // follows it (a foreign parent waker may panic there: the guard must not
                     // exit a node the slot holds).
                     guard.node.set(NIL);
-                    match self.insert_child_at(Task::Boxed(moved), task_node) {
+                    match self.insert_child_at(Task::Boxed(moved), task_node, origin) {
                         Ok(_) => {
                             // Moved under a nursery that was cancelled already (the caller was
                             // shielded from it): what the task parked on before `started`, in

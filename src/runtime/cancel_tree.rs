@@ -296,6 +296,11 @@ impl CancelTree {
         }
     }
 
+    /// Whether `node` is a live node.
+    pub(crate) fn contains(&self, node: u32) -> bool {
+        self.nodes.get(node as usize).is_some()
+    }
+
     pub(crate) fn parent(&self, node: u32) -> u32 {
         self.nodes[node as usize].parent
     }
@@ -589,6 +594,11 @@ impl CancelTree {
             self.link_waiter(node, w);
         }
         (w, old)
+    }
+
+    /// The node the waiter `w` waits at (`NIL`: orphaned), if it is registered.
+    pub(crate) fn waiter_node(&self, w: u32) -> Option<u32> {
+        self.waiters.get(w as usize).map(|w| w.node)
     }
 
     /// The waker registered under `w`, if it is still registered.

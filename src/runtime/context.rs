@@ -223,6 +223,9 @@ pub(crate) struct Core {
     /// The run's default limiter for `to_thread`, created on first use
     /// ([`Core::default_thread_limiter`]) and dropped with the run (DESIGN §7c).
     thread_limiter: std::cell::OnceCell<Rc<crate::sync::CapacityLimiter>>,
+    /// The task-tree dump's records (`Builder::track_tasks`); `None`, the default, costs each
+    /// hook one branch.
+    pub(crate) tracker: Option<RefCell<super::tracker::Tracker>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -237,6 +240,8 @@ pub(crate) struct CoreParts {
     pub(crate) seed: u64,
     pub(crate) policy: SchedulePolicy,
     pub(crate) yield_budget: u32,
+    /// With task tracking: the call that started the run.
+    pub(crate) track_tasks: Option<&'static std::panic::Location<'static>>,
 }
 
 static NEXT_RUN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -272,6 +277,7 @@ impl Core {
             held_wakers: Cell::new(0),
             external_work: Cell::new(0),
             thread_limiter: std::cell::OnceCell::new(),
+            tracker: parts.track_tasks.map(|at| RefCell::new(super::tracker::Tracker::new(at))),
         }
     }
 

@@ -11,6 +11,7 @@ pub(crate) mod deadlines;
 pub(crate) mod reactor;
 pub(crate) mod sched;
 pub(crate) mod slab;
+pub(crate) mod tracker;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -58,6 +59,7 @@ pub struct Builder {
     seed: Option<u64>,
     policy: SchedulePolicy,
     yield_budget: u32,
+    track_tasks: bool,
 }
 
 impl Default for Builder {
@@ -74,6 +76,9 @@ impl Builder {
             seed: None,
             policy: SchedulePolicy::RandomReverse,
             yield_budget: DEFAULT_YIELD_BUDGET,
+            // CI runs the suite once more with every run tracked (`--cfg hatchery_track_tasks`):
+            // tracking must not change what a run does.
+            track_tasks: cfg!(hatchery_track_tasks),
         }
     }
 
@@ -123,6 +128,14 @@ impl Builder {
         self
     }
 
+    /// Keeps a record of every task, for [`debug::task_tree`](crate::debug::task_tree): its
+    /// nursery, where it was spawned, when it last ran and what it waits on. Off by default:
+    /// it costs a hash-map update per spawn, per poll and per park.
+    pub fn track_tasks(mut self, on: bool) -> Builder {
+        self.track_tasks = on;
+        self
+    }
+
     /// Runs `future` to completion on this thread and returns its output.
     ///
     /// # Panics
@@ -130,6 +143,7 @@ impl Builder {
     /// If a hatchery run is already active on this thread, or the event loop cannot be created
     /// (see [`try_run`](Builder::try_run) for both as errors); and, re-raised, any panic of the
     /// future or of a task it did not catch.
+    #[track_caller]
     pub fn run<F: Future>(self, future: F) -> F::Output {
         match self.try_run(future) {
             Ok(v) => v,
@@ -139,10 +153,13 @@ impl Builder {
 
     /// Like [`run`](Builder::run), but reports a nested run or an event-loop creation failure
     /// as an error.
+    #[track_caller]
     pub fn try_run<F: Future>(self, future: F) -> Result<F::Output, RunError> {
         if context::is_running() {
             return Err(RunError::Nested);
         }
+        // Called here, not through a function pointer: that would lose the caller.
+        let at = std::panic::Location::caller();
         let poller = polling::Poller::new().map_err(RunError::Poller)?;
         let shared = Shared::new(poller);
         let seed = self.seed.unwrap_or_else(random_seed);
@@ -156,6 +173,7 @@ impl Builder {
             seed,
             policy: self.policy,
             yield_budget: self.yield_budget,
+            track_tasks: self.track_tasks.then_some(at),
         }));
         let guard = RunGuard { core: core.clone() };
         context::set_current(Some(core.clone()));

@@ -49,6 +49,16 @@ pub(crate) enum Dir {
     Write,
 }
 
+impl Dir {
+    /// What a task waiting on `fd` in this direction waits for (for the task-tree dump).
+    pub(crate) fn waiting_on(self, fd: std::os::fd::RawFd) -> crate::debug::WaitingOn {
+        match self {
+            Dir::Read => crate::debug::WaitingOn::Readable(fd),
+            Dir::Write => crate::debug::WaitingOn::Writable(fd),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct DirState {
     ready: bool,

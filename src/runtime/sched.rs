@@ -448,6 +448,17 @@ impl Sched {
         }
     }
 
+    /// Whether `t` has been woken and waits for its turn (for the task-tree dump).
+    pub(crate) fn is_queued(&self, t: WakeTarget) -> bool {
+        if t.group == NIL {
+            return self.root_scheduled;
+        }
+        self.groups
+            .get(t.group as usize)
+            .filter(|g| g.generation == t.generation)
+            .is_some_and(|g| g.all || g.queued.get(t.index as usize).copied().unwrap_or(false))
+    }
+
     pub(crate) fn group_count(&self) -> usize {
         self.groups.len()
     }

@@ -6,6 +6,7 @@
 //! lock again. A cancelled waiter re-acquires the lock (cancellation refused, S4.13) before it
 //! reports the cancellation, keeping its place in the mutex's queue if it already had one.
 
+use crate::debug::WaitingOn;
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
@@ -338,7 +339,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     let ticket = *ticket;
                     match this.cond.lot.poll_with(ticket, |w| here.refresh(w, cx.waker())) {
                         Status::Moved(to) => this.step = WaitStep::InMutex { ticket: to, cancelled: None },
-                        Status::Waiting => match here.poll_cancel(&mut this.park, cx) {
+                        Status::Waiting => match here.poll_cancel(&mut this.park, cx, WaitingOn::Condition) {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(c) => match this.cond.lot.leave(ticket) {
                                 Status::Waiting => {
@@ -367,7 +368,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                         Status::Waiting => {
                             // Until cancelled, listen for cancellation; after, only for the lock.
                             if cancelled.is_none()
-                                && let Poll::Ready(c) = here.poll_cancel(&mut this.park, cx)
+                                && let Poll::Ready(c) = here.poll_cancel(&mut this.park, cx, WaitingOn::Lock)
                             {
                                 *cancelled = Some(c);
                             }

@@ -119,6 +119,10 @@ impl Event {
 }
 
 impl Resource for Event {
+    fn waiting_on(&self) -> crate::debug::WaitingOn {
+        crate::debug::WaitingOn::Event
+    }
+
     fn lot(&self) -> &ParkingLot {
         &self.lot
     }

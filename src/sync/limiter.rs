@@ -222,6 +222,10 @@ impl CapacityLimiter {
 }
 
 impl Resource for CapacityLimiter {
+    fn waiting_on(&self) -> crate::debug::WaitingOn {
+        crate::debug::WaitingOn::CapacityLimiter
+    }
+
     fn lot(&self) -> &ParkingLot {
         &self.lot
     }

@@ -101,6 +101,10 @@ impl MutexState {
 }
 
 impl Resource for MutexState {
+    fn waiting_on(&self) -> crate::debug::WaitingOn {
+        crate::debug::WaitingOn::Lock
+    }
+
     fn lot(&self) -> &ParkingLot {
         &self.lot
     }

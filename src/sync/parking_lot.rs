@@ -333,6 +333,8 @@ pub(crate) trait Resource {
     /// Returns a resource that was taken or granted for a future that will not deliver it
     /// (dropped during its last yield, or after being granted): passes it on to the next waiter.
     fn give_back(&self);
+    /// What a waiter waits for, for the task-tree dump.
+    fn waiting_on(&self) -> crate::debug::WaitingOn;
 }
 
 /// Result of [`Resource::try_take`].
@@ -432,7 +434,10 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                             // waker's clone could have cancelled us: then the parked step asks
                             // for the cancellation again (and the resource was looked at again
                             // above).
-                            if here.register_parked(&mut self.park, for_task, cx).is_pending() {
+                            if here
+                                .register_parked(&mut self.park, for_task, cx, self.res.waiting_on())
+                                .is_pending()
+                            {
                                 return Poll::Pending;
                             }
                         }
@@ -456,7 +461,7 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                     let status = match polled {
                         Status::Waiting => {
                             let here = here.get_or_insert_with(Here::get);
-                            match here.poll_cancel(&mut self.park, cx) {
+                            match here.poll_cancel(&mut self.park, cx, self.res.waiting_on()) {
                                 Poll::Pending => return Poll::Pending,
                                 Poll::Ready(c) => match self.res.lot().leave(t) {
                                     Status::Waiting => {

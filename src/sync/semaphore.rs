@@ -202,6 +202,10 @@ impl Semaphore {
 }
 
 impl Resource for Semaphore {
+    fn waiting_on(&self) -> crate::debug::WaitingOn {
+        crate::debug::WaitingOn::Semaphore
+    }
+
     fn lot(&self) -> &ParkingLot {
         &self.lot
     }

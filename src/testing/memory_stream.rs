@@ -363,7 +363,8 @@ impl MemoryStream {
         if !self.slot_set(dir, waiter, cx.waker()) {
             return Poll::Ready(Err(busy(dir)));
         }
-        let cancelled = park.borrow_mut().poll_cancel(cx);
+        let cancelled =
+            park.borrow_mut().poll_cancel_on(cx, crate::debug::WaitingOn::Other("a memory stream"));
         match cancelled {
             Poll::Ready(c) => {
                 drop(self.slot_take(dir));

@@ -6,6 +6,7 @@
 //! channel state and a [`Park`]. A parked future first reads its entry (completed operations
 //! win over a cancellation that arrived meanwhile), and only then asks `poll_cancel`.
 
+use crate::debug::WaitingOn;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
@@ -140,7 +141,9 @@ impl<'a, T> SendFuture<'a, T> {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError<T>>> {
         let SendState::Parked { key, park } = &mut self.state else { unreachable!() };
-        let Poll::Ready(c) = here.register_parked(park, just_parked, cx) else { return Poll::Pending };
+        let Poll::Ready(c) = here.register_parked(park, just_parked, cx, WaitingOn::Send) else {
+            return Poll::Pending;
+        };
         let key = *key;
         let result = self.cancelled(key, c);
         self.state = SendState::Done;
@@ -300,7 +303,7 @@ impl RecvWait {
         just_parked: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, RecvError>> {
-        match here.register_parked(&mut self.park, just_parked, cx) {
+        match here.register_parked(&mut self.park, just_parked, cx, WaitingOn::Receive) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(c) => Poll::Ready(self.cancelled(shared, c)),
         }

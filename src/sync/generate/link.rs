@@ -187,7 +187,10 @@ impl<T> Link<T> {
             let old = store(&mut st.consumer, cx.waker());
             drop(st);
             drop(old);
-            let Poll::Ready(c) = park.poll_cancel(cx) else { return Poll::Pending };
+            let Poll::Ready(c) = park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a generator"))
+            else {
+                return Poll::Pending;
+            };
             self.forget_consumer();
             return Poll::Ready(Err(RecvError::Cancelled(c)));
         };

@@ -150,7 +150,7 @@ impl<T> YieldFuture<'_, T> {
     /// Waits in `step` (the producer's waker is stored), unless the producer is cancelled: then
     /// the wait ends, and a value not handed over is dropped.
     fn wait_in(&mut self, step: YieldStep<T>, cx: &mut Context<'_>) -> Poll<Result<(), Cancelled>> {
-        match self.park.poll_cancel(cx) {
+        match self.park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a generator's consumer")) {
             Poll::Pending => {
                 self.step = step;
                 Poll::Pending
