@@ -18,7 +18,8 @@
 //! The task that took the snapshot shows as running, and so do the tasks polling it (here the
 //! root, whose nursery polls its children from inside the root's poll).
 //!
-//! Tracking costs a hash-map update per spawn, per poll and per park, so it is off by default;
+//! Tracking costs a hash-map update per spawn, per poll and per park, and a clock read per
+//! poll (for "last ran"), so it is off by default;
 //! a run without it pays one branch at each of those places. A task that parks on something
 //! outside hatchery (another crate's channel) shows as waiting with nothing named.
 //!
@@ -140,13 +141,15 @@ impl TaskTree {
         &self.root
     }
 
-    /// Every task, depth first: a task, then the tasks of each nursery it opened.
+    /// Every task, depth first: a task, then the tasks of each nursery it opened; the root's
+    /// tree first, then any nursery whose task is not in it (none is expected).
     pub fn tasks(&self) -> Vec<&TaskInfo> {
         let mut out = Vec::new();
-        let mut stack = vec![&self.root];
+        let mut stack = Vec::new();
         for n in self.detached.iter().rev() {
             stack.extend(n.tasks.iter().rev());
         }
+        stack.push(&self.root);
         while let Some(t) = stack.pop() {
             out.push(t);
             for n in t.nurseries.iter().rev() {
@@ -212,8 +215,10 @@ impl TaskInfo {
         self.state
     }
 
-    /// What the task parked on at its latest poll (more than one for a `select`), while it
-    /// waits.
+    /// What the task is registered as waiting on: the operations it parked on that have not
+    /// completed, been cancelled or been dropped (more than one for a `select`; a poll-style
+    /// read abandoned in a `select` stays until the stream's next read, as its registration
+    /// does).
     pub fn waits(&self) -> &[WaitInfo] {
         &self.waits
     }

@@ -31,6 +31,7 @@ use crate::runtime::cancel_tree::NIL;
 pub(crate) use crate::runtime::context::Wakeup;
 use crate::runtime::context::{self, ParkRef, TimerTarget};
 use crate::runtime::reactor::{Dir, POLL_OP, Readiness};
+use crate::runtime::sched::WakeTarget;
 
 pub use crate::runtime::RunHandle;
 pub use crate::runtime::clock::Instant;
@@ -298,7 +299,8 @@ pub struct Park {
     run_id: u32,
     /// [`NEVER`] before the first registration; [`NO_WAITER`] after it while there is no waiter
     /// record (parked with the task's own waker, which needs none, or unparked); otherwise the
-    /// key of the waiter registered with a foreign waker. One word for three states keeps a
+    /// key of the waiter registered with a foreign waker (or, with task tracking, of the
+    /// silent waiter that names the wait). One word for three states keeps a
     /// `Park` at 8 bytes, and a `Sleep` at 32.
     state: u32,
 }
@@ -370,30 +372,32 @@ impl Park {
         let mut tree = core.cancel.borrow_mut();
         let first = self.state == NEVER;
         let existing = if self.run_id == core.id as u32 { self.waiter() } else { NIL };
-        // With task tracking, every park keeps a waiter record: its key names the wait for the
-        // task-tree dump for as long as it is registered (a task's own mark on a node does not
-        // say what it is for, nor when it ends).
-        let own = core.tracker.is_none() && context::waker_id(cx.waker()) == (data, vtable);
-        let wake = if own && tree.register_owner(node, task) {
-            // A waiter from an earlier poll with another waker is not needed any more.
-            let old = tree.unregister(existing);
-            drop(tree);
-            // The state first: dropping a waker is foreign code, which may panic.
-            self.state = NO_WAITER;
-            drop(old);
+        let wake = if context::waker_id(cx.waker()) == (data, vtable) && tree.register_owner(node, task) {
+            if core.tracker.is_none() {
+                // A waiter from an earlier poll with another waker is not needed any more.
+                let old = tree.unregister(existing);
+                drop(tree);
+                // The state first: dropping a waker is foreign code, which may panic.
+                self.state = NO_WAITER;
+                drop(old);
+            } else {
+                // Task tracking: a silent waiter record names the wait for the task-tree dump
+                // for as long as it is registered (the task's mark on the node says neither
+                // what it is for nor when it ends); it wakes nothing, so the run goes exactly
+                // as without tracking.
+                let (waiter, old) = tree.register_silent(existing, node);
+                drop(tree);
+                self.state = waiter;
+                track(core, existing, waiter, task, on);
+                drop(old);
+            }
             ParkRef::Task(task)
         } else {
             let (waiter, old) = tree.register(existing, node, cx.waker());
             drop(tree);
             debug_assert!(waiter < NO_WAITER, "hatchery internal error: waiter key out of range");
             self.state = waiter;
-            if let Some(t) = &core.tracker {
-                let mut t = t.borrow_mut();
-                if existing != NIL && existing != waiter {
-                    t.unregistered(existing);
-                }
-                t.waiting(waiter, task, on);
-            }
+            track(core, existing, waiter, task, on);
             drop(old);
             ParkRef::Waiter(waiter)
         };
@@ -425,6 +429,19 @@ impl Park {
             }
             drop(old);
         }
+    }
+}
+
+/// Tells the task-tree dump, if the run keeps one, that `task` waits on `on` under the waiter
+/// `waiter`, which replaced `existing`.
+#[inline]
+fn track(core: &context::Core, existing: u32, waiter: u32, task: WakeTarget, on: WaitingOn) {
+    if let Some(t) = &core.tracker {
+        let mut t = t.borrow_mut();
+        if existing != NIL && existing != waiter {
+            t.unregistered(existing);
+        }
+        t.waiting(waiter, task, on);
     }
 }
 

@@ -34,6 +34,7 @@ pub fn builder() -> crate::Builder {
 }
 
 /// Runs `future` with [`builder`]'s set-up.
+#[track_caller]
 pub fn run<F: Future>(future: F) -> F::Output {
     builder().run(future)
 }

@@ -301,3 +301,41 @@ fn a_cancelled_nursery_and_its_waits_say_so() {
     assert!(text.lines().nth(2).unwrap().ends_with(", cancelled"), "{text}");
     assert!(text.contains(": runnable; last ran at 0.000s"), "{text}");
 }
+
+/// The order in which a cancelled nursery's tasks run, with or without tracking: the records
+/// tracking adds wake nothing, so the order is the same.
+fn order_after_cancel(track: bool) -> Vec<&'static str> {
+    let log = std::cell::RefCell::new(Vec::new());
+    Builder::new()
+        .clock(MockClock::with_autojump(Duration::ZERO))
+        .schedule(hatchery::SchedulePolicy::Fifo)
+        .track_tasks(track)
+        .run(async {
+            let (e1, e2, e3) = (Event::new(), Event::new(), Event::new());
+            let wait = async |e: &Event, name: &'static str| {
+                let r = e.wait().await;
+                log.borrow_mut().push(name);
+                r
+            };
+            let r = nursery(async |n| {
+                n.start_soon(wait(&e1, "child 1"));
+                n.start_soon(wait(&e2, "child 2"));
+                n.start_soon(async {
+                    sleep(Duration::from_secs(1)).await?;
+                    n.cancel_scope().cancel();
+                    Ok(())
+                });
+                wait(&e3, "body").await
+            })
+            .await;
+            assert!(r.is_ok());
+        });
+    log.into_inner()
+}
+
+#[test]
+fn tracking_does_not_change_the_order_tasks_run_in() {
+    let untracked = order_after_cancel(false);
+    assert_eq!(untracked.len(), 3);
+    assert_eq!(order_after_cancel(true), untracked);
+}

@@ -305,7 +305,6 @@ fn poll_style_impls_delegate() {
 }
 
 #[test]
-#[cfg_attr(hatchery_track_tasks, ignore = "task tracking registers a waiter for every park")]
 fn cancelled_and_dropped_reads_leave_nothing_registered() {
     testing::run(async {
         let (a, b) = memory_stream_pair();

@@ -340,7 +340,6 @@ fn ops_in_a_cancelled_scope_never_run_s9_1() {
 }
 
 #[test]
-#[cfg_attr(hatchery_track_tasks, ignore = "task tracking registers a waiter for every park")]
 fn cancelled_and_dropped_waits_leave_no_registration() {
     testing::run(async {
         let before = registrations();

@@ -1010,7 +1010,6 @@ fn a_dropped_waiting_send_delivers_nothing() {
 }
 
 #[test]
-#[cfg_attr(hatchery_track_tasks, ignore = "task tracking registers a waiter for every park")]
 fn dropped_parked_futures_leave_no_registration() {
     testing::run(async {
         let base = registrations();

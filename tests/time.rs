@@ -387,7 +387,6 @@ fn thousand_sleepers_wake_at_their_exact_instants_in_order() {
 }
 
 #[test]
-#[cfg_attr(hatchery_track_tasks, ignore = "task tracking registers a waiter for every park")]
 fn dropping_a_pending_sleep_removes_its_timer() {
     testing::run(async {
         let before = registrations();

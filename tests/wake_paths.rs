@@ -102,7 +102,6 @@ fn a_scope_entered_before_started_is_cancelled_after_the_task_moved() {
 }
 
 #[test]
-#[cfg_attr(hatchery_track_tasks, ignore = "task tracking registers a waiter for every park")]
 fn cancelling_a_nursery_wakes_every_child_but_not_past_a_shield() {
     testing::run(async {
         let drops = DropCounter::new();
@@ -207,7 +206,6 @@ fn a_sleep_polled_with_a_foreign_waker_wakes_at_its_deadline_and_on_cancel() {
 }
 
 #[test]
-#[cfg_attr(hatchery_track_tasks, ignore = "task tracking registers a waiter for every park")]
 fn parking_with_a_foreign_waker_then_the_own_one_leaves_no_waiter_behind() {
     testing::run(async {
         let base = registrations();
@@ -479,7 +477,6 @@ fn a_receive_leaked_in_one_run_wakes_nothing_in_the_next() {
 /// side of `generate` holds no waker between polls (its lent waker went back to the pool). A child whose waker is stashed elsewhere does
 /// hold one, until a poll finds the clone gone.
 #[test]
-#[cfg_attr(hatchery_track_tasks, ignore = "task tracking registers a waiter for every park")]
 fn children_parked_on_the_crates_primitives_hold_no_waker() {
     testing::run(async {
         let (tx, rx) = channel::<u32>(0);

@@ -256,7 +256,9 @@ impl Wakeups {
 #[derive(Debug)]
 struct Waiter {
     node: u32,
-    waker: Waker,
+    /// `None`: a silent record, which wakes nothing (task tracking names a wait with it; the
+    /// task itself is woken through its mark on the node, as without tracking).
+    waker: Option<Waker>,
     prev: u32,
     next: u32,
 }
@@ -265,6 +267,8 @@ struct Waiter {
 pub(crate) struct CancelTree {
     nodes: Slab<Node>,
     waiters: Slab<Waiter>,
+    /// Silent waiters among `waiters`.
+    silent: usize,
     /// Entered nodes whose scope is cancelled. While it is zero (the common case) nothing can be
     /// effectively cancelled, and checkpoints skip the walk up the tree.
     cancelled: usize,
@@ -309,8 +313,9 @@ impl CancelTree {
         self.nodes.len()
     }
 
+    /// Waiters that wake something (silent records are not registrations of the run).
     pub(crate) fn waiter_count(&self) -> usize {
-        self.waiters.len()
+        self.waiters.len() - self.silent
     }
 
     /// Marks the scope of an entered node cancelled; true if this call cancelled it.
@@ -523,7 +528,7 @@ impl CancelTree {
         }
         let mut w = node.first_waiter;
         while w != NIL {
-            out.wakers.push(self.waiters[w as usize].waker.clone());
+            out.wakers.extend(self.waiters[w as usize].waker.clone());
             w = self.waiters[w as usize].next;
         }
     }
@@ -578,18 +583,41 @@ impl CancelTree {
     /// Returns the key and any waker it replaced, which the caller drops once the tree is no
     /// longer borrowed (a waker's destructor may be foreign code).
     pub(crate) fn register(&mut self, existing: u32, node: u32, waker: &Waker) -> (u32, Option<Waker>) {
+        self.register_as(existing, node, Some(waker))
+    }
+
+    /// Registers (or updates) a silent waiter at `node`, which wakes nothing: a record for the
+    /// task-tree dump of a wait whose task is woken through its mark on the node.
+    pub(crate) fn register_silent(&mut self, existing: u32, node: u32) -> (u32, Option<Waker>) {
+        self.register_as(existing, node, None)
+    }
+
+    fn register_as(&mut self, existing: u32, node: u32, waker: Option<&Waker>) -> (u32, Option<Waker>) {
         let mut old = None;
         if existing != NIL {
             let w = &mut self.waiters[existing as usize];
             if w.node == node {
-                if !w.waker.will_wake(waker) {
-                    old = Some(std::mem::replace(&mut w.waker, waker.clone()));
+                let same = match (&w.waker, waker) {
+                    (Some(a), Some(b)) => a.will_wake(b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    match (w.waker.is_some(), waker.is_some()) {
+                        (true, false) => self.silent += 1,
+                        (false, true) => self.silent -= 1,
+                        _ => {}
+                    }
+                    old = std::mem::replace(&mut w.waker, waker.cloned());
                 }
                 return (existing, old);
             }
             old = self.unregister(existing);
         }
-        let w = self.waiters.insert(Waiter { node, waker: waker.clone(), prev: NIL, next: NIL }) as u32;
+        if waker.is_none() {
+            self.silent += 1;
+        }
+        let w = self.waiters.insert(Waiter { node, waker: waker.cloned(), prev: NIL, next: NIL }) as u32;
         if node != NIL {
             self.link_waiter(node, w);
         }
@@ -603,7 +631,7 @@ impl CancelTree {
 
     /// The waker registered under `w`, if it is still registered.
     pub(crate) fn waker_of(&self, w: u32) -> Option<&Waker> {
-        self.waiters.get(w as usize).map(|w| &w.waker)
+        self.waiters.get(w as usize).and_then(|w| w.waker.as_ref())
     }
 
     /// Removes a waiter; returns its waker for the caller to drop outside the borrow.
@@ -612,6 +640,10 @@ impl CancelTree {
             return None;
         }
         self.unlink_waiter(w);
-        self.waiters.remove(w as usize).map(|w| w.waker)
+        let waiter = self.waiters.remove(w as usize)?;
+        if waiter.waker.is_none() {
+            self.silent -= 1;
+        }
+        waiter.waker
     }
 }

@@ -58,8 +58,9 @@ struct NurseryRec {
     at: &'static Location<'static>,
     node: u32,
     /// The task that polled the nursery last: the one it was opened in, or, after a `start`
-    /// moved that task into another nursery, the task it became.
+    /// moved that task into another nursery, the task it became; and that task's id.
     parent: WakeTarget,
+    parent_id: u64,
 }
 
 /// The tracking state of one run.
@@ -70,9 +71,11 @@ pub(crate) struct Tracker {
     tasks: HashMap<(u32, u32), TaskRec>,
     /// By group.
     nurseries: HashMap<u32, NurseryRec>,
-    /// By waiter key: the task that registered the waiter, what it waits on, and a sequence
-    /// number (waits are listed in the order they began).
-    waits: HashMap<u32, ((u32, u32), WaitingOn, u64)>,
+    /// By waiter key: the task that registered the waiter (its key and its id: a wait left
+    /// registered in a long-lived object, a stream's poll-style park, must not pass to a later
+    /// task with the same key), what it waits on, and a sequence number (waits are listed in
+    /// the order they began).
+    waits: HashMap<u32, ((u32, u32), u64, WaitingOn, u64)>,
     next_wait: u64,
 }
 
@@ -103,7 +106,8 @@ impl Tracker {
         parent: WakeTarget,
     ) {
         let id = self.fresh_id();
-        self.nurseries.insert(group, NurseryRec { id, generation, at, node, parent });
+        let parent_id = self.tasks.get(&key(parent)).map_or(u64::MAX, |rec| rec.id);
+        self.nurseries.insert(group, NurseryRec { id, generation, at, node, parent, parent_id });
         let body = self.fresh_id();
         self.tasks.insert((group, BODY), TaskRec::new(body, TaskRole::Body, "body", Some(at)));
     }
@@ -112,6 +116,7 @@ impl Tracker {
     pub(crate) fn nursery_polled(&mut self, group: u32, parent: WakeTarget) {
         if let Some(n) = self.nurseries.get_mut(&group) {
             n.parent = parent;
+            n.parent_id = self.tasks.get(&key(parent)).map_or(u64::MAX, |rec| rec.id);
         }
     }
 
@@ -165,14 +170,15 @@ impl Tracker {
     /// The task `t` registered the waiter `waiter` to wait on `on` (or registered it again,
     /// maybe from another task, the future having moved).
     pub(crate) fn waiting(&mut self, waiter: u32, t: WakeTarget, on: WaitingOn) {
+        let Some(owner) = self.tasks.get(&key(t)).map(|rec| rec.id) else { return };
         let seq = match self.waits.get(&waiter) {
-            Some(&(_, _, seq)) => seq,
+            Some(&(_, _, _, seq)) => seq,
             None => {
                 self.next_wait += 1;
                 self.next_wait
             }
         };
-        self.waits.insert(waiter, (key(t), on, seq));
+        self.waits.insert(waiter, (key(t), owner, on, seq));
     }
 
     /// The waiter `waiter` was unregistered: that wait is over.
@@ -189,8 +195,13 @@ impl Tracker {
         tree: &CancelTree,
     ) -> TaskTree {
         let mut waits: HashMap<(u32, u32), Vec<(u64, WaitInfo)>> = HashMap::new();
-        for (&w, &(task, on, seq)) in &self.waits {
-            // Every recorded waiter is registered; one that is not would be a bug, and is left out.
+        for (&w, &(task, owner, on, seq)) in &self.waits {
+            // A wait whose task has ended (its park lives on in an object the task left behind)
+            // belongs to nobody shown; every recorded waiter is registered (one that is not
+            // would be a bug, and is left out too).
+            if self.tasks.get(&task).is_none_or(|rec| rec.id != owner) {
+                continue;
+            }
             let Some(node) = tree.waiter_node(w) else { continue };
             let live = node != NIL;
             let info = WaitInfo {
@@ -211,7 +222,10 @@ impl Tracker {
         }
         let mut by_parent: HashMap<(u32, u32), Vec<(u32, &NurseryRec)>> = HashMap::new();
         for (&group, n) in &self.nurseries {
-            by_parent.entry(key(n.parent)).or_default().push((group, n));
+            // A parent that has ended is not this nursery's (it is shown detached).
+            if self.tasks.get(&key(n.parent)).is_some_and(|rec| rec.id == n.parent_id) {
+                by_parent.entry(key(n.parent)).or_default().push((group, n));
+            }
         }
         let running = self.running(current);
         let cx = Snap { running, sched, tree, waits, by_group, by_parent, visited: Default::default() };
