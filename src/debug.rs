@@ -145,32 +145,43 @@ impl TaskTree {
     /// tree first, then any nursery whose task is not in it (none is expected).
     pub fn tasks(&self) -> Vec<&TaskInfo> {
         let mut out = Vec::new();
-        let mut stack = Vec::new();
-        for n in self.detached.iter().rev() {
-            stack.extend(n.tasks.iter().rev());
-        }
-        stack.push(&self.root);
-        while let Some(t) = stack.pop() {
-            out.push(t);
-            for n in t.nurseries.iter().rev() {
-                stack.extend(n.tasks.iter().rev());
-            }
-        }
+        self.walk(&mut |t| out.push(t), &mut |_| {});
         out
     }
 
-    /// Every open nursery, depth first.
+    /// Every open nursery, in the same order as [`tasks`](TaskTree::tasks).
     pub fn nurseries(&self) -> Vec<&NurseryInfo> {
         let mut out = Vec::new();
-        let mut stack: Vec<&NurseryInfo> = self.detached.iter().rev().collect();
-        stack.extend(self.root.nurseries.iter().rev());
-        while let Some(n) = stack.pop() {
-            out.push(n);
-            for t in n.tasks.iter().rev() {
-                stack.extend(t.nurseries.iter().rev());
+        self.walk(&mut |_| {}, &mut |n| out.push(n));
+        out
+    }
+
+    /// Visits the tree depth first, the root's tree then the detached nurseries.
+    fn walk<'a>(&'a self, task: &mut dyn FnMut(&'a TaskInfo), nursery: &mut dyn FnMut(&'a NurseryInfo)) {
+        fn in_task<'a>(
+            t: &'a TaskInfo,
+            task: &mut dyn FnMut(&'a TaskInfo),
+            nursery: &mut dyn FnMut(&'a NurseryInfo),
+        ) {
+            task(t);
+            for n in &t.nurseries {
+                in_nursery(n, task, nursery);
             }
         }
-        out
+        fn in_nursery<'a>(
+            n: &'a NurseryInfo,
+            task: &mut dyn FnMut(&'a TaskInfo),
+            nursery: &mut dyn FnMut(&'a NurseryInfo),
+        ) {
+            nursery(n);
+            for t in &n.tasks {
+                in_task(t, task, nursery);
+            }
+        }
+        in_task(&self.root, task, nursery);
+        for n in &self.detached {
+            in_nursery(n, task, nursery);
+        }
     }
 }
 
@@ -223,7 +234,8 @@ impl TaskInfo {
         &self.waits
     }
 
-    /// When the task was last polled (`None`: never yet).
+    /// When the task was last polled (`None`: never yet; and for the root, which is polled at
+    /// every pass of the loop).
     pub fn last_ran(&self) -> Option<Instant> {
         self.last_ran
     }
@@ -445,9 +457,14 @@ fn write_task(f: &mut fmt::Formatter<'_>, t: &TaskInfo, first: &str, rest: &str)
     Ok(())
 }
 
+/// The branch drawn before an entry and the indent below it, for the last entry of a list or not.
+fn branch(last: bool) -> (&'static str, &'static str) {
+    if last { ("└── ", "    ") } else { ("├── ", "│   ") }
+}
+
 fn write_nursery(f: &mut fmt::Formatter<'_>, n: &NurseryInfo, indent: &str, last: bool) -> fmt::Result {
-    let (branch, next) = if last { ("└── ", "    ") } else { ("├── ", "│   ") };
-    write!(f, "{indent}{branch}nursery {} opened at {}", n.id, n.location)?;
+    let (branch_here, next) = branch(last);
+    write!(f, "{indent}{branch_here}nursery {} opened at {}", n.id, n.location)?;
     if n.cancelled {
         f.write_str(", cancelled")?;
     } else if let Some(d) = n.deadline {
@@ -456,8 +473,7 @@ fn write_nursery(f: &mut fmt::Formatter<'_>, n: &NurseryInfo, indent: &str, last
     writeln!(f)?;
     let inner = format!("{indent}{next}");
     for (i, t) in n.tasks.iter().enumerate() {
-        let last = i + 1 == n.tasks.len();
-        let (b, r) = if last { ("└── ", "    ") } else { ("├── ", "│   ") };
+        let (b, r) = branch(i + 1 == n.tasks.len());
         write_task(f, t, &format!("{inner}{b}"), &format!("{inner}{r}"))?;
     }
     Ok(())

@@ -2,7 +2,7 @@
 //!
 //! # How children can borrow, soundly and without `unsafe`
 //!
-//! [`nursery`] is an `async fn`. Its frame holds the [`Nursery`] as a local and the body's
+//! [`nursery`] returns an `async` block. Its frame holds the [`Nursery`] as a local and the body's
 //! future, which borrows it; the compiler builds that self-referential frame for us. The
 //! children are boxed futures stored *inside the nursery* and polled by the nursery future itself
 //! (the moro approach): they never enter a global task list. So:
@@ -131,26 +131,17 @@ where
 {
     // The call's location, for the task-tree dump (an `async fn` cannot track its caller).
     let at = std::panic::Location::caller();
-    run_nursery(body, at)
-}
-
-async fn run_nursery<'env, B, T, E>(
-    body: B,
-    at: &'static std::panic::Location<'static>,
-) -> Result<Option<T>, NurseryError<E>>
-where
-    B: for<'n> AsyncFnOnce(&'n Nursery<'n, 'env, E>) -> Result<T, E>,
-    E: CancelError,
-{
-    let n = Nursery::open(at);
-    let _guard = CloseGuard { n: &n };
-    let body = body(&n);
-    let mut body = std::pin::pin!(body);
-    // Dropped first: the body's own destructors find the nursery closed (the children are
-    // dropped after them, by `_guard`, and a child spawned meanwhile would never run).
-    let _closed = CloseOnDrop { n: &n };
-    let mut state = RunState { body: BodyState::Running, closing: false };
-    std::future::poll_fn(|cx| n.poll_nursery(cx, body.as_mut(), &mut state)).await
+    async move {
+        let n = Nursery::open(at);
+        let _guard = CloseGuard { n: &n };
+        let body = body(&n);
+        let mut body = std::pin::pin!(body);
+        // Dropped first: the body's own destructors find the nursery closed (the children are
+        // dropped after them, by `_guard`, and a child spawned meanwhile would never run).
+        let _closed = CloseOnDrop { n: &n };
+        let mut state = RunState { body: BodyState::Running, closing: false };
+        std::future::poll_fn(|cx| n.poll_nursery(cx, body.as_mut(), &mut state)).await
+    }
 }
 
 enum BodyState<T> {

@@ -339,3 +339,45 @@ fn tracking_does_not_change_the_order_tasks_run_in() {
     assert_eq!(untracked.len(), 3);
     assert_eq!(order_after_cancel(true), untracked);
 }
+
+/// Waits are listed in the order they began, even when a wait that ended earlier left its
+/// record's key to a newer one (the records are keyed by the cancel tree's reused waiter keys).
+#[test]
+fn waits_are_listed_in_the_order_they_began() {
+    let waits = tracked().run(async {
+        let (_tx, rx) = channel::<u32>(1);
+        nursery(async |n| {
+            n.start_soon(async {
+                let mut x = pin!(rx.recv());
+                // A one-second sleep parks first, then the receive; the sleep ends at 1 s.
+                let mut a = pin!(sleep(Duration::from_secs(1)));
+                std::future::poll_fn(|cx| match a.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(r),
+                    Poll::Pending => {
+                        assert!(x.as_mut().poll(cx).is_pending());
+                        Poll::Pending
+                    }
+                })
+                .await?;
+                // Then a second sleep parks, after the receive, which keeps waiting.
+                let mut b = pin!(sleep(Duration::from_secs(5)));
+                // (Until the body cancels the nursery: then the receive ends with it.)
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = x.as_mut().poll(cx) {
+                        return Poll::Ready(r.map(drop).map_err(Error::from));
+                    }
+                    b.as_mut().poll(cx).map_err(Error::from)
+                })
+                .await?;
+                Ok::<_, Error>(())
+            });
+            sleep(Duration::from_secs(2)).await?;
+            let tree = task_tree().unwrap();
+            let waits: Vec<_> = find(&tree, "{{closure}}").waits().iter().map(|w| w.on()).collect();
+            n.cancel_scope().cancel();
+            Ok::<_, Error>(waits)
+        })
+        .await
+    });
+    assert_eq!(waits.unwrap().unwrap(), [WaitingOn::Receive, WaitingOn::Sleep(Some(secs(6)))]);
+}

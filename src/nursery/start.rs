@@ -136,125 +136,119 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         E: From<StartError> + CancelError + 'n,
     {
         // The call's location, for the task-tree dump (an `async fn` cannot track its caller).
-        self.start_from(f, Origin::of::<Fut>())
-    }
-
-    async fn start_from<F, Fut, V, T>(&'n self, f: F, origin: Origin) -> Result<V, E>
-    where
-        F: FnOnce(TaskStatus<V>) -> Fut,
-        Fut: Future<Output = Result<T, E>> + 'n,
-        V: 'n,
-        T: 'n,
-        E: From<StartError> + CancelError + 'n,
-    {
-        if self.inner.borrow().closed {
-            return Err(StartError::Closed.into());
-        }
-        self.inner.borrow_mut().pending_starts += 1;
-        // Until `started`, the task runs under the caller's scopes, inside a node of its own, so
-        // that everything it opens (scopes, nurseries) and parks on can move with it (ST.1).
-        let node = {
-            let core = &self.core;
-            let parent = core.registration_status();
-            core.cancel.borrow_mut().enter(parent, ScopeRef::Shared(core.inert.clone()))
-        };
-        let guard = PendingStart { n: self, node: std::cell::Cell::new(node) };
-        let cell = Rc::new(RefCell::new(Started { value: None, starter: None }));
-        let status = TaskStatus { cell: Some(cell.clone()) };
-        let mut task: Option<BoxedChild<'n, E>> = Some(Box::pin(ChildTask { fut: f(status) }));
-        // The caller's own checkpoint (S2.1): the task's checkpoints are its own, so `start`
-        // counts its cancel point (the check below) and its schedule point (a wait, or one yield).
-        let mut yielded = false;
-        let value = poll_fn(|cx| {
-            let core = context::core();
-            let t = task.as_mut().expect("start polled after completion");
-            // While the task is polled here, a `started` in it needs no wake-up. (After a
-            // `started` from elsewhere the task is polled once more for nothing: harmless, and
-            // needed when the caller turns out cancelled and keeps it, ST.4.)
-            let starter = cell.borrow_mut().starter.take();
-            drop(starter);
-            // Before `started` the task is the caller's business, but its checkpoints are its own.
-            let saved = (core.cancel_points.get(), core.schedule_points.get());
-            let res = {
-                let _status = StatusGuard::enter(&core, guard.node.get());
-                t.as_mut().poll_child(cx)
-            };
-            core.cancel_points.set(saved.0);
-            core.schedule_points.set(saved.1);
-            let pending = |yielded: &mut bool| {
-                if !*yielded {
-                    *yielded = true;
-                    core.schedule_points.set(core.schedule_points.get() + 1);
-                }
-                Poll::Pending
-            };
-            match res {
-                Poll::Ready(Ok(())) => {
-                    task = None;
-                    Poll::Ready(cell.borrow_mut().value.take().ok_or_else(|| E::from(StartError::NotStarted)))
-                }
-                Poll::Ready(Err(e)) => {
-                    task = None;
-                    // After `started` (and the caller not cancelled), the task belonged to the
-                    // nursery already: its error goes there, and `start` has its value.
-                    let node = core.current_status.get();
-                    let value = cell.borrow_mut().value.take();
-                    match value {
-                        Some(v) if !core.cancel.borrow().is_effectively_cancelled(node) => {
-                            self.record_error(e, "a child task failed");
-                            Poll::Ready(Ok(v))
-                        }
-                        _ => Poll::Ready(Err(e)),
-                    }
-                }
-                Poll::Pending => {
-                    if cell.borrow().value.is_none() {
-                        cell.borrow_mut().starter = Some(cx.waker().clone());
-                        return pending(&mut yielded);
-                    }
-                    // `started` was called. If the caller is already cancelled, the task stays
-                    // here (ST.4); otherwise it moves into the nursery.
-                    let node = core.current_status.get();
-                    core.cancel_points.set(core.cancel_points.get() + 1);
-                    if core.cancel.borrow().is_effectively_cancelled(node) {
-                        return pending(&mut yielded);
-                    }
-                    let moved = task.take().expect("task present while pending");
-                    // The task's node (and all it holds) moves under the nursery's.
-                    let task_node = guard.node.get();
-                    core.cancel.borrow_mut().reparent(task_node, self.node);
-                    // The slot owns the node from the insertion on, before the wake-up that
-                    // follows it (a foreign parent waker may panic there: the guard must not
-                    // exit a node the slot holds).
-                    guard.node.set(NIL);
-                    match self.insert_child_at(Task::Boxed(moved), task_node, origin) {
-                        Ok(_) => {
-                            // Moved under a nursery that was cancelled already (the caller was
-                            // shielded from it): what the task parked on before `started`, in
-                            // scopes and nurseries it opened, learns of it now (ST.7).
-                            let mut wakeups = Wakeups::default();
-                            {
-                                let tree = core.cancel.borrow();
-                                if tree.is_effectively_cancelled(task_node) {
-                                    tree.collect(task_node, &mut wakeups);
-                                }
-                            }
-                            wakeups.wake(&core);
-                            Poll::Ready(Ok(cell.borrow_mut().value.take().expect("started value")))
-                        }
-                        Err(moved) => {
-                            guard.node.set(task_node);
-                            drop(moved);
-                            Poll::Ready(Err(StartError::Closed.into()))
-                        }
-                    }
-                }
+        let origin = Origin::of::<Fut>();
+        async move {
+            if self.inner.borrow().closed {
+                return Err(StartError::Closed.into());
             }
-        })
-        .await?;
-        if !yielded {
-            crate::lowlevel::cancel_shielded_checkpoint().await;
+            self.inner.borrow_mut().pending_starts += 1;
+            // Until `started`, the task runs under the caller's scopes, inside a node of its own, so
+            // that everything it opens (scopes, nurseries) and parks on can move with it (ST.1).
+            let node = {
+                let core = &self.core;
+                let parent = core.registration_status();
+                core.cancel.borrow_mut().enter(parent, ScopeRef::Shared(core.inert.clone()))
+            };
+            let guard = PendingStart { n: self, node: std::cell::Cell::new(node) };
+            let cell = Rc::new(RefCell::new(Started { value: None, starter: None }));
+            let status = TaskStatus { cell: Some(cell.clone()) };
+            let mut task: Option<BoxedChild<'n, E>> = Some(Box::pin(ChildTask { fut: f(status) }));
+            // The caller's own checkpoint (S2.1): the task's checkpoints are its own, so `start`
+            // counts its cancel point (the check below) and its schedule point (a wait, or one yield).
+            let mut yielded = false;
+            let value = poll_fn(|cx| {
+                let core = context::core();
+                let t = task.as_mut().expect("start polled after completion");
+                // While the task is polled here, a `started` in it needs no wake-up. (After a
+                // `started` from elsewhere the task is polled once more for nothing: harmless, and
+                // needed when the caller turns out cancelled and keeps it, ST.4.)
+                let starter = cell.borrow_mut().starter.take();
+                drop(starter);
+                // Before `started` the task is the caller's business, but its checkpoints are its own.
+                let saved = (core.cancel_points.get(), core.schedule_points.get());
+                let res = {
+                    let _status = StatusGuard::enter(&core, guard.node.get());
+                    t.as_mut().poll_child(cx)
+                };
+                core.cancel_points.set(saved.0);
+                core.schedule_points.set(saved.1);
+                let pending = |yielded: &mut bool| {
+                    if !*yielded {
+                        *yielded = true;
+                        core.schedule_points.set(core.schedule_points.get() + 1);
+                    }
+                    Poll::Pending
+                };
+                match res {
+                    Poll::Ready(Ok(())) => {
+                        task = None;
+                        Poll::Ready(
+                            cell.borrow_mut().value.take().ok_or_else(|| E::from(StartError::NotStarted)),
+                        )
+                    }
+                    Poll::Ready(Err(e)) => {
+                        task = None;
+                        // After `started` (and the caller not cancelled), the task belonged to the
+                        // nursery already: its error goes there, and `start` has its value.
+                        let node = core.current_status.get();
+                        let value = cell.borrow_mut().value.take();
+                        match value {
+                            Some(v) if !core.cancel.borrow().is_effectively_cancelled(node) => {
+                                self.record_error(e, "a child task failed");
+                                Poll::Ready(Ok(v))
+                            }
+                            _ => Poll::Ready(Err(e)),
+                        }
+                    }
+                    Poll::Pending => {
+                        if cell.borrow().value.is_none() {
+                            cell.borrow_mut().starter = Some(cx.waker().clone());
+                            return pending(&mut yielded);
+                        }
+                        // `started` was called. If the caller is already cancelled, the task stays
+                        // here (ST.4); otherwise it moves into the nursery.
+                        let node = core.current_status.get();
+                        core.cancel_points.set(core.cancel_points.get() + 1);
+                        if core.cancel.borrow().is_effectively_cancelled(node) {
+                            return pending(&mut yielded);
+                        }
+                        let moved = task.take().expect("task present while pending");
+                        // The task's node (and all it holds) moves under the nursery's.
+                        let task_node = guard.node.get();
+                        core.cancel.borrow_mut().reparent(task_node, self.node);
+                        // The slot owns the node from the insertion on, before the wake-up that
+                        // follows it (a foreign parent waker may panic there: the guard must not
+                        // exit a node the slot holds).
+                        guard.node.set(NIL);
+                        match self.insert_child_at(Task::Boxed(moved), task_node, origin) {
+                            Ok(_) => {
+                                // Moved under a nursery that was cancelled already (the caller was
+                                // shielded from it): what the task parked on before `started`, in
+                                // scopes and nurseries it opened, learns of it now (ST.7).
+                                let mut wakeups = Wakeups::default();
+                                {
+                                    let tree = core.cancel.borrow();
+                                    if tree.is_effectively_cancelled(task_node) {
+                                        tree.collect(task_node, &mut wakeups);
+                                    }
+                                }
+                                wakeups.wake(&core);
+                                Poll::Ready(Ok(cell.borrow_mut().value.take().expect("started value")))
+                            }
+                            Err(moved) => {
+                                guard.node.set(task_node);
+                                drop(moved);
+                                Poll::Ready(Err(StartError::Closed.into()))
+                            }
+                        }
+                    }
+                }
+            })
+            .await?;
+            if !yielded {
+                crate::lowlevel::cancel_shielded_checkpoint().await;
+            }
+            Ok(value)
         }
-        Ok(value)
     }
 }

@@ -1,5 +1,5 @@
 //! Task tracking for the task-tree dump ([`crate::debug::task_tree`]): who exists, in which
-//! nursery, what each task parked on at its last poll.
+//! nursery, and what each task waits on.
 //!
 //! Ground rules:
 //! - Off unless the run was built with `Builder::track_tasks(true)`: then [`Core::tracker`] is
@@ -7,11 +7,12 @@
 //! - The tracker only records; it never wakes, polls or calls user code, and it is borrowed only
 //!   inside its own methods (no other `RefCell` of the run is borrowed meanwhile, except by
 //!   [`Tracker::snapshot`], which only reads them).
-//! - A task's waits are its parks' registrations: with tracking on, every park registers a
-//!   waiter record in the cancel tree (never the task's bare mark on a node), and the waiter's
-//!   key names the wait until the park unregisters it (when the operation completes or is
-//!   dropped, wherever the park has moved meanwhile). Its node is read from the tree when the
-//!   snapshot is taken, so a scope exited since (its waiters move to the parent) is seen.
+//! - A task's waits are its parks' registrations: with tracking on, every park has a waiter
+//!   record in the cancel tree (a silent one, which wakes nothing, beside the task's mark on
+//!   its node; or the waker-holding one of a foreign waker), and the waiter's key names the
+//!   wait until the park unregisters it (when the operation completes or is dropped, wherever
+//!   the park has moved meanwhile). Its node is read from the tree when the snapshot is taken,
+//!   so a scope exited since (its waiters move to the parent) is seen.
 //!
 //! [`Core::tracker`]: super::context::Core
 
@@ -97,6 +98,16 @@ impl Tracker {
         id
     }
 
+    /// The id of the task `t` (`None`: not tracked, or ended).
+    fn id_of(&self, t: WakeTarget) -> Option<u64> {
+        self.tasks.get(&key(t)).map(|rec| rec.id)
+    }
+
+    /// Whether `id` is still the task in the slot `task` (a slot is reused after its task ends).
+    fn is_live(&self, task: (u32, u32), id: u64) -> bool {
+        self.tasks.get(&task).is_some_and(|rec| rec.id == id)
+    }
+
     /// A nursery was opened by the task `parent`, at the call `at`; its body is a task too.
     pub(crate) fn open_nursery(
         &mut self,
@@ -106,7 +117,7 @@ impl Tracker {
         parent: WakeTarget,
     ) {
         let id = self.fresh_id();
-        let parent_id = self.tasks.get(&key(parent)).map_or(u64::MAX, |rec| rec.id);
+        let parent_id = self.id_of(parent).unwrap_or(u64::MAX);
         self.nurseries.insert(group, NurseryRec { id, generation, at, node, parent, parent_id });
         let body = self.fresh_id();
         self.tasks.insert((group, BODY), TaskRec::new(body, TaskRole::Body, "body", Some(at)));
@@ -114,9 +125,9 @@ impl Tracker {
 
     /// The nursery of `group` is being polled by `parent`.
     pub(crate) fn nursery_polled(&mut self, group: u32, parent: WakeTarget) {
+        let parent_id = self.id_of(parent).unwrap_or(u64::MAX);
         if let Some(n) = self.nurseries.get_mut(&group) {
-            n.parent = parent;
-            n.parent_id = self.tasks.get(&key(parent)).map_or(u64::MAX, |rec| rec.id);
+            (n.parent, n.parent_id) = (parent, parent_id);
         }
     }
 
@@ -170,7 +181,7 @@ impl Tracker {
     /// The task `t` registered the waiter `waiter` to wait on `on` (or registered it again,
     /// maybe from another task, the future having moved).
     pub(crate) fn waiting(&mut self, waiter: u32, t: WakeTarget, on: WaitingOn) {
-        let Some(owner) = self.tasks.get(&key(t)).map(|rec| rec.id) else { return };
+        let Some(owner) = self.id_of(t) else { return };
         let seq = match self.waits.get(&waiter) {
             Some(&(_, _, _, seq)) => seq,
             None => {
@@ -199,17 +210,12 @@ impl Tracker {
             // A wait whose task has ended (its park lives on in an object the task left behind)
             // belongs to nobody shown; every recorded waiter is registered (one that is not
             // would be a bug, and is left out too).
-            if self.tasks.get(&task).is_none_or(|rec| rec.id != owner) {
+            if !self.is_live(task, owner) {
                 continue;
             }
             let Some(node) = tree.waiter_node(w) else { continue };
-            let live = node != NIL;
-            let info = WaitInfo {
-                on,
-                deadline: if live { tree.effective_deadline(node) } else { None },
-                cancelled: live && tree.is_effectively_cancelled(node),
-            };
-            waits.entry(task).or_default().push((seq, info));
+            let (deadline, cancelled) = governing(tree, node);
+            waits.entry(task).or_default().push((seq, WaitInfo { on, deadline, cancelled }));
         }
         for v in waits.values_mut() {
             v.sort_by_key(|&(seq, _)| seq);
@@ -223,7 +229,7 @@ impl Tracker {
         let mut by_parent: HashMap<(u32, u32), Vec<(u32, &NurseryRec)>> = HashMap::new();
         for (&group, n) in &self.nurseries {
             // A parent that has ended is not this nursery's (it is shown detached).
-            if self.tasks.get(&key(n.parent)).is_some_and(|rec| rec.id == n.parent_id) {
+            if self.is_live(key(n.parent), n.parent_id) {
                 by_parent.entry(key(n.parent)).or_default().push((group, n));
             }
         }
@@ -234,8 +240,7 @@ impl Tracker {
             None => unreachable!("hatchery internal error: the tracker lost the root task"),
         };
         // Nurseries whose parent is not a tracked task (none are expected) are still shown.
-        let mut rest: Vec<_> =
-            self.nurseries.iter().filter(|(_, n)| !cx.visited.borrow().contains(&n.id)).collect();
+        let mut rest: Vec<_> = self.nurseries.iter().collect();
         rest.sort_by_key(|(_, n)| n.id);
         let detached = rest
             .into_iter()
@@ -244,6 +249,15 @@ impl Tracker {
             .collect();
         TaskTree::new(now, root, detached)
     }
+}
+
+/// The deadline that governs code parked at `node` (`NIL`: an orphaned waiter, governed by
+/// nothing) and whether that code is effectively cancelled.
+fn governing(tree: &CancelTree, node: u32) -> (Option<Instant>, bool) {
+    if node == NIL || !tree.contains(node) {
+        return (None, false);
+    }
+    (tree.effective_deadline(node), tree.is_effectively_cancelled(node))
 }
 
 impl TaskRec {
@@ -311,13 +325,7 @@ impl Snap<'_> {
             })
             .unwrap_or_default();
         tasks.sort_by_key(|t: &TaskInfo| t.id);
-        let live = self.tree.contains(n.node);
-        NurseryInfo {
-            id: n.id,
-            location: n.at,
-            deadline: if live { self.tree.effective_deadline(n.node) } else { None },
-            cancelled: live && self.tree.is_effectively_cancelled(n.node),
-            tasks,
-        }
+        let (deadline, cancelled) = governing(self.tree, n.node);
+        NurseryInfo { id: n.id, location: n.at, deadline, cancelled, tasks }
     }
 }
