@@ -1,9 +1,12 @@
-//! The testing kit: virtual time, quiescence, forced orderings and checkpoint assertions.
+//! The testing kit: virtual time, quiescence, forced orderings, checkpoint assertions,
+//! in-memory streams and a fault-injecting proxy.
 //!
 //! These are part of the product, as in Trio: code built on hatchery is tested with them.
 //! A typical test runs on a [`MockClock`] with autojump (so sleeps cost no real time and instants
 //! are exact), orders tasks with [`wait_all_tasks_blocked`] or a [`Sequencer`], and checks the
-//! checkpoint rule with [`assert_checkpoints`].
+//! checkpoint rule with [`assert_checkpoints`]. Network code meets a slow, choppy or breaking
+//! network through [`chaos::ChaosProxy`], and streams without sockets through
+//! [`memory_stream_pair`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -25,6 +28,7 @@ pub use memory_stream::{
     memory_stream_pair_with_capacity,
 };
 
+pub mod chaos;
 mod memory_stream;
 
 /// A [`Builder`](crate::Builder) on a fresh [`MockClock`] that jumps as soon as every task is

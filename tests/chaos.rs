@@ -1,5 +1,5 @@
-//! Many connections through the chaos proxy (`examples/chaos_proxy/proxy.rs`, included here),
-//! between clients and an echo server, all in one hatchery run on the virtual clock: the
+//! Many connections through the chaos proxy (`hatchery::testing::chaos`), between clients and
+//! an echo server, all in one hatchery run on the virtual clock: the
 //! proxy's delays and bandwidth cap cost no real time, and deadlines fire at exact instants.
 //!
 //! - **Shaping loses nothing**: N connections (64 at a time, through a `CapacityLimiter`), each
@@ -14,10 +14,6 @@
 //! Default sizes fit CI (a debug build on two cores); `HATCHERY_CHAOS_FULL=1` runs the issue's
 //! sizes: 1,000 connections of 256 KiB, and 1,000 destructive faults.
 
-#[path = "../examples/chaos_proxy/proxy.rs"]
-#[allow(dead_code)]
-mod proxy;
-
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +21,7 @@ use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::Duration;
 
 use hatchery::net::{TcpListener, TcpStream, serve_tcp};
+use hatchery::testing::chaos::{ChaosProxy, Config, FaultKind, Plan};
 use hatchery::testing::{self, MockClock, Registrations};
 use hatchery::{Builder, CancelError, CapacityLimiter, Instant, move_on_after, now, nursery};
 
@@ -79,12 +76,16 @@ fn footprint() -> Footprint {
     Footprint { fds, tasks: testing::live_tasks(), registrations: testing::registrations() }
 }
 
-/// Connection `i`'s payload: `size` bytes from a generator seeded with `seed` and `i`.
+/// Connection `i`'s payload: `size` bytes of a SplitMix64 stream seeded with `seed` and `i`.
 fn payload(seed: u64, i: usize, size: usize) -> Vec<u8> {
-    let mut rng = proxy::Rng::new(seed ^ proxy::splitmix64(i as u64));
+    let mut state = seed ^ ((i as u64) << 32);
     let mut data = Vec::with_capacity(size + 8);
     while data.len() < size {
-        data.extend_from_slice(&rng.next_u64().to_le_bytes());
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        data.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
     }
     data.truncate(size);
     data
@@ -162,13 +163,7 @@ fn every_byte_survives_delays_slicing_and_a_bandwidth_cap() {
 /// The shaping run; returns the virtual time it took and the proxy's totals.
 fn shaping_run(connections: usize, size: usize) -> (Duration, String) {
     const SEED: u64 = 0x5eed_c4a0;
-    let config = proxy::Config {
-        seed: SEED,
-        delay: Duration::from_millis(2),
-        slice: 1500,
-        bandwidth: 1 << 20,
-        ..proxy::Config::default()
-    };
+    let config = Config::new().seed(SEED).delay(Duration::from_millis(2)).slice(1500).bandwidth(1 << 20);
     // Autojump as soon as everything waits: the proxy's sleeps cost no real time. (A jump while
     // bytes are still inside the kernel only moves virtual time on; nothing here has a
     // deadline that such a jump could fire early.)
@@ -176,7 +171,7 @@ fn shaping_run(connections: usize, size: usize) -> (Duration, String) {
         let before = footprint();
         let start = now();
         let echo_listener = TcpListener::bind(([127, 0, 0, 1], 0)).unwrap();
-        let proxy = proxy::Proxy::new(config, "127.0.0.1", echo_listener.local_addr().unwrap().port());
+        let proxy = ChaosProxy::new(echo_listener.local_addr().unwrap(), config).unwrap();
         let limiter = CapacityLimiter::new(64);
         let failures = RefCell::new(Vec::new());
         nursery(async |n| {
@@ -210,15 +205,11 @@ fn shaping_run(connections: usize, size: usize) -> (Duration, String) {
             failures.len(),
             &failures[..failures.len().min(5)]
         );
-        let stats = &proxy.stats;
+        let stats = proxy.statistics();
         let total = (connections * size) as u64;
-        assert_eq!(stats.connections.get(), connections as u64);
-        assert_eq!(
-            (stats.bytes_up.get(), stats.bytes_down.get()),
-            (total, total),
-            "every byte went through once"
-        );
-        assert_eq!((stats.errors.get(), stats.upstream_failures.get(), stats.active.get()), (0, 0, 0));
+        assert_eq!(stats.connections, connections as u64);
+        assert_eq!((stats.bytes_up, stats.bytes_down), (total, total), "every byte went through once");
+        assert_eq!((stats.errors, stats.upstream_failures, stats.active), (0, 0, 0));
         // The bandwidth cap held: each direction of each connection took at least size / 1 MiB/s.
         assert!(elapsed >= Duration::from_secs_f64(size as f64 / f64::from(1 << 20)), "{elapsed:?}");
         assert_eq!(footprint(), before, "descriptors, tasks and registrations are back");
@@ -247,7 +238,7 @@ enum Ending {
 #[derive(Debug)]
 struct Seen {
     /// The plan the proxy recorded for this connection.
-    plan: proxy::Plan,
+    plan: Plan,
     ending: Ending,
     /// Bytes received (always checked to be a prefix of the payload).
     received: usize,
@@ -257,7 +248,7 @@ struct Seen {
 
 /// Sends `payload` through `proxy` and reads until the end of stream, an error, or
 /// `CLIENT_DEADLINE`.
-async fn victim(addr: SocketAddr, payload: &[u8], proxy: &proxy::Proxy) -> io::Result<Seen> {
+async fn victim(addr: SocketAddr, payload: &[u8], proxy: &ChaosProxy) -> io::Result<Seen> {
     let started = now();
     let conn = TcpStream::connect(addr).await?;
     let local = conn.local_addr()?;
@@ -341,24 +332,20 @@ fn destructive_faults_that_strike_at_once_end_every_connection() {
 fn faults_run(connections: usize, strike_delay: Duration) -> String {
     const SEED: u64 = 0xfa17;
     const SIZE: usize = 16 * 1024;
-    let config = proxy::Config {
-        seed: SEED,
-        slice: 4096,
-        reset_percent: 34,
-        hang_percent: 33,
-        close_percent: 33,
-        fault_bytes: SIZE as u64 - 1,
-        strike_delay,
-        ..proxy::Config::default()
-    };
+    let config = Config::new()
+        .seed(SEED)
+        .slice(4096)
+        .reset(34)
+        .hang(33)
+        .close(33)
+        .fault_within(SIZE as u64 - 1)
+        .strike_delay(strike_delay);
     // Jump only after 10 ms of real idleness, so that no client deadline fires while bytes are
     // still on their way through the kernel.
     Builder::new().clock(MockClock::with_autojump(Duration::from_millis(10))).seed(SEED).run(async {
         let before = footprint();
         let echo_listener = TcpListener::bind(([127, 0, 0, 1], 0)).unwrap();
-        let proxy =
-            proxy::Proxy::new(config.clone(), "127.0.0.1", echo_listener.local_addr().unwrap().port())
-                .recording();
+        let proxy = ChaosProxy::new(echo_listener.local_addr().unwrap(), config.clone()).unwrap().recording();
         let proxy = &proxy;
         let limiter = CapacityLimiter::new(64);
         let seen = RefCell::new(Vec::new());
@@ -391,22 +378,22 @@ fn faults_run(connections: usize, strike_delay: Duration) -> String {
         let mut kinds = [0u64; 3];
         for s in &seen {
             let plan = s.plan;
-            let fault = plan.fault.expect("every connection gets a destructive fault");
-            let what = format!("connection #{} ({fault}): {s:?}", plan.index);
-            let after = fault.after as usize;
-            match fault.kind {
-                proxy::FaultKind::Reset => {
+            let fault = plan.fault().expect("every connection gets a destructive fault");
+            let what = format!("connection #{} ({fault}): {s:?}", plan.index());
+            let after = fault.after() as usize;
+            match fault.kind() {
+                FaultKind::Reset => {
                     kinds[0] += 1;
                     assert_eq!(s.ending, Ending::Error(io::ErrorKind::ConnectionReset), "{what}");
                     assert!(s.received <= after, "{what}");
                     assert!(s.ended - s.started < CLIENT_DEADLINE, "{what}");
                 }
-                proxy::FaultKind::Hang => {
+                FaultKind::Hang => {
                     kinds[1] += 1;
                     assert_eq!((&s.ending, s.received), (&Ending::TimedOut, after), "{what}");
                     assert_eq!(s.ended - s.started, CLIENT_DEADLINE, "{what}");
                 }
-                proxy::FaultKind::Close => {
+                FaultKind::Close => {
                     kinds[2] += 1;
                     assert_eq!((&s.ending, s.received), (&Ending::Eof, after), "{what}");
                     assert!(s.ended - s.started < CLIENT_DEADLINE, "{what}");
@@ -420,18 +407,103 @@ fn faults_run(connections: usize, strike_delay: Duration) -> String {
         let mut expected = [0u64; 3];
         for (i, (_, plan)) in plans.iter().enumerate() {
             assert_eq!(*plan, config.plan(i as u64));
-            expected[plan.fault.unwrap().kind as usize] += 1;
+            expected[kind_index(plan.fault().unwrap().kind())] += 1;
         }
-        let mut indexes: Vec<u64> = seen.iter().map(|s| s.plan.index).collect();
+        let mut indexes: Vec<u64> = seen.iter().map(|s| s.plan.index()).collect();
         indexes.sort_unstable();
         assert!(indexes.iter().copied().eq(0..connections as u64), "one client per connection");
         assert_eq!(kinds, expected);
-        let stats = &proxy.stats;
-        assert_eq!([stats.resets.get(), stats.hangs.get(), stats.closes.get()], kinds);
-        assert_eq!(stats.active.get(), 0);
+        let stats = proxy.statistics();
+        assert_eq!([stats.resets, stats.hangs, stats.closes], kinds);
+        assert_eq!(stats.active, 0);
         assert!(kinds.iter().all(|&k| k > 0), "every kind of fault happened: {kinds:?}");
 
         assert_eq!(footprint(), before, "descriptors, tasks and registrations are back");
         stats.to_string()
     })
+}
+
+/// Where a fault kind is counted in `faults_run`'s tallies.
+fn kind_index(kind: FaultKind) -> usize {
+    match kind {
+        FaultKind::Reset => 0,
+        FaultKind::Hang => 1,
+        FaultKind::Close => 2,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy's reports
+
+/// Connects to `addr`, writes `data`, closes its writing side and reads to the end.
+async fn exchange(addr: SocketAddr, data: &[u8]) -> io::Result<Vec<u8>> {
+    let conn = TcpStream::connect(addr).await?;
+    conn.write_all(data).await?;
+    conn.shutdown(std::net::Shutdown::Write).await?;
+    let (mut back, mut buf) = (Vec::new(), [0; 1024]);
+    loop {
+        match conn.read(&mut buf).await? {
+            0 => return Ok(back),
+            n => back.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn events_statistics_and_plans_tell_each_connection_s_story() {
+    let _serial = serial();
+    Builder::new().clock(MockClock::with_autojump(Duration::from_millis(10))).run(async {
+        let echo_listener = TcpListener::bind(([127, 0, 0, 1], 0)).unwrap();
+        // A port with nothing listening: bound, then closed.
+        let dead = TcpListener::bind(([127, 0, 0, 1], 0)).unwrap().local_addr().unwrap();
+        let events = std::rc::Rc::new(RefCell::new(Vec::new()));
+        let log = events.clone();
+        // Connection 0 is forwarded whole; connection 1 is closed after its plan's byte count.
+        let config = Config::new().seed(3).close(50).fault_within(100);
+        let (first, second) = (config.plan(0), config.plan(1));
+        assert_eq!((first.fault(), second.fault().map(|f| f.kind())), (None, Some(FaultKind::Close)));
+        let after = second.fault().unwrap().after() as usize;
+        let proxy = ChaosProxy::new(echo_listener.local_addr().unwrap(), config)
+            .unwrap()
+            .recording()
+            .on_event(move |e| log.borrow_mut().push(e.to_string()));
+        let to_dead = ChaosProxy::new(dead, Config::new()).unwrap();
+        let data: Vec<u8> = (0..=255).collect();
+        nursery(async |n| {
+            n.start(|status| serve_tcp(echo_listener, echo, status)).await?;
+            let addr = n.start(|status| proxy.serve(([127, 0, 0, 1], 0), status)).await?;
+            let dead_addr = n.start(|status| to_dead.serve(([127, 0, 0, 1], 0), status)).await?;
+
+            assert_eq!(exchange(addr, &data).await?, data, "a connection without a fault");
+            assert_eq!(exchange(addr, &data).await?, data[..after], "closed after its plan's bytes");
+            // (Nothing sent: the proxy closes without reading, and unread bytes would turn the
+            // close into a reset.)
+            assert_eq!(exchange(dead_addr, b"").await?, b"", "the upstream is unreachable: closed");
+            n.cancel_scope().cancel();
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .unwrap();
+
+        let stats = proxy.statistics();
+        assert_eq!((stats.connections, stats.active, stats.closes, stats.errors), (2, 0, 1, 0));
+        assert_eq!((stats.bytes_up, stats.bytes_down), (256 + 256, 256 + after as u64));
+        let plans: Vec<Plan> = proxy.plans().into_iter().map(|(_, plan)| plan).collect();
+        assert_eq!(plans, [first, second]);
+        let dead_stats = to_dead.statistics();
+        assert_eq!((dead_stats.connections, dead_stats.upstream_failures), (1, 1));
+        assert!(to_dead.plans().is_empty(), "not recording");
+
+        let events = events.borrow();
+        let clients: Vec<SocketAddr> = proxy.plans().iter().map(|(client, _)| *client).collect();
+        assert_eq!(
+            *events,
+            [
+                format!("#0 {}: no fault", clients[0]),
+                "#0: done, 256 byte(s) up, 256 down".to_string(),
+                format!("#1 {}: close after {after} byte(s)", clients[1]),
+                format!("#1: close after {after} byte(s): striking"),
+            ]
+        );
+    });
 }

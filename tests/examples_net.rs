@@ -17,10 +17,6 @@
 #[allow(dead_code)]
 mod http;
 
-#[path = "../examples/chaos_proxy/proxy.rs"]
-#[allow(dead_code)]
-mod proxy;
-
 #[path = "support/child.rs"]
 mod child;
 
@@ -745,19 +741,18 @@ fn chaos_proxy_closes_each_connection_after_the_bytes_its_seed_says() {
     ]));
     let addr = proxy.listening_addr();
     // The same plan, computed here from the seed: connection i closes after plan(i) bytes.
-    let config =
-        proxy::Config { seed: 11, close_percent: 100, fault_bytes: 5000, ..proxy::Config::default() };
+    let config = hatchery::testing::chaos::Config::new().seed(11).close(100).fault_within(5000);
     let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 256) as u8).collect();
     for index in 0..3 {
-        let fault = config.plan(index).fault.expect("every connection gets a fault");
-        assert_eq!(fault.kind, proxy::FaultKind::Close);
+        let fault = config.plan(index).fault().expect("every connection gets a fault");
+        assert_eq!(fault.kind(), hatchery::testing::chaos::FaultKind::Close);
         let mut c = connect(addr);
         c.write_all(&payload).unwrap();
         let mut back = Vec::new();
         c.read_to_end(&mut back).expect("a clean end of stream");
-        assert_eq!(back.len() as u64, fault.after, "connection {index}");
+        assert_eq!(back.len() as u64, fault.after(), "connection {index}");
         assert!(back == payload[..back.len()], "a prefix of what was sent");
-        proxy.expect_line(&format!("#{index}: close after {} byte(s): striking", fault.after));
+        proxy.expect_line(&format!("#{index}: close after {} byte(s): striking", fault.after()));
     }
     let out = proxy.interrupt_and_finish();
     let totals = out.last().unwrap();

@@ -24,10 +24,9 @@
 //! that exposed a bug can be replayed. The first stdout line is `listening on <addr>`; then one
 //! line per connection and per fault (unless `--quiet`), and the totals on Ctrl-C.
 //!
-//! **Also a test fixture.** The proxy itself lives in `chaos_proxy/proxy.rs`, a module with no
-//! `main`; this file is only the command line. `tests/chaos.rs` includes the module with
-//! `#[path = "../examples/chaos_proxy/proxy.rs"] mod proxy;` and runs the proxy in-process
-//! between its clients and an echo server, on the virtual clock, so delays cost no real time.
+//! **Also a test tool.** The proxy is `hatchery::testing::chaos::ChaosProxy`; this file is only
+//! its command line. A test runs the same proxy in-process, between its clients and the server
+//! under test, on the virtual clock, so delays cost no real time (`tests/chaos.rs` does).
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,10 +34,10 @@ use std::process::ExitCode;
 
 use hatchery::nursery;
 use hatchery::signal::ctrl_c_cancels;
+use hatchery::testing::chaos::{ChaosProxy, Config};
 
 #[path = "../common/cli.rs"]
 mod cli;
-mod proxy;
 
 const USAGE: &str = "\
 usage: chaos_proxy --upstream HOST:PORT [--listen HOST:PORT] [--seed N]
@@ -63,22 +62,18 @@ fn main() -> ExitCode {
     let upstream: String =
         flags.opt("upstream").unwrap_or_else(|| cli::fail(USAGE, "--upstream is required"));
     let listen: SocketAddr = flags.get("listen", SocketAddr::from(([127, 0, 0, 1], 8888)));
-    let config = proxy::Config {
-        seed: flags.get("seed", 0),
-        delay: flags.get("delay", cli::Dur(std::time::Duration::ZERO)).0,
-        slice: flags.get("slice", 0),
-        bandwidth: flags.get("bandwidth", 0),
-        reset_percent: flags.get("reset", 0),
-        hang_percent: flags.get("hang", 0),
-        close_percent: flags.get("close", 0),
-        fault_bytes: flags.get("fault-bytes", 4096),
-        strike_delay: flags.get("strike-delay", cli::Dur(std::time::Duration::ZERO)).0,
-        verbose: !flags.switch("quiet"),
-    };
+    let config = Config::new()
+        .seed(flags.get("seed", 0))
+        .delay(flags.get("delay", cli::Dur(std::time::Duration::ZERO)).0)
+        .slice(flags.get("slice", 0))
+        .bandwidth(flags.get("bandwidth", 0))
+        .reset(flags.get("reset", 0))
+        .hang(flags.get("hang", 0))
+        .close(flags.get("close", 0))
+        .fault_within(flags.get("fault-bytes", 4096))
+        .strike_delay(flags.get("strike-delay", cli::Dur(std::time::Duration::ZERO)).0);
+    let verbose = !flags.switch("quiet");
     flags.finish();
-    if let Err(e) = config.validate() {
-        cli::fail(USAGE, e);
-    }
     let (host, port) = match upstream.rsplit_once(':') {
         Some((host, port)) => match port.parse::<u16>() {
             Ok(port) => (host.trim_start_matches('[').trim_end_matches(']').to_string(), port),
@@ -88,7 +83,11 @@ fn main() -> ExitCode {
     };
 
     let summary = format!("{config:?}");
-    let proxy = proxy::Proxy::new(config, &host, port);
+    let proxy = match ChaosProxy::to_host(host.clone(), port, config) {
+        Ok(proxy) if verbose => proxy.on_event(|event| println!("{event}")),
+        Ok(proxy) => proxy,
+        Err(e) => cli::fail(USAGE, e),
+    };
     let outcome = hatchery::run(ctrl_c_cancels(async {
         nursery(async |n| {
             let bound = n.start(|status| proxy.serve(listen, status)).await?;
@@ -99,7 +98,7 @@ fn main() -> ExitCode {
         .await?;
         Ok::<_, io::Error>(())
     }));
-    println!("{}", proxy.stats);
+    println!("{}", proxy.statistics());
     match outcome {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {

@@ -291,14 +291,12 @@ impl Core {
         id
     }
 
-    /// xorshift64*: small, fast, and good enough to order a batch.
+    /// The run's generator (xorshift64*): small, fast, and good enough to order a batch.
     pub(crate) fn random(&self) -> u64 {
         let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
+        let out = super::rng::xorshift64star(&mut x);
         self.rng.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        out
     }
 
     /// Puts a batch in the order the schedule policy asks for.

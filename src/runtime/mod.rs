@@ -9,6 +9,7 @@ pub(crate) mod clock;
 pub(crate) mod context;
 pub(crate) mod deadlines;
 pub(crate) mod reactor;
+pub(crate) mod rng;
 pub(crate) mod sched;
 pub(crate) mod slab;
 pub(crate) mod tracker;
