@@ -31,10 +31,21 @@ pub use memory_stream::{
 pub mod chaos;
 mod memory_stream;
 
+/// How long [`builder`]'s runs may have nothing they can do before they report a deadlock
+/// (see [`Builder::stuck_after`](crate::Builder::stuck_after)): 30 seconds of real time.
+pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+
 /// A [`Builder`](crate::Builder) on a fresh [`MockClock`] that jumps as soon as every task is
-/// blocked, with a fixed seed: the usual set-up of a deterministic test.
+/// blocked, with a fixed seed: the usual set-up of a deterministic test. It also tracks tasks
+/// and detects deadlocks: a run that can do nothing for [`STUCK_AFTER`] of real time (no task
+/// runnable, no deadline to jump to, nothing arriving from outside) panics with the
+/// [task tree](crate::debug::task_tree) instead of hanging. Change either on the builder.
 pub fn builder() -> crate::Builder {
-    crate::Builder::new().clock(MockClock::with_autojump(Duration::ZERO)).seed(0x5eed)
+    crate::Builder::new()
+        .clock(MockClock::with_autojump(Duration::ZERO))
+        .seed(0x5eed)
+        .track_tasks(true)
+        .stuck_after(Some(STUCK_AFTER))
 }
 
 /// Runs `future` with [`builder`]'s set-up.

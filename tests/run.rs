@@ -477,3 +477,105 @@ fn a_quiescence_wait_carried_into_a_later_run_does_not_take_another_waiters_plac
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("the second run hung");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deadlock detection (`Builder::stuck_after`)
+
+/// Runs `f` expecting the run to report itself stuck; returns the report.
+fn stuck_report(f: impl FnOnce()) -> String {
+    let report = panic_text(&*catch_unwind(AssertUnwindSafe(f)).expect_err("the run was reported stuck"));
+    assert!(report.starts_with("hatchery: the run is stuck: for 0ns of real time"), "{report}");
+    // The thread is clean afterwards: another run works.
+    assert_eq!(hatchery::run(async { 7 }), 7);
+    report
+}
+
+#[test]
+fn a_deadlock_is_reported_with_the_task_tree_instead_of_hanging() {
+    let line = line!() + 7; // the two `start_soon` calls below
+    let report = stuck_report(|| {
+        testing::builder().stuck_after(Some(Duration::ZERO)).run(async {
+            let (a_tx, a_rx) = hatchery::channel::<u32>(0);
+            let (b_tx, b_rx) = hatchery::channel::<u32>(0);
+            // Each waits for the other to send first.
+            let _ = nursery(async |n| {
+                n.start_soon(async move { b_tx.send(a_rx.recv().await?).await.map_err(Error::from) });
+                n.start_soon(async move { a_tx.send(b_rx.recv().await?).await.map_err(Error::from) });
+                Ok::<_, Error>(())
+            })
+            .await;
+        })
+    });
+    assert!(report.contains("0 I/O source(s) open, 0 thread job(s) running"), "{report}");
+    assert!(report.contains("task tree at 0.000s: 4 tasks, 1 nursery"), "{report}");
+    for l in [line, line + 1] {
+        let child = format!("spawned at tests/run.rs:{l}:19: waiting on a channel receive");
+        assert!(report.contains(&child), "{child:?} in {report}");
+    }
+}
+
+#[test]
+fn a_run_waiting_on_io_is_reported_with_its_open_sources() {
+    let report = stuck_report(|| {
+        testing::builder().stuck_after(Some(Duration::ZERO)).run(async {
+            let listener = hatchery::net::TcpListener::bind(([127, 0, 0, 1], 0)).unwrap();
+            let _ = listener.accept().await; // nobody connects
+        })
+    });
+    assert!(report.contains("1 I/O source(s) open, 0 thread job(s) running"), "{report}");
+    assert!(report.contains("readable"), "{report}");
+}
+
+#[test]
+fn without_tracking_the_report_says_how_to_see_the_tree() {
+    let report = stuck_report(|| {
+        Builder::new()
+            .clock(MockClock::with_autojump(Duration::ZERO))
+            .track_tasks(false)
+            .stuck_after(Some(Duration::ZERO))
+            .run(async {
+                let (_tx, rx) = hatchery::channel::<u32>(1);
+                let _ = rx.recv().await;
+            })
+    });
+    assert!(report.contains("`Builder::track_tasks(true)` would list every task"), "{report}");
+}
+
+#[test]
+fn a_deadline_the_clock_reaches_is_not_stuck_but_one_it_never_reaches_is() {
+    // Autojump reaches the sleeper's deadline: the receiver gets its value at exactly 1 h.
+    let got = testing::builder().stuck_after(Some(Duration::ZERO)).run(async {
+        let (tx, rx) = hatchery::channel::<u32>(0);
+        nursery(async |n| {
+            n.start_soon(async move {
+                sleep(secs(3600)).await?;
+                tx.send(5).await.map_err(Error::from)
+            });
+            let v = rx.recv().await?;
+            assert_eq!(now(), at(3600));
+            Ok::<_, Error>(v)
+        })
+        .await
+    });
+    assert_eq!(got.unwrap(), Some(5));
+    // A virtual clock without autojump never gets there on its own.
+    let report = stuck_report(|| {
+        let _ = Builder::new()
+            .clock(MockClock::new())
+            .track_tasks(true)
+            .stuck_after(Some(Duration::ZERO))
+            .run(sleep(secs(1)));
+    });
+    assert!(report.contains("sleep until 1.000s"), "{report}");
+}
+
+#[test]
+fn a_wake_from_another_thread_is_progress() {
+    let slot = Arc::new(Mutex::new(None));
+    let (tx, rx) = mpsc::channel();
+    let thread = waker_thread(slot.clone(), rx);
+    // Generous: the wake comes as soon as the thread sees the park. Without a deadline the run
+    // waits only for the other thread, which counts as something arriving from outside.
+    testing::builder().stuck_after(Some(secs(20))).run(ParkOnce { slot, parked: tx, polled: false });
+    thread.join().unwrap();
+}

@@ -61,6 +61,7 @@ pub struct Builder {
     policy: SchedulePolicy,
     yield_budget: u32,
     track_tasks: bool,
+    stuck_after: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -80,6 +81,7 @@ impl Builder {
             // CI runs the suite once more with every run tracked (`--cfg hatchery_track_tasks`):
             // tracking must not change what a run does.
             track_tasks: cfg!(hatchery_track_tasks),
+            stuck_after: None,
         }
     }
 
@@ -138,13 +140,48 @@ impl Builder {
         self
     }
 
+    /// Deadlock detection, for tests: if the run has nothing it can do for `limit` of real
+    /// time, it panics with a report instead of waiting for ever. "Nothing it can do": no task
+    /// is runnable, no deadline is pending that the clock will reach on its own (a virtual clock
+    /// without autojump reaches none), no `wait_all_tasks_blocked` waits, and nothing arrives
+    /// from outside the run (I/O readiness, a wake or a callback from another thread, a finished
+    /// thread job) during the whole `limit`. The report says how many I/O sources are open and
+    /// thread jobs are running (either could still have woken the run), and, if the run tracks
+    /// its tasks, prints the [task tree](crate::debug::task_tree): who waits on what.
+    ///
+    /// `None`, the default, waits for ever, as Trio does (S8.3): a server idle on `accept` has
+    /// nothing to do either. [`testing::builder`](crate::testing::builder) sets
+    /// [`testing::STUCK_AFTER`](crate::testing::STUCK_AFTER) (and tracks tasks), so a
+    /// deadlocked test fails with a picture of the deadlock instead of hanging CI.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hatchery::{channel, testing};
+    ///
+    /// let stuck = std::panic::catch_unwind(|| {
+    ///     testing::builder().stuck_after(Some(Duration::ZERO)).run(async {
+    ///         let (_tx, rx) = channel::<u32>(0);
+    ///         rx.recv().await // the sender is alive, and nobody will ever send
+    ///     })
+    /// });
+    /// let report = stuck.unwrap_err();
+    /// let report = report.downcast_ref::<String>().unwrap();
+    /// assert!(report.starts_with("hatchery: the run is stuck"), "{report}");
+    /// assert!(report.contains("waiting on a channel receive"), "{report}");
+    /// ```
+    pub fn stuck_after(mut self, limit: Option<Duration>) -> Builder {
+        self.stuck_after = limit;
+        self
+    }
+
     /// Runs `future` to completion on this thread and returns its output.
     ///
     /// # Panics
     ///
     /// If a hatchery run is already active on this thread, or the event loop cannot be created
-    /// (see [`try_run`](Builder::try_run) for both as errors); and, re-raised, any panic of the
-    /// future or of a task it did not catch.
+    /// (see [`try_run`](Builder::try_run) for both as errors); if the run is stuck longer than
+    /// [`stuck_after`](Builder::stuck_after) allows; and, re-raised, any panic of the future or
+    /// of a task it did not catch.
     #[track_caller]
     pub fn run<F: Future>(self, future: F) -> F::Output {
         match self.try_run(future) {
@@ -179,7 +216,7 @@ impl Builder {
         }));
         let guard = RunGuard { core: core.clone() };
         context::set_current(Some(core.clone()));
-        let out = event_loop(&core, future);
+        let out = event_loop(&core, future, self.stuck_after);
         drop(guard);
         Ok(out)
     }
@@ -254,10 +291,10 @@ fn run_callbacks(
 /// 3. wait for I/O and wake the tasks it concerns (skipped when nothing could arrive);
 /// 4. expire due deadlines: wake sleepers, cancel scopes;
 /// 5. if nothing is runnable: wake `wait_all_tasks_blocked` waiters, else autojump the
-///    virtual clock;
+///    virtual clock; with `stuck_after`, report a run that could do nothing for that long;
 /// 6. run one batch: poll the root future once; each nursery in it polls the children that
 ///    were ready when it was reached.
-fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
+fn event_loop<F: Future>(core: &Rc<Core>, future: F, stuck_after: Option<Duration>) -> F::Output {
     let mut future = pin!(future);
     let root_waker = TaskWaker::waker(&core.shared, WakeTarget::ROOT);
     let mut wakers: Vec<context::Wakeup> = Vec::new();
@@ -269,6 +306,8 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
     // Busy passes, and the schedule-point count, since I/O was last polled (step 3).
     let mut busy_passes: u32 = 0;
     let mut points_at_poll: u64 = 0;
+    // With `stuck_after`: since when (real time) the loop has had nothing it could do.
+    let mut stuck_since: Option<std::time::Instant> = None;
     loop {
         // 1. Cross-thread entry.
         if core.shared.has_remote() {
@@ -315,6 +354,18 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             };
             drop(blocked);
             [until_deadline, blocked_cushion, autojump].into_iter().flatten().min().map(|d| d.min(MAX_WAIT))
+        };
+        // Nothing to wait for but the outside world: with `stuck_after`, wait only what is left
+        // of it (step 5 reports the run if it runs out).
+        let timeout = match (timeout, stuck_after) {
+            (None, Some(limit)) => {
+                let since = *stuck_since.get_or_insert_with(clock::real_now);
+                Some(limit.saturating_sub(since.elapsed()).min(MAX_WAIT))
+            }
+            (timeout, _) => {
+                stuck_since = None;
+                timeout
+            }
         };
 
         // 3. I/O. A pass with nothing runnable always polls I/O (even with a zero timeout, as
@@ -370,6 +421,14 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             }
         }
 
+        if !scheduled
+            && let (Some(since), Some(limit)) = (stuck_since, stuck_after)
+            && !core.shared.has_remote()
+            && since.elapsed() >= limit
+        {
+            report_stuck(core, limit);
+        }
+
         // 6. One batch.
         if scheduled {
             core.sched.borrow_mut().root_scheduled = false;
@@ -382,6 +441,35 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F) -> F::Output {
             }
         }
     }
+}
+
+/// Panics with a report of a run that had nothing it could do for `limit` of real time.
+#[cold]
+#[inline(never)]
+fn report_stuck(core: &Core, limit: Duration) -> ! {
+    let tree = match &core.tracker {
+        Some(t) => {
+            // Between passes no task runs.
+            let tree = t.borrow().snapshot(
+                core.now(),
+                WakeTarget::NONE,
+                &core.sched.borrow(),
+                &core.cancel.borrow(),
+            );
+            tree.to_string()
+        }
+        None => {
+            "(a run built with `Builder::track_tasks(true)` would list every task and what it waits on)\n"
+                .to_string()
+        }
+    };
+    panic!(
+        "hatchery: the run is stuck: for {limit:?} of real time no task could run, no deadline was pending \
+         that the clock would reach, and nothing arrived from outside the run; {} I/O source(s) open, {} thread \
+         job(s) running. A deadlock? (`Builder::stuck_after` sets this limit.)\n{tree}",
+        core.reactor.source_count(),
+        core.external_work.get(),
+    );
 }
 
 fn expire_deadlines(core: &Core, wakeups: &mut Wakeups) {
