@@ -79,10 +79,10 @@ async fn memory_pair() -> io::Result<(MemoryStream, MemoryStream)> {
     Ok(memory_stream_pair())
 }
 
-/// Runs one check on a fresh pair, on the virtual clock. The clock jumps only after 20 ms of
+/// Runs one check on a fresh pair, on the virtual clock. The clock jumps only after 1 s of
 /// real idleness (`support::sockets_builder`), so that data in flight on loopback is never
 /// overtaken by a jump; the virtual-hour watchdog then turns a check that hangs into a failure
-/// within a fraction of a second. (Not one that livelocks: a run that is never idle never
+/// within about a second. (Not one that livelocks: a run that is never idle never
 /// jumps. See `second_op`.)
 ///
 /// `yield_budget` is the run's [`hatchery::Builder::yield_budget`]: the checks that drop a
