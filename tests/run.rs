@@ -494,7 +494,7 @@ fn stuck_report(f: impl FnOnce()) -> String {
 fn a_deadlock_is_reported_with_the_task_tree_instead_of_hanging() {
     let line = line!() + 7; // the two `start_soon` calls below
     let report = stuck_report(|| {
-        testing::builder().stuck_after(Some(Duration::ZERO)).run(async {
+        testing::builder().track_tasks(true).stuck_after(Some(Duration::ZERO)).run(async {
             let (a_tx, a_rx) = hatchery::channel::<u32>(0);
             let (b_tx, b_rx) = hatchery::channel::<u32>(0);
             // Each waits for the other to send first.
@@ -506,7 +506,7 @@ fn a_deadlock_is_reported_with_the_task_tree_instead_of_hanging() {
             .await;
         })
     });
-    assert!(report.contains("0 I/O source(s) open, 0 thread job(s) running"), "{report}");
+    assert!(report.contains("0 I/O source(s) open"), "{report}");
     assert!(report.contains("task tree at 0.000s: 4 tasks, 1 nursery"), "{report}");
     for l in [line, line + 1] {
         let child = format!("spawned at tests/run.rs:{l}:19: waiting on a channel receive");
@@ -517,12 +517,12 @@ fn a_deadlock_is_reported_with_the_task_tree_instead_of_hanging() {
 #[test]
 fn a_run_waiting_on_io_is_reported_with_its_open_sources() {
     let report = stuck_report(|| {
-        testing::builder().stuck_after(Some(Duration::ZERO)).run(async {
+        testing::builder().track_tasks(true).stuck_after(Some(Duration::ZERO)).run(async {
             let listener = hatchery::net::TcpListener::bind(([127, 0, 0, 1], 0)).unwrap();
             let _ = listener.accept().await; // nobody connects
         })
     });
-    assert!(report.contains("1 I/O source(s) open, 0 thread job(s) running"), "{report}");
+    assert!(report.contains("1 I/O source(s) open"), "{report}");
     assert!(report.contains("readable"), "{report}");
 }
 
@@ -578,4 +578,47 @@ fn a_wake_from_another_thread_is_progress() {
     // waits only for the other thread, which counts as something arriving from outside.
     testing::builder().stuck_after(Some(secs(20))).run(ParkOnce { slot, parked: tx, polled: false });
     thread.join().unwrap();
+}
+
+#[test]
+fn io_that_wakes_a_task_is_progress() {
+    // A std thread echoes bytes over a socket pair, one at a time: each wait lasts a thread
+    // hand-off (tens of microseconds), and thousands of them add up to more than the limit,
+    // which must count from the last progress, not from the first wait.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut theirs = theirs;
+        let mut b = [0u8];
+        while theirs.read(&mut b).unwrap() == 1 {
+            theirs.write_all(&b).unwrap();
+        }
+    });
+    const ROUND_TRIPS: u32 = 6000;
+    let real = std::time::Instant::now();
+    // An unbounded yield budget: the task never yields on its own, so only the I/O that wakes
+    // it marks progress.
+    let builder = testing::builder().yield_budget(u32::MAX).stuck_after(Some(Duration::from_millis(200)));
+    let echoed = builder.run(async {
+        let ours = hatchery::net::UnixStream::from_std(ours).unwrap();
+        let mut b = [0u8];
+        for i in 0..ROUND_TRIPS {
+            ours.write_all(&[i as u8]).await.unwrap();
+            assert_eq!(ours.read(&mut b).await.unwrap(), 1);
+            assert_eq!(b[0], i as u8);
+        }
+        ROUND_TRIPS
+    });
+    assert_eq!(echoed, ROUND_TRIPS);
+    echo.join().unwrap();
+    println!("{ROUND_TRIPS} round trips with a std thread in {:?}", real.elapsed());
+}
+
+#[test]
+fn a_running_thread_job_is_not_stuck() {
+    // The job computes for longer than the zero limit: the run waits for it, not stuck.
+    let sum = testing::builder().stuck_after(Some(Duration::ZERO)).run(async {
+        hatchery::to_thread(|| (0..20_000_000u64).map(std::hint::black_box).sum::<u64>()).await
+    });
+    assert_eq!(sum.unwrap(), 20_000_000 * 19_999_999 / 2);
 }

@@ -78,9 +78,10 @@ impl Builder {
             seed: None,
             policy: SchedulePolicy::RandomReverse,
             yield_budget: DEFAULT_YIELD_BUDGET,
-            // CI runs the suite once more with every run tracked (`--cfg hatchery_track_tasks`):
+            // CI runs the suite once more with tracking swapped (`--cfg hatchery_swap_tracking`:
+            // `Builder::new` tracks, `testing::builder` does not), so both paths run every test:
             // tracking must not change what a run does.
-            track_tasks: cfg!(hatchery_track_tasks),
+            track_tasks: cfg!(hatchery_swap_tracking),
             stuck_after: None,
         }
     }
@@ -143,11 +144,12 @@ impl Builder {
     /// Deadlock detection, for tests: if the run has nothing it can do for `limit` of real
     /// time, it panics with a report instead of waiting for ever. "Nothing it can do": no task
     /// is runnable, no deadline is pending that the clock will reach on its own (a virtual clock
-    /// without autojump reaches none), no `wait_all_tasks_blocked` waits, and nothing arrives
-    /// from outside the run (I/O readiness, a wake or a callback from another thread, a finished
-    /// thread job) during the whole `limit`. The report says how many I/O sources are open and
-    /// thread jobs are running (either could still have woken the run), and, if the run tracks
-    /// its tasks, prints the [task tree](crate::debug::task_tree): who waits on what.
+    /// at rate 0 without autojump reaches none), no `wait_all_tasks_blocked` waits, no thread
+    /// job is running (it will wake the run when it ends), and nothing arrives from outside the
+    /// run (I/O that wakes a task, a wake or a callback from another thread) during the whole
+    /// `limit`. The report says how many I/O sources are open (a peer outside the run could
+    /// still have written), and, if the run tracks its tasks, prints the
+    /// [task tree](crate::debug::task_tree): who waits on what.
     ///
     /// `None`, the default, waits for ever, as Trio does (S8.3): a server idle on `accept` has
     /// nothing to do either. [`testing::builder`](crate::testing::builder) sets
@@ -311,6 +313,8 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F, stuck_after: Option<Duratio
     loop {
         // 1. Cross-thread entry.
         if core.shared.has_remote() {
+            // Something arrived from outside: whatever it does, the run is not stuck.
+            stuck_since = None;
             core.shared.take_remote(&mut remote_wakes, &mut callbacks);
             // The callbacks first: a wake-up can run foreign code (a combinator's waker) that
             // panics, and a callback whose caller was told `Ok` must not be dropped unrun.
@@ -356,9 +360,10 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F, stuck_after: Option<Duratio
             [until_deadline, blocked_cushion, autojump].into_iter().flatten().min().map(|d| d.min(MAX_WAIT))
         };
         // Nothing to wait for but the outside world: with `stuck_after`, wait only what is left
-        // of it (step 5 reports the run if it runs out).
+        // of it (step 5 reports the run if it runs out). A thread job in flight will wake the
+        // run when it ends, as a deadline would: not stuck.
         let timeout = match (timeout, stuck_after) {
-            (None, Some(limit)) => {
+            (None, Some(limit)) if core.external_work.get() == 0 => {
                 let since = *stuck_since.get_or_insert_with(clock::real_now);
                 Some(limit.saturating_sub(since.elapsed()).min(MAX_WAIT))
             }
@@ -431,6 +436,7 @@ fn event_loop<F: Future>(core: &Rc<Core>, future: F, stuck_after: Option<Duratio
 
         // 6. One batch.
         if scheduled {
+            stuck_since = None;
             core.sched.borrow_mut().root_scheduled = false;
             let (data, vtable) = context::waker_id(&root_waker);
             core.entity.set((WakeTarget::ROOT, data, vtable));
@@ -465,10 +471,9 @@ fn report_stuck(core: &Core, limit: Duration) -> ! {
     };
     panic!(
         "hatchery: the run is stuck: for {limit:?} of real time no task could run, no deadline was pending \
-         that the clock would reach, and nothing arrived from outside the run; {} I/O source(s) open, {} thread \
-         job(s) running. A deadlock? (`Builder::stuck_after` sets this limit.)\n{tree}",
+         that the clock would reach, no thread job was running, and nothing arrived from outside the run; {} I/O \
+         source(s) open. A deadlock? (`Builder::stuck_after` sets this limit.)\n{tree}",
         core.reactor.source_count(),
-        core.external_work.get(),
     );
 }
 

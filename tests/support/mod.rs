@@ -123,7 +123,8 @@ pub async fn poll_twice<F: Future + ?Sized>(mut fut: Pin<&mut F>) {
 /// even 250 ms, `stream_conformance`'s megabyte round trip sometimes met its virtual-hour
 /// watchdog under load.
 pub fn sockets_builder() -> hatchery::Builder {
-    hatchery::testing::builder().clock(hatchery::testing::MockClock::with_autojump(Duration::from_millis(1000)))
+    hatchery::testing::builder()
+        .clock(hatchery::testing::MockClock::with_autojump(Duration::from_millis(1000)))
 }
 
 /// Runs `f` with [`sockets_builder`]'s set-up.
