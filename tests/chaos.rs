@@ -292,9 +292,7 @@ async fn victim(addr: SocketAddr, payload: &[u8], proxy: &ChaosProxy) -> io::Res
     };
     // The proxy's latest record for this client address is this connection's: a later
     // connection can reuse the address only once this socket is closed, below.
-    let plans = proxy.plans();
-    let plan =
-        plans.iter().rev().find(|(peer, _)| *peer == local).expect("the proxy recorded the connection").1;
+    let plan = proxy.plan_for(local).expect("the proxy recorded the connection");
     Ok(Seen { plan, ending, received: received.get(), started, ended: now() })
 }
 
@@ -496,6 +494,8 @@ fn events_statistics_and_plans_tell_each_connection_s_story() {
 
         let events = events.borrow();
         let clients: Vec<SocketAddr> = proxy.plans().iter().map(|(client, _)| *client).collect();
+        assert_eq!((proxy.plan_for(clients[0]), proxy.plan_for(clients[1])), (Some(first), Some(second)));
+        assert_eq!(to_dead.plan_for(clients[0]), None);
         assert_eq!(
             *events,
             [

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     };
 
     let summary = format!("{config:?}");
-    let proxy = match ChaosProxy::to_host(host.clone(), port, config) {
+    let proxy = match ChaosProxy::for_host(host.clone(), port, config) {
         Ok(proxy) if verbose => proxy.on_event(|event| println!("{event}")),
         Ok(proxy) => proxy,
         Err(e) => cli::fail(USAGE, e),

@@ -9,8 +9,8 @@
 //!   fragments), [`bandwidth`](Config::bandwidth) (a cap per direction, paced piece by piece);
 //! - **one destructive fault** on a chosen share of connections, once the upstream has sent the
 //!   client a random number of bytes: [`Reset`](FaultKind::Reset) (the client's connection is
-//!   aborted with an RST), [`Hang`](FaultKind::Hang) (nothing more is forwarded either way;
-//!   both connections are held open until the client gives up or the proxy stops),
+//!   aborted with an RST), [`Hang`](FaultKind::Hang) (nothing more is forwarded either way; the
+//!   connections are held open until the client's fails or the proxy stops),
 //!   [`Close`](FaultKind::Close) (the client gets a clean end of stream early).
 //!
 //! The proxy never corrupts, reorders, duplicates or invents bytes: what reaches a peer is
@@ -130,8 +130,10 @@ const DEFAULT_FAULT_WITHIN: u64 = 4096;
 pub enum FaultKind {
     /// Abort the client's connection: its next read fails with "connection reset".
     Reset,
-    /// Stop forwarding and hold both connections open, reading and discarding what the client
-    /// sends, until the client's connection fails or the proxy stops.
+    /// Stop forwarding and hold the connections open (the upstream one, if it was made),
+    /// reading and discarding what the client sends, until the client's connection fails or the
+    /// proxy stops. A client that only closes its side cleanly is still held: a hung peer would
+    /// not notice either.
     Hang,
     /// Close the client's connection cleanly: it sees the end of stream (and the upstream
     /// connection is closed).
@@ -182,7 +184,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The connection's index, in accept order from 0.
+    /// The connection's index, in accept order from 0. (A connection reset before the proxy
+    /// could read its peer's address gets none: it is counted in
+    /// [`ChaosStatistics::errors`] and closed.)
     pub fn index(&self) -> u64 {
         self.index
     }
@@ -213,6 +217,7 @@ impl Plan {
 /// assert!(Config::new().reset(60).close(50).validate().is_err(), "110 percent");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a Config does nothing until a ChaosProxy is built with it; its setters return the new value"]
 pub struct Config {
     seed: u64,
     delay: Duration,
@@ -317,7 +322,8 @@ impl Config {
     }
 
     /// The plan of connection number `index` (in accept order, from 0): the same for the same
-    /// seed and fault settings, whatever else happens in the run.
+    /// seed and fault settings, whatever else happens in the run. (Of percentages that
+    /// [`validate`](Config::validate) refuses, the first ones win: reset, then hang, then close.)
     pub fn plan(&self, index: u64) -> Plan {
         let mut rng = Rng::new(self.seed ^ splitmix64(index));
         let roll = rng.below(100) as u32;
@@ -377,7 +383,8 @@ pub struct ChaosStatistics {
     pub closes: u64,
     /// Connections whose upstream could not be reached (the client's connection is closed).
     pub upstream_failures: u64,
-    /// Connections that ended with an error from either peer (a reset, say).
+    /// Connections that ended with an error from either peer (a reset, say), including those
+    /// reset before the proxy could read the client's address (which get no index).
     pub errors: u64,
 }
 
@@ -436,7 +443,7 @@ impl Drop for Active<'_> {
 
 /// Something that happened to a connection, for [`ChaosProxy::on_event`]. Its `Display` is one
 /// log line, starting with `#` and the connection's index.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum Event<'a> {
     /// A connection was accepted and given its plan.
@@ -469,8 +476,8 @@ pub enum Event<'a> {
         /// Bytes forwarded from the upstream to the client.
         bytes_down: u64,
     },
-    /// The connection ended with an error from either peer (both are aborted, so each learns
-    /// of it).
+    /// The connection ended with an error (a reset from either peer, say; when forwarding
+    /// fails, both connections are aborted so that each peer learns of it).
     Failed {
         /// The connection's index.
         index: u64,
@@ -507,12 +514,28 @@ impl fmt::Display for Event<'_> {
 /// read while it serves and after.
 pub struct ChaosProxy {
     config: Config,
-    upstream_host: String,
-    upstream_port: u16,
+    upstream: Upstream,
     next_index: Cell<u64>,
     counters: Counters,
     record: Option<RefCell<Vec<(SocketAddr, Plan)>>>,
     observer: Option<Observer>,
+}
+
+/// Where a [`ChaosProxy`] forwards to.
+#[derive(Debug, Clone)]
+enum Upstream {
+    Addr(SocketAddr),
+    Host(String, u16),
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Addr(addr) => write!(f, "{addr}"),
+            Upstream::Host(host, port) if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Upstream::Host(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// What [`ChaosProxy::on_event`] installs.
@@ -522,7 +545,7 @@ impl fmt::Debug for ChaosProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChaosProxy")
             .field("config", &self.config)
-            .field("upstream", &format_args!("{}:{}", self.upstream_host, self.upstream_port))
+            .field("upstream", &format_args!("{}", self.upstream))
             .field("statistics", &self.statistics())
             .finish_non_exhaustive()
     }
@@ -535,7 +558,7 @@ impl ChaosProxy {
     ///
     /// [`InvalidConfig`] if the fault percentages add up to more than 100.
     pub fn new(upstream: SocketAddr, config: Config) -> Result<ChaosProxy, InvalidConfig> {
-        ChaosProxy::to_host(upstream.ip().to_string(), upstream.port(), config)
+        ChaosProxy::build(Upstream::Addr(upstream), config)
     }
 
     /// A proxy to `host:port`, where `host` is a name (resolved for each connection, with
@@ -544,12 +567,15 @@ impl ChaosProxy {
     /// # Errors
     ///
     /// [`InvalidConfig`] if the fault percentages add up to more than 100.
-    pub fn to_host(host: impl Into<String>, port: u16, config: Config) -> Result<ChaosProxy, InvalidConfig> {
+    pub fn for_host(host: impl Into<String>, port: u16, config: Config) -> Result<ChaosProxy, InvalidConfig> {
+        ChaosProxy::build(Upstream::Host(host.into(), port), config)
+    }
+
+    fn build(upstream: Upstream, config: Config) -> Result<ChaosProxy, InvalidConfig> {
         config.validate()?;
         Ok(ChaosProxy {
             config,
-            upstream_host: host.into(),
-            upstream_port: port,
+            upstream,
             next_index: Cell::new(0),
             counters: Counters::default(),
             record: None,
@@ -600,6 +626,13 @@ impl ChaosProxy {
         self.record.as_ref().map(|r| r.borrow().clone()).unwrap_or_default()
     }
 
+    /// The plan of the latest connection from `client` (a test's connection's local address),
+    /// if the proxy is [`recording`](ChaosProxy::recording) and has accepted one.
+    pub fn plan_for(&self, client: SocketAddr) -> Option<Plan> {
+        let record = self.record.as_ref()?.borrow();
+        record.iter().rev().find(|(peer, _)| *peer == client).map(|&(_, plan)| plan)
+    }
+
     /// Listens on `listen` (an address, port 0 for any free port, or a
     /// [`TcpListener`](crate::net::TcpListener)) and proxies every connection, each in a task of
     /// its own, until cancelled; reports the bound address through `status`, for
@@ -608,7 +641,8 @@ impl ChaosProxy {
     ///
     /// # Errors
     ///
-    /// Binding errors, and [`Cancelled`](crate::Cancelled) (as an [`io::Error`]) when stopped.
+    /// Binding errors, fatal accept errors (as [`serve_tcp`]: running out of descriptors is
+    /// retried), and [`Cancelled`](crate::Cancelled) (as an [`io::Error`]) when stopped.
     /// Problems of single connections are counted in [`statistics`](ChaosProxy::statistics)
     /// and reported as [`Event`]s, never returned.
     pub async fn serve(
@@ -616,7 +650,21 @@ impl ChaosProxy {
         listen: impl Into<Listen>,
         status: TaskStatus<SocketAddr>,
     ) -> io::Result<Infallible> {
-        serve_tcp(listen, async |client: TcpStream| self.handle(client).await, status).await
+        // A plain closure, not an async one: its body runs as each connection is accepted, so
+        // indexes follow the accept order (a child's first poll may not: a batch can run in
+        // any order).
+        let handler = |client: TcpStream| {
+            let accepted = client.peer_addr().map(|peer| {
+                let index = self.next_index.get();
+                self.next_index.set(index + 1);
+                if let Some(record) = &self.record {
+                    record.borrow_mut().push((peer, self.config.plan(index)));
+                }
+                (index, peer)
+            });
+            self.handle(accepted, client)
+        };
+        serve_tcp(listen, handler, status).await
     }
 
     /// Tells the observer, if any.
@@ -626,12 +674,17 @@ impl ChaosProxy {
         }
     }
 
-    /// One connection: fails only when cancelled; its own failures are counted and reported.
-    async fn handle(&self, client: TcpStream) -> io::Result<()> {
-        let index = self.next_index.replace(self.next_index.get() + 1);
+    /// One connection, with its index and peer address (or why there is none): fails only
+    /// when cancelled; its own failures are counted and reported.
+    async fn handle(&self, accepted: io::Result<(u64, SocketAddr)>, client: TcpStream) -> io::Result<()> {
         add(&self.counters.connections, 1);
         let _active = Active::enter(&self.counters.active);
-        match self.proxy(index, &client).await {
+        let Ok((index, peer)) = accepted else {
+            // Reset before anything could be done with it: dropping it closes it.
+            add(&self.counters.errors, 1);
+            return Ok(());
+        };
+        match self.proxy(index, peer, &client).await {
             Err(e) if e.cancelled().is_some() => Err(e),
             Ok(()) => Ok(()),
             Err(e) => {
@@ -643,18 +696,18 @@ impl ChaosProxy {
     }
 
     /// Proxies connection `index` according to its plan.
-    async fn proxy(&self, index: u64, client: &TcpStream) -> io::Result<()> {
+    async fn proxy(&self, index: u64, peer: SocketAddr, client: &TcpStream) -> io::Result<()> {
         let plan = self.config.plan(index);
-        let peer = client.peer_addr()?;
-        if let Some(record) = &self.record {
-            record.borrow_mut().push((peer, plan));
-        }
         self.emit(&Event::Accepted { plan, client: peer });
 
         if let Some(fault) = plan.fault.filter(|f| f.after == 0) {
             return self.apply(index, fault, client, None).await;
         }
-        let upstream = match connect_tcp(&self.upstream_host, self.upstream_port).await {
+        let connected = match &self.upstream {
+            Upstream::Addr(addr) => TcpStream::connect(*addr).await,
+            Upstream::Host(host, port) => connect_tcp(host, *port).await,
+        };
+        let upstream = match connected {
             Ok(s) => s,
             Err(e) if e.cancelled().is_some() => return Err(e),
             Err(e) => {
@@ -712,16 +765,20 @@ impl ChaosProxy {
         if !self.config.strike_delay.is_zero() {
             sleep(self.config.strike_delay).await?;
         }
+        let counter = match fault.kind {
+            FaultKind::Reset => &self.counters.resets,
+            FaultKind::Hang => &self.counters.hangs,
+            FaultKind::Close => &self.counters.closes,
+        };
+        add(counter, 1);
         self.emit(&Event::Striking { index, fault });
         match fault.kind {
             FaultKind::Reset => {
-                add(&self.counters.resets, 1);
                 drop(upstream);
                 client.close_with_reset(); // the RST goes out when the caller drops the stream
                 Ok(())
             }
             FaultKind::Close => {
-                add(&self.counters.closes, 1);
                 drop(upstream);
                 client.shutdown(Shutdown::Write).await?;
                 // Read what the client still sends, so that closing does not reset the
@@ -735,7 +792,6 @@ impl ChaosProxy {
                 Ok(())
             }
             FaultKind::Hang => {
-                add(&self.counters.hangs, 1);
                 let _held = upstream;
                 let mut buf = [0; 4096];
                 loop {
@@ -785,6 +841,12 @@ impl<'a> Direction<'a> {
         Direction { shaper: RefCell::new(shaper), budget, forwarded: Cell::new(0), total }
     }
 
+    /// Counts `n` bytes forwarded.
+    fn count(&self, n: usize) {
+        add(&self.forwarded, n as u64);
+        add(self.total, n as u64);
+    }
+
     /// Forwards `from` to `to` until the end of stream (passed on as a shutdown of `to`'s
     /// writing side) or until the budget is spent.
     async fn pump(&self, from: &TcpStream, to: &TcpStream) -> io::Result<End> {
@@ -807,9 +869,15 @@ impl<'a> Direction<'a> {
                 if let Some(until) = wait {
                     sleep_until(until).await?;
                 }
-                to.write_all(&data[..piece]).await?;
-                add(&self.forwarded, piece as u64);
-                add(self.total, piece as u64);
+                let written = match to.write_all(&data[..piece]).await {
+                    Ok(()) => piece,
+                    Err(e) => {
+                        // What went out before the failure went through all the same.
+                        self.count(e.written);
+                        return Err(e.into());
+                    }
+                };
+                self.count(written);
                 data = &data[piece..];
             }
         }
