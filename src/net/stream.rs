@@ -815,9 +815,31 @@ macro_rules! half_methods {
     };
 }
 
-/// `futures_io::AsyncRead` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`).
+/// `futures_io::AsyncRead` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`), and
+/// with the `tokio-io` feature tokio's.
 macro_rules! async_read_impl {
     ($T:ty $(; $($path:ident).+)?) => {
+        #[cfg(feature = "tokio-io")]
+        impl tokio::io::AsyncRead for $T {
+            /// As `futures_io::AsyncRead::poll_read` (not a checkpoint; the same busy and
+            /// cancellation rules), into the unfilled part of `buf`. A `buf` with no room left
+            /// is done at once (tokio's convention), without touching the stream.
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                if buf.remaining() == 0 {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                // Safe code only: the unfilled part is zeroed once (`initialize_unfilled` keeps
+                // track, so a buffer reused across polls is not zeroed again).
+                let n = std::task::ready!((&*self)$($(.$path)+)?.poll_read(cx, buf.initialize_unfilled()))?;
+                buf.advance(n);
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+
         impl futures_io::AsyncRead for $T {
             /// Not a checkpoint: fails with [`Cancelled`]($crate::Cancelled) only where it would
             /// block in a cancelled scope. [`BusyResource`]($crate::BusyResource) while an
@@ -837,9 +859,36 @@ macro_rules! async_read_impl {
 
 /// `futures_io::AsyncWrite` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`):
 /// writes go straight to the stream (flushing has nothing to do), and closing shuts down
-/// writing.
+/// writing. With the `tokio-io` feature, tokio's too (its `poll_shutdown` is the close).
 macro_rules! async_write_impl {
     ($T:ty $(; $($path:ident).+)?) => {
+        #[cfg(feature = "tokio-io")]
+        impl tokio::io::AsyncWrite for $T {
+            /// As `futures_io::AsyncWrite::poll_write`.
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                (&*self)$($(.$path)+)?.poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            /// Shuts down writing (the peer reads end of stream after the data).
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                (&*self)$($(.$path)+)?.poll_close()
+            }
+        }
+
         impl futures_io::AsyncWrite for $T {
             /// Not a checkpoint, with the rules of `poll_read`.
             fn poll_write(
