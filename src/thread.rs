@@ -26,6 +26,9 @@
 //!   is *abandoned*: it runs on, its result is dropped, and its token is returned only when it
 //!   really finishes (S10.3). In both modes the closure can ask [`check_cancelled`] and stop
 //!   early (S10.4).
+//! - **The thread can reach back into the run** (S10.4): [`from_thread_run_sync`] runs a
+//!   closure on the run's thread, [`from_thread_run`] runs an async function there, in the task
+//!   waiting for the job (so under its deadlines), and both block the thread until done.
 //! - **Panics travel.** A panic in the closure is resumed in the task that awaits the call, as
 //!   a nursery child's would be.
 //!
@@ -234,7 +237,13 @@ impl ThreadOptions {
             panic!("hatchery::to_thread could not start a thread for the blocking pool: {e}");
         }
         let mut wait = JobWait {
-            live: Some(Live { job, token, park: Park::new(), _work: ExternalWork::start() }),
+            live: Some(Live {
+                job,
+                token,
+                park: Park::new(),
+                work: Some(ExternalWork::start()),
+                serving: None,
+            }),
             abandon_on_cancel: self.abandon_on_cancel,
             waited: false,
         };
@@ -370,7 +379,107 @@ where
     }
 }
 
-/// Why [`check_cancelled`] or [`from_thread_run_sync`] refused.
+/// Inside a [`to_thread`] closure: runs the async function `f` in the run that started the job
+/// and returns its output (Trio's `from_thread.run`). The pool thread blocks until the future
+/// `f` returns has completed.
+///
+/// The future runs *in the task waiting for the job*, polled from that task's wait (Trio
+/// reuses the waiting task too): it sees that task's cancel scopes and deadlines, so a
+/// cancellation of the `to_thread` call is delivered at the future's own checkpoints, and it
+/// can use anything of hatchery's that works in a task (sleeps, sockets, `to_thread` again).
+/// While it runs, the job does not count as outside work: on a virtual clock with autojump the
+/// future's sleeps jump as usual. `f` must be `Send` (it is made on the pool thread), the
+/// future it returns need not be (it is made and polled on the run's thread); reach the run's
+/// other non-`Send` state through thread-locals there. A panic in `f` or in the future is
+/// resumed here, in the pool thread (and so travels on to the waiting task).
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::{now, sleep, testing, thread, Cancelled, Instant};
+/// testing::run(async {
+///     let waited = hatchery::to_thread(|| {
+///         // Blocking code that needs to wait the run's way, on the run's clock:
+///         thread::from_thread_run(|| async {
+///             sleep(Duration::from_secs(5)).await?;
+///             Ok::<_, Cancelled>(now())
+///         })
+///     })
+///     .await
+///     .unwrap();
+///     assert_eq!(waited, Ok(Ok(Instant::from_origin(Duration::from_secs(5)))));
+/// });
+/// ```
+///
+/// # Errors
+///
+/// - [`FromThreadError::NotInWorker`]: called from a thread that is not running a
+///   [`to_thread`] job;
+/// - [`FromThreadError::Abandoned`]: nobody waits for the job any more (an
+///   [`abandon_on_cancel`](ThreadOptions::abandon_on_cancel) job was cancelled, the waiting
+///   future was dropped, or the run ended meanwhile), before or while the future ran; the
+///   future is dropped unfinished (Trio would run it as a system task instead; hatchery has
+///   none, so no work outlives its owner). A cancellation reaches the future at its own
+///   checkpoints first, in both modes, so only a future that does not stop for it (a shielded
+///   one) is dropped unfinished;
+/// - [`FromThreadError::RunFinished`]: the run had already ended when the call was made (only
+///   an abandoned job's thread can outlive its run).
+pub fn from_thread_run<F, Fut, R>(f: F) -> Result<R, FromThreadError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+    R: Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    let request: Request = Box::new(move || -> Pin<Box<dyn Future<Output = ()>>> {
+        // On the run's thread, in the waiting task's poll.
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(fut) => Box::pin(Remote { fut: Box::pin(fut), tx: Some(tx) }),
+            Err(panic) => {
+                let _ = tx.send(Err(panic));
+                Box::pin(std::future::ready(()))
+            }
+        }
+    });
+    with_worker_job(|job| job.request(request))?;
+    match rx.recv() {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(panic)) => resume_unwind(panic),
+        // The request (or its future) was dropped unfinished: the wait was abandoned (which is
+        // also what happens to it when the run ends).
+        Err(_) => Err(FromThreadError::Abandoned),
+    }
+}
+
+/// A [`from_thread_run`] request: made on the pool thread, called on the run's thread to make
+/// the future the waiting task polls.
+type Request = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// The future of a [`from_thread_run`] request, which sends its output (or its panic) to the
+/// pool thread.
+struct Remote<Fut: Future> {
+    fut: Pin<Box<Fut>>,
+    tx: Option<mpsc::SyncSender<Result<Fut::Output, Panic>>>,
+}
+
+impl<Fut: Future> Future for Remote<Fut> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let Some(tx) = &this.tx else { return Poll::Ready(()) };
+        let out = match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(v)) => Ok(v),
+            Err(panic) => Err(panic),
+        };
+        // The pool thread waits on the other end; if it is gone, nobody wants the output.
+        let _ = tx.send(out);
+        this.tx = None;
+        Poll::Ready(())
+    }
+}
+
+/// Why [`check_cancelled`], [`from_thread_run_sync`] or [`from_thread_run`] refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FromThreadError {
@@ -439,6 +548,8 @@ trait JobControl: Send + Sync {
     fn run_handle(&self) -> &RunHandle;
     /// The thread has finished the closure.
     fn finished(&self) -> bool;
+    /// Hands a [`from_thread_run`] request to the waiting task and wakes it.
+    fn request(&self, request: Request) -> Result<(), FromThreadError>;
 }
 
 struct Job<R: Send + 'static> {
@@ -456,6 +567,8 @@ struct JobState<R> {
     abandoned: bool,
     /// The first cancellation delivered to the waiting task (sticky, for `check_cancelled`).
     cancelled: Option<Cancelled>,
+    /// A [`from_thread_run`] request the waiting task has not picked up yet.
+    request: Option<Request>,
 }
 
 impl<R: Send + 'static> Job<R> {
@@ -467,6 +580,7 @@ impl<R: Send + 'static> Job<R> {
                 waker: None,
                 abandoned: false,
                 cancelled: None,
+                request: None,
             }),
             run,
         }
@@ -526,6 +640,25 @@ impl<R: Send + 'static> JobControl for Job<R> {
     fn finished(&self) -> bool {
         self.lock().finished
     }
+
+    fn request(&self, request: Request) -> Result<(), FromThreadError> {
+        if self.run.shared.is_finished() {
+            return Err(FromThreadError::RunFinished);
+        }
+        let mut st = self.lock();
+        if st.abandoned {
+            return Err(FromThreadError::Abandoned);
+        }
+        debug_assert!(st.request.is_none(), "hatchery internal error: two requests from one job's thread");
+        st.request = Some(request);
+        let waker = st.waker.clone();
+        drop(st);
+        // Without a waker (not polled yet) the first poll picks the request up.
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
 }
 
 /// The waiting half of a job, on the run's thread. Dropping it before the job finished
@@ -548,8 +681,11 @@ struct Live<R: Send + 'static> {
     token: OwnedCapacityToken,
     /// The registration for cancellation.
     park: Park,
-    /// Stops the virtual clock's autojump while the task waits for the thread.
-    _work: ExternalWork,
+    /// Stops the virtual clock's autojump while the task waits for the thread; `None` while a
+    /// [`from_thread_run`] request runs (the thread then waits for the run, not the other way).
+    work: Option<ExternalWork>,
+    /// The future of the [`from_thread_run`] request being served.
+    serving: Option<Pin<Box<dyn Future<Output = ()>>>>,
 }
 
 impl<R: Send + 'static> Live<R> {
@@ -565,9 +701,15 @@ impl<R: Send + 'static> Live<R> {
         }
         st.abandoned = true;
         let waker = st.waker.take();
+        // A request not picked up yet, or being served, is dropped: the thread learns that the
+        // job was abandoned.
+        let request = st.request.take();
         drop(st);
+        // Foreign code (a waker's destructor, the request's captures) runs with the lock free.
         drop(waker);
-        let Live { job, token, park, _work: work } = self;
+        let Live { job, token, park, work, serving } = self;
+        drop(request);
+        drop(serving);
         drop(park);
         drop(work);
         let entry: (Arc<dyn JobControl>, OwnedCapacityToken) = (job, token);
@@ -595,17 +737,39 @@ impl<R: Send + 'static> Future for JobWait<R> {
             Some(w) if w.will_wake(cx.waker()) => None,
             _ => st.waker.replace(cx.waker().clone()),
         };
+        let request = st.request.take();
         drop(st);
         drop(old);
-        if let Poll::Ready(c) = live.park.poll_cancel_on(cx, crate::debug::WaitingOn::Thread) {
-            live.job.lock().cancelled.get_or_insert_with(|| c.clone());
-            if this.abandon_on_cancel {
-                let live = this.live.take().expect("checked above");
-                return Poll::Ready(live.stop().ok_or(c));
+        // A cancellation is noted first, so that the thread's `check_cancelled` sees it as soon
+        // as anything here (a request's output) can reach the thread.
+        let cancelled = match live.park.poll_cancel_on(cx, crate::debug::WaitingOn::Thread) {
+            Poll::Ready(c) => {
+                live.job.lock().cancelled.get_or_insert_with(|| c.clone());
+                Some(c)
             }
-            // Default mode: the cancellation is noted for `check_cancelled` and stays pending
-            // for the next checkpoint; keep waiting (S10.2). The park is no longer registered,
-            // and needs not be: only the job wakes this task now.
+            Poll::Pending => None,
+        };
+        if let Some(request) = request {
+            // The thread waits for the run now: not outside work while the request runs.
+            live.work = None;
+            live.serving = Some(request());
+        }
+        // A request's future runs in this task, under its cancel status: it meets a
+        // cancellation at its own checkpoints (in both modes, before an abandonment drops it).
+        if let Some(serving) = &mut live.serving
+            && serving.as_mut().poll(cx).is_ready()
+        {
+            live.serving = None;
+            live.work = Some(ExternalWork::start());
+        }
+        // Default mode: a cancellation is noted for `check_cancelled` and stays pending for
+        // the next checkpoint; keep waiting (S10.2). The park is no longer registered, and
+        // needs not be: only the job (and a request's own waits) wake this task now.
+        if let Some(c) = cancelled
+            && this.abandon_on_cancel
+        {
+            let live = this.live.take().expect("checked above");
+            return Poll::Ready(live.stop().ok_or(c));
         }
         this.waited = true;
         Poll::Pending

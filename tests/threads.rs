@@ -19,7 +19,8 @@ use hatchery::lowlevel::checkpoint;
 use hatchery::sync::CapacityLimiter;
 use hatchery::testing::{self, assert_checkpoints, registrations, wait_all_tasks_blocked};
 use hatchery::thread::{
-    DEFAULT_TOKENS, FromThreadError, ThreadOptions, check_cancelled, default_limiter, from_thread_run_sync,
+    DEFAULT_TOKENS, FromThreadError, ThreadOptions, check_cancelled, default_limiter, from_thread_run,
+    from_thread_run_sync,
 };
 use hatchery::{
     CancelScope, CancelSource, Cancelled, Error, Instant, move_on_after, now, nursery, sleep, to_thread,
@@ -783,6 +784,128 @@ fn from_thread_errors_convert_and_keep_cancellations() {
         let e: Error = FromThreadError::Cancelled(c).into();
         assert!(matches!(e, Error::Cancelled(_)));
     });
+}
+
+#[test]
+fn from_thread_run_runs_async_code_in_the_waiting_task_on_virtual_time_s10_4() {
+    let run_thread = std::thread::current().id();
+    testing::run(async {
+        let log = Log::default();
+        let got = nursery(async |n| {
+            // A sibling that runs while the request sleeps: the run is not held up.
+            n.start_soon(async {
+                sleep(secs(2)).await?;
+                log.push("sibling at 2 s");
+                Ok(())
+            });
+            let got = to_thread(|| {
+                let before = std::thread::current().id();
+                let r = from_thread_run(|| async {
+                    // On the run's thread, where sleeps autojump as usual.
+                    sleep(secs(5)).await?;
+                    Ok::<_, Cancelled>((std::thread::current().id(), now()))
+                });
+                (before, r)
+            })
+            .await?;
+            log.push("job done");
+            Ok::<_, Error>(got)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let (worker, r) = got;
+        assert_ne!(worker, run_thread);
+        assert_eq!(r, Ok(Ok((run_thread, at(5)))));
+        assert_eq!(now(), at(5));
+        assert_eq!(log.take(), ["sibling at 2 s", "job done"]);
+    });
+}
+
+#[test]
+fn a_request_sees_the_cancellation_of_the_to_thread_call() {
+    testing::run(async {
+        let seen = move_on_after(secs(3), async {
+            let r = to_thread(|| {
+                let r = from_thread_run(|| async {
+                    sleep(secs(10)).await?;
+                    Ok::<_, Cancelled>("slept")
+                });
+                // The thread also sees the cancellation, and returns it for `?`.
+                (r, check_cancelled().is_err())
+            })
+            .await?;
+            Ok::<_, Cancelled>(r)
+        })
+        .await
+        .unwrap();
+        // Default mode: the wait completes with the thread's value; the scope absorbs nothing
+        // because the value came back.
+        let (r, thread_saw_cancel) = seen.expect("the job's value is kept");
+        let c = r.unwrap().unwrap_err();
+        assert_eq!(c.source(), CancelSource::Deadline);
+        assert!(thread_saw_cancel);
+        assert_eq!(now(), at(3), "cancelled at the deadline, not after the 10 s sleep");
+    });
+}
+
+#[test]
+fn a_panic_in_from_thread_run_travels_back_through_the_worker() {
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let r = to_thread(|| {
+                from_thread_run(|| async {
+                    sleep(secs(1)).await.unwrap();
+                    panic!("async boom on the run thread")
+                })
+                .map(|()| ())
+            })
+            .await;
+            unreachable!("{r:?}");
+        })
+    }));
+    let payload = caught.expect_err("the panic reached the awaiting task");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"async boom on the run thread"));
+}
+
+#[test]
+fn an_abandoned_job_drops_its_request_and_the_thread_hears_abandoned() {
+    let (tx, rx) = mpsc::channel();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    testing::run(async move {
+        let r = move_on_after(
+            secs(1),
+            ThreadOptions::new().abandon_on_cancel(true).run(move || {
+                let r = from_thread_run(move || {
+                    let guard = SetOnDrop(flag);
+                    async move {
+                        let _guard = guard;
+                        // Shielded: the cancellation does not end it; the abandonment drops it.
+                        CancelScope::new().shielded().run(hatchery::sleep_forever()).await
+                    }
+                });
+                tx.send(r.map(|_| ())).unwrap();
+            }),
+        )
+        .await;
+        assert_eq!(r.map(|v| v.is_none()), Ok(true), "the scope absorbed its cancellation");
+        assert_eq!(now(), at(1));
+        assert!(dropped.load(Ordering::SeqCst), "the request's future was dropped with the wait");
+    });
+    let heard = rx.recv_timeout(PATIENCE).expect("the abandoned thread reported");
+    assert_eq!(heard, Err(FromThreadError::Abandoned));
+    // Outside a job there is nobody to ask.
+    assert_eq!(from_thread_run(|| async {}), Err(FromThreadError::NotInWorker));
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -110,6 +110,11 @@ impl Shared {
         let _ = self.poller.notify();
     }
 
+    /// The run has ended (it accepts no more callbacks or wakes).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.lock().finished
+    }
+
     pub(crate) fn push_callback(&self, cb: Callback) -> Result<(), Callback> {
         let mut r = self.lock();
         if r.finished {
