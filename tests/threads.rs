@@ -858,7 +858,6 @@ fn a_panic_in_from_thread_run_travels_back_through_the_worker() {
                     sleep(secs(1)).await.unwrap();
                     panic!("async boom on the run thread")
                 })
-                .map(|()| ())
             })
             .await;
             unreachable!("{r:?}");
