@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use hatchery::net::UnixStream;
-use hatchery::testing::{self, memory_stream_pair};
+use hatchery::testing::{self, memory_stream_pair, memory_stream_pair_with_capacity};
 use hatchery::{CancelError, nursery};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -121,7 +121,7 @@ fn a_read_appends_after_what_the_buffer_already_holds() {
         .await
         .unwrap();
         assert_eq!(filled, b"abcd");
-        // A full buffer reads nothing and is done at once (tokio's convention; hatchery's own
+        // A full buffer reads nothing (as std's `read` of an empty buffer; hatchery's own async
         // `read` of an empty slice is an error).
         let mut full = [0u8; 2];
         let empty = poll_fn(|cx| {
@@ -143,5 +143,40 @@ fn a_read_that_would_block_in_a_cancelled_scope_fails_with_cancelled_and_takes_n
         // With bytes there it does not block: they are read, cancelled scope or not.
         a.write_all(b"hello").await.unwrap();
         assert_eq!(support::in_cancelled_scope(read_once(&mut b, 16)).await.unwrap(), b"hello");
+    });
+}
+
+#[test]
+fn a_full_buffer_on_a_closed_stream_still_reports_the_close() {
+    testing::run(async {
+        let (a, _b) = memory_stream_pair();
+        a.close();
+        let mut a = a;
+        let mut none = [0u8; 0];
+        let r = poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut none);
+            Poll::Ready(Pin::new(&mut a).poll_read(cx, &mut buf))
+        })
+        .await;
+        let e = match r {
+            Poll::Ready(Err(e)) => e,
+            other => panic!("expected the close, got {other:?}"),
+        };
+        assert!(support::inner::<hatchery::ClosedResource>(&e).is_some(), "{e}");
+        // Shutting down twice is harmless.
+        let (c, _d) = memory_stream_pair();
+        let mut c = c;
+        poll_fn(|cx| Pin::new(&mut c).poll_shutdown(cx)).await.unwrap();
+        poll_fn(|cx| Pin::new(&mut c).poll_shutdown(cx)).await.unwrap();
+    });
+}
+
+#[test]
+fn a_read_fills_at_most_16_kib_of_a_large_buffer_per_call() {
+    testing::run(async {
+        let (a, mut b) = memory_stream_pair_with_capacity(64 << 10);
+        a.write_all(&pattern(40 << 10)).await.unwrap();
+        let got = read_once(&mut b, 1 << 20).await.unwrap();
+        assert_eq!(got, pattern(16 << 10), "bounded, and the first bytes in order");
     });
 }

@@ -815,26 +815,31 @@ macro_rules! half_methods {
     };
 }
 
+/// The most a tokio-style read zeroes and reads in one call (see `async_read_impl!`).
+#[cfg(feature = "tokio-io")]
+pub(crate) const TOKIO_READ_MAX: usize = 16 * 1024;
+
 /// `futures_io::AsyncRead` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`), and
 /// with the `tokio-io` feature tokio's.
 macro_rules! async_read_impl {
     ($T:ty $(; $($path:ident).+)?) => {
         #[cfg(feature = "tokio-io")]
-        impl tokio::io::AsyncRead for $T {
-            /// As `futures_io::AsyncRead::poll_read` (not a checkpoint; the same busy and
-            /// cancellation rules), into the unfilled part of `buf`. A `buf` with no room left
-            /// is done at once (tokio's convention), without touching the stream.
+        impl ::tokio::io::AsyncRead for $T {
+            /// As `futures_io::AsyncRead::poll_read` (not a checkpoint; the same busy, closed
+            /// and cancellation rules), into the unfilled part of `buf`, at most 16 KiB per
+            /// call. A `buf` with no room left reads nothing (after those checks).
             fn poll_read(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
-                buf: &mut tokio::io::ReadBuf<'_>,
+                buf: &mut ::tokio::io::ReadBuf<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                if buf.remaining() == 0 {
-                    return std::task::Poll::Ready(Ok(()));
-                }
-                // Safe code only: the unfilled part is zeroed once (`initialize_unfilled` keeps
-                // track, so a buffer reused across polls is not zeroed again).
-                let n = std::task::ready!((&*self)$($(.$path)+)?.poll_read(cx, buf.initialize_unfilled()))?;
+                // Safe code only, so the part read into is initialised first. Callers often
+                // make a fresh `ReadBuf` over uninitialised memory for every poll (hyper-util's
+                // `TokioIo`, tokio-util's codecs), and a poll that finds nothing would zero it
+                // all for nothing: at most 16 KiB is zeroed (a read may be short).
+                let room = buf.remaining().min($crate::net::stream::TOKIO_READ_MAX);
+                let into = buf.initialize_unfilled_to(room);
+                let n = std::task::ready!((&*self)$($(.$path)+)?.poll_read(cx, into))?;
                 buf.advance(n);
                 std::task::Poll::Ready(Ok(()))
             }
@@ -863,7 +868,7 @@ macro_rules! async_read_impl {
 macro_rules! async_write_impl {
     ($T:ty $(; $($path:ident).+)?) => {
         #[cfg(feature = "tokio-io")]
-        impl tokio::io::AsyncWrite for $T {
+        impl ::tokio::io::AsyncWrite for $T {
             /// As `futures_io::AsyncWrite::poll_write`.
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
