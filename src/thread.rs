@@ -43,7 +43,8 @@
 //!
 //! On a [`MockClock`](crate::testing::MockClock) with autojump the clock does not jump while a
 //! task waits for its thread (DESIGN §6): the thread's work takes real time, and jumping past
-//! it would make results depend on how fast the machine is. So a deadline around a job that
+//! it would make results depend on how fast the machine is. (While the thread waits for a
+//! [`from_thread_run`] request, the run is not waiting for it, and the clock jumps as usual.) So a deadline around a job that
 //! blocks until something *later in virtual time* happens would wait forever; cancel such jobs
 //! explicitly in tests. [`wait_all_tasks_blocked`](crate::testing::wait_all_tasks_blocked)
 //! counts a task waiting for its thread as blocked, as Trio does.
@@ -384,11 +385,17 @@ where
 /// `f` returns has completed.
 ///
 /// The future runs *in the task waiting for the job*, polled from that task's wait (Trio
-/// reuses the waiting task too): it sees that task's cancel scopes and deadlines, so a
-/// cancellation of the `to_thread` call is delivered at the future's own checkpoints, and it
-/// can use anything of hatchery's that works in a task (sleeps, sockets, `to_thread` again).
+/// reuses the waiting task too, in the default mode): it sees that task's cancel scopes and
+/// deadlines, so a cancellation of the `to_thread` call is delivered at the future's own
+/// checkpoints, and it can use anything of hatchery's that works in a task (sleeps, sockets,
+/// `to_thread` again; but a nested `to_thread` waits for a token of its limiter like any
+/// other, and with every token held by threads blocked here it waits until a deadline or a
+/// cancellation ends it).
 /// While it runs, the job does not count as outside work: on a virtual clock with autojump the
-/// future's sleeps jump as usual. `f` must be `Send` (it is made on the pool thread), the
+/// future's sleeps jump as usual.
+///
+/// The thread blocks until the request is served: a wait that is leaked (`mem::forget` of a
+/// polled `to_thread` future) or never polled again leaves the pool thread blocked for good. `f` must be `Send` (it is made on the pool thread), the
 /// future it returns need not be (it is made and polled on the run's thread); reach the run's
 /// other non-`Send` state through thread-locals there. A panic in `f` or in the future is
 /// resumed here, in the pool thread (and so travels on to the waiting task).
@@ -414,13 +421,16 @@ where
 ///
 /// - [`FromThreadError::NotInWorker`]: called from a thread that is not running a
 ///   [`to_thread`] job;
-/// - [`FromThreadError::Abandoned`]: nobody waits for the job any more (an
-///   [`abandon_on_cancel`](ThreadOptions::abandon_on_cancel) job was cancelled, the waiting
-///   future was dropped, or the run ended meanwhile), before or while the future ran; the
-///   future is dropped unfinished (Trio would run it as a system task instead; hatchery has
-///   none, so no work outlives its owner). A cancellation reaches the future at its own
-///   checkpoints first, in both modes, so only a future that does not stop for it (a shielded
-///   one) is dropped unfinished;
+/// - [`FromThreadError::Cancelled`] if an
+///   [`abandon_on_cancel`](ThreadOptions::abandon_on_cancel) job was cancelled, and so
+///   abandoned, before or while the future ran: the future got one poll under the
+///   cancellation (a hatchery wait in it fails with [`Cancelled`] and the future may finish
+///   with that) and, if still unfinished, was dropped. Trio would finish it as a system task
+///   instead; hatchery has none, so no work outlives its owner. (In the default mode the job
+///   is never abandoned by a cancellation: the future meets it at its checkpoints and runs on.)
+/// - [`FromThreadError::Abandoned`] if nobody waits for the job any more without a
+///   cancellation (the waiting future was dropped, or the run ended meanwhile); the future is
+///   dropped unfinished;
 /// - [`FromThreadError::RunFinished`]: the run had already ended when the call was made (only
 ///   an abandoned job's thread can outlive its run).
 pub fn from_thread_run<F, Fut, R>(f: F) -> Result<R, FromThreadError>
@@ -445,8 +455,10 @@ where
         Ok(Ok(v)) => Ok(v),
         Ok(Err(panic)) => resume_unwind(panic),
         // The request (or its future) was dropped unfinished: the wait was abandoned (which is
-        // also what happens to it when the run ends).
-        Err(_) => Err(FromThreadError::Abandoned),
+        // also what happens to it when the run ends), because of a cancellation or not.
+        Err(_) => {
+            Err(with_worker_job(|job| job.check_cancelled()).err().unwrap_or(FromThreadError::Abandoned))
+        }
     }
 }
 
@@ -647,7 +659,10 @@ impl<R: Send + 'static> JobControl for Job<R> {
         }
         let mut st = self.lock();
         if st.abandoned {
-            return Err(FromThreadError::Abandoned);
+            return Err(match &st.cancelled {
+                Some(c) => FromThreadError::Cancelled(c.clone()),
+                None => FromThreadError::Abandoned,
+            });
         }
         debug_assert!(st.request.is_none(), "hatchery internal error: two requests from one job's thread");
         st.request = Some(request);
@@ -705,16 +720,18 @@ impl<R: Send + 'static> Live<R> {
         // job was abandoned.
         let request = st.request.take();
         drop(st);
-        // Foreign code (a waker's destructor, the request's captures) runs with the lock free.
-        drop(waker);
         let Live { job, token, park, work, serving } = self;
-        drop(request);
-        drop(serving);
+        // The token first, so that no panic below can return it while the thread still runs.
+        // During thread teardown the list may be gone; the token is then returned at once.
+        let entry: (Arc<dyn JobControl>, OwnedCapacityToken) = (job, token);
+        let _ = ABANDONED.try_with(|a| a.borrow_mut().push(entry));
         drop(park);
         drop(work);
-        let entry: (Arc<dyn JobControl>, OwnedCapacityToken) = (job, token);
-        // During thread teardown the list may be gone; the token is then returned at once.
-        let _ = ABANDONED.try_with(|a| a.borrow_mut().push(entry));
+        // Foreign code last, with the lock free: a waker's destructor, the request's captures,
+        // the served future's destructor.
+        drop(waker);
+        drop(request);
+        drop(serving);
         None
     }
 }

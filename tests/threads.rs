@@ -868,7 +868,7 @@ fn a_panic_in_from_thread_run_travels_back_through_the_worker() {
 }
 
 #[test]
-fn an_abandoned_job_drops_its_request_and_the_thread_hears_abandoned() {
+fn a_cancelled_abandoned_job_drops_its_unfinished_request_and_the_thread_hears_cancelled() {
     let (tx, rx) = mpsc::channel();
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = dropped.clone();
@@ -893,9 +893,64 @@ fn an_abandoned_job_drops_its_request_and_the_thread_hears_abandoned() {
         assert!(dropped.load(Ordering::SeqCst), "the request's future was dropped with the wait");
     });
     let heard = rx.recv_timeout(PATIENCE).expect("the abandoned thread reported");
-    assert_eq!(heard, Err(FromThreadError::Abandoned));
+    match heard {
+        Err(FromThreadError::Cancelled(c)) => assert_eq!(c.source(), CancelSource::Deadline),
+        other => panic!("expected the cancellation, got {other:?}"),
+    }
     // Outside a job there is nobody to ask.
     assert_eq!(from_thread_run(|| async {}), Err(FromThreadError::NotInWorker));
+}
+
+#[test]
+fn in_abandon_mode_a_request_gets_a_poll_under_the_cancellation() {
+    let (tx, rx) = mpsc::channel();
+    testing::run(async move {
+        let r = move_on_after(
+            secs(1),
+            ThreadOptions::new().abandon_on_cancel(true).run(move || {
+                let r = from_thread_run(hatchery::sleep_forever);
+                tx.send(r).unwrap();
+            }),
+        )
+        .await;
+        // Absorbed (`None`), or, if the thread finished before the wait looked again, the
+        // job's value: a completion wins over the abandonment.
+        assert!(r.is_ok(), "{r:?}");
+    });
+    // The request's sleep failed with the cancellation and that was its output.
+    match rx.recv_timeout(PATIENCE).expect("the abandoned thread reported") {
+        Ok(Err(c)) => assert_eq!(c.source(), CancelSource::Deadline),
+        other => panic!("expected the request's own Cancelled, got {other:?}"),
+    }
+}
+
+#[test]
+fn after_a_request_the_job_counts_as_outside_work_again() {
+    testing::run(async {
+        let log = Log::default();
+        nursery(async |n| {
+            n.start_soon(async {
+                sleep(secs(1)).await?;
+                log.push("sibling at 1 s");
+                Ok(())
+            });
+            let read = to_thread(|| {
+                from_thread_run(|| async {}).unwrap();
+                // Real work after the request: the clock must not jump past the sibling's
+                // deadline meanwhile (it would, were the job not counted again).
+                let spin: u64 = (0..5_000_000u64).map(std::hint::black_box).sum();
+                assert!(spin > 0);
+                from_thread_run_sync(now).unwrap()
+            })
+            .await?;
+            assert_eq!(read, Instant::ZERO);
+            log.push("job done");
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(log.take(), ["job done", "sibling at 1 s"]);
+    });
 }
 
 /// Sets its flag when dropped.
