@@ -868,33 +868,15 @@ macro_rules! async_read_impl {
 macro_rules! async_write_impl {
     ($T:ty $(; $($path:ident).+)?) => {
         #[cfg(feature = "tokio-io")]
-        impl ::tokio::io::AsyncWrite for $T {
-            /// As `futures_io::AsyncWrite::poll_write`.
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                (&*self)$($(.$path)+)?.poll_write(cx, buf)
-            }
+        $crate::net::stream::write_trait_impl!(::tokio::io::AsyncWrite, poll_shutdown, $T $(; $($path).+)?);
+        $crate::net::stream::write_trait_impl!(futures_io::AsyncWrite, poll_close, $T $(; $($path).+)?);
+    };
+}
 
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-
-            /// Shuts down writing (the peer reads end of stream after the data).
-            fn poll_shutdown(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                (&*self)$($(.$path)+)?.poll_close()
-            }
-        }
-
-        impl futures_io::AsyncWrite for $T {
+/// One of the two `AsyncWrite` traits (they differ only in the name of the close) for `$T`.
+macro_rules! write_trait_impl {
+    ($Trait:path, $close:ident, $T:ty $(; $($path:ident).+)?) => {
+        impl $Trait for $T {
             /// Not a checkpoint, with the rules of `poll_read`.
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
@@ -912,7 +894,7 @@ macro_rules! async_write_impl {
             }
 
             /// Shuts down writing (the peer reads end of stream after the data).
-            fn poll_close(
+            fn $close(
                 self: std::pin::Pin<&mut Self>,
                 _cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
@@ -922,4 +904,4 @@ macro_rules! async_write_impl {
     };
 }
 
-pub(crate) use {async_read_impl, async_write_impl, half_methods, stream_type};
+pub(crate) use {async_read_impl, async_write_impl, half_methods, stream_type, write_trait_impl};
