@@ -7,9 +7,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hatchery::net::{ConnectError, TcpListener, TcpStream, connect_tcp, happy_eyeballs, serve_tcp};
+use hatchery::net::{
+    ConnectError, TcpListener, TcpStream, connect_tcp, happy_eyeballs, serve_tcp, serve_tcp_in,
+};
 use hatchery::testing::{self, wait_all_tasks_blocked};
-use hatchery::{Cancelled, Error, Instant, move_on_after, now, nursery, sleep, sleep_forever};
+use hatchery::{CancelScope, Cancelled, Error, Instant, move_on_after, now, nursery, sleep, sleep_forever};
 use support::{DropCounter, Log};
 
 fn ms(n: u64) -> Duration {
@@ -313,6 +315,90 @@ fn a_handler_error_crashes_the_server_and_cancels_the_other_handlers() {
         assert_eq!(e.len(), 1, "only the handler's error; the cancellations were absorbed: {e:?}");
         assert_eq!(e.first().to_string(), "bad request");
         assert_eq!(log.take(), ["good handler waits", "good handler cancelled"]);
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn serve_tcp_in_stops_accepting_and_drains_the_connections_in_flight() {
+    support::run_with_sockets(async {
+        let log = Log::new();
+        let started = Instant::ZERO;
+        let handler = async |conn: TcpStream| {
+            let mut buf = [0; 16];
+            let k = conn.read(&mut buf).await?;
+            log.push(format!("request {:?} at {:?}", String::from_utf8_lossy(&buf[..k]), now() - started));
+            sleep(Duration::from_secs(2)).await?;
+            conn.write_all(&buf[..k]).await?;
+            log.push(format!("answered at {:?}", now() - started));
+            Ok::<_, Error>(())
+        };
+        let accepting = CancelScope::new();
+        let stop = accepting.handle();
+        let addr = Cell::new(None);
+        nursery(async |handlers| {
+            let a = handlers
+                .start(|status| accepting.run(serve_tcp_in(handlers, ([127, 0, 0, 1], 0), &handler, status)))
+                .await?;
+            addr.set(Some(a));
+            let (one, two) = (TcpStream::connect(a).await?, TcpStream::connect(a).await?);
+            one.write_all(b"one").await?;
+            two.write_all(b"two").await?;
+            sleep(Duration::from_secs(1)).await?;
+            stop.cancel();
+            log.push(format!("stopped accepting at {:?}", now() - started));
+            let mut buf = [0; 16];
+            for (conn, want) in [(&one, b"one"), (&two, b"two")] {
+                let k = conn.read(&mut buf).await?;
+                assert_eq!(&buf[..k], want);
+            }
+            let refused = TcpStream::connect(a).await.unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused, "the listener is closed");
+            Ok::<_, Error>(())
+        })
+        .await?;
+        assert_eq!(now(), Instant::ZERO + Duration::from_secs(2), "the nursery waited for both handlers");
+        let mut lines = log.take();
+        lines[..2].sort();
+        assert_eq!(
+            lines,
+            [
+                "request \"one\" at 0ns",
+                "request \"two\" at 0ns",
+                "stopped accepting at 1s",
+                "answered at 2s",
+                "answered at 2s",
+            ]
+        );
+        assert!(stop.cancelled_caught(), "the serving task's cancellation stayed in its scope");
+        assert_eq!(testing::registrations().io_sources, 0, "listener and connections closed");
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_handler_error_in_serve_tcp_in_goes_to_the_handlers_nursery() {
+    support::run_with_sockets(async {
+        let handler = async |conn: TcpStream| {
+            let mut buf = [0; 8];
+            conn.read(&mut buf).await?;
+            Err::<(), _>(Error::other("bad request"))
+        };
+        let r = nursery(async |handlers| {
+            let a = handlers
+                .start(|status| serve_tcp_in(handlers, ([127, 0, 0, 1], 0), &handler, status))
+                .await?;
+            let c = TcpStream::connect(a).await?;
+            c.write_all(b"x").await?;
+            sleep_forever().await?;
+            Ok::<_, Error>(())
+        })
+        .await;
+        let e = r.unwrap_err();
+        assert_eq!(e.len(), 1, "the handler's error; the serving task's cancellation was absorbed: {e:?}");
+        assert_eq!(e.first().to_string(), "bad request");
         Ok::<_, Error>(())
     })
     .unwrap();

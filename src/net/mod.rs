@@ -52,7 +52,7 @@ mod udp;
 pub mod unix;
 
 pub use connect::{ConnectError, HAPPY_EYEBALLS_DELAY, connect_tcp, connect_tcp_with_delay, happy_eyeballs};
-pub use serve::{ACCEPT_BACKOFF, Listen, serve_tcp};
+pub use serve::{ACCEPT_BACKOFF, Listen, serve_tcp, serve_tcp_in};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{TcpListener, TcpStream};
 use crate::error::{CancelError, NurseryError};
-use crate::{TaskStatus, nursery, sleep};
+use crate::{Nursery, TaskStatus, nursery, sleep};
 
 /// Where [`serve_tcp`] listens: an address to bind (port 0 picks a free one), or a listener
 /// that is already bound.
@@ -118,24 +118,110 @@ where
     serve_listener(&listener, &handler).await
 }
 
+/// Serves TCP connections as [`serve_tcp`] does, but runs each connection's handler in
+/// `handlers`, a nursery of the caller's, instead of one of its own (Trio's `serve_listeners`
+/// with `handler_nursery`). Cancelling the serving task then only stops accepting: the listener
+/// closes, and the connections being handled go on until their handlers return, in
+/// `handlers`, where a deadline can bound them. That is a graceful drain:
+///
+/// ```
+/// use std::time::Duration;
+/// use hatchery::net::{serve_tcp_in, TcpStream};
+/// use hatchery::{nursery, sleep, testing, CancelScope, Error, Event};
+///
+/// testing::run(async {
+///     let busy = Event::new();
+///     // Answers after a second of work.
+///     let handler = async |conn: TcpStream| {
+///         let mut buf = [0; 64];
+///         let k = conn.read(&mut buf).await?;
+///         busy.set();
+///         sleep(Duration::from_secs(1)).await?;
+///         conn.write_all(&buf[..k]).await?;
+///         Ok::<_, Error>(())
+///     };
+///     let accepting = CancelScope::new();
+///     let stop_accepting = accepting.handle();
+///     nursery(async |handlers| {
+///         let addr = handlers
+///             .start(|status| accepting.run(serve_tcp_in(handlers, ([127, 0, 0, 1], 0), &handler, status)))
+///             .await?;
+///         let client = TcpStream::connect(addr).await?;
+///         client.write_all(b"in flight").await?;
+///         busy.wait().await?; // the handler has the request
+///         stop_accepting.cancel(); // shutting down: no new connections...
+///         let mut buf = [0; 64];
+///         let k = client.read(&mut buf).await?; // ...but this one is answered
+///         assert_eq!(&buf[..k], b"in flight");
+///         assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+///         Ok::<_, Error>(())
+///     })
+///     .await?;
+///     Ok::<_, Error>(())
+/// })
+/// .unwrap();
+/// ```
+///
+/// The handler is borrowed for as long as `handlers` lives, since its connections' tasks run
+/// there. A handler's error goes to `handlers` (which it cancels, by the nursery's rules), not
+/// to the serving task.
+///
+/// # Errors
+///
+/// Binding errors (before `started`), fatal accept errors, and
+/// [`Cancelled`](crate::Cancelled) when serving is cancelled.
+pub async fn serve_tcp_in<'n, 'env, H, E>(
+    handlers: &'n Nursery<'n, 'env, E>,
+    listen: impl Into<Listen>,
+    handler: &'n H,
+    status: TaskStatus<SocketAddr>,
+) -> Result<Infallible, E>
+where
+    H: AsyncFn(TcpStream) -> Result<(), E>,
+    E: From<io::Error> + CancelError + 'n,
+{
+    let listener = match listen.into() {
+        Listen::Addr(addr) => TcpListener::bind(addr)?,
+        Listen::Listener(l) => l,
+    };
+    status.started(listener.local_addr()?);
+    accept_loop(&listener, |stream| {
+        handlers.try_start_soon(handler(stream)).map_err(|e| {
+            io::Error::other(format!("serve_tcp_in: cannot hand a connection to the handlers' nursery: {e}"))
+        })
+    })
+    .await
+}
+
+/// Accepts connections from `listener` for ever, giving each to `spawn`; backs off on
+/// transient errors. Ends with a fatal accept error, `spawn`'s error or a cancellation.
+async fn accept_loop<E: From<io::Error>>(
+    listener: &TcpListener,
+    mut spawn: impl FnMut(TcpStream) -> io::Result<()>,
+) -> Result<Infallible, E> {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => spawn(stream)?,
+            Err(e) if is_transient(&e) => {
+                eprintln!("hatchery::net::serve_tcp: accept failed ({e}); retrying in {ACCEPT_BACKOFF:?}");
+                sleep(ACCEPT_BACKOFF).await.map_err(io::Error::from)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn serve_listener<H, E>(listener: &TcpListener, handler: &H) -> Result<Infallible, E>
 where
     H: AsyncFn(TcpStream) -> Result<(), E>,
     E: From<io::Error> + From<NurseryError<E>> + CancelError,
 {
     let r = nursery(async |n| {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _peer)) => n.start_soon(handler(stream)),
-                Err(e) if is_transient(&e) => {
-                    eprintln!(
-                        "hatchery::net::serve_tcp: accept failed ({e}); retrying in {ACCEPT_BACKOFF:?}"
-                    );
-                    sleep(ACCEPT_BACKOFF).await.map_err(io::Error::from)?;
-                }
-                Err(e) => return Err::<Infallible, E>(e.into()),
-            }
-        }
+        accept_loop(listener, |stream| {
+            n.start_soon(handler(stream));
+            Ok(())
+        })
+        .await
     })
     .await;
     match r {
