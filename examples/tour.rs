@@ -1,6 +1,6 @@
 //! A guided tour of hatchery, one short section per idea: nurseries, the `start` handshake,
-//! cancel scopes and deadlines, error propagation, virtual time, channels, networking, and the
-//! task-tree dump.
+//! cancel scopes and deadlines, error propagation, virtual time, channels, networking, the
+//! task-tree dump, and a chaos proxy for testing network code.
 //!
 //! Each section is a plain function that starts its own `hatchery::run`, so sections are
 //! independent and new ones slot into the list in `main`. The whole tour takes well under
@@ -17,6 +17,7 @@ use std::time::Duration;
 use hatchery::io::BufReader;
 use hatchery::net::{TcpStream, serve_tcp};
 use hatchery::testing::MockClock;
+use hatchery::testing::chaos::{ChaosProxy, Config};
 use hatchery::{
     Builder, CancelScope, Error, TaskStatus, fail_after, move_on_after, nursery, sleep, sleep_forever,
 };
@@ -45,7 +46,7 @@ const fn ms(n: u64) -> Duration {
 type Section = (&'static str, fn() -> Result<(), Error>);
 
 fn main() -> Result<(), Error> {
-    let sections: [Section; 8] = [
+    let sections: [Section; 9] = [
         ("1. nurseries", nurseries),
         ("2. start handshake", start_handshake),
         ("3. cancel scopes and deadlines", cancel_scopes),
@@ -54,6 +55,7 @@ fn main() -> Result<(), Error> {
         ("6. channels that lose nothing", channels),
         ("7. networking: a server and its clients", networking),
         ("8. why is it stuck? the task tree", task_tree),
+        ("9. testing network code: a chaos proxy", chaos),
     ];
     let tour_start = std::time::Instant::now();
     for (title, section) in sections {
@@ -438,6 +440,65 @@ fn task_tree() -> Result<(), Error> {
         })
         .await?;
         say!("the watchdog cancelled the stuck nursery at virtual {}s", hatchery::now().as_secs_f64());
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `line`, closes the sending side, and reads until the end of stream.
+async fn exchange(addr: std::net::SocketAddr, line: &[u8]) -> Result<Vec<u8>, Error> {
+    let conn = TcpStream::connect(addr).await?;
+    conn.write_all(line).await?;
+    conn.shutdown(Shutdown::Write).await?;
+    let mut got = Vec::new();
+    let mut buf = [0; 64];
+    loop {
+        match conn.read(&mut buf).await? {
+            0 => return Ok(got),
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Network code must cope with a network that is slow, choppy or breaks. `ChaosProxy`, from the
+/// testing kit, sits between a client and a server and slices, delays and cuts the traffic. It
+/// is reproducible: each connection's fault is a function of the seed and the connection's
+/// number, so a test knows in advance what each connection will meet.
+fn chaos() -> Result<(), Error> {
+    // Pieces of at most 4 bytes, each delayed up to 5 ms; half the connections closed early,
+    // after 0 to 12 bytes of the answer.
+    let config = Config::new().seed(7).slice(4).delay(ms(5)).close(50).fault_within(12);
+    let plans: Vec<_> = (0..4).map(|i| config.plan(i)).collect();
+    hatchery::run(async {
+        let echo = async |conn: TcpStream| {
+            let mut buf = [0; 64];
+            // The proxy may hang up on the server mid-answer: that ends this connection only.
+            while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                if conn.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        let listener = hatchery::net::TcpListener::bind(([127, 0, 0, 1], 0))?;
+        let proxy = ChaosProxy::new(listener.local_addr()?, config).map_err(Error::other)?;
+        nursery(async |n| {
+            n.start(|status| serve_tcp(listener, echo, status)).await?;
+            let addr = n.start(|status| proxy.serve(([127, 0, 0, 1], 0), status)).await?;
+            for plan in &plans {
+                let got = exchange(addr, b"hello through chaos").await?;
+                let got = String::from_utf8_lossy(&got);
+                match plan.fault() {
+                    Some(fault) => say!("connection {}: {fault} as planned: {got:?}", plan.index()),
+                    None => say!("connection {}: sliced and delayed, but whole: {got:?}", plan.index()),
+                }
+            }
+            n.cancel_scope().cancel();
+            Ok::<_, Error>(())
+        })
+        .await?;
+        say!("proxy: {}", proxy.statistics());
         Ok(())
     })
 }

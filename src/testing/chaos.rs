@@ -104,6 +104,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
+use crate::error::NurseryError;
 use crate::net::{Listen, TcpStream, connect_tcp, serve_tcp};
 use crate::runtime::rng::{Rng, splitmix64};
 use crate::{
@@ -642,14 +643,18 @@ impl ChaosProxy {
     /// # Errors
     ///
     /// Binding errors, fatal accept errors (as [`serve_tcp`]: running out of descriptors is
-    /// retried), and [`Cancelled`](crate::Cancelled) (as an [`io::Error`]) when stopped.
+    /// retried), and [`Cancelled`](crate::Cancelled) when stopped, in the error type of the
+    /// caller's nursery (`io::Error`, [`Error`](crate::Error), or any type `serve_tcp` takes).
     /// Problems of single connections are counted in [`statistics`](ChaosProxy::statistics)
     /// and reported as [`Event`]s, never returned.
-    pub async fn serve(
+    pub async fn serve<E>(
         &self,
         listen: impl Into<Listen>,
         status: TaskStatus<SocketAddr>,
-    ) -> io::Result<Infallible> {
+    ) -> Result<Infallible, E>
+    where
+        E: From<io::Error> + From<NurseryError<E>> + CancelError,
+    {
         // A plain closure, not an async one: its body runs as each connection is accepted, so
         // indexes follow the accept order (a child's first poll may not: a batch can run in
         // any order).
@@ -662,7 +667,8 @@ impl ChaosProxy {
                 }
                 (index, peer)
             });
-            self.handle(accepted, client)
+            let handled = self.handle(accepted, client);
+            async move { handled.await.map_err(E::from) }
         };
         serve_tcp(listen, handler, status).await
     }
