@@ -336,25 +336,24 @@ fn serve_tcp_in_stops_accepting_and_drains_the_connections_in_flight() {
         };
         let accepting = CancelScope::new();
         let stop = accepting.handle();
-        let addr = Cell::new(None);
         nursery(async |handlers| {
             let a = handlers
                 .start(|status| accepting.run(serve_tcp_in(handlers, ([127, 0, 0, 1], 0), &handler, status)))
                 .await?;
-            addr.set(Some(a));
             let (one, two) = (TcpStream::connect(a).await?, TcpStream::connect(a).await?);
             one.write_all(b"one").await?;
             two.write_all(b"two").await?;
             sleep(Duration::from_secs(1)).await?;
             stop.cancel();
+            hatchery::lowlevel::checkpoint().await?; // the serving task sees it
+            let refused = TcpStream::connect(a).await.unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused, "the listener is closed at once");
             log.push(format!("stopped accepting at {:?}", now() - started));
             let mut buf = [0; 16];
             for (conn, want) in [(&one, b"one"), (&two, b"two")] {
                 let k = conn.read(&mut buf).await?;
                 assert_eq!(&buf[..k], want);
             }
-            let refused = TcpStream::connect(a).await.unwrap_err();
-            assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused, "the listener is closed");
             Ok::<_, Error>(())
         })
         .await?;
@@ -399,6 +398,7 @@ fn a_handler_error_in_serve_tcp_in_goes_to_the_handlers_nursery() {
         let e = r.unwrap_err();
         assert_eq!(e.len(), 1, "the handler's error; the serving task's cancellation was absorbed: {e:?}");
         assert_eq!(e.first().to_string(), "bad request");
+        assert_eq!(testing::registrations().io_sources, 0, "the listener closed with the nursery");
         Ok::<_, Error>(())
     })
     .unwrap();

@@ -166,10 +166,15 @@ where
 /// there. A handler's error goes to `handlers` (which it cancels, by the nursery's rules), not
 /// to the serving task.
 ///
+/// Connections still waiting in the kernel's accept queue when serving stops are reset, as in
+/// Trio.
+///
 /// # Errors
 ///
-/// Binding errors (before `started`), fatal accept errors, and
-/// [`Cancelled`](crate::Cancelled) when serving is cancelled.
+/// Binding errors (before `started`), fatal accept errors, [`Cancelled`](crate::Cancelled) when
+/// serving is cancelled (also by a cancellation of `handlers`, which a handler's error causes),
+/// and an `io::Error` if `handlers` has closed (only reachable by polling the serving future by
+/// hand from a destructor during teardown).
 pub async fn serve_tcp_in<'n, 'env, H, E>(
     handlers: &'n Nursery<'n, 'env, E>,
     listen: impl Into<Listen>,
@@ -187,7 +192,9 @@ where
     status.started(listener.local_addr()?);
     accept_loop(&listener, |stream| {
         handlers.try_start_soon(handler(stream)).map_err(|e| {
-            io::Error::other(format!("serve_tcp_in: cannot hand a connection to the handlers' nursery: {e}"))
+            io::Error::other(format!(
+                "hatchery::net::serve_tcp_in: cannot hand a connection to the handlers' nursery: {e}"
+            ))
         })
     })
     .await
