@@ -248,7 +248,7 @@ struct Seen {
 
 /// Sends `payload` through `proxy` and reads until the end of stream, an error, or
 /// `CLIENT_DEADLINE`.
-async fn victim(addr: SocketAddr, payload: &[u8], proxy: &ChaosProxy) -> io::Result<Seen> {
+async fn victim(addr: SocketAddr, payload: &[u8], proxy: &ChaosProxy<'_>) -> io::Result<Seen> {
     let started = now();
     let conn = TcpStream::connect(addr).await?;
     let local = conn.local_addr()?;
@@ -454,8 +454,7 @@ fn events_statistics_and_plans_tell_each_connection_s_story() {
         let echo_listener = TcpListener::bind(([127, 0, 0, 1], 0)).unwrap();
         // A port with nothing listening: bound, then closed.
         let dead = TcpListener::bind(([127, 0, 0, 1], 0)).unwrap().local_addr().unwrap();
-        let events = std::rc::Rc::new(RefCell::new(Vec::new()));
-        let log = events.clone();
+        let events = RefCell::new(Vec::new());
         // Connection 0 is forwarded whole; connection 1 is closed after its plan's byte count.
         let config = Config::new().seed(3).close(50).fault_within(100);
         let (first, second) = (config.plan(0), config.plan(1));
@@ -464,7 +463,7 @@ fn events_statistics_and_plans_tell_each_connection_s_story() {
         let proxy = ChaosProxy::new(echo_listener.local_addr().unwrap(), config)
             .unwrap()
             .recording()
-            .on_event(move |e| log.borrow_mut().push(e.to_string()));
+            .on_event(|e| events.borrow_mut().push(e.to_string()));
         let to_dead = ChaosProxy::new(dead, Config::new()).unwrap();
         let data: Vec<u8> = (0..=255).collect();
         nursery(async |n| {

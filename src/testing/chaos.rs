@@ -513,13 +513,13 @@ impl fmt::Display for Event<'_> {
 /// own that borrows the proxy, so the proxy lives on the stack of the code that opened the
 /// nursery, and [`statistics`](ChaosProxy::statistics) and [`plans`](ChaosProxy::plans) can be
 /// read while it serves and after.
-pub struct ChaosProxy {
+pub struct ChaosProxy<'a> {
     config: Config,
     upstream: Upstream,
     next_index: Cell<u64>,
     counters: Counters,
     record: Option<RefCell<Vec<(SocketAddr, Plan)>>>,
-    observer: Option<Observer>,
+    observer: Option<Observer<'a>>,
 }
 
 /// Where a [`ChaosProxy`] forwards to.
@@ -540,9 +540,9 @@ impl fmt::Display for Upstream {
 }
 
 /// What [`ChaosProxy::on_event`] installs.
-type Observer = Box<dyn Fn(&Event<'_>)>;
+type Observer<'a> = Box<dyn Fn(&Event<'_>) + 'a>;
 
-impl fmt::Debug for ChaosProxy {
+impl fmt::Debug for ChaosProxy<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChaosProxy")
             .field("config", &self.config)
@@ -552,13 +552,13 @@ impl fmt::Debug for ChaosProxy {
     }
 }
 
-impl ChaosProxy {
+impl<'a> ChaosProxy<'a> {
     /// A proxy to `upstream`.
     ///
     /// # Errors
     ///
     /// [`InvalidConfig`] if the fault percentages add up to more than 100.
-    pub fn new(upstream: SocketAddr, config: Config) -> Result<ChaosProxy, InvalidConfig> {
+    pub fn new(upstream: SocketAddr, config: Config) -> Result<ChaosProxy<'a>, InvalidConfig> {
         ChaosProxy::build(Upstream::Addr(upstream), config)
     }
 
@@ -568,11 +568,15 @@ impl ChaosProxy {
     /// # Errors
     ///
     /// [`InvalidConfig`] if the fault percentages add up to more than 100.
-    pub fn for_host(host: impl Into<String>, port: u16, config: Config) -> Result<ChaosProxy, InvalidConfig> {
+    pub fn for_host(
+        host: impl Into<String>,
+        port: u16,
+        config: Config,
+    ) -> Result<ChaosProxy<'a>, InvalidConfig> {
         ChaosProxy::build(Upstream::Host(host.into(), port), config)
     }
 
-    fn build(upstream: Upstream, config: Config) -> Result<ChaosProxy, InvalidConfig> {
+    fn build(upstream: Upstream, config: Config) -> Result<ChaosProxy<'a>, InvalidConfig> {
         config.validate()?;
         Ok(ChaosProxy {
             config,
@@ -586,15 +590,17 @@ impl ChaosProxy {
 
     /// Records every connection's client address and plan, for [`plans`](ChaosProxy::plans).
     /// (A record a connection: memory grows with the connections served.)
-    pub fn recording(mut self) -> ChaosProxy {
+    pub fn recording(mut self) -> ChaosProxy<'a> {
         self.record = Some(RefCell::new(Vec::new()));
         self
     }
 
     /// Calls `observer` with each [`Event`], in the task of the connection it concerns: to log
-    /// (`.on_event(|e| println!("{e}"))`) or to collect them. A panic in it is a panic of that
+    /// (`.on_event(|e| println!("{e}"))`) or to collect them (it may borrow, say a
+    /// `RefCell<Vec<String>>` of the test's: the proxy then lives no longer than what it
+    /// borrows). A panic in it is a panic of that
     /// connection's task, which fails [`serve`](ChaosProxy::serve).
-    pub fn on_event(mut self, observer: impl Fn(&Event<'_>) + 'static) -> ChaosProxy {
+    pub fn on_event(mut self, observer: impl Fn(&Event<'_>) + 'a) -> ChaosProxy<'a> {
         self.observer = Some(Box::new(observer));
         self
     }
