@@ -190,7 +190,7 @@ where
         Listen::Listener(l) => l,
     };
     status.started(listener.local_addr()?);
-    accept_loop(&listener, |stream| {
+    accept_loop("serve_tcp_in", &listener, |stream| {
         handlers.try_start_soon(handler(stream)).map_err(|e| {
             io::Error::other(format!(
                 "hatchery::net::serve_tcp_in: cannot hand a connection to the handlers' nursery: {e}"
@@ -201,8 +201,10 @@ where
 }
 
 /// Accepts connections from `listener` for ever, giving each to `spawn`; backs off on
-/// transient errors. Ends with a fatal accept error, `spawn`'s error or a cancellation.
+/// transient errors (reported on stderr under `name`). Ends with a fatal accept error,
+/// `spawn`'s error or a cancellation.
 async fn accept_loop<E: From<io::Error>>(
+    name: &str,
     listener: &TcpListener,
     mut spawn: impl FnMut(TcpStream) -> io::Result<()>,
 ) -> Result<Infallible, E> {
@@ -210,7 +212,7 @@ async fn accept_loop<E: From<io::Error>>(
         match listener.accept().await {
             Ok((stream, _peer)) => spawn(stream)?,
             Err(e) if is_transient(&e) => {
-                eprintln!("hatchery::net::serve_tcp: accept failed ({e}); retrying in {ACCEPT_BACKOFF:?}");
+                eprintln!("hatchery::net::{name}: accept failed ({e}); retrying in {ACCEPT_BACKOFF:?}");
                 sleep(ACCEPT_BACKOFF).await.map_err(io::Error::from)?;
             }
             Err(e) => return Err(e.into()),
@@ -224,7 +226,7 @@ where
     E: From<io::Error> + From<NurseryError<E>> + CancelError,
 {
     let r = nursery(async |n| {
-        accept_loop(listener, |stream| {
+        accept_loop("serve_tcp", listener, |stream| {
             n.start_soon(handler(stream));
             Ok(())
         })
