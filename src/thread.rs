@@ -431,8 +431,10 @@ where
 /// - [`FromThreadError::Abandoned`] if nobody waits for the job any more without a
 ///   cancellation (the waiting future was dropped, or the run ended meanwhile); the future is
 ///   dropped unfinished;
-/// - [`FromThreadError::RunFinished`]: the run had already ended when the call was made (only
-///   an abandoned job's thread can outlive its run).
+/// - [`FromThreadError::RunFinished`]: the run has ended while the job was not abandoned (not
+///   expected: a run that ends drops its waits, which abandons their jobs, so a thread that
+///   outlives its run hears [`Abandoned`](FromThreadError::Abandoned) or
+///   [`Cancelled`](FromThreadError::Cancelled)).
 pub fn from_thread_run<F, Fut, R>(f: F) -> Result<R, FromThreadError>
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -654,15 +656,17 @@ impl<R: Send + 'static> JobControl for Job<R> {
     }
 
     fn request(&self, request: Request) -> Result<(), FromThreadError> {
-        if self.run.shared.is_finished() {
-            return Err(FromThreadError::RunFinished);
-        }
         let mut st = self.lock();
+        // What happened to this job first: a run that ends drops its waits, so its jobs are
+        // abandoned by then.
         if st.abandoned {
             return Err(match &st.cancelled {
                 Some(c) => FromThreadError::Cancelled(c.clone()),
                 None => FromThreadError::Abandoned,
             });
+        }
+        if self.run.shared.is_finished() {
+            return Err(FromThreadError::RunFinished);
         }
         debug_assert!(st.request.is_none(), "hatchery internal error: two requests from one job's thread");
         st.request = Some(request);

@@ -953,6 +953,23 @@ fn after_a_request_the_job_counts_as_outside_work_again() {
     });
 }
 
+#[test]
+fn a_dropped_wait_abandons_its_request_and_the_thread_hears_abandoned() {
+    let (ready_tx, ready) = mpsc::channel();
+    let (heard_tx, heard) = mpsc::channel();
+    testing::run(async move {
+        let mut job = std::pin::pin!(to_thread(move || {
+            ready_tx.send(()).unwrap();
+            heard_tx.send(from_thread_run(|| async { "served" })).unwrap();
+        }));
+        assert!(poll_once(job.as_mut()).await.is_pending());
+        // The thread is about to ask (or has asked): dropping the wait abandons the job either
+        // way, without a cancellation.
+        ready.recv_timeout(PATIENCE).expect("the thread started");
+    });
+    assert_eq!(heard.recv_timeout(PATIENCE).expect("the thread reported"), Err(FromThreadError::Abandoned));
+}
+
 /// Sets its flag when dropped.
 struct SetOnDrop(Arc<AtomicBool>);
 
