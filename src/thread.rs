@@ -560,8 +560,9 @@ type Panic = Box<dyn Any + Send + 'static>;
 trait JobControl: Send + Sync {
     fn check_cancelled(&self) -> Result<(), FromThreadError>;
     fn run_handle(&self) -> &RunHandle;
-    /// The thread has finished the closure.
-    fn finished(&self) -> bool;
+    /// The thread has finished the closure. If not, `sweeper` (the run sweeping the abandoned
+    /// list now, maybe a later one than the job's) is the run the thread tells when it does.
+    fn finished_or_tell(&self, sweeper: &RunHandle) -> bool;
     /// Hands a [`from_thread_run`] request to the waiting task and wakes it.
     fn request(&self, request: Request) -> Result<(), FromThreadError>;
 }
@@ -583,6 +584,9 @@ struct JobState<R> {
     cancelled: Option<Cancelled>,
     /// A [`from_thread_run`] request the waiting task has not picked up yet.
     request: Option<Request>,
+    /// Abandoned and still running: the run that last swept and found it so (see
+    /// [`JobControl::finished_or_tell`]).
+    sweeper: Option<RunHandle>,
 }
 
 impl<R: Send + 'static> Job<R> {
@@ -595,6 +599,7 @@ impl<R: Send + 'static> Job<R> {
                 abandoned: false,
                 cancelled: None,
                 request: None,
+                sweeper: None,
             }),
             run,
         }
@@ -621,10 +626,16 @@ impl<R: Send + 'static> Job<R> {
                 // Its own destructor could panic too: leak it rather than skip the lines below.
                 std::mem::forget(payload);
             }
-            self.lock().finished = true;
-            // The job's token waits on the run's thread; have it returned there. If the run
-            // has ended, the token stays out, as Trio's does (it goes at the next sweep).
-            let _ = self.run.run_sync_soon(sweep_abandoned);
+            let sweeper = {
+                let mut st = self.lock();
+                st.finished = true;
+                st.sweeper.take()
+            };
+            // The job's token waits on the run's thread; have it returned there: by the run
+            // that last swept the abandoned list and found this job running (a later run on
+            // that thread may be waiting for the token), else by the job's own run. If that
+            // run has ended, the token stays out, as Trio's does (it goes at the next sweep).
+            let _ = sweeper.as_ref().unwrap_or(&self.run).run_sync_soon(sweep_abandoned);
             return;
         }
         st.finished = true;
@@ -651,8 +662,12 @@ impl<R: Send + 'static> JobControl for Job<R> {
         &self.run
     }
 
-    fn finished(&self) -> bool {
-        self.lock().finished
+    fn finished_or_tell(&self, sweeper: &RunHandle) -> bool {
+        let mut st = self.lock();
+        if !st.finished {
+            st.sweeper = Some(sweeper.clone());
+        }
+        st.finished
     }
 
     fn request(&self, request: Request) -> Result<(), FromThreadError> {
@@ -834,13 +849,17 @@ impl Drop for ExternalWork {
 /// queued by each abandoned job as it finishes, and at the start of every `to_thread` call (which
 /// also catches the jobs that finished after their run ended).
 fn sweep_abandoned() {
+    let Some(core) = context::try_core() else { return };
+    let this_run = RunHandle { shared: core.shared.clone() };
     let done: Vec<(Arc<dyn JobControl>, OwnedCapacityToken)> = ABANDONED
         .try_with(|a| {
             let mut a = a.borrow_mut();
             if a.is_empty() {
                 return Vec::new();
             }
-            let (done, running) = std::mem::take(&mut *a).into_iter().partition(|(job, _)| job.finished());
+            // The jobs still running will tell this run when they finish.
+            let (done, running) =
+                std::mem::take(&mut *a).into_iter().partition(|(job, _)| job.finished_or_tell(&this_run));
             *a = running;
             done
         })

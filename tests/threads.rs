@@ -532,6 +532,37 @@ fn a_late_result_after_the_run_ended_is_dropped_silently_s10_3() {
 }
 
 #[test]
+fn a_later_run_waiting_for_an_abandoned_jobs_token_gets_it_when_the_thread_finishes() {
+    let limiter = Rc::new(CapacityLimiter::new(1));
+    let (go, wait_go) = mpsc::channel::<()>();
+    // Run 1 abandons a job whose thread then outlives it, holding the limiter's only token.
+    testing::run(async {
+        let mut job = Box::pin(ThreadOptions::new().limiter(limiter.clone()).run(move || {
+            wait_go.recv_timeout(PATIENCE).unwrap();
+        }));
+        assert!(poll_once(job.as_mut()).await.is_pending());
+    });
+    assert_eq!(limiter.borrowed_tokens(), 1);
+    // Run 2 needs that token. Its call finds the job still running, so the thread, when it
+    // finishes, must tell run 2 (run 1 is gone), or run 2 would wait for ever (a deadlock the
+    // stuck detector reports after 5 s here).
+    let got = testing::builder().stuck_after(Some(secs(5))).run(async {
+        nursery(async |n| {
+            n.start_soon(async {
+                wait_all_tasks_blocked().await?; // the call below waits for the token
+                go.send(()).unwrap();
+                Ok(())
+            });
+            let v = ThreadOptions::new().limiter(limiter.clone()).run(|| 5).await?;
+            Ok::<_, Error>(v)
+        })
+        .await
+    });
+    assert_eq!(got.unwrap(), Some(5));
+    assert_eq!(limiter.borrowed_tokens(), 0);
+}
+
+#[test]
 fn dropping_the_waiting_future_abandons_the_job() {
     let (go, wait_go) = mpsc::channel::<()>();
     let (report_tx, report) = mpsc::channel();
@@ -955,17 +986,17 @@ fn after_a_request_the_job_counts_as_outside_work_again() {
 
 #[test]
 fn a_dropped_wait_abandons_its_request_and_the_thread_hears_abandoned() {
-    let (ready_tx, ready) = mpsc::channel();
+    let (go, wait_go) = mpsc::channel::<()>();
     let (heard_tx, heard) = mpsc::channel();
     testing::run(async move {
-        let mut job = std::pin::pin!(to_thread(move || {
-            ready_tx.send(()).unwrap();
+        let mut job = Box::pin(to_thread(move || {
+            wait_go.recv_timeout(PATIENCE).unwrap();
             heard_tx.send(from_thread_run(|| async { "served" })).unwrap();
         }));
         assert!(poll_once(job.as_mut()).await.is_pending());
-        // The thread is about to ask (or has asked): dropping the wait abandons the job either
-        // way, without a cancellation.
-        ready.recv_timeout(PATIENCE).expect("the thread started");
+        // Dropped before the thread asks, without a cancellation, and after the run ended.
+        drop(job);
+        go.send(()).unwrap();
     });
     assert_eq!(heard.recv_timeout(PATIENCE).expect("the thread reported"), Err(FromThreadError::Abandoned));
 }
