@@ -18,10 +18,6 @@
 //! - **Its own event loop** on the `polling` crate, one per [`run`], on one thread, with a
 //!   virtual clock and seeded scheduling for tests ([`testing`]).
 //!
-//! Feature flags: `tokio-io` (off by default) implements tokio's `AsyncRead`/`AsyncWrite` on the
-//! stream types, for crates written against tokio's I/O traits; only the traits, no tokio
-//! runtime. `futures-io`'s traits are always implemented.
-//!
 //! ```
 //! use std::time::Duration;
 //! use hatchery::{nursery, sleep, Error};

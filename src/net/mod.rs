@@ -22,13 +22,11 @@
 //!
 //! The stream types (`TcpStream`, `UnixStream`, their borrowed and owned halves, and
 //! [`MemoryStream`](crate::testing::MemoryStream)) implement `futures_io::AsyncRead` and
-//! `AsyncWrite`, and with the `tokio-io` feature tokio's `AsyncRead` and `AsyncWrite`: only the
-//! traits, so crates written against them (hyper through hyper-util's `TokioIo`, tokio-rustls,
-//! tokio-util codecs) run on hatchery. No tokio runtime is started: what such a crate needs
-//! from a runtime besides I/O (hyper-util's `TokioExecutor` and `TokioTimer`) must come from
-//! hatchery instead (a nursery to spawn into, `sleep` for timers). hatchery's own
-//! [`BufReader`](crate::io::BufReader) and [`BufWriter`](crate::io::BufWriter) implement the
-//! `futures-io` traits only.
+//! `AsyncWrite`. A crate written against tokio's I/O traits instead (hyper through
+//! hyper-util's `TokioIo`, tokio-rustls, tokio-util codecs) takes them through tokio-util's
+//! `compat()` adapter (`tokio_util::compat::FuturesAsyncReadCompatExt`), which needs no tokio
+//! runtime; what such a crate needs from a runtime besides I/O (hyper-util's `TokioExecutor`
+//! and `TokioTimer`) must come from hatchery instead (a nursery to spawn into, `sleep`).
 //!
 //! Every socket type converts from and into its `std` type (`from_std`, `into_std`, and
 //! `TryFrom`) and an `OwnedFd` (`TryFrom<OwnedFd>`, `From<_> for OwnedFd`: a descriptor handed

@@ -815,36 +815,9 @@ macro_rules! half_methods {
     };
 }
 
-/// The most a tokio-style read zeroes and reads in one call (see `async_read_impl!`).
-#[cfg(feature = "tokio-io")]
-pub(crate) const TOKIO_READ_MAX: usize = 16 * 1024;
-
-/// `futures_io::AsyncRead` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`), and
-/// with the `tokio-io` feature tokio's.
+/// `futures_io::AsyncRead` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`).
 macro_rules! async_read_impl {
     ($T:ty $(; $($path:ident).+)?) => {
-        #[cfg(feature = "tokio-io")]
-        impl ::tokio::io::AsyncRead for $T {
-            /// As `futures_io::AsyncRead::poll_read` (not a checkpoint; the same busy, closed
-            /// and cancellation rules), into the unfilled part of `buf`, at most 16 KiB per
-            /// call. A `buf` with no room left reads nothing (after those checks).
-            fn poll_read(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &mut ::tokio::io::ReadBuf<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                // Safe code only, so the part read into is initialised first. Callers often
-                // make a fresh `ReadBuf` over uninitialised memory for every poll (hyper-util's
-                // `TokioIo`, tokio-util's codecs), and a poll that finds nothing would zero it
-                // all for nothing: at most 16 KiB is zeroed (a read may be short).
-                let room = buf.remaining().min($crate::net::stream::TOKIO_READ_MAX);
-                let into = buf.initialize_unfilled_to(room);
-                let n = std::task::ready!((&*self)$($(.$path)+)?.poll_read(cx, into))?;
-                buf.advance(n);
-                std::task::Poll::Ready(Ok(()))
-            }
-        }
-
         impl futures_io::AsyncRead for $T {
             /// Not a checkpoint: fails with [`Cancelled`]($crate::Cancelled) only where it would
             /// block in a cancelled scope. [`BusyResource`]($crate::BusyResource) while an
@@ -864,19 +837,10 @@ macro_rules! async_read_impl {
 
 /// `futures_io::AsyncWrite` for `$T`, whose [`StreamEnd`] is at `self.$path` (or is `self`):
 /// writes go straight to the stream (flushing has nothing to do), and closing shuts down
-/// writing. With the `tokio-io` feature, tokio's too (its `poll_shutdown` is the close).
+/// writing.
 macro_rules! async_write_impl {
     ($T:ty $(; $($path:ident).+)?) => {
-        #[cfg(feature = "tokio-io")]
-        $crate::net::stream::write_trait_impl!(::tokio::io::AsyncWrite, poll_shutdown, $T $(; $($path).+)?);
-        $crate::net::stream::write_trait_impl!(futures_io::AsyncWrite, poll_close, $T $(; $($path).+)?);
-    };
-}
-
-/// One of the two `AsyncWrite` traits (they differ only in the name of the close) for `$T`.
-macro_rules! write_trait_impl {
-    ($Trait:path, $close:ident, $T:ty $(; $($path:ident).+)?) => {
-        impl $Trait for $T {
+        impl futures_io::AsyncWrite for $T {
             /// Not a checkpoint, with the rules of `poll_read`.
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
@@ -894,7 +858,7 @@ macro_rules! write_trait_impl {
             }
 
             /// Shuts down writing (the peer reads end of stream after the data).
-            fn $close(
+            fn poll_close(
                 self: std::pin::Pin<&mut Self>,
                 _cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
@@ -904,4 +868,4 @@ macro_rules! write_trait_impl {
     };
 }
 
-pub(crate) use {async_read_impl, async_write_impl, half_methods, stream_type, write_trait_impl};
+pub(crate) use {async_read_impl, async_write_impl, half_methods, stream_type};

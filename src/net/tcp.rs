@@ -163,9 +163,7 @@ impl TryFrom<std::net::TcpListener> for TcpListener {
 /// connection with a reset (RST) instead of an end of stream.
 ///
 /// It implements `futures_io::AsyncRead` and `AsyncWrite` (on `TcpStream` and on
-/// `&TcpStream`), and with the `tokio-io` feature tokio's `AsyncRead` and `AsyncWrite` (for
-/// hyper through hyper-util's `TokioIo`, tokio-rustls, tokio-util codecs; no tokio runtime is
-/// started), so crates written against those traits work unchanged. Those poll-style
+/// `&TcpStream`), so crates written against those traits work unchanged. Those poll-style
 /// impls are not checkpoints: they fail with [`Cancelled`](crate::Cancelled) only where they
 /// would block, and with [`BusyResource`](crate::BusyResource) while an `async` operation uses
 /// the direction. A waiting poll keeps only the waker of the latest poll, as `futures-io`

@@ -100,7 +100,7 @@ pub fn memory_stream_pair_with_capacity(capacity: usize) -> (MemoryStream, Memor
 ///   ([`WriteAllError::written`](crate::WriteAllError)) and the stream stays usable.
 ///
 /// It also implements `futures_io::AsyncRead` and `AsyncWrite` (on `MemoryStream` and on
-/// `&MemoryStream`; tokio's too, with the `tokio-io` feature). As for sockets, those poll-style impls are not checkpoints: they fail with
+/// `&MemoryStream`). As for sockets, those poll-style impls are not checkpoints: they fail with
 /// [`Cancelled`](crate::Cancelled) only where they would block in a cancelled scope, and with
 /// [`BusyResource`](crate::BusyResource) while an `async` operation uses the direction. A
 /// waiting poll keeps only the waker of the latest poll, and of two tasks polling one
