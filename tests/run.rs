@@ -570,13 +570,33 @@ fn a_deadline_the_clock_reaches_is_not_stuck_but_one_it_never_reaches_is() {
 }
 
 #[test]
-fn a_wake_from_another_thread_is_progress() {
-    let slot = Arc::new(Mutex::new(None));
-    let (tx, rx) = mpsc::channel();
-    let thread = waker_thread(slot.clone(), rx);
-    // Generous: the wake comes as soon as the thread sees the park. Without a deadline the run
-    // waits only for the other thread, which counts as something arriving from outside.
-    testing::builder().stuck_after(Some(secs(20))).run(ParkOnce { slot, parked: tx, polled: false });
+fn wakes_from_another_thread_are_progress() {
+    // The root parks 3,000 times; each time a std thread wakes it. Each wait lasts a thread
+    // hand-off, together far more than the 100 ms limit, which must count from the last wake.
+    const WAKES: u32 = 3000;
+    let slot: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+    let (tx, rx) = mpsc::channel::<()>();
+    let waker_slot = slot.clone();
+    let thread = std::thread::spawn(move || {
+        while rx.recv().is_ok() {
+            if let Some(w) = waker_slot.lock().unwrap().take() {
+                w.wake();
+            }
+        }
+    });
+    let mut parked = 0;
+    let polls =
+        testing::builder().stuck_after(Some(Duration::from_millis(100))).run(std::future::poll_fn(|cx| {
+            if parked == WAKES {
+                return Poll::Ready(parked);
+            }
+            parked += 1;
+            *slot.lock().unwrap() = Some(cx.waker().clone());
+            tx.send(()).unwrap();
+            Poll::Pending
+        }));
+    assert_eq!(polls, WAKES);
+    drop(tx);
     thread.join().unwrap();
 }
 
