@@ -352,3 +352,132 @@ fn a_sender_waker_that_panics_when_a_fast_receive_wakes_it_does_not_lose_the_val
         assert_eq!(rx.try_recv(), Err(hatchery::TryRecvError::EndOfChannel));
     });
 }
+
+/// Runs `f` with panic messages silenced: whether it panicked.
+fn panics_quietly(f: impl FnOnce()) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.is_err()
+}
+
+#[test]
+fn a_waker_that_panics_when_an_event_is_set_does_not_keep_the_other_waiters_waiting() {
+    hatchery::testing::run(async {
+        let event = Event::new();
+        // The first waiter parks through the foreign waker, the second with the task's own.
+        let mut first = Box::pin(event.wait());
+        park_through_hooked(&mut first).await;
+        let mut second = Box::pin(event.wait());
+        assert!(support_poll(&mut second).await.is_pending());
+        assert_eq!(event.statistics().tasks_waiting, 2);
+        PANIC_ON_WAKE.with(|p| p.set(true));
+        assert!(panics_quietly(|| event.set()), "the first waiter's wake did not panic");
+        PANIC_ON_WAKE.with(|p| p.set(false));
+        // Both were released: the second one is not left waiting on a set event.
+        assert_eq!(event.statistics().tasks_waiting, 0);
+        assert!(matches!(support_poll(&mut second).await, Poll::Ready(Ok(()))));
+        assert!(matches!(support_poll(&mut first).await, Poll::Ready(Ok(()))));
+    });
+}
+
+#[test]
+fn a_waker_that_panics_when_tokens_free_up_does_not_keep_the_other_borrowers_waiting() {
+    use hatchery::CapacityLimiter;
+    hatchery::testing::run(async {
+        let limiter = CapacityLimiter::new(1);
+        let held = limiter.acquire().await.unwrap();
+        let mut first = Box::pin(limiter.acquire());
+        park_through_hooked(&mut first).await;
+        let mut second = Box::pin(limiter.acquire());
+        assert!(support_poll(&mut second).await.is_pending());
+        PANIC_ON_WAKE.with(|p| p.set(true));
+        assert!(panics_quietly(|| limiter.set_total_tokens(3)), "the first waiter's wake did not panic");
+        PANIC_ON_WAKE.with(|p| p.set(false));
+        let s = limiter.statistics();
+        assert_eq!((s.borrowed_tokens, s.tasks_waiting), (3, 0), "both waiters were granted a token");
+        let Poll::Ready(Ok(a)) = support_poll(&mut first).await else { panic!("first not granted") };
+        let Poll::Ready(Ok(b)) = support_poll(&mut second).await else { panic!("second not granted") };
+        drop((a, b, held));
+        assert_eq!(limiter.statistics().borrowed_tokens, 0);
+    });
+}
+
+#[test]
+fn a_cancelled_lock_whose_waker_destructor_panics_as_it_leaves_the_queue_leaves_it_once() {
+    use hatchery::CancelScope;
+    hatchery::testing::run(async {
+        let mutex = Mutex::new(5);
+        let guard = mutex.lock().await.unwrap();
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        scope
+            .run(async {
+                let mut lock = Box::pin(mutex.lock());
+                assert!(support_poll(&mut lock).await.is_pending());
+                handle.cancel();
+                // Re-polled through a foreign waker: its clone replaces the task's wake-up in
+                // the queue, and leaving the queue drops that clone, which panics.
+                assert!(repoll_with_panicking_drop(&mut lock).await, "no panic where expected");
+                drop(lock); // must not leave the queue a second time
+                Ok::<_, hatchery::Cancelled>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(mutex.statistics().tasks_waiting, 0);
+        drop(guard);
+        assert_eq!(*mutex.try_lock().unwrap(), 5);
+    });
+}
+
+#[test]
+fn a_cancelled_condition_wait_whose_waker_destructor_panics_as_it_leaves_leaves_once() {
+    use hatchery::CancelScope;
+    hatchery::testing::run(async {
+        let mutex = Mutex::new(6);
+        let cond = Condition::new();
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        scope
+            .run(async {
+                let mut wait = Box::pin(cond.wait(mutex.lock().await.unwrap()));
+                assert!(support_poll(&mut wait).await.is_pending());
+                handle.cancel();
+                assert!(repoll_with_panicking_drop(&mut wait).await, "no panic where expected");
+                drop(wait);
+                Ok::<_, hatchery::Cancelled>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(cond.statistics().tasks_waiting, 0);
+        assert!(!mutex.is_locked() && !mutex.is_broken());
+        assert_eq!(*mutex.try_lock().unwrap(), 6);
+    });
+}
+
+#[test]
+fn a_waker_destructor_that_panics_as_a_condition_wait_relocks_gives_the_lock_back_unbroken() {
+    hatchery::testing::run(async {
+        let mutex = Mutex::new(8);
+        let cond = Condition::new();
+        let mut wait = Box::pin(cond.wait(mutex.lock().await.unwrap()));
+        // Parked through the foreign waker: the cancel registration keeps a clone of it.
+        park_through_hooked(&mut wait).await;
+        let guard = mutex.try_lock().unwrap();
+        cond.notify(&guard, 1);
+        drop(guard); // the lock goes to the moved waiter
+        // The poll that relocks lets go of the registration's clone, which panics.
+        assert!(repoll_with_panicking_drop(&mut wait).await, "no panic where expected");
+        drop(wait);
+        // No critical section ran: the lock came back, and the mutex is not broken.
+        assert!(!mutex.is_broken(), "a foreign destructor's panic broke the mutex");
+        assert!(!mutex.is_locked());
+        assert_eq!(*mutex.try_lock().unwrap(), 8);
+    });
+}
+
+/// Polls `fut` once with the task's own waker.
+async fn support_poll<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
+}

@@ -1129,3 +1129,74 @@ fn thousands_of_waiters_cancelled_at_once_leave_no_trace_and_fifo_survives() {
     // Tasks parked in spawn order (one batch); the survivors are served in that order.
     assert!(served.windows(2).all(|w| w[0] < w[1]) || served.windows(2).all(|w| w[0] > w[1]));
 }
+
+#[test]
+fn a_wait_with_the_wrong_mutex_panics_without_breaking_that_mutex() {
+    testing::run(async {
+        let (a, b) = (Mutex::new(1), Mutex::new(2));
+        let cond = Condition::new();
+        let mut w = cond.wait(a.lock().await.unwrap());
+        assert!(poll_once(&mut w).await.is_pending());
+        let mut wrong = cond.wait(b.lock().await.unwrap());
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let waker = std::task::Waker::noop();
+            let _ = std::pin::Pin::new(&mut wrong).poll(&mut std::task::Context::from_waker(waker));
+        }));
+        std::panic::set_hook(hook);
+        let msg = r.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.contains("different mutex"), "{msg}");
+        drop(wrong);
+        // The mistake was the caller's, not a panic in a critical section: `b` is released as
+        // usual, not broken.
+        assert!(!b.is_broken(), "the usage panic broke the mutex");
+        assert!(!b.is_locked());
+        assert_eq!(*b.try_lock().unwrap(), 2);
+    });
+}
+
+/// Formats as the outcome of a `try_lock` of the mutex it lives in (found through `PROBED`).
+struct Probe;
+
+thread_local! {
+    static PROBED: std::cell::Cell<Option<&'static Mutex<Probe>>> = const { std::cell::Cell::new(None) };
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = PROBED.with(|p| p.get()).expect("probe installed");
+        write!(f, "Probe(try_lock ok: {})", m.try_lock().is_ok())
+    }
+}
+
+#[test]
+fn a_mutex_formats_its_data_under_its_lock_so_a_try_lock_from_the_data_finds_it_busy() {
+    testing::run(async {
+        let m: &'static Mutex<Probe> = Box::leak(Box::new(Mutex::new(Probe)));
+        PROBED.with(|p| p.set(Some(m)));
+        let shown = format!("{m:?}");
+        assert!(shown.contains("Probe(try_lock ok: false)"), "{shown}");
+        // Formatting let the lock go: nothing is left locked.
+        assert!(!m.is_locked());
+        assert!(m.try_lock().is_ok());
+        let held = m.try_lock().unwrap();
+        assert!(format!("{m:?}").contains("<locked>"));
+        drop(held);
+        PROBED.with(|p| p.set(None));
+    });
+}
+
+#[test]
+fn a_semaphore_at_a_maximum_of_zero_refuses_a_release_even_with_a_waiter_s7_4() {
+    testing::run(async {
+        let sem = Semaphore::with_max(0, 0).unwrap();
+        let mut acquire = sem.acquire();
+        assert!(poll_once(&mut acquire).await.is_pending());
+        // As Trio: the value is at its maximum (0), so a release is one too many.
+        assert_eq!(sem.release(), Err(TooManyReleases { max: 0 }));
+        assert_eq!(sem.statistics().tasks_waiting, 1, "the waiter got nothing");
+        drop(acquire);
+        assert_eq!((sem.value(), sem.statistics().tasks_waiting), (0, 0));
+    });
+}

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::panic::Location;
+use std::panic::{AssertUnwindSafe, Location, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -262,12 +262,15 @@ impl<'a, T: ?Sized> ConditionWait<'a, T> {
 
     /// The lock is ours again: the result to return.
     fn relocked(&mut self, cancelled: Option<Cancelled>) -> Result<MutexGuard<'a, T>, WaitError<'a, T>> {
-        // The guard first: `unpark` may drop a foreign waker, and a panic there then drops the
-        // guard (breaking the mutex, as any panic while holding it) instead of leaving the
-        // mutex locked with nobody to release it.
+        // The guard first, so that the lock is never held by nobody. `unpark` may drop a
+        // foreign waker whose destructor panics: the lock then goes back as usual (to the next
+        // waiter), not broken, as a lock's `Acquire` gives it back: no critical section ran.
         let guard = MutexGuard::new(self.mutex, self.at);
         self.step = WaitStep::Done;
-        self.park.unpark();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.park.unpark())) {
+            drop(guard);
+            resume_unwind(p);
+        }
         match cancelled {
             None => Ok(guard),
             Some(cancelled) => Err(WaitError::Cancelled { guard, cancelled }),
@@ -324,6 +327,9 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     }
                     let state = this.mutex.state();
                     if this.cond.lot.tasks_waiting() > 0 && this.cond.mutex.get() != state.addr() {
+                        // The guard goes first, released as usual: a panic that dropped it would
+                        // break a mutex whose data nobody was changing.
+                        drop(guard);
                         panic!(
                             "Condition::wait at {}: other tasks wait on this condition with a different mutex",
                             this.at
@@ -341,18 +347,19 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                         Status::Moved(to) => this.step = WaitStep::InMutex { ticket: to, cancelled: None },
                         Status::Waiting => match here.poll_cancel(&mut this.park, cx, WaitingOn::Condition) {
                             Poll::Pending => return Poll::Pending,
-                            Poll::Ready(c) => match this.cond.lot.leave(ticket) {
-                                Status::Waiting => {
-                                    // The ticket is freed: a panic below (a foreign waker's
-                                    // clone) must not make `Drop` leave it again.
-                                    this.step = WaitStep::Done;
-                                    return this.reacquire(c, &here, cx);
+                            Poll::Ready(c) => {
+                                // `leave` frees the ticket, then drops the waiter's waker: a
+                                // panic there (a foreign destructor), or below (a foreign
+                                // waker's clone), must not make `Drop` leave it again.
+                                this.step = WaitStep::Done;
+                                match this.cond.lot.leave(ticket) {
+                                    Status::Waiting => return this.reacquire(c, &here, cx),
+                                    Status::Moved(to) => {
+                                        this.step = WaitStep::InMutex { ticket: to, cancelled: Some(c) }
+                                    }
+                                    s => unreachable!("hatchery internal error: condition waiter {s:?}"),
                                 }
-                                Status::Moved(to) => {
-                                    this.step = WaitStep::InMutex { ticket: to, cancelled: Some(c) }
-                                }
-                                s => unreachable!("hatchery internal error: condition waiter {s:?}"),
-                            },
+                            }
                         },
                         s => unreachable!("hatchery internal error: condition waiter {s:?}"),
                     }

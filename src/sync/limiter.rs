@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -210,13 +211,27 @@ impl CapacityLimiter {
     /// at a time: a wake is foreign code for a foreign waker, and may release a token or change
     /// the total meanwhile (a nested call then hands out what it freed), so each grant is
     /// counted only once it happened.
+    ///
+    /// A wake that panics (a foreign waker's) has made its grant, and does not stop the others:
+    /// the first panic goes on once every free token has found its waiter.
     fn wake_waiters(&self) {
+        let mut panic = None;
         while self.available_tokens() > 0 && self.lot.tasks_waiting() > 0 {
             self.borrowed.set(self.borrowed.get() + 1);
-            if self.lot.unpark(1) == 0 {
-                self.borrowed.set(self.borrowed.get() - 1);
-                break;
+            match catch_unwind(AssertUnwindSafe(|| self.lot.unpark(1))) {
+                Ok(0) => {
+                    self.borrowed.set(self.borrowed.get() - 1);
+                    break;
+                }
+                Ok(_) => {}
+                // `unpark` panics only in a wake, after the grant.
+                Err(p) => {
+                    panic.get_or_insert(p);
+                }
             }
+        }
+        if let Some(p) = panic {
+            resume_unwind(p);
         }
     }
 }

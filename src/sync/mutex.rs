@@ -271,11 +271,36 @@ impl<T> From<T> for Mutex<T> {
 
 impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// Releases the lock taken for formatting, also if `T::fmt` panics (it changed nothing).
+        struct Unlock<'a>(&'a MutexState);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                self.0.release();
+            }
+        }
         let mut d = f.debug_struct("Mutex");
-        match self.data.try_borrow() {
-            Ok(data) if !self.state.locked.get() => d.field("data", &&*data),
-            _ => d.field("data", &format_args!("<locked>")),
-        };
+        // Formatting holds the lock, as std's `Mutex` does: a `try_lock` from inside `T::fmt`
+        // then finds it busy, instead of taking a lock whose data is borrowed here.
+        let locked = format_args!("<locked>");
+        match self.state.try_take() {
+            Take::Taken => {
+                let _unlock = Unlock(&self.state);
+                match self.data.try_borrow() {
+                    Ok(data) => d.field("data", &&*data),
+                    Err(_) => d.field("data", &locked),
+                };
+            }
+            Take::Busy => {
+                d.field("data", &locked);
+            }
+            // Nobody can lock a broken mutex: its data is shown as it was left.
+            Take::Broken => {
+                match self.data.try_borrow() {
+                    Ok(data) => d.field("data", &&*data),
+                    Err(_) => d.field("data", &locked),
+                };
+            }
+        }
         d.field("tasks_waiting", &self.state.lot.tasks_waiting()).field("broken", &self.is_broken());
         d.finish()
     }

@@ -37,6 +37,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Cancelled;
@@ -269,13 +270,23 @@ impl ParkingLot {
 
     /// Grants the resource to the `n` oldest waiters (fewer if fewer wait) and wakes them, oldest
     /// first. Returns how many were granted. Unparking an empty lot does nothing.
+    ///
+    /// A wake that panics (a foreign waker's) does not stop the others: every grant is made and
+    /// woken, then the first panic goes on. (Stopping there would leave waiters queued on a set
+    /// event, or on free units, woken by nothing.)
     pub(crate) fn unpark(&self, n: usize) -> usize {
         let mut granted = 0;
+        let mut panic = None;
         while granted < n {
             let next = self.lot.borrow_mut().pop_waiting(Status::Granted);
             let Some((_, waker)) = next else { break };
-            waker.wake();
             granted += 1;
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                panic.get_or_insert(p);
+            }
+        }
+        if let Some(p) = panic {
+            resume_unwind(p);
         }
         granted
     }
@@ -319,7 +330,21 @@ impl ParkingLot {
                 wakers.push(w);
             }
         }
-        wakers.into_iter().for_each(Wakeup::wake);
+        wake_all(wakers);
+    }
+}
+
+/// Wakes every one of `wakers`, even if one of them panics (a foreign waker's wake); the first
+/// panic goes on once all have been woken.
+fn wake_all(wakers: Vec<Wakeup>) {
+    let mut panic = None;
+    for w in wakers {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| w.wake())) {
+            panic.get_or_insert(p);
+        }
+    }
+    if let Some(p) = panic {
+        resume_unwind(p);
     }
 }
 
@@ -463,13 +488,16 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                             let here = here.get_or_insert_with(Here::get);
                             match here.poll_cancel(&mut self.park, cx, self.res.waiting_on()) {
                                 Poll::Pending => return Poll::Pending,
-                                Poll::Ready(c) => match self.res.lot().leave(t) {
-                                    Status::Waiting => {
-                                        self.step = Step::Done;
-                                        return Poll::Ready(Err(Failed::Cancelled(c)));
+                                Poll::Ready(c) => {
+                                    // The ticket is freed by `leave`, which then drops the waiter's
+                                    // waker: a foreign destructor that panics there must find a
+                                    // step whose drop does not leave the ticket again.
+                                    self.step = Step::Done;
+                                    match self.res.lot().leave(t) {
+                                        Status::Waiting => return Poll::Ready(Err(Failed::Cancelled(c))),
+                                        other => other,
                                     }
-                                    other => other,
-                                },
+                                }
                             }
                         }
                         other => other,

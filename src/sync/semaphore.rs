@@ -181,10 +181,13 @@ impl Semaphore {
     /// ```
     pub fn release(&self) -> Result<(), TooManyReleases> {
         let max = self.max.unwrap_or(usize::MAX);
+        // The value is 0 while tasks wait, so this refuses a hand-over only at a maximum of 0
+        // (as Trio: the value is at its maximum either way).
+        if self.value.get() >= max {
+            return Err(TooManyReleases { max });
+        }
         if self.lot.tasks_waiting() > 0 {
             self.lot.unpark(1);
-        } else if self.value.get() >= max {
-            return Err(TooManyReleases { max });
         } else {
             self.value.set(self.value.get() + 1);
         }
