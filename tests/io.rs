@@ -523,6 +523,90 @@ fn a_buffered_write_dropped_at_its_schedule_point_buffered_nothing() {
         .unwrap();
 }
 
+/// A writer that takes at most 16 bytes a call, never waiting, and keeps them.
+struct Takes16(Vec<u8>);
+
+impl AsyncWrite for Takes16 {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let n = buf.len().min(16);
+        self.0.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn a_buffered_write_all_does_not_yield_once_bytes_went_through() {
+    // A budget of 0: every schedule point taken yields, so a drop could come at each.
+    testing::builder()
+        .yield_budget(0)
+        .run(async {
+            let mut w = BufWriter::with_capacity(8, Takes16(Vec::new()));
+            let data: Vec<u8> = (0..20).collect();
+            let mut fut = Box::pin(w.write_all(&data));
+            // The schedule point, before anything moves.
+            assert!(poll_once(&mut fut).await.is_pending());
+            // 16 bytes go through and the last 4 fit the buffer: done in the same poll, with
+            // no second yield where a drop would lose the count of what went through.
+            assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(()))));
+            drop(fut);
+            assert_eq!(w.buffer(), &data[16..]);
+            assert_eq!(w.get_ref().0, &data[..16]);
+            Ok::<_, io::Error>(())
+        })
+        .unwrap();
+}
+
+/// A reader that fills what it is given and claims one byte more.
+struct Overclaims;
+
+impl AsyncRead for Overclaims {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        buf.fill(b'x');
+        Poll::Ready(Ok(buf.len() + 1))
+    }
+}
+
+/// A writer that claims twice what it was given.
+struct OverclaimsWrite;
+
+impl AsyncWrite for OverclaimsWrite {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(2 * buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn an_inner_stream_that_claims_more_than_its_buffer_is_an_invalid_data_error() {
+    testing::run(async {
+        let mut r = BufReader::with_capacity(8, Overclaims);
+        let mut line = String::new();
+        let e = r.read_line(&mut line).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("reported 9 bytes moved through a buffer of 8"), "{e}");
+        assert_eq!(line, "", "nothing was taken from a broken reader");
+
+        let mut w = BufWriter::with_capacity(4, OverclaimsWrite);
+        let e = w.write_all(b"0123456789").await.unwrap_err();
+        assert_eq!((e.written, e.error.kind()), (0, io::ErrorKind::InvalidData));
+
+        let mut src = BufReader::new(&b"abcdef"[..]);
+        let e = copy(&mut src, &mut OverclaimsWrite).await.unwrap_err();
+        assert_eq!((e.copied, e.error.kind()), (0, io::ErrorKind::InvalidData), "no count beyond the source");
+    });
+}
+
 #[test]
 fn into_parts_hands_back_unflushed_bytes() {
     testing::run(async {

@@ -184,6 +184,23 @@ fn mock_clock_jump_moves_time_and_wakes_due_sleepers_s8_1() {
 }
 
 #[test]
+fn a_jump_of_the_longest_duration_stops_short_of_never() {
+    let clock = MockClock::new();
+    clock.jump(Duration::MAX);
+    assert!(clock.now() < Instant::MAX, "the clock reached never: {:?}", clock.now());
+    let c = clock.clone();
+    Builder::new().clock(clock.clone()).run(async {
+        // A sleep until never still never ends; one until now passes.
+        let mut never = Box::pin(sleep_until(Instant::MAX));
+        assert!(poll_once(&mut never).await.is_pending());
+        c.jump(Duration::MAX);
+        assert!(now() < Instant::MAX);
+        assert!(poll_once(&mut never).await.is_pending());
+        assert_eq!(sleep_until(now()).await, Ok(()));
+    });
+}
+
+#[test]
 fn jump_past_a_deadline_wakes_at_the_jumped_time_s8_1() {
     let clock = MockClock::new();
     let c = clock.clone();

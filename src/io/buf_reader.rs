@@ -44,6 +44,15 @@ use crate::net::stream::empty_read;
 /// longer line fails with `InvalidData` (leaving its bytes buffered). `read_exact` grows to the
 /// requested length (the caller chose it); `read_to_end` to the whole stream.
 ///
+/// # One reader per stream
+///
+/// A `BufReader` reads its inner stream through the poll-style `futures-io` calls, so the
+/// stream's check for a second reader (S9.1: [`BusyResource`](crate::BusyResource)) catches
+/// another task only where a read waits. Two `BufReader`s over one stream (each over a
+/// `&TcpStream`, say) whose reads never wait would split its bytes between them, unseen. Give a
+/// stream's reading half to one `BufReader` and read through it alone (the bytes it has
+/// buffered are its own anyway).
+///
 /// # The `futures-io` impls
 ///
 /// `BufReader` implements `futures_io::AsyncRead` and `AsyncBufRead` (and `AsyncWrite`, passed
@@ -181,7 +190,11 @@ impl<R: AsyncRead + Unpin> BufReader<R> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         debug_assert!(self.filled < self.buf.len());
         loop {
+            let space = self.buf.len() - self.filled;
             match Pin::new(&mut self.inner).poll_read(cx, &mut self.buf[self.filled..]) {
+                Poll::Ready(Ok(n)) if n > space => {
+                    return Poll::Ready(Err(super::overclaimed("reader", n, space)));
+                }
                 Poll::Ready(Ok(n)) => {
                     self.filled += n;
                     return Poll::Ready(Ok(n));

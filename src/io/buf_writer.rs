@@ -189,7 +189,11 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
             checkpoint_if_cancelled().map_err(|c| fail(written, c.into()))?;
             let rest = &buf[written..];
             if rest.len() <= self.spare() {
-                op.schedule_point().await;
+                // The schedule point comes before anything moves; once bytes went through, a
+                // yield would only risk a drop that loses their count (as below).
+                if written == 0 {
+                    op.schedule_point().await;
+                }
                 self.push(rest);
                 return Ok(());
             }

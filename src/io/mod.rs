@@ -126,9 +126,20 @@ impl Op {
     }
 }
 
+/// The error for an inner reader or writer that reported `n` bytes of a buffer of `len`.
+fn overclaimed(what: &str, n: usize, len: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the {what} reported {n} bytes moved through a buffer of {len}: a broken AsyncRead/AsyncWrite"
+        ),
+    )
+}
+
 /// One `poll_write` of `writer` that moves something: retried on `Interrupted`, and a
 /// `WriteZero` error if the writer accepted none of a non-empty `buf` (it would accept nothing
-/// the next time either, and a loop would spin).
+/// the next time either, and a loop would spin). A writer that claims more than it was given is
+/// broken: `InvalidData`, rather than a count that is wrong or a panic further on.
 fn poll_write_some<W: AsyncWrite + Unpin + ?Sized>(
     writer: &mut W,
     cx: &mut Context<'_>,
@@ -141,6 +152,9 @@ fn poll_write_some<W: AsyncWrite + Unpin + ?Sized>(
                     io::ErrorKind::WriteZero,
                     "the writer accepted no bytes",
                 )));
+            }
+            Poll::Ready(Ok(n)) if n > buf.len() => {
+                return Poll::Ready(Err(overclaimed("writer", n, buf.len())));
             }
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             other => return other,

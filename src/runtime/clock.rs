@@ -236,10 +236,13 @@ impl MockClock {
     }
 
     /// Moves the clock forward by `d`. Deadlines that become due fire on the next loop pass.
+    ///
+    /// The clock stops one nanosecond short of [`Instant::MAX`], which means "never": a jump
+    /// of `Duration::MAX` fires every deadline but leaves `sleep_until(Instant::MAX)` waiting.
     pub fn jump(&self, d: Duration) {
         self.rebase();
-        let now = Instant(self.state.now.get()) + d;
-        self.state.now.set(now.0);
+        let now = (Instant(self.state.now.get()) + d).0.min(Instant::MAX.0 - 1);
+        self.state.now.set(now);
     }
 
     /// How long in real time until the clock reaches `deadline` by itself: never at rate zero.
