@@ -523,14 +523,31 @@ fn a_buffered_write_dropped_at_its_schedule_point_buffered_nothing() {
         .unwrap();
 }
 
-/// A writer that takes at most 16 bytes a call, never waiting, and keeps them.
-struct Takes16(Vec<u8>);
+/// A writer that never waits: each call keeps what `take` says of the buffer's length (at most
+/// all of it) and reports what `claim` says.
+struct TestWriter {
+    kept: Vec<u8>,
+    take: fn(usize) -> usize,
+    claim: fn(usize) -> usize,
+}
 
-impl AsyncWrite for Takes16 {
+impl TestWriter {
+    /// Takes (and reports) at most 16 bytes a call.
+    fn takes_16() -> TestWriter {
+        TestWriter { kept: Vec::new(), take: |n| n.min(16), claim: |n| n.min(16) }
+    }
+
+    /// Takes nothing and claims twice what it was given: broken.
+    fn overclaims() -> TestWriter {
+        TestWriter { kept: Vec::new(), take: |_| 0, claim: |n| 2 * n }
+    }
+}
+
+impl AsyncWrite for TestWriter {
     fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let n = buf.len().min(16);
-        self.0.extend_from_slice(&buf[..n]);
-        Poll::Ready(Ok(n))
+        let n = (self.take)(buf.len()).min(buf.len());
+        self.kept.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok((self.claim)(buf.len())))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -546,7 +563,7 @@ fn a_buffered_write_all_does_not_yield_once_bytes_went_through() {
     testing::builder()
         .yield_budget(0)
         .run(async {
-            let mut w = BufWriter::with_capacity(8, Takes16(Vec::new()));
+            let mut w = BufWriter::with_capacity(8, TestWriter::takes_16());
             let data: Vec<u8> = (0..20).collect();
             let mut fut = Box::pin(w.write_all(&data));
             // The schedule point, before anything moves.
@@ -556,7 +573,7 @@ fn a_buffered_write_all_does_not_yield_once_bytes_went_through() {
             assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(()))));
             drop(fut);
             assert_eq!(w.buffer(), &data[16..]);
-            assert_eq!(w.get_ref().0, &data[..16]);
+            assert_eq!(w.get_ref().kept, &data[..16]);
             Ok::<_, io::Error>(())
         })
         .unwrap();
@@ -572,21 +589,6 @@ impl AsyncRead for Overclaims {
     }
 }
 
-/// A writer that claims twice what it was given.
-struct OverclaimsWrite;
-
-impl AsyncWrite for OverclaimsWrite {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(2 * buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[test]
 fn an_inner_stream_that_claims_more_than_its_buffer_is_an_invalid_data_error() {
     testing::run(async {
@@ -597,12 +599,12 @@ fn an_inner_stream_that_claims_more_than_its_buffer_is_an_invalid_data_error() {
         assert!(e.to_string().contains("reported 9 bytes moved through a buffer of 8"), "{e}");
         assert_eq!(line, "", "nothing was taken from a broken reader");
 
-        let mut w = BufWriter::with_capacity(4, OverclaimsWrite);
+        let mut w = BufWriter::with_capacity(4, TestWriter::overclaims());
         let e = w.write_all(b"0123456789").await.unwrap_err();
         assert_eq!((e.written, e.error.kind()), (0, io::ErrorKind::InvalidData));
 
         let mut src = BufReader::new(&b"abcdef"[..]);
-        let e = copy(&mut src, &mut OverclaimsWrite).await.unwrap_err();
+        let e = copy(&mut src, &mut TestWriter::overclaims()).await.unwrap_err();
         assert_eq!((e.copied, e.error.kind()), (0, io::ErrorKind::InvalidData), "no count beyond the source");
     });
 }
