@@ -63,6 +63,7 @@ pub mod io;
 pub mod lowlevel;
 pub mod net;
 mod nursery;
+mod panics;
 mod runtime;
 pub mod signal;
 pub mod sync;

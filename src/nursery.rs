@@ -38,7 +38,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -48,6 +48,7 @@ use pin_project_lite::pin_project;
 
 use crate::cancel::{self, CancelHandle};
 use crate::error::{CancelError, CancelSource, Cancelled, JoinError, NurseryError, StartError};
+use crate::panics::FirstPanic;
 use crate::runtime::cancel_tree::{NIL, ScopeRef, ScopeState, Wakeups};
 use crate::runtime::context::{self, Core};
 use crate::runtime::sched::{BODY, LentWaker, TaskWaker, WakeTarget};
@@ -346,7 +347,7 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
         // Drop children one at a time, with nothing borrowed: a child's destructor may call back
         // into the nursery (and is told it is closed). A destructor that panics does not stop
         // the others from being dropped; the first panic is resumed at the end.
-        let mut panic = None;
+        let mut panics = FirstPanic::default();
         loop {
             let next = {
                 let mut inner = n.inner.borrow_mut();
@@ -359,10 +360,8 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
                 t.borrow_mut().finished(n.target(key as u32 + 1));
             }
             let node = slot.node();
-            if let Some(task) = slot.into_task()
-                && let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(ManuallyDrop::into_inner(task))))
-            {
-                panic.get_or_insert(p);
+            if let Some(task) = slot.into_task() {
+                panics.catch(|| drop(ManuallyDrop::into_inner(task)));
             }
             if node != NIL {
                 n.core.cancel.borrow_mut().exit(node);
@@ -379,7 +378,7 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
             t.borrow_mut().close_nursery(n.group);
         }
         cancel::exit(&n.core, n.node);
-        if let Some(p) = panic
+        if let Some(p) = panics.into_inner()
             && !std::thread::panicking()
         {
             resume_unwind(p);

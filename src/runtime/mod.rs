@@ -278,13 +278,11 @@ impl Drop for RunGuard {
 fn run_callbacks(
     callbacks: impl IntoIterator<Item = sched::Callback>,
 ) -> Option<Box<dyn std::any::Any + Send>> {
-    let mut panic = None;
+    let mut panics = crate::panics::FirstPanic::default();
     for cb in callbacks {
-        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
-            panic.get_or_insert(p);
-        }
+        panics.catch(cb);
     }
-    panic
+    panics.into_inner()
 }
 
 /// The event loop. One pass:

@@ -3,7 +3,6 @@
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -11,6 +10,7 @@ use std::task::{Context, Poll};
 use super::TryAcquireError;
 use super::parking_lot::{Acquire, Failed, ParkingLot, Resource, Take};
 use crate::error::Cancelled;
+use crate::panics::FirstPanic;
 
 /// Limits how many tasks do something at once (Trio's `CapacityLimiter`, S7.5): each holds a
 /// [`CapacityToken`] from [`acquire`](CapacityLimiter::acquire) while it works, and at most
@@ -215,24 +215,16 @@ impl CapacityLimiter {
     /// A wake that panics (a foreign waker's) has made its grant, and does not stop the others:
     /// the first panic goes on once every free token has found its waiter.
     fn wake_waiters(&self) {
-        let mut panic = None;
+        let mut panics = FirstPanic::default();
         while self.available_tokens() > 0 && self.lot.tasks_waiting() > 0 {
             self.borrowed.set(self.borrowed.get() + 1);
-            match catch_unwind(AssertUnwindSafe(|| self.lot.unpark(1))) {
-                Ok(0) => {
-                    self.borrowed.set(self.borrowed.get() - 1);
-                    break;
-                }
-                Ok(_) => {}
-                // `unpark` panics only in a wake, after the grant.
-                Err(p) => {
-                    panic.get_or_insert(p);
-                }
+            // `unpark` panics only in a wake, after the grant (`None` here).
+            if panics.catch(|| self.lot.unpark(1)) == Some(0) {
+                self.borrowed.set(self.borrowed.get() - 1);
+                break;
             }
         }
-        if let Some(p) = panic {
-            resume_unwind(p);
-        }
+        panics.resume();
     }
 }
 

@@ -37,11 +37,11 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Cancelled;
 use crate::lowlevel::{Here, Park, Wakeup};
+use crate::panics::FirstPanic;
 
 /// A waiter's place in a lot: a slot and the generation of its occupant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,18 +276,14 @@ impl ParkingLot {
     /// event, or on free units, woken by nothing.)
     pub(crate) fn unpark(&self, n: usize) -> usize {
         let mut granted = 0;
-        let mut panic = None;
+        let mut panics = FirstPanic::default();
         while granted < n {
             let next = self.lot.borrow_mut().pop_waiting(Status::Granted);
             let Some((_, waker)) = next else { break };
             granted += 1;
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
-                panic.get_or_insert(p);
-            }
+            panics.catch(|| waker.wake());
         }
-        if let Some(p) = panic {
-            resume_unwind(p);
-        }
+        panics.resume();
         granted
     }
 
@@ -330,21 +326,12 @@ impl ParkingLot {
                 wakers.push(w);
             }
         }
-        wake_all(wakers);
-    }
-}
-
-/// Wakes every one of `wakers`, even if one of them panics (a foreign waker's wake); the first
-/// panic goes on once all have been woken.
-fn wake_all(wakers: Vec<Wakeup>) {
-    let mut panic = None;
-    for w in wakers {
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| w.wake())) {
-            panic.get_or_insert(p);
+        // Every one, even if a foreign waker's wake panics; the first panic goes on after.
+        let mut panics = FirstPanic::default();
+        for w in wakers {
+            panics.catch(|| w.wake());
         }
-    }
-    if let Some(p) = panic {
-        resume_unwind(p);
+        panics.resume();
     }
 }
 

@@ -1,0 +1,34 @@
+//! Running several pieces of foreign code in a row (wakers, destructors, callbacks) so that one
+//! that panics does not stop the others: the first panic is kept and goes on at the end.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+/// The first panic caught so far, if any.
+#[derive(Default)]
+pub(crate) struct FirstPanic(Option<Box<dyn Any + Send>>);
+
+impl FirstPanic {
+    /// Runs `f`; its value, or `None` if it panicked (the panic is kept unless one already is).
+    pub(crate) fn catch<R>(&mut self, f: impl FnOnce() -> R) -> Option<R> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => Some(r),
+            Err(p) => {
+                self.0.get_or_insert(p);
+                None
+            }
+        }
+    }
+
+    /// Resumes the kept panic, if there is one.
+    pub(crate) fn resume(self) {
+        if let Some(p) = self.0 {
+            resume_unwind(p);
+        }
+    }
+
+    /// The kept panic, for a caller that decides when it goes on.
+    pub(crate) fn into_inner(self) -> Option<Box<dyn Any + Send>> {
+        self.0
+    }
+}
