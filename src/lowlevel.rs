@@ -146,6 +146,59 @@ impl Future for YieldNow {
     }
 }
 
+/// Brings a parked entry's wake-up up to date with the waker of the poll (the entry lives in a
+/// primitive's `RefCell`), without running foreign code under that borrow: cloning a foreign
+/// waker is foreign code, which may use the very primitive (take the value, release the lock).
+/// Under the borrow, [`apply`](Refresh::apply) updates the wake-up when that needs no clone,
+/// and otherwise notes that one is needed; after the borrow, [`retry`](Refresh::retry) makes
+/// the clone and says to poll the entry again, whose state may have changed meanwhile: the
+/// next `apply` installs the clone. One left over (the entry completed meanwhile) is dropped
+/// with the `Refresh`, after the borrow.
+pub(crate) struct Refresh<'w> {
+    waker: &'w Waker,
+    fresh: Option<Wakeup>,
+    needs_clone: bool,
+}
+
+impl<'w> Refresh<'w> {
+    #[inline]
+    pub(crate) fn new(waker: &'w Waker) -> Self {
+        Refresh { waker, fresh: None, needs_clone: false }
+    }
+
+    /// Under the primitive's borrow: updates `slot`; the waker it replaced, to be dropped after
+    /// the borrow.
+    #[must_use = "drop the replaced waker after the borrow ends"]
+    #[inline]
+    pub(crate) fn apply<C: std::ops::Deref<Target = context::Core>>(
+        &mut self,
+        here: &Here<C>,
+        slot: &mut Wakeup,
+    ) -> Option<Waker> {
+        if let Some(fresh) = self.fresh.take() {
+            return slot.replace(fresh);
+        }
+        match here.core.try_refresh_wakeup(slot, self.waker) {
+            Ok(old) => old,
+            Err(context::NeedsClone) => {
+                self.needs_clone = true;
+                None
+            }
+        }
+    }
+
+    /// After the borrow: whether the last `apply` needed a clone; if so, it is made now, for the
+    /// caller to poll its entry again.
+    #[inline]
+    pub(crate) fn retry<C: std::ops::Deref<Target = context::Core>>(&mut self, here: &Here<C>) -> bool {
+        if !std::mem::take(&mut self.needs_clone) {
+            return false;
+        }
+        self.fresh = Some(here.wakeup(self.waker));
+        true
+    }
+}
+
 /// The run being polled, looked up once for all the steps of one poll of an operation (each
 /// free function of this module looks it up again: a thread-local read and a reference count).
 /// The crate's own primitives use it on their hot paths; it is not public because a primitive
@@ -211,12 +264,12 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
         self.core.wakeup(waker)
     }
 
-    /// Makes `slot` wake the poll that has `waker`; returns the waker replaced, to be dropped
-    /// once no `RefCell` is borrowed (a waker's destructor is foreign code).
-    #[must_use = "drop the replaced waker after the borrow ends"]
+    /// The wake-up for the poll that has `waker` if it is the task's own, made without foreign
+    /// code; `None` for another waker, to be made with [`wakeup`](Here::wakeup) once nothing
+    /// is borrowed (its clone is foreign code), and the state looked at again.
     #[inline]
-    pub(crate) fn refresh(&self, slot: &mut Wakeup, waker: &Waker) -> Option<Waker> {
-        self.core.refresh_wakeup(slot, waker)
+    pub(crate) fn task_wakeup(&self, waker: &Waker) -> Option<Wakeup> {
+        self.core.task_wakeup(waker)
     }
 
     /// Wakes `w` (with this run in hand: no thread-local lookup for a task).
@@ -393,8 +446,18 @@ impl Park {
             }
             ParkRef::Task(task)
         } else {
-            let (waiter, old) = tree.register(existing, node, cx.waker());
+            // Another waker (a foreign combinator's): a waiter holds a clone. Cloning it is foreign
+            // code, which may use the runtime (read a deadline, cancel a scope): it runs with
+            // nothing borrowed. The waiter's key and node stay valid meanwhile: only this park
+            // removes the one, and the other is the status of the poll still running.
+            let keeps = tree.keeps(existing, node, cx.waker());
             drop(tree);
+            let (waiter, old) = if keeps {
+                (existing, None)
+            } else {
+                let clone = std::rc::Rc::new(cx.waker().clone());
+                core.cancel.borrow_mut().register(existing, node, clone)
+            };
             debug_assert!(waiter < NO_WAITER, "hatchery internal error: waiter key out of range");
             self.state = waiter;
             track(core, existing, waiter, task, on);

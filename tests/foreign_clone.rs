@@ -64,6 +64,9 @@ unsafe fn wake_hooked(data: *const ()) {
 unsafe fn wake_by_ref_hooked(data: *const ()) {
     // SAFETY: `data` points to a live `Box<Waker>`.
     unsafe { &*data.cast::<Waker>() }.wake_by_ref();
+    if PANIC_ON_WAKE.with(|p| p.replace(false)) {
+        panic!("a foreign waker's wake panics (expected by this test)");
+    }
 }
 
 unsafe fn drop_hooked(data: *const ()) {
@@ -480,4 +483,117 @@ fn a_waker_destructor_that_panics_as_a_condition_wait_relocks_gives_the_lock_bac
 /// Polls `fut` once with the task's own waker.
 async fn support_poll<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
+}
+
+#[test]
+fn a_wait_whose_waker_clone_reads_the_effective_deadline_parks() {
+    use hatchery::{CancelScope, current_effective_deadline, sleep};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::Duration;
+    hatchery::testing::run(async {
+        let deadline = hatchery::now() + Duration::from_secs(10);
+        CancelScope::new()
+            .with_deadline(deadline)
+            .run(async {
+                // The cancellation registration clones the foreign waker; the clone reads the
+                // cancel tree (which must not be borrowed by then).
+                let seen = Rc::new(Cell::new(None));
+                let (r, _) = poll_hooked(sleep(Duration::from_secs(1)), {
+                    let seen = seen.clone();
+                    move || {
+                        seen.set(Some(current_effective_deadline()));
+                        true
+                    }
+                })
+                .await;
+                assert!(r.is_pending(), "the sleep ended early");
+                assert_eq!(seen.get(), Some(Some(deadline)));
+                Ok::<_, hatchery::Cancelled>(())
+            })
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_waker_that_panics_when_its_scope_is_cancelled_does_not_keep_the_other_waiters_waiting() {
+    use hatchery::{CancelScope, sleep};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Wake;
+    use std::time::Duration;
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    hatchery::testing::run(async {
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        scope
+            .run(async {
+                // Two waits parked with foreign wakers, each a waiter of the scope: one flags its
+                // wake, the other (registered last, so woken first) panics in its wake.
+                let flag = Arc::new(Flag(AtomicBool::new(false)));
+                let flag_waker = Waker::from(flag.clone());
+                let mut flagged = Box::pin(sleep(Duration::from_secs(3600)));
+                assert!(flagged.as_mut().poll(&mut Context::from_waker(&flag_waker)).is_pending());
+                let mut hooked_sleep = Box::pin(sleep(Duration::from_secs(3600)));
+                park_through_hooked(&mut hooked_sleep).await;
+                PANIC_ON_WAKE.with(|p| p.set(true));
+                assert!(panics_quietly(|| handle.cancel()), "the hooked waiter's wake did not panic");
+                PANIC_ON_WAKE.with(|p| p.set(false));
+                assert!(flag.0.load(Ordering::SeqCst), "the other waiter was left asleep");
+                assert!(matches!(
+                    flagged.as_mut().poll(&mut Context::from_waker(&flag_waker)),
+                    Poll::Ready(Err(_))
+                ));
+                assert!(matches!(support_poll(&mut hooked_sleep).await, Poll::Ready(Err(_))));
+                Ok::<_, hatchery::Cancelled>(())
+            })
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_receive_whose_waker_clone_sends_on_the_channel_takes_the_value() {
+    hatchery::testing::run(async {
+        let (tx, rx) = hatchery::channel::<u32>(1);
+        let (r, polls) = poll_hooked(rx.recv(), move || tx.try_send(5).is_ok()).await;
+        assert!(matches!(r, Poll::Ready(Ok(5))), "the receive waits for a value it was sent");
+        assert_eq!(polls, 1);
+        let s = rx.statistics();
+        assert_eq!((s.tasks_waiting_recv, s.buffer_used), (0, 0));
+    });
+}
+
+#[test]
+fn a_send_whose_waker_clone_makes_room_delivers_at_once() {
+    hatchery::testing::run(async {
+        let (tx, rx) = hatchery::channel::<u32>(1);
+        tx.try_send(1).unwrap();
+        let rx: &'static _ = Box::leak(Box::new(rx));
+        let (r, polls) = poll_hooked(tx.send(2), move || rx.try_recv() == Ok(1)).await;
+        assert!(matches!(r, Poll::Ready(Ok(()))), "the send waits for room it was given");
+        assert_eq!(polls, 1);
+        assert_eq!(rx.try_recv(), Ok(2));
+        assert_eq!(rx.statistics().tasks_waiting_send, 0);
+    });
+}
+
+#[test]
+fn a_parked_receive_repolled_through_a_clone_that_sends_returns_the_value() {
+    hatchery::testing::run(async {
+        let (tx, rx) = hatchery::channel::<u32>(0);
+        let mut recv = Box::pin(rx.recv());
+        assert!(support_poll(&mut recv).await.is_pending());
+        // The next poll's waker is another: bringing the wake-up up to date clones it, and the
+        // clone hands the receive a value.
+        let (r, polls) = poll_hooked(&mut recv, move || tx.try_send(9).is_ok()).await;
+        assert!(matches!(r, Poll::Ready(Ok(9))));
+        assert_eq!(polls, 1);
+    });
 }

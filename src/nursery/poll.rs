@@ -31,8 +31,14 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let core = &self.core;
         context::assert_current(core);
         if !st.closing {
+            let entity = core.entity.get();
+            // Polled with a foreign waker (a combinator's), the group keeps a clone of it to wake:
+            // made before the scheduler is borrowed, for the clone is foreign code.
+            let fresh = (context::waker_id(cx.waker()) != (entity.1, entity.2)
+                && core.sched.borrow().needs_parent(self.group, cx.waker()))
+            .then(|| std::rc::Rc::new(cx.waker().clone()));
             let (mut batch, old_parent, all) =
-                core.sched.borrow_mut().begin_poll(self.group, cx.waker(), core.entity.get());
+                core.sched.borrow_mut().begin_poll(self.group, cx.waker(), fresh, entity);
             if let Some(t) = &core.tracker {
                 t.borrow_mut().nursery_polled(self.group, core.entity.get().0);
             }

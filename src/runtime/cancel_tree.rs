@@ -19,7 +19,10 @@
 //!   scope, so one owner per node is enough, and it costs nothing to undo. A nursery's node,
 //!   current for its body and its children without a node of their own, is owned by the whole
 //!   group. Polled with any other waker (a foreign combinator's), it registers a *waiter*: the
-//!   waker itself, in a list at the node.
+//!   waker itself, in a list at the node. The waiter holds it in an `Rc`, cloned by the caller
+//!   before it borrows the tree: cloning a foreign waker is foreign code, which may use the
+//!   runtime (read a deadline, cancel a scope), and collecting it for a cancellation is then a
+//!   count increment, not another call into that code.
 //! - Cancelling a node, or removing a shield under a cancelled parent, wakes every owner and
 //!   every waiter in the subtree except below shields. The woken operation decides itself, on
 //!   its next poll, whether to abort (that is the abort path of the parking protocol; see
@@ -37,6 +40,7 @@ use super::context::Core;
 use super::sched::WakeTarget;
 use super::slab::Slab;
 use crate::error::{CancelSource, Cancelled};
+use crate::panics::FirstPanic;
 use crate::runtime::clock::Instant;
 
 pub(crate) const NIL: u32 = u32::MAX;
@@ -234,22 +238,30 @@ struct Node {
     owner: WakeTarget,
 }
 
-/// What a cancellation must wake: hatchery tasks by target, foreign waiters by waker.
+/// What a cancellation must wake: hatchery tasks by target, foreign waiters by waker (shared
+/// with the waiter record, so that collecting one runs no foreign code).
 #[derive(Debug, Default)]
 pub(crate) struct Wakeups {
     pub(crate) tasks: Vec<WakeTarget>,
-    pub(crate) wakers: Vec<Waker>,
+    pub(crate) wakers: Vec<Rc<Waker>>,
 }
 
 impl Wakeups {
-    /// Delivers and clears everything collected. Call with no runtime state borrowed.
+    /// Delivers and clears everything collected. Call with no runtime state borrowed. A waker
+    /// that panics (foreign code: a foreign waker, or a nursery's parent waker) does not stop the
+    /// others; the first panic goes on once every wake-up is delivered.
     pub(crate) fn wake(&mut self, core: &Core) {
+        let mut panic = FirstPanic::default();
         for t in self.tasks.drain(..) {
-            core.wake(t);
+            panic.catch(|| core.wake(t));
         }
         for w in self.wakers.drain(..) {
-            w.wake();
+            panic.catch(|| match Rc::try_unwrap(w) {
+                Ok(w) => w.wake(),
+                Err(w) => w.wake_by_ref(),
+            });
         }
+        panic.resume();
     }
 }
 
@@ -258,7 +270,7 @@ struct Waiter {
     node: u32,
     /// `None`: a silent record, which wakes nothing (task tracking names a wait with it; the
     /// task itself is woken through its mark on the node, as without tracking).
-    waker: Option<Waker>,
+    waker: Option<Rc<Waker>>,
     prev: u32,
     next: u32,
 }
@@ -579,37 +591,51 @@ impl CancelTree {
         self.waiters[w as usize].next = NIL;
     }
 
+    /// Whether the waiter `existing` (`NIL`: none) is registered at `node` with a waker that
+    /// wakes the same task as `waker`: then there is nothing to register again.
+    pub(crate) fn keeps(&self, existing: u32, node: u32, waker: &Waker) -> bool {
+        existing != NIL
+            && self
+                .waiters
+                .get(existing as usize)
+                .is_some_and(|w| w.node == node && w.waker.as_ref().is_some_and(|k| k.will_wake(waker)))
+    }
+
     /// Registers (or updates) a waiter at `node`. `existing` is the key this caller got last time.
+    /// `waker` was cloned by the caller before it borrowed the tree (see the module's notes).
     /// Returns the key and any waker it replaced, which the caller drops once the tree is no
     /// longer borrowed (a waker's destructor may be foreign code).
-    pub(crate) fn register(&mut self, existing: u32, node: u32, waker: &Waker) -> (u32, Option<Waker>) {
+    pub(crate) fn register(
+        &mut self,
+        existing: u32,
+        node: u32,
+        waker: Rc<Waker>,
+    ) -> (u32, Option<Rc<Waker>>) {
         self.register_as(existing, node, Some(waker))
     }
 
     /// Registers (or updates) a silent waiter at `node`, which wakes nothing: a record for the
     /// task-tree dump of a wait whose task is woken through its mark on the node.
-    pub(crate) fn register_silent(&mut self, existing: u32, node: u32) -> (u32, Option<Waker>) {
+    pub(crate) fn register_silent(&mut self, existing: u32, node: u32) -> (u32, Option<Rc<Waker>>) {
         self.register_as(existing, node, None)
     }
 
-    fn register_as(&mut self, existing: u32, node: u32, waker: Option<&Waker>) -> (u32, Option<Waker>) {
+    fn register_as(
+        &mut self,
+        existing: u32,
+        node: u32,
+        waker: Option<Rc<Waker>>,
+    ) -> (u32, Option<Rc<Waker>>) {
         let mut old = None;
         if existing != NIL {
             let w = &mut self.waiters[existing as usize];
             if w.node == node {
-                let same = match (&w.waker, waker) {
-                    (Some(a), Some(b)) => a.will_wake(b),
-                    (None, None) => true,
-                    _ => false,
-                };
-                if !same {
-                    match (w.waker.is_some(), waker.is_some()) {
-                        (true, false) => self.silent += 1,
-                        (false, true) => self.silent -= 1,
-                        _ => {}
-                    }
-                    old = std::mem::replace(&mut w.waker, waker.cloned());
+                match (w.waker.is_some(), waker.is_some()) {
+                    (true, false) => self.silent += 1,
+                    (false, true) => self.silent -= 1,
+                    _ => {}
                 }
+                old = std::mem::replace(&mut w.waker, waker);
                 return (existing, old);
             }
             old = self.unregister(existing);
@@ -617,7 +643,7 @@ impl CancelTree {
         if waker.is_none() {
             self.silent += 1;
         }
-        let w = self.waiters.insert(Waiter { node, waker: waker.cloned(), prev: NIL, next: NIL }) as u32;
+        let w = self.waiters.insert(Waiter { node, waker, prev: NIL, next: NIL }) as u32;
         if node != NIL {
             self.link_waiter(node, w);
         }
@@ -630,12 +656,12 @@ impl CancelTree {
     }
 
     /// The waker registered under `w`, if it is still registered.
-    pub(crate) fn waker_of(&self, w: u32) -> Option<&Waker> {
+    pub(crate) fn waker_of(&self, w: u32) -> Option<&Rc<Waker>> {
         self.waiters.get(w as usize).and_then(|w| w.waker.as_ref())
     }
 
     /// Removes a waiter; returns its waker for the caller to drop outside the borrow.
-    pub(crate) fn unregister(&mut self, w: u32) -> Option<Waker> {
+    pub(crate) fn unregister(&mut self, w: u32) -> Option<Rc<Waker>> {
         if w == NIL {
             return None;
         }

@@ -63,12 +63,6 @@ impl Wakeup {
         Wakeup::for_poll(try_core().and_then(|core| core.task_of(waker)), waker)
     }
 
-    /// [`Core::refresh_wakeup`], for paths without the run in hand.
-    #[must_use = "drop the replaced waker after the borrow ends"]
-    pub(crate) fn refresh(&mut self, waker: &Waker) -> Option<Waker> {
-        self.refresh_for(try_core().and_then(|core| core.task_of(waker)), waker)
-    }
-
     /// The wake-up of a poll with `waker`, made by `task` if it is that task's own.
     #[inline]
     fn for_poll(task: Option<TaskRef>, waker: &Waker) -> Wakeup {
@@ -78,17 +72,39 @@ impl Wakeup {
         }
     }
 
-    /// Makes this the wake-up of a poll with `waker` (`task`: as in [`Wakeup::for_poll`]),
-    /// unless it already wakes the same task; returns the waker replaced.
+    /// Makes this the wake-up of a poll with `waker` (`task`: as in [`Wakeup::for_poll`]) where
+    /// that runs no foreign code: the wake-up already wakes the same, or the poll's waker is its
+    /// task's own (the waker replaced comes back, to be dropped after the borrow). `Err(NeedsClone)`: a foreign
+    /// waker must be cloned, which is foreign code, so the caller does it with nothing borrowed
+    /// ([`lowlevel::Refresh`](crate::lowlevel::Refresh)).
     #[inline]
-    fn refresh_for(&mut self, task: Option<TaskRef>, waker: &Waker) -> Option<Waker> {
+    fn try_refresh_for(&mut self, task: Option<TaskRef>, waker: &Waker) -> Result<Option<Waker>, NeedsClone> {
         match (task, &*self) {
-            (Some(task), Wakeup::Task(old)) if *old == task => None,
-            (None, Wakeup::Waker(old)) if old.will_wake(waker) => None,
-            _ => match std::mem::replace(self, Wakeup::for_poll(task, waker)) {
-                Wakeup::Waker(old) => Some(old),
-                Wakeup::Task(_) => None,
-            },
+            (Some(task), Wakeup::Task(old)) if *old == task => Ok(None),
+            (None, Wakeup::Waker(old)) if old.will_wake(waker) => Ok(None),
+            (Some(task), _) => Ok(self.replace(Wakeup::Task(task))),
+            (None, _) => Err(NeedsClone),
+        }
+    }
+
+    /// Whether it wakes the same as `other` (the same task, or wakers that `will_wake` alike).
+    #[inline]
+    pub(crate) fn wakes_same(&self, other: &Wakeup) -> bool {
+        match (self, other) {
+            (Wakeup::Task(a), Wakeup::Task(b)) => a == b,
+            (Wakeup::Waker(a), Wakeup::Waker(b)) => a.will_wake(b),
+            _ => false,
+        }
+    }
+
+    /// Makes `fresh` the wake-up; returns the waker replaced, to be dropped once no `RefCell`
+    /// is borrowed.
+    #[must_use = "drop the replaced waker after the borrow ends"]
+    #[inline]
+    pub(crate) fn replace(&mut self, fresh: Wakeup) -> Option<Waker> {
+        match std::mem::replace(self, fresh) {
+            Wakeup::Waker(old) => Some(old),
+            Wakeup::Task(_) => None,
         }
     }
 
@@ -105,6 +121,11 @@ impl Wakeup {
         }
     }
 }
+
+/// A wake-up cannot be brought up to date without cloning a foreign waker (see
+/// [`Wakeup::try_refresh_for`]).
+#[derive(Debug)]
+pub(crate) struct NeedsClone;
 
 /// What a deadline entry stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,12 +409,23 @@ impl Core {
         Wakeup::for_poll(self.task_of(waker), waker)
     }
 
-    /// Makes `slot` wake the poll that has `waker`; returns the waker replaced, to be dropped
-    /// once no `RefCell` is borrowed (a waker's destructor is foreign code).
-    #[must_use = "drop the replaced waker after the borrow ends"]
+    /// Makes `slot` wake the poll that has `waker` where that runs no foreign code (see
+    /// [`Wakeup::try_refresh_for`]).
     #[inline]
-    pub(crate) fn refresh_wakeup(&self, slot: &mut Wakeup, waker: &Waker) -> Option<Waker> {
-        slot.refresh_for(self.task_of(waker), waker)
+    pub(crate) fn try_refresh_wakeup(
+        &self,
+        slot: &mut Wakeup,
+        waker: &Waker,
+    ) -> Result<Option<Waker>, NeedsClone> {
+        slot.try_refresh_for(self.task_of(waker), waker)
+    }
+
+    /// The wake-up for the poll that has `waker` if it is the polled task's own (made without
+    /// foreign code); `None` for any other waker, whose clone the caller makes with nothing
+    /// borrowed.
+    #[inline]
+    pub(crate) fn task_wakeup(&self, waker: &Waker) -> Option<Wakeup> {
+        self.task_of(waker).map(Wakeup::Task)
     }
 
     /// Wakes `w`: a task of this run straight into the scheduler; a task of another run
@@ -411,7 +443,7 @@ impl Core {
     pub(crate) fn wake(&self, t: WakeTarget) {
         let parent = self.sched.borrow_mut().wake(t);
         if let Some(w) = parent {
-            w.wake();
+            w.wake_by_ref();
         }
     }
 }

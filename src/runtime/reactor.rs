@@ -261,7 +261,11 @@ impl Reactor {
         let mut _finished = None;
         // Woken (after the borrow ends) if a poll-style waiter is displaced.
         let mut evicted = WakeOnDrop(None);
-        let rearm = {
+        // A foreign waker's wake-up, cloned with the sources not borrowed: the clone is foreign
+        // code, which may use the reactor (open or close a source). Then the source is looked
+        // at again.
+        let mut cloned: Option<Wakeup> = None;
+        let rearm = loop {
             let mut sources = self.sources.borrow_mut();
             let s = match sources.get_mut(index) {
                 Some(s) if same_source(s, generation) => s,
@@ -274,7 +278,7 @@ impl Reactor {
             // A poll-style waiter (id `POLL_OP`) holds no operation open: it may have been
             // abandoned by a dropped future, so a real operation takes its place (and wakes it, in
             // case it is still live, so that it polls again and finds the direction busy).
-            if op_id != POLL_OP && matches!(d.waiter, Some((POLL_OP, _))) {
+            if op_id != POLL_OP && evicted.0.is_none() && matches!(d.waiter, Some((POLL_OP, _))) {
                 evicted.0 = d.waiter.take().map(|(_, w)| w);
             }
             match &mut d.waiter {
@@ -284,18 +288,29 @@ impl Reactor {
                         _finished = d.waiter.take();
                         return Ok(Readiness::Ready);
                     }
-                    _replaced = core.refresh_wakeup(w, waker);
-                    None
+                    let refreshed = match cloned.take() {
+                        Some(fresh) => Ok(w.replace(fresh)),
+                        None => core.try_refresh_wakeup(w, waker),
+                    };
+                    // `Err(NeedsClone)`: a foreign waker to clone, below.
+                    if let Ok(old) = refreshed {
+                        _replaced = old;
+                        break None;
+                    }
                 }
                 None => {
                     if d.ready {
                         return Ok(Readiness::Ready);
                     }
-                    d.waiter = Some((op_id, core.wakeup(waker)));
-                    // Oneshot: arm it (back into the poller if it was detached).
-                    (!self.edge).then(|| std::mem::replace(&mut s.detached, false))
+                    if let Some(w) = cloned.take().or_else(|| core.task_wakeup(waker)) {
+                        d.waiter = Some((op_id, w));
+                        // Oneshot: arm it (back into the poller if it was detached).
+                        break (!self.edge).then(|| std::mem::replace(&mut s.detached, false));
+                    }
                 }
             }
+            drop(sources);
+            cloned = Some(core.wakeup(waker));
         };
         match rearm {
             Some(false) => self.shared.poller.modify(fd, self.interest(key))?,

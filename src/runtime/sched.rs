@@ -22,6 +22,7 @@
 //! - No waker is ever called while `Sched` is borrowed.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
@@ -278,8 +279,10 @@ enum Parent {
     None,
     /// A hatchery task of this run: wake-ups are routed inside [`Sched`], no waker call.
     Local(WakeTarget),
-    /// Anything else (a combinator of another crate): its waker is woken.
-    Foreign(Waker),
+    /// Anything else (a combinator of another crate): its waker is woken. Shared, so that a
+    /// wake-up takes it out of the borrow with a count increment instead of a clone, which would
+    /// be foreign code.
+    Foreign(Rc<Waker>),
 }
 
 #[derive(Debug)]
@@ -344,7 +347,7 @@ impl Sched {
         (key as u32, generation)
     }
 
-    pub(crate) fn close_group(&mut self, group: u32) -> Option<Waker> {
+    pub(crate) fn close_group(&mut self, group: u32) -> Option<Rc<Waker>> {
         match self.groups.remove(group as usize)?.parent {
             Parent::Foreign(w) => Some(w),
             _ => None,
@@ -353,7 +356,7 @@ impl Sched {
 
     /// Queues `t` and tells the parents up the tree, as far as they are hatchery tasks of this
     /// run; returns a foreign parent waker to wake, if the chain ends at one.
-    pub(crate) fn wake(&mut self, mut t: WakeTarget) -> Option<Waker> {
+    pub(crate) fn wake(&mut self, mut t: WakeTarget) -> Option<Rc<Waker>> {
         loop {
             if t.group == NIL {
                 self.root_scheduled = true;
@@ -377,9 +380,16 @@ impl Sched {
             match &g.parent {
                 Parent::None => return None,
                 Parent::Local(p) => t = *p,
-                Parent::Foreign(w) => return Some(w.clone()),
+                Parent::Foreign(w) => return Some(Rc::clone(w)),
             }
         }
+    }
+
+    /// Whether a poll of `group` with the foreign waker `parent` must keep a clone of it (the
+    /// group's parent is not a waker that wakes the same). Asked before
+    /// [`begin_poll`](Sched::begin_poll), so that the clone is made with nothing borrowed.
+    pub(crate) fn needs_parent(&self, group: u32, parent: &Waker) -> bool {
+        !matches!(&self.groups[group as usize].parent, Parent::Foreign(w) if w.will_wake(parent))
     }
 
     /// Starts a poll of `group`: records who polls it and hands out its ready list, and whether
@@ -387,13 +397,16 @@ impl Sched {
     /// `entity` is the task being polled and its waker's identity: if `parent` is that waker,
     /// the group's parent is recorded as that task, so wake-ups need no waker call. Also
     /// returns the parent waker it replaced, for the caller to drop once `Sched` is no longer
-    /// borrowed (a foreign waker's destructor is foreign code).
+    /// borrowed (a foreign waker's destructor is foreign code). A foreign `parent` that
+    /// [`needs_parent`](Sched::needs_parent) said to keep comes cloned as `fresh`: the clone is
+    /// foreign code, made before the borrow.
     pub(crate) fn begin_poll(
         &mut self,
         group: u32,
         parent: &Waker,
+        fresh: Option<Rc<Waker>>,
         entity: (WakeTarget, usize, usize),
-    ) -> (Vec<u32>, Option<Waker>, bool) {
+    ) -> (Vec<u32>, Option<Rc<Waker>>, bool) {
         let g = &mut self.groups[group as usize];
         let mut spare = std::mem::take(&mut g.spare);
         let (target, data, vtable) = entity;
@@ -404,9 +417,12 @@ impl Sched {
                 std::mem::replace(&mut g.parent, Parent::Local(target))
             }
         } else {
-            match &g.parent {
-                Parent::Foreign(w) if w.will_wake(parent) => Parent::None,
-                _ => std::mem::replace(&mut g.parent, Parent::Foreign(parent.clone())),
+            match (&g.parent, fresh) {
+                (Parent::Foreign(w), _) if w.will_wake(parent) => Parent::None,
+                (_, Some(fresh)) => std::mem::replace(&mut g.parent, Parent::Foreign(fresh)),
+                // Not foreseen by `needs_parent`, which cannot happen (no code ran in between):
+                // cloned here rather than lost.
+                (_, None) => std::mem::replace(&mut g.parent, Parent::Foreign(Rc::new(parent.clone()))),
             }
         };
         g.notified = false;

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use super::mutex::{BrokenMutex, LockError, Mutex, MutexGuard, MutexState};
 use super::parking_lot::{ParkingLot, Resource, Status, Take, Ticket};
 use crate::error::{CancelError, Cancelled};
-use crate::lowlevel::{Here, Park};
+use crate::lowlevel::{Here, Park, Refresh};
 
 /// A condition variable for [`Mutex`] (Trio's `Condition`, S7.6): a task holding the lock
 /// [`wait`](Condition::wait)s, which releases the lock until another task holding it
@@ -343,7 +343,14 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                 }
                 WaitStep::InCondition(ticket) => {
                     let ticket = *ticket;
-                    match this.cond.lot.poll_with(ticket, |w| here.refresh(w, cx.waker())) {
+                    let mut refresh = Refresh::new(cx.waker());
+                    let status = loop {
+                        let status = this.cond.lot.poll_with(ticket, |w| refresh.apply(&here, w));
+                        if !refresh.retry(&here) {
+                            break status;
+                        }
+                    };
+                    match status {
                         Status::Moved(to) => this.step = WaitStep::InMutex { ticket: to, cancelled: None },
                         Status::Waiting => match here.poll_cancel(&mut this.park, cx, WaitingOn::Condition) {
                             Poll::Pending => return Poll::Pending,
@@ -366,7 +373,14 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                 }
                 WaitStep::InMutex { ticket, cancelled } => {
                     let ticket = *ticket;
-                    match this.mutex.state().lot.poll_with(ticket, |w| here.refresh(w, cx.waker())) {
+                    let mut refresh = Refresh::new(cx.waker());
+                    let status = loop {
+                        let status = this.mutex.state().lot.poll_with(ticket, |w| refresh.apply(&here, w));
+                        if !refresh.retry(&here) {
+                            break status;
+                        }
+                    };
+                    match status {
                         Status::Granted => {
                             let c = cancelled.take();
                             return Poll::Ready(this.relocked(c));

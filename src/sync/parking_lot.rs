@@ -40,7 +40,7 @@ use std::fmt;
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Cancelled;
-use crate::lowlevel::{Here, Park, Wakeup};
+use crate::lowlevel::{Here, Park, Refresh, Wakeup};
 use crate::panics::FirstPanic;
 
 /// A waiter's place in a lot: a slot and the generation of its occupant.
@@ -230,7 +230,12 @@ impl ParkingLot {
     /// [`poll_with`](Self::poll_with).
     #[cfg(test)]
     pub(crate) fn poll(&self, t: Ticket, waker: &Waker) -> Status {
-        self.poll_with(t, |w| w.refresh(waker))
+        // Made before the borrow, as `park` does; one not kept is dropped after it.
+        let mut fresh = Some(Wakeup::new(waker));
+        self.poll_with(t, |w| {
+            let fresh = fresh.take().expect("called once");
+            if w.wakes_same(&fresh) { None } else { w.replace(fresh) }
+        })
     }
 
     /// Reads a waiter's fate. While it waits, `refresh` brings its wake-up up to date (and
@@ -466,10 +471,17 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                 }
                 Step::Parked(t) => {
                     let t = *t;
-                    let polled = self
-                        .res
-                        .lot()
-                        .poll_with(t, |w| here.get_or_insert_with(Here::get).refresh(w, cx.waker()));
+                    let mut refresh = Refresh::new(cx.waker());
+                    let polled = loop {
+                        let polled = self
+                            .res
+                            .lot()
+                            .poll_with(t, |w| refresh.apply(here.get_or_insert_with(Here::get), w));
+                        match &here {
+                            Some(h) if refresh.retry(h) => {}
+                            _ => break polled,
+                        }
+                    };
                     let status = match polled {
                         Status::Waiting => {
                             let here = here.get_or_insert_with(Here::get);

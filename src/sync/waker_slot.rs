@@ -1,26 +1,21 @@
-//! Keeping a waiter's wake-up up to date without dropping an old waker under a borrow.
+//! Keeping a waiter's wake-up up to date without running foreign code under a borrow.
 //!
-//! A future re-polled by another task, or with a new waker, must leave its new wake-up behind;
-//! one that still wakes the same task is kept, saving a clone. A waker replaced is handed back,
-//! not dropped: a waker's destructor is foreign code that may call back into the primitive, so
-//! the caller drops it after its `RefCell` borrow has ended.
-
-use std::task::Waker;
+//! A future re-polled by another task, or with a new waker, must leave its new wake-up behind.
+//! Cloning a foreign waker and dropping one are both foreign code, which may call back into the
+//! primitive: the caller makes the new wake-up before its `RefCell` borrow and drops whichever
+//! one is not kept after it.
 
 use crate::lowlevel::Wakeup;
 
-/// Makes `slot` wake the poll that has `new` (filling an empty slot); returns the waker
-/// replaced, to be dropped after the borrow. The task polled with its own waker is recorded as
-/// the task (see [`Wakeup`]); a waker that still wakes the same task is kept, saving a clone.
-#[must_use = "drop the replaced waker after the borrow ends"]
+/// Makes `slot` wake the poll whose wake-up is `new` (made by the caller before its borrow);
+/// returns the wake-up not kept, to be dropped after the borrow: the old one, or `new` itself
+/// when the slot already wakes the same task (the old one keeps its place).
+#[must_use = "drop the wake-up not kept after the borrow ends"]
 #[inline]
-pub(crate) fn store(slot: &mut Option<Wakeup>, new: &Waker) -> Option<Waker> {
+pub(crate) fn store(slot: &mut Option<Wakeup>, new: Wakeup) -> Option<Wakeup> {
     match slot {
-        Some(w) => w.refresh(new),
-        None => {
-            *slot = Some(Wakeup::new(new));
-            None
-        }
+        Some(old) if old.wakes_same(&new) => Some(new),
+        _ => slot.replace(new),
     }
 }
 
@@ -28,7 +23,7 @@ pub(crate) fn store(slot: &mut Option<Wakeup>, new: &Waker) -> Option<Waker> {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::task::Wake;
+    use std::task::{Wake, Waker};
 
     struct Task;
 
@@ -41,12 +36,14 @@ mod tests {
         let (a, b) = (Arc::new(Task), Arc::new(Task));
         let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
         let mut slot = None;
-        assert!(store(&mut slot, &wa).is_none(), "an empty slot is filled");
+        assert!(store(&mut slot, Wakeup::new(&wa)).is_none(), "an empty slot is filled");
         assert_eq!(Arc::strong_count(&a), 3, "a, wa and the slot's clone");
-        assert!(store(&mut slot, &wa.clone()).is_none());
-        assert_eq!(Arc::strong_count(&a), 3, "the same task's waker is not cloned again");
-        let old = store(&mut slot, &wb).expect("another task's waker replaces it");
-        assert!(old.will_wake(&wa));
+        let unused = store(&mut slot, Wakeup::new(&wa.clone())).expect("the same task's is not kept");
+        assert!(matches!(&unused, Wakeup::Waker(w) if w.will_wake(&wa)));
+        drop(unused);
+        assert_eq!(Arc::strong_count(&a), 3, "the slot keeps its own");
+        let old = store(&mut slot, Wakeup::new(&wb)).expect("another task's waker replaces it");
+        assert!(matches!(&old, Wakeup::Waker(w) if w.will_wake(&wa)));
         assert!(matches!(&slot, Some(Wakeup::Waker(w)) if w.will_wake(&wb)), "outside a run: the waker");
         assert_eq!((Arc::strong_count(&a), Arc::strong_count(&b)), (3, 3), "the old one is not dropped yet");
         drop(old);

@@ -18,7 +18,7 @@ use super::error::{RecvError, SendError, SendErrorKind, TryRecvError, TrySendErr
 use super::state::{Polled, RecvFailure, SendFailure, State};
 use super::{Receiver, Sender};
 use crate::Cancelled;
-use crate::lowlevel::{Here, Park, Wakeup};
+use crate::lowlevel::{Here, Park, Refresh, Wakeup};
 
 /// Future of [`Sender::send`]. Resolves to `Ok(())` once the value was taken (into the buffer
 /// or by a receiver), or to a [`SendError`] that hands the value back.
@@ -72,42 +72,54 @@ impl<'a, T> SendFuture<'a, T> {
         SendFuture { sender, state: SendState::Start(value) }
     }
 
-    fn start(&mut self, value: T, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+    fn start(&mut self, mut value: T, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
         let here = Here::get();
-        if let Err(c) = here.cancel_point() {
-            return Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))));
-        }
-        if self.sender.is_closed() {
-            return Poll::Ready(Err(SendError::new(value, SendErrorKind::Closed)));
-        }
-        let mut state = self.sender.shared.borrow_mut();
-        match state.try_send(value) {
-            Ok(woken) => {
-                drop(state);
-                // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
-                let passed = here.schedule_point(cx);
-                self.state = if passed { SendState::Done } else { SendState::Yielded };
-                if let Some(w) = woken {
-                    here.wake(w);
+        // A foreign waker's wake-up, cloned with the channel not borrowed (see below).
+        let mut cloned = None;
+        loop {
+            if let Err(c) = here.cancel_point() {
+                return Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))));
+            }
+            if self.sender.is_closed() {
+                return Poll::Ready(Err(SendError::new(value, SendErrorKind::Closed)));
+            }
+            let mut state = self.sender.shared.borrow_mut();
+            return match state.try_send(value) {
+                Ok(woken) => {
+                    drop(state);
+                    // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
+                    let passed = here.schedule_point(cx);
+                    self.state = if passed { SendState::Done } else { SendState::Yielded };
+                    if let Some(w) = woken {
+                        here.wake(w);
+                    }
+                    if passed { Poll::Ready(Ok(())) } else { Poll::Pending }
                 }
-                if passed { Poll::Ready(Ok(())) } else { Poll::Pending }
-            }
-            Err(TrySendError::Full(value)) => {
-                let wakeup = here.wakeup(cx.waker());
-                let for_task = wakeup.is_task();
-                let key = state.park_sender(value, self.sender.id, wakeup);
-                drop(state);
-                self.state = SendState::Parked { key, park: Park::new() };
-                // Nothing can have taken the value yet (no other code ran): no need to ask the
-                // channel about the new entry; nor to check for cancellation again, unless a
-                // foreign waker was cloned.
-                self.poll_cancel_parked(&here, for_task, cx)
-            }
-            Err(TrySendError::Disconnected(value)) => {
-                drop(state);
-                Poll::Ready(Err(SendError::new(value, SendErrorKind::Disconnected)))
-            }
-            Err(TrySendError::Closed(_)) => unreachable!("the handle was checked"),
+                Err(TrySendError::Full(v)) => {
+                    let Some(wakeup) = cloned.take().or_else(|| here.task_wakeup(cx.waker())) else {
+                        // Cloning a foreign waker is foreign code, which may use this channel
+                        // (take a value, close it) or cancel us: made with the channel free,
+                        // then everything is looked at again.
+                        drop(state);
+                        value = v;
+                        cloned = Some(here.wakeup(cx.waker()));
+                        continue;
+                    };
+                    let for_task = wakeup.is_task();
+                    let key = state.park_sender(v, self.sender.id, wakeup);
+                    drop(state);
+                    self.state = SendState::Parked { key, park: Park::new() };
+                    // Nothing can have taken the value yet (no other code ran): no need to ask
+                    // the channel about the new entry; nor to check for cancellation again,
+                    // unless a foreign waker was cloned.
+                    self.poll_cancel_parked(&here, for_task, cx)
+                }
+                Err(TrySendError::Disconnected(v)) => {
+                    drop(state);
+                    Poll::Ready(Err(SendError::new(v, SendErrorKind::Disconnected)))
+                }
+                Err(TrySendError::Closed(_)) => unreachable!("the handle was checked"),
+            };
         }
     }
 
@@ -115,11 +127,18 @@ impl<'a, T> SendFuture<'a, T> {
         let SendState::Parked { key, .. } = self.state else { unreachable!() };
         // The run is looked up only if the send still waits (a completed one needs nothing).
         let mut here = None;
-        let polled = self
-            .sender
-            .shared
-            .borrow_mut()
-            .poll_sender(key, |w| here.insert(Here::get()).refresh(w, cx.waker()));
+        let mut refresh = Refresh::new(cx.waker());
+        let polled = loop {
+            let polled = self
+                .sender
+                .shared
+                .borrow_mut()
+                .poll_sender(key, |w| refresh.apply(here.insert(Here::get()), w));
+            match &here {
+                Some(h) if refresh.retry(h) => drop(polled),
+                _ => break polled,
+            }
+        };
         if let Polled::Waiting(old_waker) = polled {
             drop(old_waker);
             let here = here.expect("hatchery internal error: a waiting send was not refreshed");
@@ -255,8 +274,15 @@ impl RecvWait {
     ) -> Poll<Result<T, RecvError>> {
         // The run is looked up only if the receive still waits (a completed one needs nothing).
         let mut here = None;
-        let polled =
-            shared.borrow_mut().poll_receiver(self.key, |w| here.insert(Here::get()).refresh(w, cx.waker()));
+        let mut refresh = Refresh::new(cx.waker());
+        let polled = loop {
+            let polled =
+                shared.borrow_mut().poll_receiver(self.key, |w| refresh.apply(here.insert(Here::get()), w));
+            match &here {
+                Some(h) if refresh.retry(h) => drop(polled),
+                _ => break polled,
+            }
+        };
         match polled {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
@@ -392,33 +418,44 @@ impl<T> Receiver<T> {
     /// The start of a receive: cancel point, then S6.3, then park. `for_stream`: the
     /// `Stream`'s receive (a value handed to its wait is not counted in transit).
     pub(super) fn start_recv(&self, here: &Here, cx: &mut Context<'_>, for_stream: bool) -> RecvStart<T> {
-        if let Err(c) = here.cancel_point() {
-            return RecvStart::Failed(RecvError::Cancelled(c));
-        }
-        if self.is_closed() {
-            return RecvStart::Failed(RecvError::Closed);
-        }
-        self.drop_stream_wait();
-        let mut state = self.shared.borrow_mut();
-        match state.try_recv() {
-            Ok((v, woken)) => RecvStart::Now(v, woken),
-            Err(TryRecvError::Empty) => {
-                let wakeup = here.wakeup(cx.waker());
-                let for_task = wakeup.is_task();
-                let key = state.park_receiver(self.id, wakeup, !for_stream);
-                drop(state);
-                // Nobody can have sent or closed meanwhile (no other code ran): no need to ask
-                // the channel about the new entry; nor to check for cancellation again, unless
-                // a foreign waker was cloned.
-                let mut wait = RecvWait { key, park: Park::new() };
-                match wait.poll_cancel(here, &self.shared, for_task, cx) {
-                    Poll::Pending => RecvStart::Parked(wait),
-                    Poll::Ready(Ok(v)) => RecvStart::Now(v, None),
-                    Poll::Ready(Err(e)) => RecvStart::Failed(e),
-                }
+        // A foreign waker's wake-up, cloned with the channel not borrowed (see below).
+        let mut cloned = None;
+        loop {
+            if let Err(c) = here.cancel_point() {
+                return RecvStart::Failed(RecvError::Cancelled(c));
             }
-            Err(TryRecvError::EndOfChannel) => RecvStart::Failed(RecvError::EndOfChannel),
-            Err(TryRecvError::Closed) => unreachable!("the handle was checked"),
+            if self.is_closed() {
+                return RecvStart::Failed(RecvError::Closed);
+            }
+            self.drop_stream_wait();
+            let mut state = self.shared.borrow_mut();
+            return match state.try_recv() {
+                Ok((v, woken)) => RecvStart::Now(v, woken),
+                Err(TryRecvError::Empty) => {
+                    let Some(wakeup) = cloned.take().or_else(|| here.task_wakeup(cx.waker())) else {
+                        // Cloning a foreign waker is foreign code, which may use this channel
+                        // (send, close it) or cancel us: made with the channel free, then
+                        // everything is looked at again.
+                        drop(state);
+                        cloned = Some(here.wakeup(cx.waker()));
+                        continue;
+                    };
+                    let for_task = wakeup.is_task();
+                    let key = state.park_receiver(self.id, wakeup, !for_stream);
+                    drop(state);
+                    // Nobody can have sent or closed meanwhile (no other code ran): no need to
+                    // ask the channel about the new entry; nor to check for cancellation again,
+                    // unless a foreign waker was cloned.
+                    let mut wait = RecvWait { key, park: Park::new() };
+                    match wait.poll_cancel(here, &self.shared, for_task, cx) {
+                        Poll::Pending => RecvStart::Parked(wait),
+                        Poll::Ready(Ok(v)) => RecvStart::Now(v, None),
+                        Poll::Ready(Err(e)) => RecvStart::Failed(e),
+                    }
+                }
+                Err(TryRecvError::EndOfChannel) => RecvStart::Failed(RecvError::EndOfChannel),
+                Err(TryRecvError::Closed) => unreachable!("the handle was checked"),
+            };
         }
     }
 

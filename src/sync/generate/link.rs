@@ -175,6 +175,8 @@ impl<T> Link<T> {
     /// Polls a waiting receive. An item or the producer's end wins over a cancellation; a
     /// cancellation leaves the request standing.
     pub(super) fn poll_recv(&self, park: &mut Park, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
+        // Made before the borrow: cloning a foreign waker is foreign code.
+        let wakeup = Wakeup::new(cx.waker());
         let mut st = self.state.borrow_mut();
         let r = if let Some(v) = st.item.take() {
             Ok(v)
@@ -184,7 +186,7 @@ impl<T> Link<T> {
         } else if let Some(end) = st.end {
             Err(Some(end))
         } else {
-            let old = store(&mut st.consumer, cx.waker());
+            let old = store(&mut st.consumer, wakeup);
             drop(st);
             drop(old);
             let Poll::Ready(c) = park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a generator"))
@@ -196,7 +198,7 @@ impl<T> Link<T> {
         };
         let old = st.consumer.take();
         drop(st);
-        drop(old);
+        drop((old, wakeup));
         park.unpark();
         Poll::Ready(r.map_err(|end| end.map_or(RecvError::Closed, end_error)))
     }
@@ -224,12 +226,15 @@ impl<T> Link<T> {
 
     /// Hands `value` over if the consumer asked.
     pub(super) fn try_hand(&self, value: T, cx: &Context<'_>) -> Hand<T> {
+        // Made before the borrow: cloning a foreign waker is foreign code.
+        let wakeup = Wakeup::new(cx.waker());
         let mut st = self.state.borrow_mut();
         if st.consumer_done {
+            drop(st);
             return Hand::Gone(value);
         }
         if !st.asked {
-            let old = store(&mut st.producer, cx.waker());
+            let old = store(&mut st.producer, wakeup);
             drop(st);
             drop(old);
             return Hand::Wait(value);
@@ -239,6 +244,7 @@ impl<T> Link<T> {
         st.item = Some(value);
         let consumer = st.consumer.take();
         drop(st);
+        drop(wakeup);
         if let Some(w) = consumer {
             w.wake();
         }
@@ -248,12 +254,18 @@ impl<T> Link<T> {
     /// Whether the consumer asked for an item (the producer's start, and the end of a yield).
     /// Checked after `consumer_done`: a request from a consumer that is gone is moot.
     pub(super) fn poll_ask(&self, cx: &Context<'_>) -> Ask {
+        // Made before the borrow: cloning a foreign waker is foreign code.
+        let wakeup = Wakeup::new(cx.waker());
         let mut st = self.state.borrow_mut();
         if st.consumer_done {
+            drop(st);
             return Ask::Gone;
         }
-        let (old, taken) =
-            if st.asked { (None, st.producer.take()) } else { (store(&mut st.producer, cx.waker()), None) };
+        let (old, taken) = if st.asked {
+            (Some(wakeup), st.producer.take())
+        } else {
+            (store(&mut st.producer, wakeup), None)
+        };
         let asked = st.asked;
         drop(st);
         drop((old, taken));
