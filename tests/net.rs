@@ -527,3 +527,99 @@ fn a_read_whose_stream_is_closed_at_its_schedule_point_does_not_run() {
         })
         .unwrap();
 }
+
+/// A connect that fails before it can wait (ENOENT for a missing socket file) still yields: a
+/// loop retrying it lets the task that will bind the socket run (Trio's `_try_sync`).
+#[test]
+fn a_connect_that_fails_at_once_is_a_checkpoint_and_a_retry_loop_lets_the_listener_run() {
+    let dir = std::env::temp_dir().join(format!("hatchery-net-retry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sock");
+    let _ = std::fs::remove_file(&path);
+    let missing = dir.join("missing");
+    let attempts = hatchery::run(async {
+        let e = testing::assert_checkpoints(UnixStream::connect(&missing)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        nursery(async |n| {
+            let path = &path;
+            n.start_soon(async move {
+                // Binds only once the client has failed a few times (it runs after them).
+                hatchery::lowlevel::checkpoint().await?;
+                let listener = hatchery::net::UnixListener::bind(path)?;
+                let (s, _) = listener.accept().await?;
+                s.write_all(b"k").await?;
+                Ok::<_, io::Error>(())
+            });
+            let mut attempts = 0u32;
+            let client = loop {
+                attempts += 1;
+                match UnixStream::connect(path).await {
+                    Ok(c) => break c,
+                    Err(e) => assert!(matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    )),
+                }
+            };
+            let mut buf = [0; 1];
+            assert_eq!(client.read(&mut buf).await?, 1);
+            Ok(attempts)
+        })
+        .await
+    })
+    .unwrap()
+    .unwrap();
+    assert!(attempts >= 2, "the listener was there at once ({attempts} attempt)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A NUL byte in a Unix socket path is refused by `connect` as by `bind`: the kernel would
+/// stop the name at it and connect to another file.
+#[test]
+fn a_unix_connect_refuses_a_path_with_a_nul_byte() {
+    let dir = std::env::temp_dir().join(format!("hatchery-net-nul-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sock");
+    let _ = std::fs::remove_file(&path);
+    hatchery::run(async {
+        let _listener = hatchery::net::UnixListener::bind(&path)?;
+        let mut bad = path.clone().into_os_string();
+        bad.push("\0junk");
+        let e = UnixStream::connect(&bad).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(hatchery::net::UnixListener::bind(&bad).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A shutdown whose stream is closed (with a reset) while it yields does not act: the peer
+/// sees the reset, not an end of stream first.
+#[test]
+fn a_shutdown_whose_stream_is_closed_at_its_checkpoint_does_not_run() {
+    support::run_with_sockets(async {
+        let (a, b) = tcp_pair().await?;
+        {
+            let mut sd = std::pin::pin!(a.shutdown(Shutdown::Write));
+            assert!(support::poll_once(sd.as_mut()).await.is_pending(), "a checkpoint yields");
+            a.close_with_reset();
+            let e = sd.await.unwrap_err();
+            assert!(support::is::<ClosedResource>(&e), "{e:?}");
+        }
+        // So do an empty write and write_all.
+        let (c, _d) = tcp_pair().await?;
+        {
+            let mut w = std::pin::pin!(c.write(b""));
+            assert!(support::poll_once(w.as_mut()).await.is_pending());
+            c.close();
+            assert!(support::is::<ClosedResource>(&w.await.unwrap_err()));
+        }
+        drop(a);
+        let mut buf = [0; 1];
+        let e = b.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e:?}");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}

@@ -164,9 +164,49 @@ pub(crate) use incoming_stream;
 /// [`StreamCore::connected`](stream::StreamCore::connected).
 fn start_connect(domain: Domain, protocol: Option<Protocol>, addr: &SockAddr) -> io::Result<Socket> {
     const EINPROGRESS: i32 = if cfg!(any(target_os = "linux", target_os = "android")) { 115 } else { 36 };
-    let socket = Socket::new(domain, Type::STREAM.nonblocking(), protocol)?;
+    let socket = nonblocking_socket(domain, Type::STREAM, protocol)?;
     match socket.connect(addr) {
         Err(e) if e.raw_os_error() != Some(EINPROGRESS) => Err(e),
         _ => Ok(socket),
     }
+}
+
+/// A new socket in non-blocking mode: made so in one call where the system has
+/// `SOCK_NONBLOCK`, set just after elsewhere (macOS and iOS have no such flag).
+fn nonblocking_socket(domain: Domain, ty: Type, protocol: Option<Protocol>) -> io::Result<Socket> {
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "illumos"
+    ))]
+    {
+        Socket::new(domain, ty.nonblocking(), protocol)
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "illumos"
+    )))]
+    {
+        let socket = Socket::new(domain, ty, protocol)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    }
+}
+
+/// A connect that failed before it could wait (no such file, refused at once, no route, too
+/// many open files) is still a checkpoint: it yields once, shielded, before the error goes
+/// back (as Trio's `_try_sync`), so that a loop retrying it lets the rest of the run go on,
+/// the listener it waits for included.
+async fn failed_at_once<T>(e: io::Error) -> io::Result<T> {
+    crate::lowlevel::cancel_shielded_checkpoint().await;
+    Err(e)
 }

@@ -239,6 +239,8 @@ pub(crate) trait StreamEnd {
         self.check_writable()?;
         if buf.is_empty() {
             lowlevel::checkpoint().await?;
+            // Closed while this yielded: the write does not report success (as `op_with`).
+            self.check_writable()?;
             return Ok(0);
         }
         self.write_some(buf).await
@@ -249,7 +251,9 @@ pub(crate) trait StreamEnd {
         let _in_use = InUse::enter(self, Dir::Write).map_err(|e| fail(0, e))?;
         self.check_writable().map_err(|e| fail(0, e))?;
         if buf.is_empty() {
-            return lowlevel::checkpoint().await.map_err(|c| fail(0, c.into()));
+            lowlevel::checkpoint().await.map_err(|c| fail(0, c.into()))?;
+            // Closed while this yielded: no success to report (as `op_with`).
+            return self.check_writable().map_err(|e| fail(0, e));
         }
         let mut written = 0;
         while written < buf.len() {
@@ -269,6 +273,9 @@ pub(crate) trait StreamEnd {
         };
         self.check_open()?;
         lowlevel::checkpoint().await?;
+        // Closed while this yielded: the stream is its closer's now; after a
+        // `close_with_reset` a shutdown would send the peer a FIN before the reset.
+        self.check_open()?;
         self.shutdown_now(how)
     }
 

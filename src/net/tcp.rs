@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Type};
 
 use super::stream::{StreamCore, StreamEnd, stream_type};
 use crate::lowlevel::{self, IoSource};
@@ -63,7 +63,7 @@ impl TcpListener {
     /// Outside a run.
     pub fn bind(addr: impl Into<SocketAddr>) -> io::Result<TcpListener> {
         let addr = addr.into();
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        let socket = super::nonblocking_socket(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.bind(&addr.into())?;
         socket.listen(BACKLOG)?;
@@ -196,15 +196,22 @@ impl TcpStream {
     pub async fn connect(addr: impl Into<SocketAddr>) -> io::Result<TcpStream> {
         let addr = addr.into();
         lowlevel::checkpoint_if_cancelled()?;
-        let socket = super::start_connect(Domain::for_address(addr), Some(Protocol::TCP), &addr.into())?;
-        let stream = TcpStream::from_connected(socket.into())?;
+        let stream = match super::start_connect(Domain::for_address(addr), Some(Protocol::TCP), &addr.into())
+            .and_then(|socket| TcpStream::from_connected(socket.into()))
+        {
+            Ok(stream) => stream,
+            Err(e) => return super::failed_at_once(e).await,
+        };
         stream.core.connected().await?;
         Ok(stream)
     }
 
     fn from_connected(s: std::net::TcpStream) -> io::Result<TcpStream> {
         s.set_nonblocking(true)?;
-        s.set_nodelay(true)?;
+        // Best effort, as Trio: macOS refuses it (EINVAL) on a socket its peer has already
+        // closed, which `accept` meets whenever a client leaves before it is accepted; that
+        // must not fail the accept (nor stop a server).
+        let _ = s.set_nodelay(true);
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
             // Best effort: an older kernel may not know it.

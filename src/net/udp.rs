@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, Type};
 
 use crate::lowlevel::IoSource;
 
@@ -41,7 +41,7 @@ impl UdpSocket {
     /// Outside a run.
     pub fn bind(addr: impl Into<SocketAddr>) -> io::Result<UdpSocket> {
         let addr = addr.into();
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+        let socket = super::nonblocking_socket(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         socket.bind(&addr.into())?;
         Ok(UdpSocket { src: IoSource::new(std::net::UdpSocket::from(socket))? })
     }

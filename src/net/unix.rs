@@ -138,8 +138,13 @@ impl UnixStream {
     /// Outside a run.
     pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         lowlevel::checkpoint_if_cancelled()?;
-        let socket = super::start_connect(Domain::UNIX, None, &SockAddr::unix(path)?)?;
-        let stream = UnixStream { core: StreamCore::new(socket.into())? };
+        let stream = match unix_addr(path.as_ref())
+            .and_then(|addr| super::start_connect(Domain::UNIX, None, &addr))
+            .and_then(|socket| StreamCore::new(socket.into()))
+        {
+            Ok(core) => UnixStream { core },
+            Err(e) => return super::failed_at_once(e).await,
+        };
         stream.core.connected().await?;
         Ok(stream)
     }
@@ -266,3 +271,18 @@ super::datagram::datagram_socket!(
     SocketAddr,
     path: impl AsRef<Path> => path.as_ref()
 );
+
+/// The address of the socket file at `path`. A NUL byte anywhere is refused, as std's `bind`
+/// and datagram calls refuse it: the kernel would stop the name at the first one (connecting to
+/// another file than the one named), or read a leading one as a Linux abstract name, which no
+/// other entry point here accepts.
+fn unix_addr(path: &Path) -> io::Result<SockAddr> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a Unix socket path must not contain NUL bytes",
+        ));
+    }
+    SockAddr::unix(path)
+}
