@@ -597,3 +597,65 @@ fn a_parked_receive_repolled_through_a_clone_that_sends_returns_the_value() {
         assert_eq!(polls, 1);
     });
 }
+
+#[test]
+fn a_waker_destructor_that_panics_as_a_generated_item_is_handed_out_does_not_lose_it() {
+    let got = hatchery::testing::run(async {
+        hatchery::sync::generate(
+            async |y| {
+                y.yield_(9).await?;
+                y.yield_(10).await?;
+                Ok::<_, hatchery::Error>(())
+            },
+            async |items| {
+                let mut recv = Box::pin(items.recv());
+                // Asks; the link and the cancel registration keep hooked clones.
+                park_through_hooked(&mut recv).await;
+                // The producer runs and hands 9 over.
+                hatchery::testing::wait_all_tasks_blocked().await?;
+                assert!(repoll_with_panicking_drop(&mut recv).await, "no panic where expected");
+                drop(recv);
+                Ok(items.recv().await?)
+            },
+        )
+        .await
+    });
+    assert_eq!(got.unwrap(), 9, "the item went down with the panic");
+}
+
+#[test]
+fn a_receive_whose_waker_clone_panics_leaves_the_producer_woken() {
+    let got = hatchery::testing::run(async {
+        hatchery::sync::generate(
+            async |y| {
+                y.yield_(4).await?;
+                Ok::<_, hatchery::Error>(())
+            },
+            async |items| {
+                // The producer waits for a request, its wake-up stored in the link.
+                hatchery::testing::wait_all_tasks_blocked().await?;
+                {
+                    let mut recv = Box::pin(items.recv());
+                    let panicked = poll_fn(|cx| {
+                        let waker = hooked(cx.waker());
+                        ON_CLONE.with(|h| {
+                            *h.borrow_mut() =
+                                Some(Box::new(|| panic!("a foreign waker's clone panics (expected)")))
+                        });
+                        let r = panics_quietly(|| {
+                            let _ = recv.as_mut().poll(&mut Context::from_waker(&waker));
+                        });
+                        ON_CLONE.with(|h| h.borrow_mut().take());
+                        Poll::Ready(r)
+                    })
+                    .await;
+                    assert!(panicked, "the clone did not panic");
+                }
+                // The request stands, and its producer was woken: the next receive gets the item.
+                Ok(items.recv().await?)
+            },
+        )
+        .await
+    });
+    assert_eq!(got.unwrap(), 4);
+}

@@ -1043,3 +1043,29 @@ proptest! {
         prop_assert_eq!(drops.count(), computed, "every item dropped exactly once");
     }
 }
+
+/// A `Stream` wait abandoned while pending (its `next()` dropped, as by a `select!` whose other
+/// branch won), then a `recv` that takes the answer to its request: the next `next()` asks
+/// again instead of waiting for an answer to a request nobody made (found in review: a hang).
+#[test]
+fn a_receive_after_an_abandoned_stream_wait_does_not_strand_the_stream_s6_11() {
+    let got = testing::run(async {
+        generate(
+            async |y| {
+                for i in 0..3 {
+                    y.yield_(i).await?;
+                }
+                Ok::<_, Error>(())
+            },
+            async |items| {
+                assert!(poll_once(pin!(next(items))).await.is_pending(), "the producer has not run");
+                let a = items.recv().await?;
+                let b = next(items).await.expect("the stream ended early")?;
+                let c = items.recv().await?;
+                Ok((a, b, c))
+            },
+        )
+        .await
+    });
+    assert_eq!(got.unwrap(), (0, 1, 2));
+}

@@ -90,6 +90,13 @@ impl<T> Items<T> {
     /// assert_eq!(got.unwrap(), "slow");
     /// ```
     pub fn recv(&mut self) -> ItemsRecv<'_, T> {
+        // A `Stream` wait left pending (its `next()` dropped: a `select!` whose other branch
+        // won) is over, for this borrow proves nothing polls it any more. Its request stands,
+        // and this receive takes the answer; the stream must not go on waiting for an answer
+        // to a request nobody then makes.
+        if self.stream.take().is_some() {
+            self.link.forget_consumer();
+        }
         ItemsRecv { link: &self.link, step: RecvStep::Start, park: Park::new() }
     }
 

@@ -161,11 +161,14 @@ impl<T> Link<T> {
             st.producer.take()
         };
         drop(st);
-        let polled = self.poll_recv(park, cx);
-        // Woken once this receive's waker is stored.
+        // Woken before the wait below, which runs foreign code (a waker's clone, a replaced
+        // one's destructor): a panic there must not leave the request standing with its wake-up
+        // lost, or the producer would wait for a request that every later receive thinks it
+        // has. Nothing is missed this way: the wait looks for an item first.
         if let Some(w) = producer {
             w.wake();
         }
+        let polled = self.poll_recv(park, cx);
         match polled {
             Poll::Pending => RecvStart::Waiting,
             Poll::Ready(r) => r.map_or_else(RecvStart::Failed, RecvStart::Now),
@@ -175,32 +178,45 @@ impl<T> Link<T> {
     /// Polls a waiting receive. An item or the producer's end wins over a cancellation; a
     /// cancellation leaves the request standing.
     pub(super) fn poll_recv(&self, park: &mut Park, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
-        // Made before the borrow: cloning a foreign waker is foreign code.
-        let wakeup = Wakeup::new(cx.waker());
-        let mut st = self.state.borrow_mut();
-        let r = if let Some(v) = st.item.take() {
-            Ok(v)
-        } else if st.consumer_done {
-            // `close` between two polls of the `Stream`.
-            Err(None)
-        } else if let Some(end) = st.end {
-            Err(Some(end))
-        } else {
-            let old = store(&mut st.consumer, wakeup);
+        loop {
+            // Made before the borrow: cloning a foreign waker is foreign code.
+            let wakeup = Wakeup::new(cx.waker());
+            let mut st = self.state.borrow_mut();
+            // `consumer_done`: `close` between two polls of the `Stream`.
+            if st.item.is_none() && !st.consumer_done && st.end.is_none() {
+                let old = store(&mut st.consumer, wakeup);
+                drop(st);
+                drop(old);
+                let Poll::Ready(c) = park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a generator"))
+                else {
+                    return Poll::Pending;
+                };
+                self.forget_consumer();
+                return Poll::Ready(Err(RecvError::Cancelled(c)));
+            }
+            // Done waiting. The wakers go, and the cancellation registration, before the item is
+            // taken: their destructors are foreign code, and one that panics must leave the
+            // item in the link for the next receive, not take it down with the unwinding (the
+            // channel's `unpark_keeping` guards the same).
+            let old = st.consumer.take();
             drop(st);
-            drop(old);
-            let Poll::Ready(c) = park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a generator"))
-            else {
-                return Poll::Pending;
+            drop((old, wakeup));
+            park.unpark();
+            let mut st = self.state.borrow_mut();
+            let r = if let Some(v) = st.item.take() {
+                Ok(v)
+            } else if st.consumer_done {
+                Err(None)
+            } else if let Some(end) = st.end {
+                Err(Some(end))
+            } else {
+                // The destructors above cannot take an item or undo an end (the consumer is
+                // this receive, and holds the items exclusively); were it otherwise, wait again.
+                continue;
             };
-            self.forget_consumer();
-            return Poll::Ready(Err(RecvError::Cancelled(c)));
-        };
-        let old = st.consumer.take();
-        drop(st);
-        drop((old, wakeup));
-        park.unpark();
-        Poll::Ready(r.map_err(|end| end.map_or(RecvError::Closed, end_error)))
+            drop(st);
+            return Poll::Ready(r.map_err(|end| end.map_or(RecvError::Closed, end_error)));
+        }
     }
 
     /// Puts back an item taken by a receive that was dropped before it returned it.
