@@ -96,26 +96,32 @@ impl Future for WaitAllBlocked {
             None => {
                 checkpoint_if_cancelled()?;
                 let id = core.fresh_id();
-                core.blocked.borrow_mut().push(BlockedWaiter {
-                    id,
-                    cushion: self.cushion,
-                    waker: cx.waker().clone(),
-                    woken: false,
-                });
+                let waker = cx.waker().clone();
+                core.blocked.borrow_mut().push(BlockedWaiter { id, cushion: self.cushion, waker });
                 self.id = Some((core.id, id));
             }
             Some((_, id)) => {
-                let mut blocked = core.blocked.borrow_mut();
-                if let Some(pos) = blocked.iter().position(|b| b.id == id) {
-                    if blocked[pos].woken {
-                        blocked.remove(pos);
-                        drop(blocked);
+                // Gone from the list: the loop woke it (only that, and `remove`, which forgets
+                // the id, take an entry out).
+                let same =
+                    core.blocked.borrow().iter().find(|b| b.id == id).map(|b| b.waker.will_wake(cx.waker()));
+                match same {
+                    None => {
                         self.id = None;
                         self.park.unpark();
                         return Poll::Ready(Ok(()));
                     }
-                    if !blocked[pos].waker.will_wake(cx.waker()) {
-                        blocked[pos].waker = cx.waker().clone();
+                    Some(true) => {}
+                    Some(false) => {
+                        // Cloned with nothing borrowed: a clone is foreign code.
+                        let waker = cx.waker().clone();
+                        let old = core
+                            .blocked
+                            .borrow_mut()
+                            .iter_mut()
+                            .find(|b| b.id == id)
+                            .map(|b| std::mem::replace(&mut b.waker, waker));
+                        drop(old);
                     }
                 }
             }
@@ -135,7 +141,11 @@ impl WaitAllBlocked {
         if let Some((run, id)) = self.id.take()
             && let Some(core) = context::try_core().filter(|c| c.id == run)
         {
-            core.blocked.borrow_mut().retain(|b| b.id != id);
+            let mut blocked = core.blocked.borrow_mut();
+            let gone = blocked.iter().position(|b| b.id == id).map(|pos| blocked.remove(pos));
+            drop(blocked);
+            // The waker's destructor is foreign code: after the borrow.
+            drop(gone);
         }
     }
 }
@@ -204,7 +214,9 @@ impl Sequencer {
     /// If step `i` was already claimed (each step is used once), or if an earlier step was
     /// cancelled (on entry or while it waited) or its future dropped before it ran (as Trio's,
     /// the sequencer is then broken: a later step could never run, and a panic says why instead
-    /// of a hang).
+    /// of a hang). A step that is itself cancelled returns [`Cancelled`] rather than panicking,
+    /// so that when a whole nursery is cancelled (a sibling failed) its error is what comes
+    /// out; the steps before the broken one still run.
     pub async fn step(&self, i: usize) -> Result<SequencerGuard<'_>, Cancelled> {
         assert!(self.claimed.borrow_mut().insert(i), "Sequencer step {i} used twice");
         // Any way out of here but the guard (cancelled on entry or while waiting, or the future
@@ -213,20 +225,29 @@ impl Sequencer {
         checkpoint_if_cancelled()?;
         let mut park = Park::new();
         std::future::poll_fn(|cx| {
-            if let Some(b) = self.broken.get() {
+            if self.next.get() == i {
+                let old = self.waiting.borrow_mut().remove(&i);
+                drop(old);
+                park.unpark();
+                return Poll::Ready(Ok(()));
+            }
+            // Cancelled first: a step cancelled with the rest of its nursery (a sibling failed)
+            // reports its cancellation, and the sibling's error is what the nursery returns, not
+            // a panic about the order.
+            if let Poll::Ready(c) = park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a Sequencer step")) {
+                return Poll::Ready(Err(c));
+            }
+            if let Some(b) = self.broken.get()
+                && b < i
+            {
                 panic!(
                     "Sequencer broken: step {b} was cancelled (or dropped) before it ran, so step {i} can never run"
                 );
             }
-            if self.next.get() == i {
-                self.waiting.borrow_mut().remove(&i);
-                park.unpark();
-                return Poll::Ready(Ok(()));
-            }
-            if let Poll::Ready(c) = park.poll_cancel_on(cx, crate::debug::WaitingOn::Other("a Sequencer step")) {
-                return Poll::Ready(Err(c));
-            }
-            self.waiting.borrow_mut().insert(i, cx.waker().clone());
+            // Cloned, and the one replaced dropped, with nothing borrowed (foreign code).
+            let waker = cx.waker().clone();
+            let old = self.waiting.borrow_mut().insert(i, waker);
+            drop(old);
             Poll::Pending
         })
         .await?;
@@ -245,8 +266,10 @@ struct Claim<'a> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.seq.waiting.borrow_mut().remove(&self.i);
-        if self.seq.broken.get().is_none() {
+        let own = self.seq.waiting.borrow_mut().remove(&self.i);
+        drop(own);
+        // The earliest step that can no longer run: every later one waits for ever.
+        if self.seq.broken.get().is_none_or(|b| self.i < b) {
             self.seq.broken.set(Some(self.i));
         }
         let waiting = std::mem::take(&mut *self.seq.waiting.borrow_mut());

@@ -389,3 +389,25 @@ fn a_nursery_carried_into_a_later_run_panics_with_a_clear_message() {
         .expect("the carried nursery neither failed nor finished: it waits on the ended run");
     assert!(msg.contains("polled in a run other than the one it started in"), "{msg:?}");
 }
+
+/// A quiescence waiter woken but never polled again (polled once by hand) leaves the waiting
+/// list when woken: the loop does not spin on it with a zero timeout, and the virtual clock
+/// still jumps. (A thread bounds the test: before the fix it spun for ever.)
+#[test]
+fn a_woken_but_unpolled_quiescence_waiter_does_not_stop_the_clock() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t = hatchery::testing::run(async {
+            let mut w = std::pin::pin!(hatchery::testing::wait_all_tasks_blocked());
+            assert!(support::poll_once(w.as_mut()).await.is_pending(), "registered");
+            // Idle: `w` is woken, and never polled again.
+            hatchery::sleep(secs(1)).await.unwrap();
+            let t = hatchery::now();
+            // Polled again later, it is done.
+            assert!(matches!(support::poll_once(w.as_mut()).await, Poll::Ready(Ok(()))));
+            t
+        });
+        let _ = tx.send(t);
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).expect("the loop spun"), at(1));
+}

@@ -466,6 +466,58 @@ fn system_clock_has_a_large_offset_s1_8() {
     assert!(t1 >= t0 + Duration::from_millis(1), "a real sleep moved the clock: {t0:?} -> {t1:?}");
 }
 
+/// A nursery cancelled because a sibling failed, with two steps waiting: each step reports its
+/// cancellation (no panic about the order), and the sibling's error is what comes out (found in
+/// review: the second step's panic hid it). A step before the broken one still runs.
+#[test]
+fn a_sequencer_in_a_failing_nursery_lets_the_real_error_out() {
+    use hatchery::testing::Sequencer;
+    let r = testing::run(async {
+        let seq = Sequencer::new();
+        nursery(async |n| {
+            n.start_soon(async {
+                let _g = seq.step(1).await?;
+                Ok(())
+            });
+            n.start_soon(async {
+                let _g = seq.step(2).await?;
+                Ok(())
+            });
+            n.start_soon(async {
+                testing::wait_all_tasks_blocked().await?;
+                Err::<(), _>(hatchery::Error::other(std::io::Error::other("the real failure")))
+            });
+            Ok::<_, hatchery::Error>(())
+        })
+        .await
+    });
+    let e = r.unwrap_err();
+    assert_eq!(e.errors().len(), 1, "{e:?}");
+    assert!(e.to_string().contains("the real failure"), "{e}");
+    // Step 2 cancelled: steps 0 and 1 still run, in order.
+    let order = std::cell::RefCell::new(Vec::new());
+    testing::run(async {
+        let seq = Sequencer::new();
+        nursery(async |n| {
+            n.start_soon(async {
+                let _g = seq.step(1).await?;
+                order.borrow_mut().push(1);
+                Ok(())
+            });
+            let r =
+                hatchery::move_on_after(Duration::from_secs(1), async { seq.step(2).await.map(drop) }).await;
+            assert_eq!(r, Ok(None));
+            let g = seq.step(0).await?;
+            order.borrow_mut().push(0);
+            drop(g);
+            Ok::<_, Cancelled>(())
+        })
+        .await
+        .unwrap();
+    });
+    assert_eq!(*order.borrow(), [0, 1]);
+}
+
 #[test]
 fn a_sequencer_step_cancelled_while_waiting_breaks_the_sequence() {
     use hatchery::testing::Sequencer;
@@ -474,12 +526,12 @@ fn a_sequencer_step_cancelled_while_waiting_breaks_the_sequence() {
             let seq = Sequencer::new();
             nursery(async |n| {
                 n.start_soon(async {
-                    // Step 1 waits for step 0, which is cancelled instead.
-                    let _g = seq.step(1).await?;
+                    // Step 2 waits for step 1, which is cancelled instead.
+                    let _g = seq.step(2).await?;
                     Ok::<_, Cancelled>(())
                 });
                 let r =
-                    hatchery::move_on_after(Duration::from_secs(1), async { seq.step(2).await.map(|_| ()) })
+                    hatchery::move_on_after(Duration::from_secs(1), async { seq.step(1).await.map(|_| ()) })
                         .await;
                 assert_eq!(r, Ok(None));
                 Ok::<_, Cancelled>(())
@@ -490,7 +542,12 @@ fn a_sequencer_step_cancelled_while_waiting_breaks_the_sequence() {
     }));
     let p = r.unwrap_err();
     let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(msg.contains("Sequencer broken: step 2 was cancelled"), "{msg}");
+    assert!(
+        msg.contains(
+            "Sequencer broken: step 1 was cancelled (or dropped) before it ran, so step 2 can never run"
+        ),
+        "{msg}"
+    );
 }
 
 /// A sleep parked in one run and awaited in another: its deadline entry belonged to the first

@@ -191,7 +191,6 @@ pub(crate) struct BlockedWaiter {
     pub(crate) id: u64,
     pub(crate) cushion: std::time::Duration,
     pub(crate) waker: Waker,
-    pub(crate) woken: bool,
 }
 
 /// The identity of a waker: data address and vtable address.

@@ -507,23 +507,24 @@ fn expire_deadlines(core: &Core, wakeups: &mut Wakeups) {
 /// precedence over autojump (S8.4).
 fn wake_blocked_waiters(core: &Core, waited: Duration) -> bool {
     let mut blocked = core.blocked.borrow_mut();
-    if blocked.is_empty() {
-        return false;
-    }
-    let min = blocked.iter().filter(|b| !b.woken).map(|b| b.cushion).min();
+    let Some(min) = blocked.iter().map(|b| b.cushion).min() else { return false };
     let mut to_wake = Vec::new();
-    if let Some(min) = min
-        && min <= waited
-    {
-        for b in blocked.iter_mut().filter(|b| !b.woken && b.cushion == min) {
-            b.woken = true;
-            to_wake.push(b.waker.clone());
-        }
+    if min <= waited {
+        // Woken waiters leave the list at once (as in Trio): one that is never polled again (a
+        // future polled by hand, or with a waker that does nothing) must not count as waiting,
+        // or the loop would spin with a zero timeout and the clock would never jump. Its future
+        // finds itself gone from the list, which means woken.
+        let keep;
+        (to_wake, keep) = std::mem::take(&mut *blocked).into_iter().partition(|b| b.cushion == min);
+        *blocked = keep;
     }
     drop(blocked);
-    for w in to_wake {
-        w.wake();
+    // Foreign code, with nothing borrowed; one that panics does not keep the others asleep.
+    let mut panic = crate::panics::FirstPanic::default();
+    for b in to_wake {
+        panic.catch(|| b.waker.wake());
     }
+    panic.resume();
     true
 }
 
