@@ -289,14 +289,17 @@ impl CancelError for io::Error {
         if let Some(n) = inner.downcast_ref::<NurseryError<io::Error>>() {
             return n.cancelled();
         }
-        None
+        // An `Error` wrapped with `io::Error::other` (or converted with `From`).
+        inner.downcast_ref::<Error>().and_then(Error::cancelled)
     }
 
     fn has_cancelled(&self) -> bool {
         match self.get_ref() {
             Some(inner) => match inner.downcast_ref::<NurseryError<io::Error>>() {
                 Some(n) => n.has_cancelled(),
-                None => inner.is::<Cancelled>(),
+                None => {
+                    inner.is::<Cancelled>() || inner.downcast_ref::<Error>().is_some_and(Error::has_cancelled)
+                }
             },
             None => false,
         }
@@ -312,6 +315,14 @@ impl CancelError for io::Error {
             return group.strip_cancelled().map(|rest| match rest.len() {
                 1 => rest.into_first(),
                 _ => io::Error::new(kind, rest),
+            });
+        }
+        if self.get_ref().is_some_and(|e| e.is::<Error>()) {
+            let kind = self.kind();
+            let inner = self.into_inner().and_then(|b| b.downcast::<Error>().ok())?;
+            return inner.strip_cancelled().map(|rest| match rest {
+                Error::Io(e) => e,
+                rest => io::Error::new(kind, rest),
             });
         }
         if self.cancelled().is_some() { None } else { Some(self) }
@@ -388,6 +399,23 @@ impl Error {
     }
 }
 
+impl From<Error> for io::Error {
+    /// Each kind of error as its own conversion makes it (a `Cancelled` stays recognisable, a
+    /// `TooSlow` is `TimedOut`, an `io::Error` passes through unchanged); a group or any other
+    /// error is wrapped, kind `Other`, and a cancellation inside is still found there
+    /// ([`CancelError`] for `io::Error` looks into a wrapped `Error`).
+    fn from(e: Error) -> io::Error {
+        match e {
+            Error::Cancelled(c) => c.into(),
+            Error::TooSlow(t) => t.into(),
+            Error::Join(j) => j.into(),
+            Error::Start(s) => s.into(),
+            Error::Io(e) => e,
+            other => io::Error::other(other),
+        }
+    }
+}
+
 impl From<NurseryError<Error>> for Error {
     /// A group of nothing but cancellations (however each is carried: `Error::Cancelled`, an
     /// `io::Error` made from one, a `JoinError`) becomes `Error::Cancelled` with the first one
@@ -416,6 +444,12 @@ impl CancelError for Error {
         match self {
             Error::Nursery(n) => n.has_cancelled(),
             Error::Io(e) => e.has_cancelled(),
+            // A group wrapped in what `Other` holds, as `Io` finds one.
+            Error::Other(e) => match (e.downcast_ref::<io::Error>(), e.downcast_ref::<Error>()) {
+                (Some(io), _) => io.has_cancelled(),
+                (_, Some(inner)) => inner.has_cancelled(),
+                _ => other_cancelled(&**e).is_some(),
+            },
             other => other.cancelled().is_some(),
         }
     }
@@ -424,6 +458,20 @@ impl CancelError for Error {
         match self {
             Error::Nursery(n) => n.strip_cancelled().map(|n| Error::Nursery(Box::new(n))),
             Error::Io(e) => e.strip_cancelled().map(Error::Io),
+            // A group wrapped in what `Other` holds is stripped as `Io` strips one.
+            Error::Other(e) => match e.downcast::<io::Error>() {
+                Ok(io) => (*io).strip_cancelled().map(Error::other),
+                Err(e) => match e.downcast::<Error>() {
+                    Ok(inner) => (*inner).strip_cancelled().map(Error::other),
+                    Err(e) => {
+                        if other_cancelled(&*e).is_some() {
+                            None
+                        } else {
+                            Some(Error::Other(e))
+                        }
+                    }
+                },
+            },
             other => {
                 if other.cancelled().is_some() {
                     None

@@ -141,3 +141,89 @@ fn a_group_does_not_repeat_its_first_error_in_the_chain() {
     assert_eq!(e.to_string(), "a (and 1 more error(s) from the same nursery)");
     assert!(e.source().is_none(), "{:?}", e.source());
 }
+
+/// The other direction: an `Error` turned into an `io::Error` (with `From`, or wrapped with
+/// `io::Error::other`, the only conversion that compiled before) still carries its
+/// cancellation, which the scope it belongs to absorbs (found in review: it escaped as a
+/// failure).
+#[test]
+fn an_error_turned_into_an_io_error_keeps_its_cancellation_recognisable() {
+    testing::run(async {
+        let r = move_on_after(secs(1), async {
+            let inner: hatchery::Result<()> = async { Ok(sleep(secs(5)).await?) }.await;
+            inner.map_err(io::Error::other)
+        })
+        .await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        let r = move_on_after(secs(1), async {
+            let inner: hatchery::Result<()> = async { Ok(sleep(secs(5)).await?) }.await;
+            inner.map_err(io::Error::from)
+        })
+        .await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        // `From` keeps each kind's own conversion.
+        let e = io::Error::from(Error::from(io::Error::new(io::ErrorKind::AddrInUse, "taken")));
+        assert_eq!((e.kind(), e.to_string()), (io::ErrorKind::AddrInUse, "taken".to_string()));
+        let c = sleep_cancelled().await;
+        let e = io::Error::from(Error::from(c.clone()));
+        assert_eq!(Cancelled::from_io(&e), Some(&c));
+    });
+}
+
+/// A group holding a cancellation among other errors is stripped the same however it is
+/// wrapped: `Error::Io`, or `Error::other` around an `io::Error` or an `Error` (found in review:
+/// the last two kept the cancellation).
+#[test]
+fn a_wrapped_mixed_group_is_stripped_however_it_is_wrapped() {
+    testing::run(async {
+        let as_io = io::Error::from(mixed_group().await);
+        let wrapped = [
+            Error::other(mixed_group().await),
+            Error::other(io::Error::from(mixed_group().await)),
+            Error::Io(as_io),
+        ];
+        for w in wrapped {
+            assert!(w.has_cancelled(), "{w:?}");
+            let rest = w.strip_cancelled().expect("the failure stays");
+            assert!(!rest.has_cancelled(), "{rest:?}");
+            assert!(rest.to_string().contains("the failure"), "{rest}");
+        }
+    });
+}
+
+/// A nursery in a scope that one child cancels as it fails: the other child's cancellation
+/// belongs to that outer scope, so the group keeps it beside the failure.
+async fn mixed_group() -> Error {
+    let outer = CancelScope::new();
+    let handle = outer.handle();
+    let group = outer
+        .run(async {
+            let r = nursery(async |n| {
+                n.start_soon(async {
+                    sleep(secs(5)).await?;
+                    Ok::<_, Error>(())
+                });
+                n.start_soon(async {
+                    testing::wait_all_tasks_blocked().await?;
+                    handle.cancel();
+                    Err::<(), _>(Error::from(io::Error::other("the failure")))
+                });
+                Ok(())
+            })
+            .await;
+            Ok::<_, Cancelled>(r.unwrap_err())
+        })
+        .await
+        .unwrap()
+        .expect("the body's value is kept");
+    assert_eq!(group.len(), 2, "{group:?}");
+    assert!(group.has_cancelled() && group.cancelled().is_none());
+    Error::from(group)
+}
+
+/// A `Cancelled` from a sleep in a scope cancelled at once.
+async fn sleep_cancelled() -> Cancelled {
+    let s = CancelScope::new();
+    s.handle().cancel();
+    s.run(async { Ok::<_, Cancelled>(sleep(secs(1)).await.unwrap_err()) }).await.unwrap().unwrap()
+}
