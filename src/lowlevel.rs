@@ -146,56 +146,23 @@ impl Future for YieldNow {
     }
 }
 
-/// Brings a parked entry's wake-up up to date with the waker of the poll (the entry lives in a
-/// primitive's `RefCell`), without running foreign code under that borrow: cloning a foreign
+/// Bringing a parked entry's wake-up up to date with the waker of a new poll (the entry lives in
+/// a primitive's `RefCell`), without running foreign code under that borrow: cloning a foreign
 /// waker is foreign code, which may use the very primitive (take the value, release the lock).
-/// Under the borrow, [`apply`](Refresh::apply) updates the wake-up when that needs no clone,
-/// and otherwise notes that one is needed; after the borrow, [`retry`](Refresh::retry) makes
-/// the clone and says to poll the entry again, whose state may have changed meanwhile: the
-/// next `apply` installs the clone. One left over (the entry completed meanwhile) is dropped
-/// with the `Refresh`, after the borrow.
-pub(crate) struct Refresh<'w> {
-    waker: &'w Waker,
-    fresh: Option<Wakeup>,
-    needs_clone: bool,
-}
+/// Under the borrow, [`Here::refresh`] updates the wake-up when that needs no clone (the task's
+/// own waker, or one that wakes the same), and otherwise only notes that a clone is needed.
+/// Then, rarely, the caller makes the clone with nothing borrowed and polls the entry again,
+/// whose state may have changed meanwhile: [`install`](Refresh::install) puts the clone in, if
+/// it still waits; a clone left over is dropped after the borrow.
+pub(crate) struct Refresh;
 
-impl<'w> Refresh<'w> {
-    #[inline]
-    pub(crate) fn new(waker: &'w Waker) -> Self {
-        Refresh { waker, fresh: None, needs_clone: false }
-    }
-
-    /// Under the primitive's borrow: updates `slot`; the waker it replaced, to be dropped after
-    /// the borrow.
+impl Refresh {
+    /// Under the borrow, the second time: makes `fresh` (if still there) the wake-up of `slot`;
+    /// the waker replaced, to be dropped after the borrow.
     #[must_use = "drop the replaced waker after the borrow ends"]
     #[inline]
-    pub(crate) fn apply<C: std::ops::Deref<Target = context::Core>>(
-        &mut self,
-        here: &Here<C>,
-        slot: &mut Wakeup,
-    ) -> Option<Waker> {
-        if let Some(fresh) = self.fresh.take() {
-            return slot.replace(fresh);
-        }
-        match here.core.try_refresh_wakeup(slot, self.waker) {
-            Ok(old) => old,
-            Err(context::NeedsClone) => {
-                self.needs_clone = true;
-                None
-            }
-        }
-    }
-
-    /// After the borrow: whether the last `apply` needed a clone; if so, it is made now, for the
-    /// caller to poll its entry again.
-    #[inline]
-    pub(crate) fn retry<C: std::ops::Deref<Target = context::Core>>(&mut self, here: &Here<C>) -> bool {
-        if !std::mem::take(&mut self.needs_clone) {
-            return false;
-        }
-        self.fresh = Some(here.wakeup(self.waker));
-        true
+    pub(crate) fn install(slot: &mut Wakeup, fresh: &mut Option<Wakeup>) -> Option<Waker> {
+        fresh.take().and_then(|f| slot.replace(f))
     }
 }
 
@@ -262,6 +229,21 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
     #[inline]
     pub(crate) fn wakeup(&self, waker: &Waker) -> Wakeup {
         self.core.wakeup(waker)
+    }
+
+    /// Under a primitive's borrow: makes `slot` wake the poll that has `waker` if that needs no
+    /// foreign code, and returns the waker replaced (to be dropped after the borrow); otherwise
+    /// sets `needs_clone` and leaves `slot` alone (see [`Refresh`]).
+    #[must_use = "drop the replaced waker after the borrow ends"]
+    #[inline]
+    pub(crate) fn refresh(&self, slot: &mut Wakeup, waker: &Waker, needs_clone: &mut bool) -> Option<Waker> {
+        match self.core.try_refresh_wakeup(slot, waker) {
+            Ok(old) => old,
+            Err(context::NeedsClone) => {
+                *needs_clone = true;
+                None
+            }
+        }
     }
 
     /// The wake-up for the poll that has `waker` if it is the task's own, made without foreign
@@ -446,29 +428,46 @@ impl Park {
             }
             ParkRef::Task(task)
         } else {
-            // Another waker (a foreign combinator's): a waiter holds a clone. Cloning it is foreign
-            // code, which may use the runtime (read a deadline, cancel a scope): it runs with
-            // nothing borrowed. The waiter's key and node stay valid meanwhile: only this park
-            // removes the one, and the other is the status of the poll still running.
             let keeps = tree.keeps(existing, node, cx.waker());
             drop(tree);
-            let (waiter, old) = if keeps {
-                (existing, None)
-            } else {
-                let clone = std::rc::Rc::new(cx.waker().clone());
-                core.cancel.borrow_mut().register(existing, node, clone)
-            };
-            debug_assert!(waiter < NO_WAITER, "hatchery internal error: waiter key out of range");
-            self.state = waiter;
-            track(core, existing, waiter, task, on);
-            drop(old);
-            ParkRef::Waiter(waiter)
+            self.register_waiter(core, cx.waker(), keeps, existing, node, task, on)
         };
         self.run_id = core.id as u32;
         if first {
             core.schedule_points.set(core.schedule_points.get() + 1);
         }
         wake
+    }
+
+    /// [`register`](Park::register) with another waker than the task's own (a foreign
+    /// combinator's): a waiter holds a clone, unless it `keeps` one that wakes the same. Cloning
+    /// is foreign code, which may use the runtime (read a deadline, cancel a scope): it runs with
+    /// nothing borrowed. The waiter's key and node stay valid meanwhile: only this park removes
+    /// the one, and the other is the status of the poll still running.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn register_waiter(
+        &mut self,
+        core: &context::Core,
+        waker: &Waker,
+        keeps: bool,
+        existing: u32,
+        node: u32,
+        task: WakeTarget,
+        on: WaitingOn,
+    ) -> ParkRef {
+        let (waiter, old) = if keeps {
+            (existing, None)
+        } else {
+            let clone = std::rc::Rc::new(waker.clone());
+            core.cancel.borrow_mut().register(existing, node, clone)
+        };
+        debug_assert!(waiter < NO_WAITER, "hatchery internal error: waiter key out of range");
+        self.state = waiter;
+        track(core, existing, waiter, task, on);
+        drop(old);
+        ParkRef::Waiter(waiter)
     }
 
     /// The operation completed: stop listening for cancellation.

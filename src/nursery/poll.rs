@@ -31,14 +31,14 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         let core = &self.core;
         context::assert_current(core);
         if !st.closing {
-            let entity = core.entity.get();
-            // Polled with a foreign waker (a combinator's), the group keeps a clone of it to wake:
-            // made before the scheduler is borrowed, for the clone is foreign code.
-            let fresh = (context::waker_id(cx.waker()) != (entity.1, entity.2)
-                && core.sched.borrow().needs_parent(self.group, cx.waker()))
-            .then(|| std::rc::Rc::new(cx.waker().clone()));
-            let (mut batch, old_parent, all) =
-                core.sched.borrow_mut().begin_poll(self.group, cx.waker(), fresh, entity);
+            let (task, data, vtable) = core.entity.get();
+            let local = if context::waker_id(cx.waker()) == (data, vtable) {
+                Some(task)
+            } else {
+                keep_foreign_parent(core, self.group, cx.waker());
+                None
+            };
+            let (mut batch, old_parent, all) = core.sched.borrow_mut().begin_poll(self.group, local);
             if let Some(t) = &core.tracker {
                 t.borrow_mut().nursery_polled(self.group, core.entity.get().0);
             }
@@ -296,5 +296,18 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
         if node != NIL {
             self.core.cancel.borrow_mut().exit(node);
         }
+    }
+}
+
+/// A nursery polled with a foreign waker (a combinator's): its group keeps a clone of that waker
+/// to wake, unless it has one that wakes the same. The clone is foreign code, so it is made with
+/// the scheduler free; the waker replaced is dropped after the borrow.
+#[cold]
+#[inline(never)]
+fn keep_foreign_parent(core: &crate::runtime::context::Core, group: u32, waker: &std::task::Waker) {
+    if core.sched.borrow().needs_parent(group, waker) {
+        let fresh = std::rc::Rc::new(waker.clone());
+        let old = core.sched.borrow_mut().set_foreign_parent(group, fresh);
+        drop(old);
     }
 }

@@ -442,7 +442,7 @@ impl Core {
     pub(crate) fn wake(&self, t: WakeTarget) {
         let parent = self.sched.borrow_mut().wake(t);
         if let Some(w) = parent {
-            w.wake_by_ref();
+            wake_foreign_parent(w);
         }
     }
 }
@@ -540,6 +540,13 @@ pub(crate) fn wake_local(shared: &Arc<Shared>, t: WakeTarget) -> bool {
         }
         None => false,
     }
+}
+
+/// Wakes a nursery's foreign parent (a combinator polls it), out of the hot path of a wake.
+#[cold]
+#[inline(never)]
+fn wake_foreign_parent(w: Rc<Waker>) {
+    w.wake_by_ref();
 }
 
 #[cfg(test)]

@@ -387,9 +387,19 @@ impl Sched {
 
     /// Whether a poll of `group` with the foreign waker `parent` must keep a clone of it (the
     /// group's parent is not a waker that wakes the same). Asked before
-    /// [`begin_poll`](Sched::begin_poll), so that the clone is made with nothing borrowed.
+    /// [`set_foreign_parent`](Sched::set_foreign_parent), so that the clone is made with
+    /// nothing borrowed.
     pub(crate) fn needs_parent(&self, group: u32, parent: &Waker) -> bool {
         !matches!(&self.groups[group as usize].parent, Parent::Foreign(w) if w.will_wake(parent))
+    }
+
+    /// Makes `parent` (a foreign waker's clone) the waker `group`'s wake-ups go to; returns the
+    /// one it replaced, to be dropped after the borrow.
+    pub(crate) fn set_foreign_parent(&mut self, group: u32, parent: Rc<Waker>) -> Option<Rc<Waker>> {
+        match std::mem::replace(&mut self.groups[group as usize].parent, Parent::Foreign(parent)) {
+            Parent::Foreign(old) => Some(old),
+            _ => None,
+        }
     }
 
     /// Starts a poll of `group`: records who polls it and hands out its ready list, and whether
@@ -397,33 +407,21 @@ impl Sched {
     /// `entity` is the task being polled and its waker's identity: if `parent` is that waker,
     /// the group's parent is recorded as that task, so wake-ups need no waker call. Also
     /// returns the parent waker it replaced, for the caller to drop once `Sched` is no longer
-    /// borrowed (a foreign waker's destructor is foreign code). A foreign `parent` that
-    /// [`needs_parent`](Sched::needs_parent) said to keep comes cloned as `fresh`: the clone is
-    /// foreign code, made before the borrow.
+    /// borrowed (a foreign waker's destructor is foreign code). `local`: the task polling, if it
+    /// polls with its own waker; otherwise (a foreign waker) the caller has recorded that waker
+    /// with [`set_foreign_parent`](Sched::set_foreign_parent) first.
     pub(crate) fn begin_poll(
         &mut self,
         group: u32,
-        parent: &Waker,
-        fresh: Option<Rc<Waker>>,
-        entity: (WakeTarget, usize, usize),
+        local: Option<WakeTarget>,
     ) -> (Vec<u32>, Option<Rc<Waker>>, bool) {
         let g = &mut self.groups[group as usize];
         let mut spare = std::mem::take(&mut g.spare);
-        let (target, data, vtable) = entity;
-        let replaced = if super::context::waker_id(parent) == (data, vtable) {
-            if matches!(&g.parent, Parent::Local(t) if *t == target) {
-                Parent::None
-            } else {
+        let replaced = match local {
+            Some(target) if !matches!(&g.parent, Parent::Local(t) if *t == target) => {
                 std::mem::replace(&mut g.parent, Parent::Local(target))
             }
-        } else {
-            match (&g.parent, fresh) {
-                (Parent::Foreign(w), _) if w.will_wake(parent) => Parent::None,
-                (_, Some(fresh)) => std::mem::replace(&mut g.parent, Parent::Foreign(fresh)),
-                // Not foreseen by `needs_parent`, which cannot happen (no code ran in between):
-                // cloned here rather than lost.
-                (_, None) => std::mem::replace(&mut g.parent, Parent::Foreign(Rc::new(parent.clone()))),
-            }
+            _ => Parent::None,
         };
         g.notified = false;
         let all = std::mem::take(&mut g.all);

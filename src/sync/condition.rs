@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use super::mutex::{BrokenMutex, LockError, Mutex, MutexGuard, MutexState};
 use super::parking_lot::{ParkingLot, Resource, Status, Take, Ticket};
 use crate::error::{CancelError, Cancelled};
-use crate::lowlevel::{Here, Park, Refresh};
+use crate::lowlevel::{Here, Park};
 
 /// A condition variable for [`Mutex`] (Trio's `Condition`, S7.6): a task holding the lock
 /// [`wait`](Condition::wait)s, which releases the lock until another task holding it
@@ -343,13 +343,12 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                 }
                 WaitStep::InCondition(ticket) => {
                     let ticket = *ticket;
-                    let mut refresh = Refresh::new(cx.waker());
-                    let status = loop {
-                        let status = this.cond.lot.poll_with(ticket, |w| refresh.apply(&here, w));
-                        if !refresh.retry(&here) {
-                            break status;
-                        }
-                    };
+                    let mut needs_clone = false;
+                    let mut status =
+                        this.cond.lot.poll_with(ticket, |w| here.refresh(w, cx.waker(), &mut needs_clone));
+                    if needs_clone {
+                        status = this.cond.lot.poll_with_clone(ticket, &here, cx.waker());
+                    }
                     match status {
                         Status::Moved(to) => this.step = WaitStep::InMutex { ticket: to, cancelled: None },
                         Status::Waiting => match here.poll_cancel(&mut this.park, cx, WaitingOn::Condition) {
@@ -373,13 +372,12 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                 }
                 WaitStep::InMutex { ticket, cancelled } => {
                     let ticket = *ticket;
-                    let mut refresh = Refresh::new(cx.waker());
-                    let status = loop {
-                        let status = this.mutex.state().lot.poll_with(ticket, |w| refresh.apply(&here, w));
-                        if !refresh.retry(&here) {
-                            break status;
-                        }
-                    };
+                    let lot = &this.mutex.state().lot;
+                    let mut needs_clone = false;
+                    let mut status = lot.poll_with(ticket, |w| here.refresh(w, cx.waker(), &mut needs_clone));
+                    if needs_clone {
+                        status = lot.poll_with_clone(ticket, &here, cx.waker());
+                    }
                     match status {
                         Status::Granted => {
                             let c = cancelled.take();

@@ -259,6 +259,18 @@ impl ParkingLot {
         }
     }
 
+    /// [`poll_with`](Self::poll_with) for a waiter whose wake-up must take a foreign waker
+    /// (`Here::refresh` said so): the clone is made with the lot free, then the waiter is
+    /// polled again (see `lowlevel::Refresh`).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn poll_with_clone(&self, t: Ticket, here: &Here, waker: &Waker) -> Status {
+        let mut fresh = Some(here.wakeup(waker));
+        let status = self.poll_with(t, |w| Refresh::install(w, &mut fresh));
+        drop(fresh);
+        status
+    }
+
     /// Removes a waiter (cancelled or dropped) and reports what it was: `Waiting` means it is
     /// simply gone; `Granted` means the resource is the caller's to pass on.
     pub(crate) fn leave(&self, t: Ticket) -> Status {
@@ -471,17 +483,13 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                 }
                 Step::Parked(t) => {
                     let t = *t;
-                    let mut refresh = Refresh::new(cx.waker());
-                    let polled = loop {
-                        let polled = self
-                            .res
-                            .lot()
-                            .poll_with(t, |w| refresh.apply(here.get_or_insert_with(Here::get), w));
-                        match &here {
-                            Some(h) if refresh.retry(h) => {}
-                            _ => break polled,
-                        }
-                    };
+                    let mut needs_clone = false;
+                    let mut polled = self.res.lot().poll_with(t, |w| {
+                        here.get_or_insert_with(Here::get).refresh(w, cx.waker(), &mut needs_clone)
+                    });
+                    if needs_clone && let Some(h) = &here {
+                        polled = self.res.lot().poll_with_clone(t, h, cx.waker());
+                    }
                     let status = match polled {
                         Status::Waiting => {
                             let here = here.get_or_insert_with(Here::get);

@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use super::error::{RecvError, SendError, SendErrorKind, TryRecvError, TrySendError};
 use super::state::{Polled, RecvFailure, SendFailure, State};
@@ -72,73 +72,91 @@ impl<'a, T> SendFuture<'a, T> {
         SendFuture { sender, state: SendState::Start(value) }
     }
 
-    fn start(&mut self, mut value: T, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
-        let here = Here::get();
-        // A foreign waker's wake-up, cloned with the channel not borrowed (see below).
-        let mut cloned = None;
-        loop {
-            if let Err(c) = here.cancel_point() {
-                return Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))));
-            }
-            if self.sender.is_closed() {
-                return Poll::Ready(Err(SendError::new(value, SendErrorKind::Closed)));
-            }
-            let mut state = self.sender.shared.borrow_mut();
-            return match state.try_send(value) {
-                Ok(woken) => {
-                    drop(state);
-                    // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
-                    let passed = here.schedule_point(cx);
-                    self.state = if passed { SendState::Done } else { SendState::Yielded };
-                    if let Some(w) = woken {
-                        here.wake(w);
-                    }
-                    if passed { Poll::Ready(Ok(())) } else { Poll::Pending }
-                }
-                Err(TrySendError::Full(v)) => {
-                    let Some(wakeup) = cloned.take().or_else(|| here.task_wakeup(cx.waker())) else {
-                        // Cloning a foreign waker is foreign code, which may use this channel
-                        // (take a value, close it) or cancel us: made with the channel free,
-                        // then everything is looked at again.
-                        drop(state);
-                        value = v;
-                        cloned = Some(here.wakeup(cx.waker()));
-                        continue;
-                    };
-                    let for_task = wakeup.is_task();
-                    let key = state.park_sender(v, self.sender.id, wakeup);
-                    drop(state);
-                    self.state = SendState::Parked { key, park: Park::new() };
-                    // Nothing can have taken the value yet (no other code ran): no need to ask
-                    // the channel about the new entry; nor to check for cancellation again,
-                    // unless a foreign waker was cloned.
-                    self.poll_cancel_parked(&here, for_task, cx)
-                }
-                Err(TrySendError::Disconnected(v)) => {
-                    drop(state);
-                    Poll::Ready(Err(SendError::new(v, SendErrorKind::Disconnected)))
-                }
-                Err(TrySendError::Closed(_)) => unreachable!("the handle was checked"),
-            };
+    fn start(&mut self, value: T, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        self.start_with(value, cx, &Here::get(), |here, waker| here.task_wakeup(waker))
+    }
+
+    /// The start of a send. `wakeup` makes the wake-up if it must park: the task's own, or
+    /// `None` for a foreign waker, which [`start_cloned`](Self::start_cloned) clones and
+    /// starts over with (two copies: the common one carries no clone).
+    #[inline]
+    fn start_with(
+        &mut self,
+        value: T,
+        cx: &mut Context<'_>,
+        here: &Here,
+        wakeup: impl FnOnce(&Here, &Waker) -> Option<Wakeup>,
+    ) -> Poll<Result<(), SendError<T>>> {
+        if let Err(c) = here.cancel_point() {
+            return Poll::Ready(Err(SendError::new(value, SendErrorKind::Cancelled(c))));
         }
+        if self.sender.is_closed() {
+            return Poll::Ready(Err(SendError::new(value, SendErrorKind::Closed)));
+        }
+        let mut state = self.sender.shared.borrow_mut();
+        match state.try_send(value) {
+            Ok(woken) => {
+                drop(state);
+                drop(wakeup);
+                // Within the turn's budget the schedule point passes at once (DESIGN §3.4).
+                let passed = here.schedule_point(cx);
+                self.state = if passed { SendState::Done } else { SendState::Yielded };
+                if let Some(w) = woken {
+                    here.wake(w);
+                }
+                if passed { Poll::Ready(Ok(())) } else { Poll::Pending }
+            }
+            Err(TrySendError::Full(value)) => {
+                let Some(wakeup) = wakeup(here, cx.waker()) else {
+                    drop(state);
+                    return self.start_cloned(value, cx, here);
+                };
+                let for_task = wakeup.is_task();
+                let key = state.park_sender(value, self.sender.id, wakeup);
+                drop(state);
+                self.state = SendState::Parked { key, park: Park::new() };
+                // Nothing can have taken the value yet (no other code ran): no need to ask the
+                // channel about the new entry; nor to check for cancellation again, unless a
+                // foreign waker was cloned.
+                self.poll_cancel_parked(here, for_task, cx)
+            }
+            Err(TrySendError::Disconnected(value)) => {
+                drop(state);
+                drop(wakeup);
+                Poll::Ready(Err(SendError::new(value, SendErrorKind::Disconnected)))
+            }
+            Err(TrySendError::Closed(_)) => unreachable!("the handle was checked"),
+        }
+    }
+
+    /// A send that must park with a foreign waker: cloning it is foreign code, which may use
+    /// this channel (take a value, close it) or cancel us, so it is made with the channel free,
+    /// and the send starts over with it.
+    #[cold]
+    #[inline(never)]
+    fn start_cloned(
+        &mut self,
+        value: T,
+        cx: &mut Context<'_>,
+        here: &Here,
+    ) -> Poll<Result<(), SendError<T>>> {
+        let cloned = here.wakeup(cx.waker());
+        self.start_with(value, cx, here, move |_, _| Some(cloned))
     }
 
     fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
         let SendState::Parked { key, .. } = self.state else { unreachable!() };
         // The run is looked up only if the send still waits (a completed one needs nothing).
         let mut here = None;
-        let mut refresh = Refresh::new(cx.waker());
-        let polled = loop {
-            let polled = self
-                .sender
-                .shared
-                .borrow_mut()
-                .poll_sender(key, |w| refresh.apply(here.insert(Here::get()), w));
-            match &here {
-                Some(h) if refresh.retry(h) => drop(polled),
-                _ => break polled,
-            }
-        };
+        let mut needs_clone = false;
+        let mut polled = self
+            .sender
+            .shared
+            .borrow_mut()
+            .poll_sender(key, |w| here.insert(Here::get()).refresh(w, cx.waker(), &mut needs_clone));
+        if needs_clone && let Some(h) = &here {
+            polled = poll_sender_cloned(&self.sender.shared, key, h, cx.waker());
+        }
         if let Polled::Waiting(old_waker) = polled {
             drop(old_waker);
             let here = here.expect("hatchery internal error: a waiting send was not refreshed");
@@ -274,15 +292,13 @@ impl RecvWait {
     ) -> Poll<Result<T, RecvError>> {
         // The run is looked up only if the receive still waits (a completed one needs nothing).
         let mut here = None;
-        let mut refresh = Refresh::new(cx.waker());
-        let polled = loop {
-            let polled =
-                shared.borrow_mut().poll_receiver(self.key, |w| refresh.apply(here.insert(Here::get()), w));
-            match &here {
-                Some(h) if refresh.retry(h) => drop(polled),
-                _ => break polled,
-            }
-        };
+        let mut needs_clone = false;
+        let mut polled = shared
+            .borrow_mut()
+            .poll_receiver(self.key, |w| here.insert(Here::get()).refresh(w, cx.waker(), &mut needs_clone));
+        if needs_clone && let Some(h) = &here {
+            polled = poll_receiver_cloned(shared, self.key, h, cx.waker());
+        }
         match polled {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
@@ -367,6 +383,38 @@ impl RecvWait {
     }
 }
 
+/// A parked send re-polled with a foreign waker that its wake-up must take: the clone is made
+/// with the channel free (foreign code, which may complete the send), then the entry is polled
+/// again; a clone left over (the entry completed meanwhile) is dropped after the borrow.
+#[cold]
+#[inline(never)]
+fn poll_sender_cloned<T>(
+    shared: &RefCell<State<T>>,
+    key: usize,
+    here: &Here,
+    waker: &Waker,
+) -> Polled<Result<(), (SendFailure, T)>> {
+    let mut fresh = Some(here.wakeup(waker));
+    let polled = shared.borrow_mut().poll_sender(key, |w| Refresh::install(w, &mut fresh));
+    drop(fresh);
+    polled
+}
+
+/// [`poll_sender_cloned`] for a parked receive.
+#[cold]
+#[inline(never)]
+fn poll_receiver_cloned<T>(
+    shared: &RefCell<State<T>>,
+    key: usize,
+    here: &Here,
+    waker: &Waker,
+) -> Polled<Result<T, RecvFailure>> {
+    let mut fresh = Some(here.wakeup(waker));
+    let polled = shared.borrow_mut().poll_receiver(key, |w| Refresh::install(w, &mut fresh));
+    drop(fresh);
+    polled
+}
+
 /// The result of a receive whose entry the channel completed; wakes the receives it ended.
 fn recv_result<T>(
     shared: &RefCell<State<T>>,
@@ -418,45 +466,71 @@ impl<T> Receiver<T> {
     /// The start of a receive: cancel point, then S6.3, then park. `for_stream`: the
     /// `Stream`'s receive (a value handed to its wait is not counted in transit).
     pub(super) fn start_recv(&self, here: &Here, cx: &mut Context<'_>, for_stream: bool) -> RecvStart<T> {
-        // A foreign waker's wake-up, cloned with the channel not borrowed (see below).
-        let mut cloned = None;
-        loop {
-            if let Err(c) = here.cancel_point() {
-                return RecvStart::Failed(RecvError::Cancelled(c));
-            }
-            if self.is_closed() {
-                return RecvStart::Failed(RecvError::Closed);
-            }
-            self.drop_stream_wait();
-            let mut state = self.shared.borrow_mut();
-            return match state.try_recv() {
-                Ok((v, woken)) => RecvStart::Now(v, woken),
-                Err(TryRecvError::Empty) => {
-                    let Some(wakeup) = cloned.take().or_else(|| here.task_wakeup(cx.waker())) else {
-                        // Cloning a foreign waker is foreign code, which may use this channel
-                        // (send, close it) or cancel us: made with the channel free, then
-                        // everything is looked at again.
-                        drop(state);
-                        cloned = Some(here.wakeup(cx.waker()));
-                        continue;
-                    };
-                    let for_task = wakeup.is_task();
-                    let key = state.park_receiver(self.id, wakeup, !for_stream);
-                    drop(state);
-                    // Nobody can have sent or closed meanwhile (no other code ran): no need to
-                    // ask the channel about the new entry; nor to check for cancellation again,
-                    // unless a foreign waker was cloned.
-                    let mut wait = RecvWait { key, park: Park::new() };
-                    match wait.poll_cancel(here, &self.shared, for_task, cx) {
-                        Poll::Pending => RecvStart::Parked(wait),
-                        Poll::Ready(Ok(v)) => RecvStart::Now(v, None),
-                        Poll::Ready(Err(e)) => RecvStart::Failed(e),
-                    }
-                }
-                Err(TryRecvError::EndOfChannel) => RecvStart::Failed(RecvError::EndOfChannel),
-                Err(TryRecvError::Closed) => unreachable!("the handle was checked"),
-            };
+        self.start_recv_with(here, cx, for_stream, |here, waker| here.task_wakeup(waker))
+    }
+
+    /// The start of a receive. `wakeup` makes the wake-up if it must park: the task's own, or
+    /// `None` for a foreign waker, which [`start_recv_cloned`](Self::start_recv_cloned) clones
+    /// and starts over with (two copies: the common one carries no clone).
+    #[inline]
+    fn start_recv_with(
+        &self,
+        here: &Here,
+        cx: &mut Context<'_>,
+        for_stream: bool,
+        wakeup: impl FnOnce(&Here, &Waker) -> Option<Wakeup>,
+    ) -> RecvStart<T> {
+        if let Err(c) = here.cancel_point() {
+            return RecvStart::Failed(RecvError::Cancelled(c));
         }
+        if self.is_closed() {
+            return RecvStart::Failed(RecvError::Closed);
+        }
+        self.drop_stream_wait();
+        let mut state = self.shared.borrow_mut();
+        match state.try_recv() {
+            Ok((v, woken)) => {
+                drop(state);
+                drop(wakeup);
+                RecvStart::Now(v, woken)
+            }
+            Err(TryRecvError::Empty) => {
+                let Some(wakeup) = wakeup(here, cx.waker()) else {
+                    drop(state);
+                    return self.start_recv_cloned(here, cx, for_stream);
+                };
+                let for_task = wakeup.is_task();
+                let key = state.park_receiver(self.id, wakeup, !for_stream);
+                drop(state);
+                // Nobody can have sent or closed meanwhile (no other code ran): no need to ask
+                // the channel about the new entry; nor to check for cancellation again, unless
+                // a foreign waker was cloned.
+                let mut wait = RecvWait { key, park: Park::new() };
+                match wait.poll_cancel(here, &self.shared, for_task, cx) {
+                    Poll::Pending => RecvStart::Parked(wait),
+                    Poll::Ready(Ok(v)) => RecvStart::Now(v, None),
+                    Poll::Ready(Err(e)) => RecvStart::Failed(e),
+                }
+            }
+            Err(e) => {
+                drop(state);
+                drop(wakeup);
+                match e {
+                    TryRecvError::EndOfChannel => RecvStart::Failed(RecvError::EndOfChannel),
+                    _ => unreachable!("the handle was checked"),
+                }
+            }
+        }
+    }
+
+    /// A receive that must park with a foreign waker: cloning it is foreign code, which may use
+    /// this channel (send, close it) or cancel us, so it is made with the channel free, and the
+    /// receive starts over with it.
+    #[cold]
+    #[inline(never)]
+    fn start_recv_cloned(&self, here: &Here, cx: &mut Context<'_>, for_stream: bool) -> RecvStart<T> {
+        let cloned = here.wakeup(cx.waker());
+        self.start_recv_with(here, cx, for_stream, move |_, _| Some(cloned))
     }
 
     /// A value taken on the fast path whose future was dropped before returning it.

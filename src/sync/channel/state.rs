@@ -94,6 +94,7 @@ impl<E> Slab<E> {
         Slab { slots: Vec::new(), free: Vec::new() }
     }
 
+    #[inline(always)]
     fn insert(&mut self, e: E) -> usize {
         match self.free.pop() {
             Some(k) => {
@@ -204,6 +205,7 @@ impl<T> State<T> {
     /// S6.2 from step 2 (the caller checked its handle): every receiver closed, a waiting
     /// receiver (it owns the value), room in the buffer (unless senders wait: they own it).
     /// On success, the waker of the receiver that got the value.
+    #[inline(always)]
     pub(super) fn try_send(&mut self, value: T) -> Result<Option<Wakeup>, TrySendError<T>> {
         if self.open_receivers == 0 {
             return Err(TrySendError::Disconnected(value));
@@ -223,6 +225,7 @@ impl<T> State<T> {
     /// as successful (for a full buffer this is exactly Trio's "push the sender's value, then pop
     /// the head"). With capacity 0 the sender's value is taken directly. On success, the value
     /// and the waker of the sender that completed.
+    #[inline(always)]
     pub(super) fn try_recv(&mut self) -> Result<(T, Option<Wakeup>), TryRecvError> {
         if let Some(v) = self.buffer.pop_front() {
             let mut woken = None;
@@ -302,6 +305,7 @@ impl<T> State<T> {
     }
 
     /// Parks a send whose `try_send` found no room.
+    #[inline]
     pub(super) fn park_sender(&mut self, value: T, handle: HandleId, waker: Wakeup) -> usize {
         let key = self.senders.insert(SendEntry::Waiting { value, handle, waker });
         self.send_queue.push_back(key);
@@ -310,6 +314,7 @@ impl<T> State<T> {
     }
 
     /// Parks a receive whose `try_recv` found nothing.
+    #[inline]
     pub(super) fn park_receiver(&mut self, handle: HandleId, waker: Wakeup, counted: bool) -> usize {
         let key = self.receivers.insert(RecvEntry::Waiting { handle, waker, counted });
         self.recv_queue.push_back(key);
@@ -319,6 +324,7 @@ impl<T> State<T> {
 
     /// A parked send looks at its entry; a completed one frees its slot. While it waits,
     /// `refresh` brings its wake-up up to date (and returns a replaced waker).
+    #[inline]
     pub(super) fn poll_sender(
         &mut self,
         key: usize,
@@ -336,6 +342,7 @@ impl<T> State<T> {
 
     /// A parked receive looks at its entry; a completed one frees its slot. While it waits,
     /// `refresh` brings its wake-up up to date (and returns a replaced waker).
+    #[inline]
     pub(super) fn poll_receiver(
         &mut self,
         key: usize,
