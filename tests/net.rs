@@ -123,10 +123,7 @@ fn incoming_yields_connections_and_loses_none_when_cancelled() {
 /// The same for a Unix listener: its `incoming` yields the connections, in order.
 #[test]
 fn unix_incoming_yields_connections() {
-    let dir = std::env::temp_dir().join(format!("hatchery-net-incoming-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sock");
-    let _ = std::fs::remove_file(&path);
+    let (dir, path) = socket_path("incoming");
     hatchery::run(async {
         let listener = hatchery::net::UnixListener::bind(&path)?;
         let mut incoming = listener.incoming();
@@ -532,10 +529,7 @@ fn a_read_whose_stream_is_closed_at_its_schedule_point_does_not_run() {
 /// loop retrying it lets the task that will bind the socket run (Trio's `_try_sync`).
 #[test]
 fn a_connect_that_fails_at_once_is_a_checkpoint_and_a_retry_loop_lets_the_listener_run() {
-    let dir = std::env::temp_dir().join(format!("hatchery-net-retry-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sock");
-    let _ = std::fs::remove_file(&path);
+    let (dir, path) = socket_path("retry");
     let missing = dir.join("missing");
     let attempts = hatchery::run(async {
         let e = testing::assert_checkpoints(UnixStream::connect(&missing)).await.unwrap_err();
@@ -577,10 +571,7 @@ fn a_connect_that_fails_at_once_is_a_checkpoint_and_a_retry_loop_lets_the_listen
 /// stop the name at it and connect to another file.
 #[test]
 fn a_unix_connect_refuses_a_path_with_a_nul_byte() {
-    let dir = std::env::temp_dir().join(format!("hatchery-net-nul-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sock");
-    let _ = std::fs::remove_file(&path);
+    let (dir, path) = socket_path("nul");
     hatchery::run(async {
         let _listener = hatchery::net::UnixListener::bind(&path)?;
         let mut bad = path.clone().into_os_string();
@@ -622,4 +613,14 @@ fn a_shutdown_whose_stream_is_closed_at_its_checkpoint_does_not_run() {
         Ok::<_, io::Error>(())
     })
     .unwrap();
+}
+
+/// A fresh directory for this test's Unix socket files (named after `tag` and the process),
+/// and the path of a socket in it, not bound yet.
+fn socket_path(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("hatchery-net-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sock");
+    let _ = std::fs::remove_file(&path);
+    (dir, path)
 }

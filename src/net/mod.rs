@@ -183,18 +183,8 @@ fn nonblocking_socket(domain: Domain, ty: Type, protocol: Option<Protocol>) -> i
         target_os = "openbsd",
         target_os = "illumos"
     ))]
-    {
-        Socket::new(domain, ty.nonblocking(), protocol)
-    }
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "illumos"
-    )))]
+    return Socket::new(domain, ty.nonblocking(), protocol);
+    #[allow(unreachable_code)]
     {
         let socket = Socket::new(domain, ty, protocol)?;
         socket.set_nonblocking(true)?;
