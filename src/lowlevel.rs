@@ -146,26 +146,6 @@ impl Future for YieldNow {
     }
 }
 
-/// Bringing a parked entry's wake-up up to date with the waker of a new poll (the entry lives in
-/// a primitive's `RefCell`), without running foreign code under that borrow: cloning a foreign
-/// waker is foreign code, which may use the very primitive (take the value, release the lock).
-/// Under the borrow, [`Here::refresh`] updates the wake-up when that needs no clone (the task's
-/// own waker, or one that wakes the same), and otherwise only notes that a clone is needed.
-/// Then, rarely, the caller makes the clone with nothing borrowed and polls the entry again,
-/// whose state may have changed meanwhile: [`install`](Refresh::install) puts the clone in, if
-/// it still waits; a clone left over is dropped after the borrow.
-pub(crate) struct Refresh;
-
-impl Refresh {
-    /// Under the borrow, the second time: makes `fresh` (if still there) the wake-up of `slot`;
-    /// the waker replaced, to be dropped after the borrow.
-    #[must_use = "drop the replaced waker after the borrow ends"]
-    #[inline]
-    pub(crate) fn install(slot: &mut Wakeup, fresh: &mut Option<Wakeup>) -> Option<Waker> {
-        fresh.take().and_then(|f| slot.replace(f))
-    }
-}
-
 /// The run being polled, looked up once for all the steps of one poll of an operation (each
 /// free function of this module looks it up again: a thread-local read and a reference count).
 /// The crate's own primitives use it on their hot paths; it is not public because a primitive
@@ -231,9 +211,13 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
         self.core.wakeup(waker)
     }
 
-    /// Under a primitive's borrow: makes `slot` wake the poll that has `waker` if that needs no
-    /// foreign code, and returns the waker replaced (to be dropped after the borrow); otherwise
-    /// sets `needs_clone` and leaves `slot` alone (see [`Refresh`]).
+    /// Brings a parked entry's wake-up up to date with the waker of a new poll (the entry lives in
+    /// a primitive's `RefCell`), without running foreign code under that borrow: cloning a
+    /// foreign waker is foreign code, which may use the very primitive (take the value, release
+    /// the lock). Under the borrow this updates `slot` when that needs no clone (the task's own
+    /// waker, or one that wakes the same) and returns the waker replaced, to be dropped after
+    /// the borrow; otherwise it sets `needs_clone` and leaves `slot` alone, and the caller polls
+    /// its entry again through [`repoll_with_clone`](Here::repoll_with_clone).
     #[must_use = "drop the replaced waker after the borrow ends"]
     #[inline]
     pub(crate) fn refresh(&self, slot: &mut Wakeup, waker: &Waker, needs_clone: &mut bool) -> Option<Waker> {
@@ -244,6 +228,24 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
                 None
             }
         }
+    }
+
+    /// The rare second half of [`refresh`](Here::refresh): clones `waker` with nothing borrowed,
+    /// then runs `repoll`, which borrows the primitive and polls its entry again (its state may
+    /// have changed meanwhile), handing the entry's wake-up slot to `install`: that puts the
+    /// clone in and returns the waker replaced. A clone left over (the entry completed
+    /// meanwhile) is dropped after `repoll`, so after its borrow.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn repoll_with_clone<R>(
+        &self,
+        waker: &Waker,
+        repoll: impl FnOnce(&mut dyn FnMut(&mut Wakeup) -> Option<Waker>) -> R,
+    ) -> R {
+        let mut fresh = Some(self.wakeup(waker));
+        let r = repoll(&mut |slot| fresh.take().and_then(|f| slot.replace(f)));
+        drop(fresh);
+        r
     }
 
     /// The wake-up for the poll that has `waker` if it is the task's own, made without foreign

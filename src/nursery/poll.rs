@@ -40,7 +40,7 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
             };
             let (mut batch, old_parent, all) = core.sched.borrow_mut().begin_poll(self.group, local);
             if let Some(t) = &core.tracker {
-                t.borrow_mut().nursery_polled(self.group, core.entity.get().0);
+                t.borrow_mut().nursery_polled(self.group, task);
             }
             if all {
                 // A cancellation reached the nursery's node: every task of the group runs.

@@ -76,7 +76,7 @@ impl Wakeup {
     /// that runs no foreign code: the wake-up already wakes the same, or the poll's waker is its
     /// task's own (the waker replaced comes back, to be dropped after the borrow). `Err(NeedsClone)`: a foreign
     /// waker must be cloned, which is foreign code, so the caller does it with nothing borrowed
-    /// ([`lowlevel::Refresh`](crate::lowlevel::Refresh)).
+    /// (`lowlevel::Here::refresh`).
     #[inline]
     fn try_refresh_for(&mut self, task: Option<TaskRef>, waker: &Waker) -> Result<Option<Waker>, NeedsClone> {
         match (task, &*self) {

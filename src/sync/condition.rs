@@ -347,7 +347,9 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     let mut status =
                         this.cond.lot.poll_with(ticket, |w| here.refresh(w, cx.waker(), &mut needs_clone));
                     if needs_clone {
-                        status = this.cond.lot.poll_with_clone(ticket, &here, cx.waker());
+                        status = here.repoll_with_clone(cx.waker(), |install| {
+                            this.cond.lot.poll_with(ticket, install)
+                        });
                     }
                     match status {
                         Status::Moved(to) => this.step = WaitStep::InMutex { ticket: to, cancelled: None },
@@ -376,7 +378,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     let mut needs_clone = false;
                     let mut status = lot.poll_with(ticket, |w| here.refresh(w, cx.waker(), &mut needs_clone));
                     if needs_clone {
-                        status = lot.poll_with_clone(ticket, &here, cx.waker());
+                        status = here.repoll_with_clone(cx.waker(), |install| lot.poll_with(ticket, install));
                     }
                     match status {
                         Status::Granted => {

@@ -40,7 +40,7 @@ use std::fmt;
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Cancelled;
-use crate::lowlevel::{Here, Park, Refresh, Wakeup};
+use crate::lowlevel::{Here, Park, Wakeup};
 use crate::panics::FirstPanic;
 
 /// A waiter's place in a lot: a slot and the generation of its occupant.
@@ -257,18 +257,6 @@ impl ParkingLot {
             }
             SlotState::Free => unreachable!("hatchery internal error: free slot behind a live ticket"),
         }
-    }
-
-    /// [`poll_with`](Self::poll_with) for a waiter whose wake-up must take a foreign waker
-    /// (`Here::refresh` said so): the clone is made with the lot free, then the waiter is
-    /// polled again (see `lowlevel::Refresh`).
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn poll_with_clone(&self, t: Ticket, here: &Here, waker: &Waker) -> Status {
-        let mut fresh = Some(here.wakeup(waker));
-        let status = self.poll_with(t, |w| Refresh::install(w, &mut fresh));
-        drop(fresh);
-        status
     }
 
     /// Removes a waiter (cancelled or dropped) and reports what it was: `Waiting` means it is
@@ -488,7 +476,8 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                         here.get_or_insert_with(Here::get).refresh(w, cx.waker(), &mut needs_clone)
                     });
                     if needs_clone && let Some(h) = &here {
-                        polled = self.res.lot().poll_with_clone(t, h, cx.waker());
+                        polled =
+                            h.repoll_with_clone(cx.waker(), |install| self.res.lot().poll_with(t, install));
                     }
                     let status = match polled {
                         Status::Waiting => {

@@ -18,7 +18,7 @@ use super::error::{RecvError, SendError, SendErrorKind, TryRecvError, TrySendErr
 use super::state::{Polled, RecvFailure, SendFailure, State};
 use super::{Receiver, Sender};
 use crate::Cancelled;
-use crate::lowlevel::{Here, Park, Refresh, Wakeup};
+use crate::lowlevel::{Here, Park, Wakeup};
 
 /// Future of [`Sender::send`]. Resolves to `Ok(())` once the value was taken (into the buffer
 /// or by a receiver), or to a [`SendError`] that hands the value back.
@@ -155,7 +155,9 @@ impl<'a, T> SendFuture<'a, T> {
             .borrow_mut()
             .poll_sender(key, |w| here.insert(Here::get()).refresh(w, cx.waker(), &mut needs_clone));
         if needs_clone && let Some(h) = &here {
-            polled = poll_sender_cloned(&self.sender.shared, key, h, cx.waker());
+            polled = h.repoll_with_clone(cx.waker(), |install| {
+                self.sender.shared.borrow_mut().poll_sender(key, install)
+            });
         }
         if let Polled::Waiting(old_waker) = polled {
             drop(old_waker);
@@ -297,7 +299,9 @@ impl RecvWait {
             .borrow_mut()
             .poll_receiver(self.key, |w| here.insert(Here::get()).refresh(w, cx.waker(), &mut needs_clone));
         if needs_clone && let Some(h) = &here {
-            polled = poll_receiver_cloned(shared, self.key, h, cx.waker());
+            polled = h.repoll_with_clone(cx.waker(), |install| {
+                shared.borrow_mut().poll_receiver(self.key, install)
+            });
         }
         match polled {
             Polled::Waiting(old_waker) => {
@@ -381,38 +385,6 @@ impl RecvWait {
         woken.into_iter().for_each(Wakeup::wake);
         drop((undeliverable, waker));
     }
-}
-
-/// A parked send re-polled with a foreign waker that its wake-up must take: the clone is made
-/// with the channel free (foreign code, which may complete the send), then the entry is polled
-/// again; a clone left over (the entry completed meanwhile) is dropped after the borrow.
-#[cold]
-#[inline(never)]
-fn poll_sender_cloned<T>(
-    shared: &RefCell<State<T>>,
-    key: usize,
-    here: &Here,
-    waker: &Waker,
-) -> Polled<Result<(), (SendFailure, T)>> {
-    let mut fresh = Some(here.wakeup(waker));
-    let polled = shared.borrow_mut().poll_sender(key, |w| Refresh::install(w, &mut fresh));
-    drop(fresh);
-    polled
-}
-
-/// [`poll_sender_cloned`] for a parked receive.
-#[cold]
-#[inline(never)]
-fn poll_receiver_cloned<T>(
-    shared: &RefCell<State<T>>,
-    key: usize,
-    here: &Here,
-    waker: &Waker,
-) -> Polled<Result<T, RecvFailure>> {
-    let mut fresh = Some(here.wakeup(waker));
-    let polled = shared.borrow_mut().poll_receiver(key, |w| Refresh::install(w, &mut fresh));
-    drop(fresh);
-    polled
 }
 
 /// The result of a receive whose entry the channel completed; wakes the receives it ended.
