@@ -524,6 +524,11 @@ impl<T: AsFd> IoSource<T> {
         self.reg.notify_closing();
     }
 
+    /// Whether [`notify_closing`](IoSource::notify_closing) was called.
+    pub fn is_closed(&self) -> bool {
+        self.reg.reactor().is_closed(self.reg.key)
+    }
+
     /// Forgets that the descriptor was readable. Call it when your own non-blocking syscall
     /// fails with `WouldBlock`, before waiting with [`readable`](IoSource::readable) again;
     /// otherwise `readable` keeps returning at once (the reactor only learns about readiness

@@ -624,3 +624,45 @@ fn socket_path(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let _ = std::fs::remove_file(&path);
     (dir, path)
 }
+
+#[test]
+fn closing_a_listener_or_datagram_socket_wakes_its_waiter_with_closed_resource() {
+    let (dir, path) = socket_path("close-listener");
+    testing::run(async {
+        let tcp = TcpListener::bind(([127, 0, 0, 1], 0))?;
+        let unix = hatchery::net::UnixListener::bind(&path)?;
+        let udp = UdpSocket::bind(([127, 0, 0, 1], 0))?;
+        let (dgram, _peer) = UnixDatagram::pair()?;
+        nursery(async |n| {
+            let tcp_accept = n.spawn(async { Ok::<_, hatchery::Error>(tcp.accept().await.map(|_| ())) });
+            let unix_accept = n.spawn(async { Ok::<_, hatchery::Error>(unix.accept().await.map(|_| ())) });
+            let udp_recv = n.spawn(async { Ok::<_, hatchery::Error>(udp.recv_from(&mut [0; 8]).await.map(|_| ())) });
+            let dgram_recv = n.spawn(async { Ok::<_, hatchery::Error>(dgram.recv(&mut [0; 8]).await.map(|_| ())) });
+            wait_all_tasks_blocked().await?;
+            assert!(!tcp.is_closed() && !udp.is_closed());
+            tcp.close();
+            unix.close();
+            udp.close();
+            dgram.close();
+            tcp.close(); // idempotent
+            for r in [tcp_accept.await?, unix_accept.await?, udp_recv.await?, dgram_recv.await?] {
+                let e = r.unwrap_err();
+                assert!(inner::<ClosedResource>(&e).is_some(), "{e:?}");
+            }
+            assert!(tcp.is_closed() && unix.is_closed() && udp.is_closed() && dgram.is_closed());
+            // Later operations fail the same way, without reaching the socket: a connection
+            // queued for the closed listener is not accepted.
+            let _client = std::net::TcpStream::connect(tcp.local_addr()?)?;
+            let e = tcp.accept().await.unwrap_err();
+            assert!(inner::<ClosedResource>(&e).is_some(), "{e:?}");
+            let e = udp.send_to(b"x", udp.local_addr()?).await.unwrap_err();
+            assert!(inner::<ClosedResource>(&e).is_some(), "{e:?}");
+            Ok::<_, hatchery::Error>(())
+        })
+        .await
+        .unwrap();
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

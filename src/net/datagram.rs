@@ -107,6 +107,7 @@ macro_rules! datagram_socket {
         }
 
         $crate::net::fd_impls!($Socket, $std; src);
+        $crate::net::close_methods!($Socket, "socket"; src);
     };
 }
 pub(crate) use datagram_socket;

@@ -103,6 +103,34 @@ macro_rules! fd_impls {
 }
 pub(crate) use fd_impls;
 
+/// `close` and `is_closed` for a listener or datagram socket whose registered I/O object is at
+/// `self.$field` (`$what` names it in the docs).
+macro_rules! close_methods {
+    ($T:ty, $what:literal; $field:ident) => {
+        impl $T {
+            #[doc = concat!(
+                "Closes the ", $what, " from any task that can reach it (S9.1): a task waiting ",
+                "on it wakes with [`ClosedResource`](crate::ClosedResource), and later ",
+                "operations fail the same way, without touching the socket. The descriptor ",
+                "itself (and its address or port) is released when the ", $what, " is dropped, ",
+                "which also closes it; until then the kernel may still queue what arrives for ",
+                "it. Idempotent; not a checkpoint."
+            )]
+            pub fn close(&self) {
+                if !self.$field.is_closed() {
+                    self.$field.notify_closing();
+                }
+            }
+
+            /// Whether [`close`](Self::close) was called.
+            pub fn is_closed(&self) -> bool {
+                self.$field.is_closed()
+            }
+        }
+    };
+}
+pub(crate) use close_methods;
+
 /// A listener's `incoming` stream: `pub struct Incoming<'a>` in the listener's module, each item
 /// one `accept`.
 macro_rules! incoming_stream {

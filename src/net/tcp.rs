@@ -109,7 +109,8 @@ impl TcpListener {
     /// The OS error (for example `EMFILE` when out of descriptors: see
     /// [`serve_tcp`](super::serve_tcp), which backs off and retries those);
     /// [`Cancelled`](crate::Cancelled); [`BusyResource`](crate::BusyResource) if another task
-    /// is accepting on this listener.
+    /// is accepting on this listener; [`ClosedResource`](crate::ClosedResource) after
+    /// [`close`](Self::close).
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         // Each try is a whole operation (a cancel point, a schedule point): an error that
         // keeps coming (a security module refusing every connection) must not spin the run.
@@ -130,7 +131,7 @@ impl TcpListener {
 /// ECONNABORTED, EPROTO, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET (Linux only), EHOSTUNREACH,
 /// EOPNOTSUPP, ENETUNREACH, ENOSR (not on the BSDs), ESOCKTNOSUPPORT, EPROTONOSUPPORT,
 /// ETIMEDOUT, ECONNRESET. (Not `EACCES`, which std's `PermissionDenied` also covers.)
-fn failed_before_accept(e: &io::Error) -> bool {
+pub(super) fn failed_before_accept(e: &io::Error) -> bool {
     let list: &[i32] = if cfg!(any(target_os = "linux", target_os = "android")) {
         &[1, 103, 71, 100, 92, 112, 64, 113, 95, 101, 63, 94, 93, 110, 104]
     } else if cfg!(target_vendor = "apple") {
@@ -142,6 +143,7 @@ fn failed_before_accept(e: &io::Error) -> bool {
 }
 
 super::fd_impls!(TcpListener, std::net::TcpListener; src);
+super::close_methods!(TcpListener, "listener"; src);
 super::incoming_stream!(TcpListener, TcpStream, SocketAddr);
 
 impl TryFrom<std::net::TcpListener> for TcpListener {

@@ -87,18 +87,29 @@ impl UnixListener {
         self.src.get_ref().local_addr()
     }
 
-    /// Waits for a connection. A checkpoint; cancelled, it accepts nothing.
+    /// Waits for a connection. A checkpoint; cancelled, it accepts nothing. As with
+    /// [`TcpListener::accept`](super::TcpListener::accept), an error that concerns only the
+    /// connection being accepted (one that failed before it could be, `ECONNABORTED` and the
+    /// like) is skipped: the call goes on waiting for the next.
     ///
     /// # Errors
     ///
-    /// The OS error; [`Cancelled`](crate::Cancelled); [`BusyResource`](crate::BusyResource).
+    /// The OS error; [`Cancelled`](crate::Cancelled); [`BusyResource`](crate::BusyResource);
+    /// [`ClosedResource`](crate::ClosedResource) after [`close`](Self::close).
     pub async fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let (s, peer) = self.src.read_with(|l| l.accept()).await?;
+        // Each try is a whole operation (a checkpoint), as in `TcpListener::accept`.
+        let (s, peer) = loop {
+            match self.src.read_with(|l| l.accept()).await {
+                Err(e) if super::tcp::failed_before_accept(&e) => {}
+                r => break r?,
+            }
+        };
         Ok((UnixStream::from_std(s)?, peer))
     }
 }
 
 super::fd_impls!(UnixListener, std::os::unix::net::UnixListener; src);
+super::close_methods!(UnixListener, "listener"; src);
 super::incoming_stream!(UnixListener, UnixStream, SocketAddr);
 
 /// A Unix domain stream socket: the same rules and methods as
