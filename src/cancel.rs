@@ -452,7 +452,12 @@ where
             panic!("a hatchery cancel-scope future was polled after it completed");
         };
         let (core, node) = match &this.guard.entered {
-            Some((core, node)) => (core.clone(), *node),
+            Some((core, node)) => {
+                // A scope entered in an ended run: its deadline and cancel state live there, so
+                // going on would run the body outside its scope.
+                context::assert_current(core);
+                (core.clone(), *node)
+            }
             None => {
                 let core = context::core();
                 let Some(state) = this.guard.state.take() else {

@@ -411,3 +411,41 @@ fn a_woken_but_unpolled_quiescence_waiter_does_not_stop_the_clock() {
     });
     assert_eq!(rx.recv_timeout(Duration::from_secs(20)).expect("the loop spun"), at(1));
 }
+
+/// A cancel-scope future carried into a later run says so at its first poll there, as a
+/// nursery does. Before the check its body ran outside the scope: the scope's deadline lives in
+/// the ended run and never fired, so this loop of checkpoints went on for ever (a thread with
+/// a real-clock timeout bounds the test).
+#[test]
+fn a_cancel_scope_carried_into_a_later_run_panics_with_a_clear_message() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        #[expect(clippy::async_yields_async, reason = "the scope is carried into the next run")]
+        let mut carried = testing::run(async {
+            let mut fut = Box::pin(CancelScope::new().with_timeout(secs(1)).run(async {
+                loop {
+                    hatchery::lowlevel::checkpoint().await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), Cancelled>(())
+            }));
+            let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "the body yields at its first checkpoint");
+            fut
+        });
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            testing::run(async move {
+                let _ = carried.as_mut().await;
+            })
+        }));
+        let msg = match r {
+            Ok(()) => "no panic".to_string(),
+            Err(p) => p.downcast_ref::<&str>().map_or("a panic without a message", |m| m).to_string(),
+        };
+        let _ = done_tx.send(msg);
+    });
+    let msg = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the carried scope neither failed nor finished: its deadline lives in the ended run");
+    assert!(msg.contains("polled in a run other than the one it started in"), "{msg:?}");
+}
