@@ -30,14 +30,22 @@
 //!   closure on the run's thread, [`from_thread_run`] runs an async function there, in the task
 //!   waiting for the job (so under its deadlines), and both block the thread until done.
 //! - **Panics travel.** A panic in the closure is resumed in the task that awaits the call, as
-//!   a nursery child's would be.
+//!   a nursery child's would be. A call dropped after its thread finished but before it was
+//!   polled again (the losing side of a select) drops the outcome with it, value or panic.
+//! - **The closure does the blocking work; it must not return a future.** Rust cannot refuse
+//!   `to_thread(|| async { .. })` as Trio refuses a coroutine function (S10.1.4): the call would
+//!   return the future unpolled, and awaiting it would run its blocking code on the run's
+//!   thread. To run async code from a thread, use [`from_thread_run`] inside the closure.
 //!
 //! # The pool
 //!
 //! One pool per process. Threads (named `hatchery-blocking`) are started when a job finds no
 //! idle one, and an idle thread exits after [`IDLE_TIMEOUT`] (10 s, as Trio's workers) without
-//! work. The pool itself has no size limit: bounding it is the limiter's job. A job hands its
-//! result back through the waiting task's waker, which reaches the run's thread from anywhere.
+//! work. The pool itself has no size limit: bounding it is the limiter's job (one per run, as
+//! Trio's: several runs in one process may use 40 threads each). A job hands its result back
+//! through the waiting task's waker, which reaches the run's thread from anywhere. If the OS
+//! refuses a new thread (a process or container limit) while other pool threads are busy, the
+//! job waits for the first of them to finish; with no thread at all, the call panics.
 //!
 //! # Virtual time
 //!
@@ -51,6 +59,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -118,8 +127,9 @@ thread_local! {
 ///
 /// # Panics
 ///
-/// Outside a run; if the OS refuses to start a thread when the pool has no idle one; and,
-/// resumed, any panic of `f`.
+/// Outside a run; if the OS refuses to start a thread when the pool has no thread at all
+/// (when it has busy ones, the job waits for the first to finish instead); and, resumed, any
+/// panic of `f`.
 pub async fn to_thread<F, R>(f: F) -> Result<R, Cancelled>
 where
     F: FnOnce() -> R + Send + 'static,
@@ -235,7 +245,9 @@ impl ThreadOptions {
         let job = Arc::new(Job::new(run_handle()));
         let worker_job = job.clone();
         if let Err(e) = POOL.submit(Box::new(move || worker_job.execute(f))) {
-            panic!("hatchery::to_thread could not start a thread for the blocking pool: {e}");
+            panic!(
+                "hatchery::to_thread could not start a thread for the blocking pool, which has no other thread to wait for: {e}"
+            );
         }
         let mut wait = JobWait {
             live: Some(Live {
@@ -576,8 +588,9 @@ struct JobState<R> {
     /// The closure's outcome, until the waiting task takes it.
     outcome: Option<Result<R, Panic>>,
     finished: bool,
-    /// The waiting task's waker (none once the job is abandoned).
-    waker: Option<Waker>,
+    /// The waiting task's waker (none once the job is abandoned). In an `Arc`, so that the pool
+    /// thread takes a copy under the lock by a count increment, not by a foreign clone.
+    waker: Option<Arc<Waker>>,
     /// Nobody waits for the result any more: the pool thread drops it.
     abandoned: bool,
     /// The first cancellation delivered to the waiting task (sticky, for `check_cancelled`).
@@ -643,7 +656,7 @@ impl<R: Send + 'static> Job<R> {
         let waker = st.waker.take();
         drop(st);
         if let Some(w) = waker {
-            w.wake();
+            w.wake_by_ref();
         }
     }
 }
@@ -689,7 +702,7 @@ impl<R: Send + 'static> JobControl for Job<R> {
         drop(st);
         // Without a waker (not polled yet) the first poll picks the request up.
         if let Some(w) = waker {
-            w.wake();
+            w.wake_by_ref();
         }
         Ok(())
     }
@@ -764,15 +777,30 @@ impl<R: Send + 'static> Future for JobWait<R> {
         // Completion first: an outcome that is there wins over a cancellation. The waker is
         // stored under the same lock, so a thread that finishes after this wakes the task.
         let mut st = live.job.lock();
-        if let Some(out) = st.outcome.take() {
+        let mut old = None;
+        loop {
+            if let Some(out) = st.outcome.take() {
+                drop(st);
+                drop(old);
+                this.live = None;
+                return Poll::Ready(Ok(out));
+            }
+            if st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                break;
+            }
+            // A new waker is cloned with the lock free (a clone is foreign code, and the pool
+            // thread takes this lock), then the state is looked at again: the thread may have
+            // finished meanwhile, waking the waker stored before.
             drop(st);
-            this.live = None;
-            return Poll::Ready(Ok(out));
+            let new = Arc::new(cx.waker().clone());
+            st = live.job.lock();
+            if st.outcome.is_none() {
+                old = st.waker.replace(new);
+                break;
+            }
+            // Dropped with the lock free, on the way out.
+            old = Some(new);
         }
-        let old = match &st.waker {
-            Some(w) if w.will_wake(cx.waker()) => None,
-            _ => st.waker.replace(cx.waker().clone()),
-        };
         let request = st.request.take();
         drop(st);
         drop(old);
@@ -896,9 +924,15 @@ struct PoolInner {
     /// Threads alive (working or idle).
     threads: usize,
     next_id: u64,
+    /// Tasks for which the OS refused a new thread while others were alive: the next thread
+    /// that finishes a task takes them, in order, before it goes idle.
+    queued: VecDeque<Task>,
     /// Unit tests waiting on `changed` (in `wait_until`).
     #[cfg(test)]
     watchers: usize,
+    /// Unit tests: how many of the next thread starts fail (as the OS may refuse them).
+    #[cfg(test)]
+    refuse_starts: usize,
 }
 
 struct IdleThread {
@@ -913,8 +947,11 @@ impl Pool {
                 idle: Vec::new(),
                 threads: 0,
                 next_id: 0,
+                queued: VecDeque::new(),
                 #[cfg(test)]
                 watchers: 0,
+                #[cfg(test)]
+                refuse_starts: 0,
             }),
             #[cfg(test)]
             changed: Condvar::new(),
@@ -927,7 +964,9 @@ impl Pool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `task` on an idle thread, or on a new one.
+    /// Runs `task` on an idle thread, or on a new one. If the OS refuses a new thread (a
+    /// process or cgroup limit, for a moment), the task waits for one of the pool's busy
+    /// threads; only with no thread at all is that an error, and the task is dropped.
     fn submit(&'static self, mut task: Task) -> io::Result<()> {
         let mut inner = self.lock();
         while let Some(idle) = inner.idle.pop() {
@@ -943,31 +982,67 @@ impl Pool {
         let id = inner.next_id;
         inner.next_id += 1;
         inner.threads += 1;
+        #[cfg(test)]
+        let refused = inner.refuse_starts.checked_sub(1).map(|n| inner.refuse_starts = n).is_some();
         drop(inner);
-        let spawned =
-            std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || self.work(id, task));
-        if let Err(e) = spawned {
+        // The task goes to the thread through this slot, so that it is not lost with the
+        // thread's closure if the thread cannot start.
+        let slot = Arc::new(Mutex::new(Some(task)));
+        let first = slot.clone();
+        let start = || {
+            #[cfg(test)]
+            if refused {
+                return Err(io::Error::from(io::ErrorKind::WouldBlock));
+            }
+            std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
+                let task = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                self.work(id, task);
+            })
+        };
+        if let Err(e) = start() {
+            let Some(task) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                unreachable!("hatchery internal error: a pool thread that did not start took its task")
+            };
             let mut inner = self.lock();
             inner.threads -= 1;
             self.notify_watchers(&inner);
-            return Err(e);
+            // A thread may have gone idle meanwhile (it found the queue empty): hand the task
+            // to it, since nothing else would wake it. Otherwise a busy thread takes it when
+            // done; with no thread at all, nothing would.
+            if let Some(idle) = inner.idle.pop() {
+                drop(inner);
+                return idle.hand_off.send(task).map_err(|_| {
+                    io::Error::other("hatchery internal error: an idle pool thread left without its task")
+                });
+            }
+            if inner.threads == 0 {
+                return Err(e);
+            }
+            inner.queued.push_back(task);
         }
         Ok(())
     }
 
-    /// A pool thread's life: run the task, go idle, take the next task or time out.
-    fn work(&'static self, id: u64, first: Task) {
+    /// A pool thread's life: run the task (and any queued ones), go idle, take the next task
+    /// or time out.
+    fn work(&'static self, id: u64, first: Option<Task>) {
         let (hand_off, tasks) = mpsc::channel::<Task>();
         let mut task = first;
         loop {
             // Jobs catch their own panics; this guards the pool against anything else (a
             // panicking destructor of an abandoned result, say).
-            let _ = catch_unwind(AssertUnwindSafe(task));
+            if let Some(task) = task.take() {
+                let _ = catch_unwind(AssertUnwindSafe(task));
+            }
             let mut inner = self.lock();
+            if let Some(next) = inner.queued.pop_front() {
+                task = Some(next);
+                continue;
+            }
             inner.idle.push(IdleThread { id, hand_off: hand_off.clone() });
             self.notify_watchers(&inner);
             drop(inner);
-            task = match tasks.recv_timeout(self.idle_timeout) {
+            task = Some(match tasks.recv_timeout(self.idle_timeout) {
                 Ok(t) => t,
                 Err(RecvTimeoutError::Timeout) => {
                     let mut inner = self.lock();
@@ -988,7 +1063,7 @@ impl Pool {
                 Err(RecvTimeoutError::Disconnected) => {
                     unreachable!("hatchery internal error: a pool thread holds its own sender")
                 }
-            };
+            });
         }
     }
 
@@ -1105,5 +1180,51 @@ mod tests {
             "the same thread ran the next task"
         );
         assert_eq!(pool.threads(), 1);
+    }
+
+    #[test]
+    fn a_task_whose_thread_the_os_refuses_waits_for_a_busy_thread() {
+        let pool = leaked_pool(Duration::from_secs(60));
+        let (release, wait_release) = mpsc::channel::<()>();
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        pool.submit(Box::new(move || {
+            wait_release.recv().unwrap();
+            tx.send(("first", std::thread::current().id())).unwrap();
+        }))
+        .unwrap();
+        pool.lock().refuse_starts = 1;
+        pool.submit(Box::new(move || tx2.send(("second", std::thread::current().id())).unwrap()))
+            .expect("queued, not refused: a thread is alive");
+        {
+            let inner = pool.lock();
+            assert_eq!((inner.threads, inner.queued.len(), inner.refuse_starts), (1, 1, 0));
+        }
+        release.send(()).unwrap();
+        let (a, first) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (b, second) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((a, b), ("first", "second"));
+        assert_eq!(first, second, "the busy thread took the queued task when done");
+        assert!(pool.wait_until(|i| i.idle.len() == 1 && i.queued.is_empty()), "then it went idle");
+        assert_eq!(pool.threads(), 1);
+    }
+
+    #[test]
+    fn a_refused_thread_with_none_alive_is_an_error_and_the_task_is_dropped() {
+        struct Dropped(mpsc::Sender<()>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let pool = leaked_pool(Duration::from_secs(60));
+        pool.lock().refuse_starts = 1;
+        let (tx, rx) = mpsc::channel();
+        let guard = Dropped(tx);
+        let r = pool.submit(Box::new(move || drop(guard)));
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        rx.recv_timeout(Duration::from_secs(10)).expect("the refused task was dropped");
+        let inner = pool.lock();
+        assert_eq!((inner.threads, inner.queued.len()), (0, 0));
     }
 }

@@ -659,3 +659,30 @@ fn a_receive_whose_waker_clone_panics_leaves_the_producer_woken() {
     });
     assert_eq!(got.unwrap(), 4);
 }
+
+/// A `to_thread` wait polled with a foreign waker clones it with the job's lock free: a clone
+/// that waits for the job's thread to get past `check_cancelled` (which takes that lock) returns.
+/// Before, the clone ran under the lock and the two waited for each other until the clone's
+/// (real-clock) patience ran out.
+#[test]
+fn a_thread_wait_whose_waker_clone_waits_for_the_thread_does_not_deadlock() {
+    let (checked_tx, checked_rx) = std::sync::mpsc::channel::<()>();
+    let got = hatchery::testing::run(async move {
+        let mut job = Box::pin(hatchery::to_thread(move || {
+            hatchery::thread::check_cancelled().unwrap();
+            checked_tx.send(()).unwrap();
+            7
+        }));
+        let (r, _) = poll_hooked(&mut job, move || {
+            let seen = checked_rx.recv_timeout(std::time::Duration::from_secs(20));
+            assert!(seen.is_ok(), "the thread never got past check_cancelled: the clone holds its lock");
+            true
+        })
+        .await;
+        match r {
+            Poll::Ready(r) => r.unwrap(),
+            Poll::Pending => job.await.unwrap(),
+        }
+    });
+    assert_eq!(got, 7);
+}

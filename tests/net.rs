@@ -636,8 +636,10 @@ fn closing_a_listener_or_datagram_socket_wakes_its_waiter_with_closed_resource()
         nursery(async |n| {
             let tcp_accept = n.spawn(async { Ok::<_, hatchery::Error>(tcp.accept().await.map(|_| ())) });
             let unix_accept = n.spawn(async { Ok::<_, hatchery::Error>(unix.accept().await.map(|_| ())) });
-            let udp_recv = n.spawn(async { Ok::<_, hatchery::Error>(udp.recv_from(&mut [0; 8]).await.map(|_| ())) });
-            let dgram_recv = n.spawn(async { Ok::<_, hatchery::Error>(dgram.recv(&mut [0; 8]).await.map(|_| ())) });
+            let udp_recv =
+                n.spawn(async { Ok::<_, hatchery::Error>(udp.recv_from(&mut [0; 8]).await.map(|_| ())) });
+            let dgram_recv =
+                n.spawn(async { Ok::<_, hatchery::Error>(dgram.recv(&mut [0; 8]).await.map(|_| ())) });
             wait_all_tasks_blocked().await?;
             assert!(!tcp.is_closed() && !udp.is_closed());
             tcp.close();

@@ -109,13 +109,13 @@ macro_rules! close_methods {
     ($T:ty, $what:literal; $field:ident) => {
         impl $T {
             #[doc = concat!(
-                "Closes the ", $what, " from any task that can reach it (S9.1): a task waiting ",
-                "on it wakes with [`ClosedResource`](crate::ClosedResource), and later ",
-                "operations fail the same way, without touching the socket. The descriptor ",
-                "itself (and its address or port) is released when the ", $what, " is dropped, ",
-                "which also closes it; until then the kernel may still queue what arrives for ",
-                "it. Idempotent; not a checkpoint."
-            )]
+                        "Closes the ", $what, " from any task that can reach it (S9.1): a task waiting ",
+                        "on it wakes with [`ClosedResource`](crate::ClosedResource), and later ",
+                        "operations fail the same way, without touching the socket. The descriptor ",
+                        "itself (and its address or port) is released when the ", $what, " is dropped, ",
+                        "which also closes it; until then the kernel may still queue what arrives for ",
+                        "it. Idempotent; not a checkpoint."
+                    )]
             pub fn close(&self) {
                 if !self.$field.is_closed() {
                     self.$field.notify_closing();
