@@ -557,22 +557,51 @@ impl AsyncWrite for TestWriter {
     }
 }
 
+/// Over a writer that is always ready but takes 16 bytes a call, `write_all` passes a schedule
+/// point between write-throughs (before, one poll wrote everything: a large write hogged the
+/// thread and outran deadlines), and a cancellation there reports what went through.
 #[test]
-fn a_buffered_write_all_does_not_yield_once_bytes_went_through() {
-    // A budget of 0: every schedule point taken yields, so a drop could come at each.
+fn a_buffered_write_all_yields_between_write_throughs() {
+    // A budget of 0: every schedule point taken yields.
     testing::builder()
         .yield_budget(0)
         .run(async {
             let mut w = BufWriter::with_capacity(8, TestWriter::takes_16());
-            let data: Vec<u8> = (0..20).collect();
+            let data: Vec<u8> = (0..40).collect();
             let mut fut = Box::pin(w.write_all(&data));
             // The schedule point, before anything moves.
             assert!(poll_once(&mut fut).await.is_pending());
-            // 16 bytes go through and the last 4 fit the buffer: done in the same poll, with
-            // no second yield where a drop would lose the count of what went through.
+            // 16 bytes go through, then a schedule point; 16 more, another; the last 8 fit
+            // the buffer.
+            assert!(poll_once(&mut fut).await.is_pending());
+            assert!(poll_once(&mut fut).await.is_pending());
             assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(()))));
             drop(fut);
-            assert_eq!(w.buffer(), &data[16..]);
+            assert_eq!(w.buffer(), &data[32..]);
+            assert_eq!(w.get_ref().kept, &data[..32]);
+
+            // Cancelled at the first of those schedule points: the count of what went through.
+            let mut w = BufWriter::with_capacity(8, TestWriter::takes_16());
+            let scope = hatchery::CancelScope::new();
+            let handle = scope.handle();
+            let seen = std::cell::Cell::new(None);
+            let mut fut = Box::pin(scope.run(async {
+                let r = w.write_all(&data).await;
+                seen.set(Some(
+                    r.as_ref()
+                        .map_err(|e| {
+                            (e.written, e.error.get_ref().is_some_and(|i| i.is::<hatchery::Cancelled>()))
+                        })
+                        .copied(),
+                ));
+                r
+            }));
+            assert!(poll_once(&mut fut).await.is_pending());
+            assert!(poll_once(&mut fut).await.is_pending());
+            handle.cancel();
+            assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(None))), "the scope absorbed it");
+            drop(fut);
+            assert_eq!(seen.take(), Some(Err((16, true))), "cancelled after 16 bytes went through");
             assert_eq!(w.get_ref().kept, &data[..16]);
             Ok::<_, io::Error>(())
         })
@@ -748,7 +777,11 @@ fn copy_between_ready_streams_yields_and_stops_when_cancelled() {
         })
         .await
         .map_err(|e| e.into_first())?;
-        assert!(sink.0 > 0 && sink.0.is_multiple_of(100) && sink.0 <= 1000, "{}", sink.0);
+        // A yield at least every `DEFAULT_YIELD_BUDGET + 1` chunks of 100 bytes, so the copy
+        // got one turn per batch: the canceller's start, its five checkpoints and its cancel
+        // take seven batches (seven turns seen: 45,500 bytes).
+        let bound = 7 * (u64::from(hatchery::DEFAULT_YIELD_BUDGET) + 1) * 100;
+        assert!(sink.0 > 0 && sink.0.is_multiple_of(100) && sink.0 <= bound, "{}", sink.0);
         Ok::<_, io::Error>(())
     })
     .unwrap();

@@ -26,7 +26,9 @@ use crate::lowlevel::checkpoint_if_cancelled;
 ///   bytes are copied in (or written through) in the poll that returns the count;
 /// - [`write_all`](Self::write_all) reports in
 ///   [`WriteAllError::written`](crate::WriteAllError) how many bytes of its argument were
-///   accepted (into the buffer or the stream), so the caller can resume with the rest.
+///   accepted (into the buffer or the stream), so the caller can resume with the rest. Only
+///   cancellation reports it: a `write_all` *dropped* after some bytes went through (it yields
+///   between writes, as a stream's `write_all` waits) cannot, as with a stream's.
 ///
 /// # Dropping it
 ///
@@ -186,11 +188,15 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
         let mut op = Op::new();
         let mut written = 0;
         loop {
-            checkpoint_if_cancelled().map_err(|c| fail(written, c.into()))?;
+            // Once bytes went through, a step boundary: over a writer that is always ready but
+            // takes a little at a time (an encoder over memory), the call must not hog the
+            // thread or outrun a deadline. Cancelled there, the error says what went through.
+            let point = if written == 0 { checkpoint_if_cancelled() } else { op.next_step().await };
+            point.map_err(|c| fail(written, c.into()))?;
             let rest = &buf[written..];
             if rest.len() <= self.spare() {
-                // The schedule point comes before anything moves; once bytes went through, a
-                // yield would only risk a drop that loses their count (as below).
+                // The schedule point comes before anything moves (after a step, `next_step`
+                // passed one).
                 if written == 0 {
                     op.schedule_point().await;
                 }
@@ -202,9 +208,8 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
                 continue;
             }
             // An empty buffer and more than it holds: write through, after the schedule point
-            // if nothing moved yet (nothing may be moved before it; once bytes moved, a yield
-            // would only risk a drop that loses their count). All written is done: no cancel
-            // point after it turns a complete write into an error.
+            // if nothing moved yet (nothing may be moved before it). All written is done: no
+            // cancel point after it turns a complete write into an error.
             if written == 0 {
                 op.schedule_point().await;
             }

@@ -114,15 +114,18 @@ impl Op {
         }
     }
 
-    /// Between two steps of a long call: a cancel point if the step waited (the wait was its
-    /// schedule point), otherwise a full checkpoint, so that steps that never wait (streams that
-    /// are always ready, a decompressor over memory) neither hog the thread nor ignore a
-    /// cancellation. The next step starts afresh.
+    /// Between two steps of a long call: a cancel point, after a schedule point if the step did
+    /// not wait (a wait is one), so that steps that never wait (streams that are always ready, a
+    /// decompressor over memory) neither hog the thread nor ignore a cancellation. That schedule
+    /// point is an operation's (within the turn's yield budget, as
+    /// [`cancel_shielded_checkpoint`](lowlevel::cancel_shielded_checkpoint)): a copy between
+    /// always-ready streams yields every few chunks, not after each. The next step starts afresh.
     async fn next_step(&mut self) -> Result<(), Cancelled> {
-        let point =
-            if self.waited { lowlevel::checkpoint_if_cancelled() } else { lowlevel::checkpoint().await };
+        if !self.waited {
+            lowlevel::cancel_shielded_checkpoint().await;
+        }
         self.waited = false;
-        point
+        lowlevel::checkpoint_if_cancelled()
     }
 }
 
