@@ -631,6 +631,10 @@ fn an_inner_stream_that_claims_more_than_its_buffer_is_an_invalid_data_error() {
         let mut w = BufWriter::with_capacity(4, TestWriter::overclaims());
         let e = w.write_all(b"0123456789").await.unwrap_err();
         assert_eq!((e.written, e.error.kind()), (0, io::ErrorKind::InvalidData));
+        // `write` straight through (at least the capacity): an error too, not a count the
+        // caller's `&buf[n..]` would panic on.
+        let e = w.write(b"0123456789").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
 
         let mut src = BufReader::new(&b"abcdef"[..]);
         let e = copy(&mut src, &mut TestWriter::overclaims()).await.unwrap_err();

@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
 
-use super::{DEFAULT_BUF_SIZE, Op, poll_write_some};
+use super::{DEFAULT_BUF_SIZE, Op, poll_write_checked, poll_write_some};
 use crate::error::WriteAllError;
 use crate::lowlevel::checkpoint_if_cancelled;
 
@@ -166,8 +166,9 @@ impl<W: AsyncWrite + Unpin> BufWriter<W> {
         }
         op.schedule_point().await;
         if buf.len() >= self.capacity {
-            // One write of the inner writer, waiting until it takes something.
-            return op.wait(|cx| Pin::new(&mut self.inner).poll_write(cx, buf)).await;
+            // One write of the inner writer, waiting until it takes something (a broken
+            // writer's count is an error, not a panic in the caller's `&buf[n..]`).
+            return op.wait(|cx| poll_write_checked(&mut self.inner, cx, buf)).await;
         }
         self.push(buf);
         Ok(buf.len())

@@ -148,14 +148,23 @@ fn poll_write_some<W: AsyncWrite + Unpin + ?Sized>(
     cx: &mut Context<'_>,
     buf: &[u8],
 ) -> Poll<io::Result<usize>> {
+    match poll_write_checked(writer, cx, buf) {
+        Poll::Ready(Ok(0)) if !buf.is_empty() => {
+            Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "the writer accepted no bytes")))
+        }
+        other => other,
+    }
+}
+
+/// One `poll_write` of `writer`, retried on `Interrupted`; a count above `buf.len()` is an
+/// `InvalidData` error (a broken writer). A count of 0 is passed on.
+fn poll_write_checked<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
     loop {
         match Pin::new(&mut *writer).poll_write(cx, buf) {
-            Poll::Ready(Ok(0)) if !buf.is_empty() => {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "the writer accepted no bytes",
-                )));
-            }
             Poll::Ready(Ok(n)) if n > buf.len() => {
                 return Poll::Ready(Err(overclaimed("writer", n, buf.len())));
             }
