@@ -346,15 +346,19 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
         n.inner.borrow_mut().closed = true;
         // Drop children one at a time, with nothing borrowed: a child's destructor may call back
         // into the nursery (and is told it is closed). A destructor that panics does not stop
-        // the others from being dropped; the first panic is resumed at the end.
+        // the others from being dropped; the first panic is resumed at the end. The nursery is
+        // closed, so no slot below the last one emptied fills again: the search for the next
+        // child goes on from there (from 0 each time, a large nursery took quadratic time).
         let mut panics = FirstPanic::default();
+        let mut from = 0;
         loop {
             let next = {
                 let mut inner = n.inner.borrow_mut();
-                let key = inner.children.iter().map(|(k, _)| k).next();
+                let key = inner.children.next_key_from(from);
                 key.and_then(|k| inner.children.remove(k).map(|slot| (k, slot)))
             };
             let Some((key, slot)) = next else { break };
+            from = key + 1;
             n.core.live_tasks.set(n.core.live_tasks.get() - 1);
             if let Some(t) = &n.core.tracker {
                 t.borrow_mut().finished(n.target(key as u32 + 1));
@@ -378,7 +382,11 @@ impl<E> Drop for CloseGuard<'_, '_, '_, E> {
             t.borrow_mut().close_nursery(n.group);
         }
         cancel::exit(&n.core, n.node);
-        if let Some(p) = panics.into_inner()
+        // A child's panic recorded before the nursery future was dropped (by a foreign select
+        // or timeout, while siblings were still finishing) comes out too, before any from a
+        // destructor: a panic never goes only to stderr.
+        let recorded = n.inner.borrow_mut().panic.take();
+        if let Some(p) = recorded.or(panics.into_inner())
             && !std::thread::panicking()
         {
             resume_unwind(p);

@@ -435,24 +435,33 @@ fn dropping_the_nursery_future_drops_spawned_children_once() {
 fn forgetting_the_nursery_future_is_sound() {
     let counter = DropCounter::new();
     let data = String::from("borrowed");
+    let log = Log::default();
     testing::run(async {
-        let fut = Box::pin(nursery(async |n| {
+        let mut fut = Box::pin(nursery(async |n| {
             let t = counter.token();
             let d = &data;
+            let log = &log;
             n.start_soon(async move {
                 let _t = t;
+                log.push("child parked");
                 sleep(secs(1)).await?;
+                log.push("child woke");
                 assert_eq!(d, "borrowed");
                 Ok::<_, Cancelled>(())
             });
             Ok::<_, Cancelled>(())
         }));
-        // Leak it: its children are never polled again, so nothing can touch `data` later.
+        // Polled until the child runs and parks: a live nursery with a live child.
+        support::poll_twice(fut.as_mut()).await;
+        assert_eq!(log.take(), ["child parked"]);
+        // Leak it: its children are never polled again, so nothing can touch `data` later (the
+        // child's timer fires at 1 s and wakes nothing that runs).
         std::mem::forget(fut);
         sleep(secs(2)).await.unwrap();
     });
     drop(data);
     assert_eq!(counter.count(), 0, "leaked, not dropped");
+    assert!(log.take().is_empty(), "the leaked child never ran again");
 }
 
 async fn service(status: TaskStatus<&'static str>, log: &Log) -> Result<(), TestError> {
@@ -974,4 +983,64 @@ fn trivial_spawned_children_leave_no_cancel_nodes() {
         .await
         .unwrap();
     });
+}
+
+/// Dropping a nursery future with many children left takes time linear in their number. Before,
+/// each step looked for the next child from the first slot, past all those already dropped:
+/// 60,000 children took tens of seconds. (A real-clock bound, loose on purpose: the linear
+/// teardown takes well under a second even in a debug build.)
+#[test]
+fn dropping_a_nursery_with_many_children_is_linear() {
+    const N: usize = 60_000;
+    let drops = DropCounter::new();
+    let elapsed = testing::run(async {
+        let mut fut = Box::pin(nursery(async |n| {
+            for _ in 0..N {
+                let c = drops.token();
+                n.start_soon(async move {
+                    let _c = c;
+                    hatchery::sleep_forever().await?;
+                    Ok::<_, Cancelled>(())
+                });
+            }
+            hatchery::sleep_forever().await?;
+            Ok::<_, Cancelled>(())
+        }));
+        support::poll_twice(fut.as_mut()).await;
+        let t0 = std::time::Instant::now();
+        drop(fut);
+        t0.elapsed()
+    });
+    assert_eq!(drops.count(), N);
+    assert!(elapsed < std::time::Duration::from_secs(5), "dropping {N} children took {elapsed:?}");
+}
+
+/// A child's panic recorded before the nursery future is dropped (as a foreign select or
+/// timeout would drop it, while a sibling still finishes in a shield) comes out of the drop.
+/// Before, it was dropped with the nursery: only the panic hook's line on stderr told of it.
+#[test]
+fn a_recorded_child_panic_comes_out_when_the_nursery_future_is_dropped() {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            let mut fut = Box::pin(nursery(async |n| {
+                n.start_soon(async {
+                    if true {
+                        panic!("boom (expected by this test)");
+                    }
+                    Ok::<_, Cancelled>(())
+                });
+                n.start_soon(async {
+                    let _ = hatchery::sleep_forever().await;
+                    hatchery::CancelScope::new().shielded().run(hatchery::sleep(secs(10))).await?;
+                    Ok::<_, Cancelled>(())
+                });
+                hatchery::sleep_forever().await?;
+                Ok::<_, Cancelled>(())
+            }));
+            support::poll_twice(fut.as_mut()).await;
+            drop(fut);
+        })
+    }));
+    let p = r.expect_err("the child's panic must come out");
+    assert_eq!(p.downcast_ref::<&str>(), Some(&"boom (expected by this test)"));
 }

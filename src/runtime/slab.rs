@@ -91,6 +91,12 @@ impl<T> Slab<T> {
         }
     }
 
+    /// The first occupied key at or after `from`.
+    pub(crate) fn next_key_from(&self, from: usize) -> Option<usize> {
+        let rest = self.entries.get(from..)?;
+        rest.iter().position(|e| matches!(e, Entry::Occupied(_))).map(|i| from + i)
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         self.entries.iter().enumerate().filter_map(|(k, e)| match e {
             Entry::Occupied(v) => Some((k, v)),
