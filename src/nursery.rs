@@ -124,6 +124,37 @@ pub use start::TaskStatus;
 ///     .await;
 /// });
 /// ```
+///
+/// Nor can a child (or a handle's value) borrow the body's own locals, which end before the
+/// children do:
+///
+/// ```compile_fail
+/// # use hatchery::{nursery, Cancelled};
+/// hatchery::run(async {
+///     let _ = nursery(async |n| {
+///         let local = String::from("the body's");
+///         n.start_soon(async {
+///             let _ = &local;
+///             Ok::<_, Cancelled>(())
+///         });
+///         Ok::<_, Cancelled>(())
+///     })
+///     .await;
+/// });
+/// ```
+///
+/// ```compile_fail
+/// # use hatchery::{nursery, Cancelled};
+/// hatchery::run(async {
+///     let _ = nursery(async |n| {
+///         let local = String::from("the body's");
+///         let h = n.spawn(async { Ok::<_, Cancelled>(local.as_str()) });
+///         drop(h);
+///         Ok::<_, Cancelled>(())
+///     })
+///     .await;
+/// });
+/// ```
 #[track_caller]
 pub fn nursery<'env, B, T, E>(body: B) -> impl Future<Output = Result<Option<T>, NurseryError<E>>>
 where
@@ -170,7 +201,11 @@ pub struct Nursery<'n, 'env, E> {
     /// The nursery's scope has been seen cancelled (it stays so): `cancel_self` has nothing to
     /// do, without a look at the cancel tree for each of the children that end with an error.
     seen_cancelled: Cell<bool>,
-    _marker: PhantomData<&'n mut &'env ()>,
+    /// Invariant in both lifetimes, as `std::thread::Scope` is, whatever the fields above: a
+    /// covariant `'n` would let `start_soon` shrink it to a lifetime of the body's own locals,
+    /// and a child borrowing one would outlive it (pinned by a `compile_fail` example on
+    /// [`nursery`]).
+    _marker: PhantomData<(&'n mut &'n (), &'env mut &'env ())>,
 }
 
 type BoxedChild<'n, E> = Pin<Box<dyn Child<E> + 'n>>;
