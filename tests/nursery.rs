@@ -1044,3 +1044,50 @@ fn a_recorded_child_panic_comes_out_when_the_nursery_future_is_dropped() {
     let p = r.expect_err("the child's panic must come out");
     assert_eq!(p.downcast_ref::<&str>(), Some(&"boom (expected by this test)"));
 }
+
+/// A started task that panics right after `started`, in the same poll, is the target nursery's
+/// crash, as an error there would be (ST.1): `start` returns the value to the caller, and the
+/// target nursery resumes the panic. Before, the panic unwound through `start` into the caller,
+/// whose code after `start` never ran and whose own nursery took the crash of a service that
+/// already belonged elsewhere.
+#[test]
+fn a_panic_right_after_started_goes_to_the_target_nursery() {
+    let log = Log::new();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        testing::run(async {
+            nursery(async |outer| {
+                nursery(async |inner| {
+                    inner.start_soon(async {
+                        let v = outer
+                            .start(async |st: TaskStatus<u32>| {
+                                st.started(7);
+                                if true {
+                                    panic!("svc (expected by this test)");
+                                }
+                                Ok::<_, Error>(())
+                            })
+                            .await?;
+                        log.push(format!("start returned {v}"));
+                        Ok::<_, Error>(())
+                    });
+                    inner.start_soon(async {
+                        sleep(secs(1)).await?;
+                        log.push("sibling finished");
+                        Ok(())
+                    });
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.into_first())?;
+                log.push("inner nursery done");
+                Ok::<_, Error>(())
+            })
+            .await
+        })
+    }));
+    let p = r.expect_err("the service's panic comes out of the outer nursery");
+    assert_eq!(p.downcast_ref::<&str>(), Some(&"svc (expected by this test)"));
+    // The caller went on after `start`; the crash of the outer nursery then cancelled the rest
+    // of it, the inner nursery included.
+    assert_eq!(log.take(), ["start returned 7"]);
+}

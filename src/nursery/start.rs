@@ -168,10 +168,27 @@ impl<'n, 'env, E> Nursery<'n, 'env, E> {
                 let saved = (core.cancel_points.get(), core.schedule_points.get());
                 let res = {
                     let _status = StatusGuard::enter(&core, guard.node.get());
-                    t.as_mut().poll_child(cx)
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.as_mut().poll_child(cx)))
                 };
                 core.cancel_points.set(saved.0);
                 core.schedule_points.set(saved.1);
+                let res = match res {
+                    Ok(res) => res,
+                    Err(panic) => {
+                        task = None;
+                        // As an error (below): after `started` (the caller not cancelled) the
+                        // task was the nursery's, and so is its panic; before, the caller's.
+                        let node = core.current_status.get();
+                        let value = cell.borrow_mut().value.take();
+                        match value {
+                            Some(v) if !core.cancel.borrow().is_effectively_cancelled(node) => {
+                                self.record_panic(panic);
+                                return Poll::Ready(Ok(v));
+                            }
+                            _ => std::panic::resume_unwind(panic),
+                        }
+                    }
+                };
                 let pending = |yielded: &mut bool| {
                     if !*yielded {
                         *yielded = true;
