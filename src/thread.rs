@@ -878,13 +878,13 @@ impl Drop for ExternalWork {
 /// also catches the jobs that finished after their run ended).
 fn sweep_abandoned() {
     let Some(core) = context::try_core() else { return };
-    let this_run = RunHandle { shared: core.shared.clone() };
     let done: Vec<(Arc<dyn JobControl>, OwnedCapacityToken)> = ABANDONED
         .try_with(|a| {
             let mut a = a.borrow_mut();
             if a.is_empty() {
                 return Vec::new();
             }
+            let this_run = RunHandle { shared: core.shared.clone() };
             // The jobs still running will tell this run when they finish.
             let (done, running) =
                 std::mem::take(&mut *a).into_iter().partition(|(job, _)| job.finished_or_tell(&this_run));

@@ -1254,3 +1254,25 @@ fn a_memory_stream_of_capacity_zero_holds_one_byte() {
     })
     .unwrap();
 }
+
+/// A long `read_exact` cancelled before anything arrived leaves an empty buffer that had grown
+/// for it; the next ordinary read takes no more than the capacity from the stream (before, it
+/// took as much as the grown buffer held).
+#[test]
+fn an_ordinary_read_after_a_cancelled_long_read_takes_at_most_the_capacity() {
+    testing::run(async {
+        let (a, b) = memory_stream_pair();
+        let mut r = BufReader::with_capacity(8, &a);
+        let mut big = [0u8; 4096];
+        let got = move_on_after(Duration::from_secs(1), r.read_exact(&mut big)).await?;
+        assert!(got.is_none(), "nothing to read: the deadline ended it");
+        assert!(r.buffer().is_empty());
+        b.write_all(&[1u8; 100]).await?;
+        let mut small = [0u8; 4];
+        assert_eq!(r.read(&mut small).await?, 4);
+        assert_eq!(r.buffer().len(), 4, "one fill of the capacity (8), 4 of it taken");
+        assert_eq!(a.statistics().incoming_buffered, 92, "the rest is still in the stream");
+        Ok::<_, io::Error>(())
+    })
+    .unwrap();
+}

@@ -169,6 +169,15 @@ impl<R> BufReader<R> {
     /// Makes room for reading: afterwards `buf.len() - pos >= need` and there is free space
     /// after `filled`.
     fn reserve_for(&mut self, need: usize) {
+        let fits = need.max(self.capacity);
+        if self.pos == self.filled && self.buf.len() > fits {
+            // Empty but still grown (a long read cancelled before it consumed anything): back
+            // to the size this read needs, so an ordinary read takes no more than `capacity`.
+            self.pos = 0;
+            self.filled = 0;
+            self.buf.truncate(fits);
+            self.buf.shrink_to_fit();
+        }
         if self.buf.len() - self.pos >= need && self.filled < self.buf.len() {
             return;
         }
