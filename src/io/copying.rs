@@ -19,7 +19,9 @@ use crate::error::{CancelError, Cancelled};
 /// `copied` bytes went to the writer, in order; every other byte is still in the reader's
 /// buffer or in the stream. It converts into `io::Error` (keeping a [`Cancelled`] findable) and
 /// into [`Error`](crate::Error), and implements [`CancelError`], so a cancel scope around a
-/// cancelled copy absorbs it.
+/// cancelled copy absorbs it, and its count with it: to learn how far a copy got before a
+/// deadline, look at the error inside the scope (`move_on_after(t, async { let r = copy(..).await;
+/// /* note r's count */ r })`).
 #[derive(Debug, thiserror::Error)]
 #[error("copy stopped after {copied} bytes")]
 #[non_exhaustive]
@@ -56,8 +58,9 @@ impl CancelError for CopyError {
 /// Bytes leave the reader's buffer only once the writer took them, so nothing is lost if the
 /// copy is cancelled, fails or is dropped: what was not copied is still in `reader` (see
 /// [`BufReader::buffer`]) or in its stream. A checkpoint; between chunks that needed no wait it
-/// passes a full checkpoint, so a copy between streams that are always ready neither hogs the
-/// thread nor ignores a cancellation.
+/// passes a schedule point (within the turn's
+/// [yield budget](crate::Builder::yield_budget)) and a cancel point, so a copy between streams
+/// that are always ready neither hogs the thread nor ignores a cancellation.
 ///
 /// ```
 /// use std::net::Shutdown;
@@ -112,7 +115,8 @@ where
 /// other byte read from `a` is still in `a`'s [`BufReader`] (see [`BufReader::buffer`]) or in
 /// the stream, and likewise for `b`. It converts into `io::Error` (keeping a [`Cancelled`]
 /// findable) and into [`Error`](crate::Error), and implements [`CancelError`], so a cancel scope
-/// around a cancelled copy absorbs it.
+/// around a cancelled copy absorbs it, counts and all (look at them inside the scope, as for
+/// [`CopyError`]).
 #[derive(Debug, thiserror::Error)]
 #[error("bidirectional copy stopped after {a_to_b} bytes from a to b and {b_to_a} from b to a")]
 #[non_exhaustive]
@@ -164,14 +168,17 @@ impl CancelError for CopyBidirectionalError {
 /// direction stops both (the other direction stops where it was: nothing half-done). An end of
 /// stream already passed on stays passed on; calling again after a cancellation resumes both
 /// directions (a reader at end of stream reports it again, and shutting writing down again does
-/// nothing on hatchery's streams).
+/// nothing on hatchery's streams). For other streams resuming is only as good as their
+/// `poll_flush` and `poll_close` after a close: a direction that had ended flushes and closes
+/// its writer again, and a writer that fails there fails the resumed call.
 ///
 /// # Checkpoints
 ///
 /// A checkpoint: a cancel point on entry; a wait for either stream is the schedule point and a
 /// cancellation interrupts it (hatchery's streams fail their poll-style operations with
 /// [`Cancelled`] where they would block, and the copy registers for cancellation itself for
-/// any other stream); between rounds that needed no wait it passes a full checkpoint, so
+/// any other stream); between rounds that needed no wait it passes a schedule point (within the
+/// turn's yield budget) and a cancel point, so
 /// streams that are always ready neither hog the thread nor make the copy ignore a
 /// cancellation. A round moves at most one buffer each way, `a` to `b` first.
 ///
