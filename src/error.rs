@@ -516,7 +516,9 @@ impl From<BusyResource> for io::Error {
 ///
 /// It converts into `io::Error` (the count is dropped, the error kept, so a [`Cancelled`]
 /// inside is still found) and into [`Error`], and implements [`CancelError`], so a cancel
-/// scope around a cancelled `write_all` absorbs it.
+/// scope around a cancelled `write_all` absorbs it, count and all: to resume after a
+/// deadline, read `written` inside the scope. A `write_all` future *dropped* (not cancelled)
+/// part way reports nothing.
 #[derive(Debug, thiserror::Error)]
 #[error("write_all stopped after {written} bytes")]
 #[non_exhaustive]
