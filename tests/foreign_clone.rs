@@ -663,18 +663,23 @@ fn a_receive_whose_waker_clone_panics_leaves_the_producer_woken() {
 /// A `to_thread` wait polled with a foreign waker clones it with the job's lock free: a clone
 /// that waits for the job's thread to get past `check_cancelled` (which takes that lock) returns.
 /// Before, the clone ran under the lock and the two waited for each other until the clone's
-/// (real-clock) patience ran out.
+/// (real-clock) patience ran out. The thread starts its part only once the clone has begun, so
+/// the job cannot finish before the wait's first poll (which then would clone nothing).
 #[test]
 fn a_thread_wait_whose_waker_clone_waits_for_the_thread_does_not_deadlock() {
+    let patience = std::time::Duration::from_secs(20);
+    let (cloning_tx, cloning_rx) = std::sync::mpsc::channel::<()>();
     let (checked_tx, checked_rx) = std::sync::mpsc::channel::<()>();
     let got = hatchery::testing::run(async move {
         let mut job = Box::pin(hatchery::to_thread(move || {
+            cloning_rx.recv_timeout(patience).expect("the wait never cloned its waker");
             hatchery::thread::check_cancelled().unwrap();
             checked_tx.send(()).unwrap();
             7
         }));
         let (r, _) = poll_hooked(&mut job, move || {
-            let seen = checked_rx.recv_timeout(std::time::Duration::from_secs(20));
+            cloning_tx.send(()).unwrap();
+            let seen = checked_rx.recv_timeout(patience);
             assert!(seen.is_ok(), "the thread never got past check_cancelled: the clone holds its lock");
             true
         })
