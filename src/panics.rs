@@ -20,9 +20,14 @@ impl FirstPanic {
         }
     }
 
-    /// Resumes the kept panic, if there is one.
+    /// Resumes the kept panic, if there is one, unless the thread is already unwinding (a
+    /// destructor run by a panic got here: a guard released, a waiter woken): a second panic
+    /// then would abort the process, so the kept one is dropped (the panic hook has printed it)
+    /// and the first goes on.
     pub(crate) fn resume(self) {
-        if let Some(p) = self.0 {
+        if let Some(p) = self.0
+            && !std::thread::panicking()
+        {
             resume_unwind(p);
         }
     }

@@ -691,3 +691,29 @@ fn a_thread_wait_whose_waker_clone_waits_for_the_thread_does_not_deadlock() {
     });
     assert_eq!(got, 7);
 }
+
+/// A token released by a destructor during a panic (its holder panicked) wakes a waiter whose
+/// waker panics too: the grant is made, the waker's panic is dropped, and the first panic goes
+/// on. Before, the waker's panic was resumed during the unwinding, which aborted the process.
+#[test]
+fn a_waker_that_panics_while_a_panicking_holder_releases_does_not_abort() {
+    use hatchery::CapacityLimiter;
+    hatchery::testing::run(async {
+        let limiter = CapacityLimiter::new(1);
+        let held = limiter.acquire().await.unwrap();
+        let mut waiter = Box::pin(limiter.acquire());
+        park_through_hooked(&mut waiter).await;
+        let panicked = panics_quietly(|| {
+            let _held = held;
+            PANIC_ON_WAKE.with(|p| p.set(true));
+            panic!("the holder panics (expected by this test)");
+        });
+        assert!(panicked);
+        assert!(!PANIC_ON_WAKE.with(|p| p.get()), "the waiter's wake ran (and panicked)");
+        let Poll::Ready(Ok(token)) = support_poll(&mut waiter).await else {
+            panic!("the waiter was not granted")
+        };
+        drop(token);
+        assert_eq!(limiter.statistics().borrowed_tokens, 0);
+    });
+}
