@@ -234,18 +234,18 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
     /// then runs `repoll`, which borrows the primitive and polls its entry again (its state may
     /// have changed meanwhile), handing the entry's wake-up slot to `install`: that puts the
     /// clone in and returns the waker replaced. A clone left over (the entry completed
-    /// meanwhile) is dropped after `repoll`, so after its borrow.
+    /// meanwhile) comes back as a [`Leftover`], for the caller to drop once its own state says
+    /// what the re-poll found.
     #[cold]
     #[inline(never)]
     pub(crate) fn repoll_with_clone<R>(
         &self,
         waker: &Waker,
         repoll: impl FnOnce(&mut dyn FnMut(&mut Wakeup) -> Option<Waker>) -> R,
-    ) -> R {
+    ) -> (R, Leftover) {
         let mut fresh = Some(self.wakeup(waker));
         let r = repoll(&mut |slot| fresh.take().and_then(|f| slot.replace(f)));
-        drop(fresh);
-        r
+        (r, Leftover(fresh))
     }
 
     /// The wake-up for the poll that has `waker` if it is the task's own, made without foreign
@@ -300,6 +300,14 @@ impl<C: std::ops::Deref<Target = context::Core>> Here<C> {
         ShieldedPoint { here: Some(self) }
     }
 }
+
+/// A wake-up that [`Here::repoll_with_clone`] made and its entry did not take, the entry having
+/// completed meanwhile: a clone of a foreign waker, whose destructor is foreign code and may
+/// panic. The caller drops it only once its own state records what the re-poll found (a grant
+/// held, a value to hand out), so that such a panic loses nothing: the future's `Drop` then
+/// gives back what it held. (Dropped at once, a panic lost the grant: a mutex stayed locked.)
+#[must_use = "drop it once the future's state records what the re-poll found"]
+pub(crate) struct Leftover(#[allow(dead_code, reason = "held only to be dropped")] Option<Wakeup>);
 
 /// Future of [`Here::shielded_schedule_point`]: passes at once within the turn's budget, else
 /// yields once (`here` is `None` once it has).

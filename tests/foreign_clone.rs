@@ -717,3 +717,41 @@ fn a_waker_that_panics_while_a_panicking_holder_releases_does_not_abort() {
         assert_eq!(limiter.statistics().borrowed_tokens, 0);
     });
 }
+
+/// A parked lock re-polled through a foreign waker whose clone releases the mutex (so the lock
+/// is granted during the clone) and whose unused clone then panics when dropped: the lock is
+/// not lost. Before, the clone was dropped before the future recorded the grant, so its `Drop`
+/// looked for a ticket already freed, and the mutex stayed locked (or the process aborted).
+#[test]
+fn a_lock_granted_during_a_repoll_clone_whose_drop_panics_is_given_back() {
+    hatchery::testing::run(async {
+        let mutex: &'static Mutex<u32> = Box::leak(Box::new(Mutex::new(3)));
+        let held = mutex.lock().await.unwrap();
+        let mut lock = Box::pin(mutex.lock());
+        assert!(support_poll(&mut lock).await.is_pending());
+        let mut held = Some(held);
+        ON_CLONE.with(|h| *h.borrow_mut() = Some(Box::new(move || held.take().is_some())));
+        assert!(repoll_with_panicking_drop(&mut lock).await, "the unused clone's drop did not panic");
+        assert!(ON_CLONE.with(|h| h.borrow_mut().take().is_none()), "the clone hook never ran");
+        drop(lock);
+        assert!(!mutex.is_locked(), "the grant went back with the dropped future");
+        assert_eq!(*mutex.try_lock().expect("free, not broken"), 3);
+    });
+}
+
+/// A parked receive re-polled through a foreign waker whose clone sends it a value, and whose
+/// unused clone then panics when dropped: the value goes back to the channel, not down with the
+/// panic (before, the clone was dropped with the value already taken out).
+#[test]
+fn a_receive_completed_during_a_repoll_clone_whose_drop_panics_keeps_the_value() {
+    hatchery::testing::run(async {
+        let (tx, rx) = hatchery::channel::<u32>(0);
+        let mut recv = Box::pin(rx.recv());
+        assert!(support_poll(&mut recv).await.is_pending());
+        ON_CLONE.with(|h| *h.borrow_mut() = Some(Box::new(move || tx.try_send(9).is_ok())));
+        assert!(repoll_with_panicking_drop(&mut recv).await, "the unused clone's drop did not panic");
+        assert!(ON_CLONE.with(|h| h.borrow_mut().take().is_none()), "the clone hook never ran");
+        drop(recv);
+        assert_eq!(rx.try_recv(), Ok(9), "the value is still in the channel");
+    });
+}

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use super::mutex::{BrokenMutex, LockError, Mutex, MutexGuard, MutexState};
 use super::parking_lot::{ParkingLot, Resource, Status, Take, Ticket};
 use crate::error::{CancelError, Cancelled};
-use crate::lowlevel::{Here, Park};
+use crate::lowlevel::{Here, Leftover, Park};
 
 /// A condition variable for [`Mutex`] (Trio's `Condition`, S7.6): a task holding the lock
 /// [`wait`](Condition::wait)s, which releases the lock until another task holding it
@@ -262,12 +262,25 @@ impl<'a, T: ?Sized> ConditionWait<'a, T> {
 
     /// The lock is ours again: the result to return.
     fn relocked(&mut self, cancelled: Option<Cancelled>) -> Result<MutexGuard<'a, T>, WaitError<'a, T>> {
+        self.relocked_dropping(cancelled, None)
+    }
+
+    /// [`relocked`](Self::relocked), dropping a re-poll's [`Leftover`] wake-up with the
+    /// registration.
+    fn relocked_dropping(
+        &mut self,
+        cancelled: Option<Cancelled>,
+        leftover: Option<Leftover>,
+    ) -> Result<MutexGuard<'a, T>, WaitError<'a, T>> {
         // The guard first, so that the lock is never held by nobody. `unpark` may drop a
         // foreign waker whose destructor panics: the lock then goes back as usual (to the next
         // waiter), not broken, as a lock's `Acquire` gives it back: no critical section ran.
         let guard = MutexGuard::new(self.mutex, self.at);
         self.step = WaitStep::Done;
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.park.unpark())) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| {
+            drop(leftover);
+            self.park.unpark()
+        })) {
             drop(guard);
             resume_unwind(p);
         }
@@ -346,13 +359,23 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     let mut needs_clone = false;
                     let mut status =
                         this.cond.lot.poll_with(ticket, |w| here.refresh(w, cx.waker(), &mut needs_clone));
+                    let mut leftover = None;
                     if needs_clone {
-                        status = here.repoll_with_clone(cx.waker(), |install| {
+                        let (s, l) = here.repoll_with_clone(cx.waker(), |install| {
                             this.cond.lot.poll_with(ticket, install)
                         });
+                        (status, leftover) = (s, Some(l));
+                    }
+                    // Dropped once the step records what the re-poll found (`Drop` then leaves
+                    // the right ticket if the destructor panics); still waiting, it records it.
+                    if status == Status::Waiting {
+                        drop(leftover.take());
                     }
                     match status {
-                        Status::Moved(to) => this.step = WaitStep::InMutex { ticket: to, cancelled: None },
+                        Status::Moved(to) => {
+                            this.step = WaitStep::InMutex { ticket: to, cancelled: None };
+                            drop(leftover);
+                        }
                         Status::Waiting => match here.poll_cancel(&mut this.park, cx, WaitingOn::Condition) {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(c) => {
@@ -377,15 +400,25 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     let lot = &this.mutex.state().lot;
                     let mut needs_clone = false;
                     let mut status = lot.poll_with(ticket, |w| here.refresh(w, cx.waker(), &mut needs_clone));
+                    let mut leftover = None;
                     if needs_clone {
-                        status = here.repoll_with_clone(cx.waker(), |install| lot.poll_with(ticket, install));
+                        let (s, l) =
+                            here.repoll_with_clone(cx.waker(), |install| lot.poll_with(ticket, install));
+                        (status, leftover) = (s, Some(l));
+                    }
+                    if status == Status::Waiting {
+                        drop(leftover.take());
                     }
                     match status {
                         Status::Granted => {
                             let c = cancelled.take();
-                            return Poll::Ready(this.relocked(c));
+                            return Poll::Ready(this.relocked_dropping(c, leftover));
                         }
-                        Status::Broken => return Poll::Ready(Err(this.broken())),
+                        Status::Broken => {
+                            let e = this.broken();
+                            drop(leftover);
+                            return Poll::Ready(Err(e));
+                        }
                         Status::Waiting => {
                             // Until cancelled, listen for cancellation; after, only for the lock.
                             if cancelled.is_none()

@@ -475,12 +475,16 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                     let mut polled = self.res.lot().poll_with(t, |w| {
                         here.get_or_insert_with(Here::get).refresh(w, cx.waker(), &mut needs_clone)
                     });
+                    let mut leftover = None;
                     if needs_clone && let Some(h) = &here {
-                        polled =
+                        let (p, l) =
                             h.repoll_with_clone(cx.waker(), |install| self.res.lot().poll_with(t, install));
+                        (polled, leftover) = (p, Some(l));
                     }
                     let status = match polled {
                         Status::Waiting => {
+                            // Still parked: a panicking destructor leaves the ticket in `Drop`.
+                            drop(leftover.take());
                             let here = here.get_or_insert_with(Here::get);
                             match here.poll_cancel(&mut self.park, cx, self.res.waiting_on()) {
                                 Poll::Pending => return Poll::Pending,
@@ -502,6 +506,7 @@ impl<'a, R: Resource + ?Sized> Acquire<'a, R> {
                     // that panics leaves a step whose drop gives the resource back).
                     self.step = if status == Status::Granted { Step::Holding } else { Step::Done };
                     self.park.unpark();
+                    drop(leftover);
                     self.step = Step::Done;
                     return Poll::Ready(match status {
                         Status::Granted => Ok(()),

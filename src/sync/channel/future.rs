@@ -18,7 +18,7 @@ use super::error::{RecvError, SendError, SendErrorKind, TryRecvError, TrySendErr
 use super::state::{Polled, RecvFailure, SendFailure, State};
 use super::{Receiver, Sender};
 use crate::Cancelled;
-use crate::lowlevel::{Here, Park, Wakeup};
+use crate::lowlevel::{Here, Leftover, Park, Wakeup};
 
 /// Future of [`Sender::send`]. Resolves to `Ok(())` once the value was taken (into the buffer
 /// or by a receiver), or to a [`SendError`] that hands the value back.
@@ -149,23 +149,49 @@ impl<'a, T> SendFuture<'a, T> {
         // The run is looked up only if the send still waits (a completed one needs nothing).
         let mut here = None;
         let mut needs_clone = false;
-        let mut polled = self
+        let polled = self
             .sender
             .shared
             .borrow_mut()
             .poll_sender(key, |w| here.insert(Here::get()).refresh(w, cx.waker(), &mut needs_clone));
-        if needs_clone && let Some(h) = &here {
-            polled = h.repoll_with_clone(cx.waker(), |install| {
-                self.sender.shared.borrow_mut().poll_sender(key, install)
-            });
+        if needs_clone && let Some(h) = here {
+            return self.repoll_parked(h, key, cx);
         }
+        self.finish_parked(polled, here, None, cx)
+    }
+
+    /// [`poll_parked`](Self::poll_parked) when the entry's wake-up needs a foreign waker's clone:
+    /// out of line, so that the common path carries no [`Leftover`].
+    #[cold]
+    #[inline(never)]
+    fn repoll_parked(&mut self, h: Here, key: usize, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        let (polled, leftover) = h.repoll_with_clone(cx.waker(), |install| {
+            self.sender.shared.borrow_mut().poll_sender(key, install)
+        });
+        self.finish_parked(polled, Some(h), Some(leftover), cx)
+    }
+
+    /// The rest of [`poll_parked`](Self::poll_parked), once the entry was looked at.
+    #[inline(always)]
+    fn finish_parked(
+        &mut self,
+        polled: Polled<Result<(), (SendFailure, T)>>,
+        here: Option<Here>,
+        leftover: Option<Leftover>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError<T>>> {
         if let Polled::Waiting(old_waker) = polled {
             drop(old_waker);
+            drop(leftover);
             let here = here.expect("hatchery internal error: a waiting send was not refreshed");
             return self.poll_cancel_parked(&here, false, cx);
         }
         // Dropping the `Park` unregisters it.
         self.state = SendState::Done;
+        // After the state: a destructor that panics finds the send complete (a value the send
+        // failed to deliver, handed back in the error, goes down with that panic: a re-poll
+        // through a foreign clone that raced the channel's closing, then a panicking drop).
+        drop(leftover);
         Poll::Ready(send_result(polled))
     }
 
@@ -295,26 +321,87 @@ impl RecvWait {
         // The run is looked up only if the receive still waits (a completed one needs nothing).
         let mut here = None;
         let mut needs_clone = false;
-        let mut polled = shared
+        let polled = shared
             .borrow_mut()
             .poll_receiver(self.key, |w| here.insert(Here::get()).refresh(w, cx.waker(), &mut needs_clone));
-        if needs_clone && let Some(h) = &here {
-            polled = h.repoll_with_clone(cx.waker(), |install| {
-                shared.borrow_mut().poll_receiver(self.key, install)
-            });
+        if needs_clone && let Some(h) = here {
+            return self.repoll(h, shared, cx);
         }
+        self.finish(polled, here, None, shared, cx)
+    }
+
+    /// [`poll`](Self::poll) when the entry's wake-up needs a foreign waker's clone: out of line,
+    /// so that the common path carries no [`Leftover`].
+    #[cold]
+    #[inline(never)]
+    fn repoll<T>(
+        &mut self,
+        h: Here,
+        shared: &RefCell<State<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, RecvError>> {
+        let (polled, leftover) =
+            h.repoll_with_clone(cx.waker(), |install| shared.borrow_mut().poll_receiver(self.key, install));
+        self.finish(polled, Some(h), Some(leftover), shared, cx)
+    }
+
+    /// The rest of [`poll`](Self::poll), once the entry was looked at.
+    #[inline(always)]
+    fn finish<T>(
+        &mut self,
+        polled: Polled<Result<T, RecvFailure>>,
+        here: Option<Here>,
+        leftover: Option<Leftover>,
+        shared: &RefCell<State<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, RecvError>> {
         match polled {
             Polled::Waiting(old_waker) => {
                 drop(old_waker);
+                drop(leftover);
                 let here = here.expect("hatchery internal error: a waiting receive was not refreshed");
                 self.poll_cancel(&here, shared, false, cx)
             }
-            Polled::Done(r) => self.unpark_keeping(shared, r.map_err(recv_error)),
+            Polled::Done(r) => self.unpark_keeping_dropping(shared, r.map_err(recv_error), leftover),
             ended @ Polled::DoneEnded(_) => {
                 let r = recv_result(shared, ended);
-                self.unpark_keeping(shared, r)
+                self.unpark_keeping_dropping(shared, r, leftover)
             }
         }
+    }
+
+    /// [`unpark_keeping`](Self::unpark_keeping), after dropping a re-poll's unused wake-up (a
+    /// foreign waker's clone, whose destructor may panic just as well).
+    #[inline(always)]
+    fn unpark_keeping_dropping<T>(
+        &mut self,
+        shared: &RefCell<State<T>>,
+        r: Result<T, RecvError>,
+        leftover: Option<Leftover>,
+    ) -> Poll<Result<T, RecvError>> {
+        if leftover.is_some() {
+            return self.drop_leftover_keeping(shared, r, leftover);
+        }
+        self.unpark_keeping(shared, r)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drop_leftover_keeping<T>(
+        &mut self,
+        shared: &RefCell<State<T>>,
+        r: Result<T, RecvError>,
+        leftover: Option<Leftover>,
+    ) -> Poll<Result<T, RecvError>> {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(leftover))) {
+            // The entry is gone already: the future's drop must not look for it.
+            self.key = GONE;
+            if let Ok(v) = r {
+                restore_after_panic(shared, v);
+            }
+            std::panic::resume_unwind(p);
+        }
+        self.unpark_keeping(shared, r)
     }
 
     /// The receive completed: its cancellation registration goes, before the value is handed
