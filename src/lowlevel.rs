@@ -76,6 +76,23 @@ fn cancel_point(core: &context::Core) -> Option<Cancelled> {
     core.cancel.borrow().effective(core.current_status.get())
 }
 
+/// The turn's yield budget for a poll-style operation (a `futures-io` impl, `poll_read_with`)
+/// about to try its I/O: such an operation is not a checkpoint, but a foreign loop over it
+/// (`futures::io::copy` over a socket that stays ready) must still let the other tasks run and
+/// the deadlines fire, and stop in a cancelled scope. `Ready(Ok)` while the budget lasts; once
+/// it is spent, `Ready(Err)` in a cancelled scope, else `Pending` with the task woken to go on
+/// in the next batch (nothing was tried, so nothing is lost).
+pub(crate) fn poll_budget(core: &context::Core, cx: &Context<'_>) -> Poll<Result<(), Cancelled>> {
+    if core.spend_budget() {
+        return Poll::Ready(Ok(()));
+    }
+    if let Some(c) = cancel_point(core) {
+        return Poll::Ready(Err(c));
+    }
+    core.wake_self(cx.waker());
+    Poll::Pending
+}
+
 /// A schedule point that never fails: the schedule point of an operation that completed without
 /// blocking (step 2 above).
 ///
@@ -618,7 +635,10 @@ impl<T: AsFd> IoSource<T> {
     ///
     /// Unlike `read_with` this is **not a checkpoint**: it neither checks for cancellation
     /// before trying `op` nor yields after a success. It fails with [`Cancelled`] only when it
-    /// would block in a cancelled scope, so a loop of polls cannot block forever there. Keep
+    /// would block in a cancelled scope, so a loop of polls cannot block forever there, or
+    /// when the task's turn has used its [yield budget](crate::Builder::yield_budget) in a
+    /// cancelled scope; with the budget spent otherwise it returns `Pending`, the task woken,
+    /// without trying `op`, so a loop of polls that never block still lets the others run. Keep
     /// `park` in the object that polls (one per direction) and call
     /// [`Park::unpark`] when done with it, or drop it.
     ///
@@ -661,6 +681,14 @@ impl<T: AsFd> IoSource<T> {
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
         let here = self.here()?;
+        match poll_budget(here.core, cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(c)) => {
+                park.unpark();
+                return Poll::Ready(Err(c.into()));
+            }
+            Poll::Pending => return Poll::Pending,
+        }
         let reactor = self.reg.reactor();
         loop {
             if reactor.should_try(self.reg.key, dir) {

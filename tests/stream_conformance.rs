@@ -154,6 +154,7 @@ all_suites!([
     a_cancelled_poll_style_read_wakes_the_one_it_replaced,
     a_new_waker_replaces_the_old_one,
     a_poll_style_waiter_gives_way_to_an_async_read,
+    a_poll_style_read_loop_over_a_ready_stream_yields_and_is_cancelled,
 ], strict: [
     a_read_or_write_dropped_at_its_schedule_point_did_nothing,
 ]);
@@ -736,6 +737,64 @@ mod checks {
     /// polls again and takes the direction back, waking the second, which polls again: both are
     /// live, and the second fails with `BusyResource`. No waker is left unwoken, and no two
     /// wake each other for ever (a livelock, which `Driver`'s poll limit turns into a failure).
+    /// A foreign loop that polls until `Pending` (what `futures::io::copy` does), over a stream
+    /// that stays ready, gives the thread back once its turn's yield budget is spent: another
+    /// task takes its turns in between, and a cancellation stops the loop. Before, the loop held
+    /// the thread until the data ran out (for ever, had a peer kept the stream full), and
+    /// ignored a cancelled scope.
+    pub(super) async fn a_poll_style_read_loop_over_a_ready_stream_yields_and_is_cancelled<S: TestStream>(
+        a: S,
+        b: S,
+    ) -> io::Result<()>
+    where
+        for<'x> &'x S: AsyncRead,
+    {
+        const BYTES: usize = 4096;
+        const TURNS: u32 = 20;
+        b.write_all(&[7u8; BYTES]).await?;
+        let (turns, read) = (Cell::new(0u32), Cell::new(0usize));
+        let scope = hatchery::CancelScope::new();
+        let handle = scope.handle();
+        let ended = nursery(async |n| {
+            n.start_soon(async {
+                for _ in 0..TURNS {
+                    turns.set(turns.get() + 1);
+                    hatchery::lowlevel::checkpoint().await?;
+                }
+                handle.cancel();
+                Ok::<_, io::Error>(())
+            });
+            let looped = scope
+                .run(std::future::poll_fn(|cx| {
+                    let mut byte = [0u8; 1];
+                    loop {
+                        match Pin::new(&mut &a).poll_read(cx, &mut byte) {
+                            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                            Poll::Ready(Ok(k)) => read.set(read.get() + k),
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                }))
+                .await?;
+            Ok::<_, io::Error>(looped)
+        })
+        .await
+        .map_err(|e| e.into_first())?;
+        assert_eq!(ended, Some(None), "the loop ended by its cancellation");
+        assert_eq!(turns.get(), TURNS);
+        // At most a budget's worth of reads a turn, plus the one a turn always gets: one turn
+        // before the other task's first, one between each of its turns, and the one that meets
+        // the cancellation (1,430 bytes seen on the memory stream: 22 turns of 65).
+        let per_turn = hatchery::DEFAULT_YIELD_BUDGET as usize + 1;
+        assert!(
+            read.get() >= TURNS as usize && read.get() <= per_turn * (TURNS as usize + 2),
+            "read {} bytes while the other task took {TURNS} turns",
+            read.get()
+        );
+        Ok(())
+    }
+
     pub(super) async fn poll_style_readers_in_two_tasks_the_second_is_busy<S: TestStream>(
         a: S,
         b: S,

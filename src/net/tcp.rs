@@ -167,8 +167,12 @@ impl TryFrom<std::net::TcpListener> for TcpListener {
 /// It implements `futures_io::AsyncRead` and `AsyncWrite` (on `TcpStream` and on
 /// `&TcpStream`), so crates written against those traits work unchanged. Those poll-style
 /// impls are not checkpoints: they fail with [`Cancelled`](crate::Cancelled) only where they
-/// would block, and with [`BusyResource`](crate::BusyResource) while an `async` operation uses
-/// the direction. A waiting poll keeps only the waker of the latest poll, as `futures-io`
+/// would block, or once the task's turn has used its
+/// [yield budget](crate::Builder::yield_budget), and with
+/// [`BusyResource`](crate::BusyResource) while an `async` operation uses the direction. With
+/// the budget spent (and no cancellation) a poll returns `Pending` with the task woken, having
+/// tried nothing: a foreign loop that polls until `Pending` (`futures::io::copy` over a socket
+/// that stays ready) still lets the other tasks run and the deadlines fire. A waiting poll keeps only the waker of the latest poll, as `futures-io`
 /// requires: a task may poll again with a new waker, and a future dropped while it waits
 /// leaves its waker behind; neither makes anything fail. Two tasks polling one direction at
 /// once are told apart from that when both poll again: the first one, replaced, is woken

@@ -226,6 +226,10 @@ pub(crate) struct Core {
     /// [`Core::pass_schedule_point`]); refilled to `yield_budget` at the start of each task's
     /// turn, saved and restored around nested turns.
     pub(crate) budget: Cell<u32>,
+    /// The turn's one poll-style operation beyond the budget has passed
+    /// ([`Core::spend_budget`]); cleared at the start of each turn (a nested turn clears its
+    /// parent's too, which costs that parent at most one more operation before it yields).
+    pub(crate) free_pass_used: Cell<bool>,
     pub(crate) yield_budget: u32,
     rng: Cell<u64>,
     pub(crate) policy: SchedulePolicy,
@@ -287,6 +291,7 @@ impl Core {
             cancel_points: Cell::new(0),
             schedule_points: Cell::new(0),
             budget: Cell::new(parts.yield_budget),
+            free_pass_used: Cell::new(false),
             yield_budget: parts.yield_budget,
             rng: Cell::new(parts.seed | 1),
             policy: parts.policy,
@@ -368,9 +373,25 @@ impl Core {
         }
     }
 
+    /// Spends one unit of the turn's yield budget without counting a schedule point (for a
+    /// poll-style operation, which is not a checkpoint): false once the budget is spent. One
+    /// such operation a turn passes even with none left (the budget may be 0): a poll-style
+    /// operation keeps no state across polls, so with nothing to spend it would never run.
+    pub(crate) fn spend_budget(&self) -> bool {
+        let left = self.budget.get();
+        if left > 0 {
+            self.budget.set(left - 1);
+            true
+        } else {
+            // The turn's free pass: taken by the first operation that finds nothing to spend.
+            !self.free_pass_used.replace(true)
+        }
+    }
+
     /// Starts a task's turn: a full budget. Returns the budget to restore when the turn ends
     /// (the turn of the task that polls this one goes on after it).
     pub(crate) fn begin_turn(&self) -> u32 {
+        self.free_pass_used.set(false);
         self.budget.replace(self.yield_budget)
     }
 

@@ -101,7 +101,9 @@ pub fn memory_stream_pair_with_capacity(capacity: usize) -> (MemoryStream, Memor
 ///
 /// It also implements `futures_io::AsyncRead` and `AsyncWrite` (on `MemoryStream` and on
 /// `&MemoryStream`). As for sockets, those poll-style impls are not checkpoints: they fail with
-/// [`Cancelled`](crate::Cancelled) only where they would block in a cancelled scope, and with
+/// [`Cancelled`](crate::Cancelled) only where they would block in a cancelled scope (or once
+/// the turn's yield budget is spent there; spent elsewhere, a poll returns `Pending` with the
+/// task woken, trying nothing), and with
 /// [`BusyResource`](crate::BusyResource) while an `async` operation uses the direction. A
 /// waiting poll keeps only the waker of the latest poll, and of two tasks polling one
 /// direction at once the second fails with `BusyResource` once both have polled again: the
@@ -356,6 +358,15 @@ impl MemoryStream {
         park: &RefCell<Park>,
         attempt: &mut impl FnMut(&Self, bool) -> Option<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
+        // The turn's budget, as a socket's poll-style operations spend it.
+        match crate::lowlevel::poll_budget(&crate::runtime::context::core(), cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(c)) => {
+                park.borrow_mut().unpark();
+                return Poll::Ready(Err(c.into()));
+            }
+            Poll::Pending => return Poll::Pending,
+        }
         if let Some(r) = attempt(self, true) {
             park.borrow_mut().unpark();
             return Poll::Ready(r);
