@@ -755,3 +755,42 @@ fn a_receive_completed_during_a_repoll_clone_whose_drop_panics_keeps_the_value()
         assert_eq!(rx.try_recv(), Ok(9), "the value is still in the channel");
     });
 }
+
+/// Closing a stream whose reader waits through a waker that panics when woken: the writer
+/// waiting in the other direction is woken too (with `ClosedResource`), and the peer sees the
+/// end of the stream. Before, the panic skipped the writer's wake-up (it slept on) and the
+/// shutdown (the peer saw no end until the stream was dropped).
+#[test]
+fn closing_a_stream_whose_reader_waker_panics_still_wakes_the_writer_and_ends_the_stream() {
+    let outcome = hatchery::testing::run(async {
+        let (a, b) = hatchery::net::UnixStream::pair().unwrap();
+        let big = vec![1u8; 32 << 20];
+        hatchery::nursery(async |n| {
+            let writer = n.spawn(async { Ok::<_, hatchery::Error>(a.write_all(&big).await) });
+            let mut buf = [0u8; 8];
+            let mut read = Box::pin(a.read(&mut buf));
+            park_through_hooked(&mut read).await;
+            hatchery::testing::wait_all_tasks_blocked().await?;
+            PANIC_ON_WAKE.with(|p| p.set(true));
+            assert!(panics_quietly(|| a.close()), "the reader's wake did not panic");
+            PANIC_ON_WAKE.with(|p| p.set(false));
+            let e = writer.await?.unwrap_err();
+            let closed = e.error.get_ref().is_some_and(|i| i.is::<hatchery::ClosedResource>());
+            drop(read);
+            // The peer reads what got through, then the end of the stream.
+            let mut sink = vec![0u8; 1 << 16];
+            let mut total = 0;
+            loop {
+                match b.read(&mut sink).await? {
+                    0 => break,
+                    k => total += k,
+                }
+            }
+            Ok::<_, hatchery::Error>((closed, total == e.written))
+        })
+        .await
+    });
+    let (closed, all_seen) = outcome.unwrap().unwrap();
+    assert!(closed, "the writer failed with ClosedResource");
+    assert!(all_seen, "the peer read exactly what the writer reported, then the end");
+}

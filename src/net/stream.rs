@@ -470,10 +470,14 @@ where
     }
 
     pub(crate) fn close(&self) {
-        if self.mark_closed() {
-            // Let the peer see the end now; the descriptor itself closes when the owner drops it.
-            let _ = self.src.get_ref().shutdown(Shutdown::Both);
+        if self.closed.replace(true) {
+            return;
         }
+        // Let the peer see the end now (before the waiters are woken: a foreign waker that
+        // panics must not keep the FIN back); the descriptor itself closes when the owner
+        // drops it.
+        let _ = self.src.get_ref().shutdown(Shutdown::Both);
+        self.src.notify_closing();
     }
 
     /// Marks the stream closed and wakes its waiters with `ClosedResource`, shutting nothing

@@ -630,9 +630,7 @@ impl Registration {
     /// Marks the source closed and wakes its waiters (through the run on this thread, as in
     /// `drop`).
     pub(crate) fn notify_closing(&self) {
-        for w in self.core.reactor.notify_closing(self.key) {
-            w.wake();
-        }
+        wake_all(self.core.reactor.notify_closing(self.key));
     }
 
     /// The run this registration belongs to.
@@ -658,10 +656,18 @@ impl Drop for Registration {
             self.core.shared.poller.delete(fd)
         };
         self.core.reactor.sources.borrow_mut().remove(index);
-        for w in wakers {
-            w.wake();
-        }
+        wake_all(wakers);
     }
+}
+
+/// Wakes every waiter of a closed source, even if a foreign waker's wake panics (the first
+/// panic goes on after): the other direction's waiter must not sleep on.
+fn wake_all(wakers: Vec<Wakeup>) {
+    let mut panics = crate::panics::FirstPanic::default();
+    for w in wakers {
+        panics.catch(|| w.wake());
+    }
+    panics.resume();
 }
 
 /// A non-blocking file descriptor registered with the run's reactor.
