@@ -692,6 +692,12 @@ impl<T: AsFd> IoSource<T> {
         let reactor = self.reg.reactor();
         loop {
             if reactor.should_try(self.reg.key, dir) {
+                // A closed source (`should_try` says try, so that the wait below reports it):
+                // `op` would reach a descriptor its owner has given up, as `op_with` refuses.
+                if reactor.is_closed(self.reg.key) {
+                    park.unpark();
+                    return Poll::Ready(Err(ClosedResource.into()));
+                }
                 match op(self.get_ref()) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         reactor.clear_ready(self.reg.key, dir, true)

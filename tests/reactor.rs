@@ -254,6 +254,22 @@ fn notify_closing_wakes_a_blocked_reader_and_fails_later_waits_s9_1() {
         // Idempotent.
         a.notify_closing();
         assert!(inner::<ClosedResource>(&a.readable().await.unwrap_err()).is_some());
+        // The poll-style operations too, without running the syscall (data is there to read).
+        std::io::Write::write_all(&mut _b.get_ref(), b"x")?;
+        let ran = Cell::new(false);
+        let mut park = hatchery::lowlevel::Park::new();
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(a.poll_read_with(cx, &mut park, |s| {
+                ran.set(true);
+                (&*s).read(&mut buf)
+            }))
+        })
+        .await;
+        let std::task::Poll::Ready(Err(e)) = polled else {
+            panic!("a poll-style read of a closed source went on")
+        };
+        assert!(inner::<ClosedResource>(&e).is_some(), "{e}");
+        assert!(!ran.get(), "the syscall ran on a closed source");
         assert_eq!(now(), at(0));
         Ok::<_, io::Error>(())
     })
