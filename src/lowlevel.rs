@@ -709,7 +709,7 @@ impl<T: AsFd> IoSource<T> {
                 }
             }
             let fd = self.get_ref().as_fd();
-            match self.reg.poll_ready(dir, POLL_OP, cx.waker(), fd)? {
+            match self.reg.poll_ready(dir, POLL_OP, cx.waker())? {
                 Readiness::Ready => continue,
                 Readiness::Busy => {
                     park.unpark();
@@ -836,7 +836,7 @@ impl<T: AsFd> Future for ReadyWait<'_, T> {
         let src = this.src;
         let here = src.here()?;
         let fd = src.get_ref().as_fd();
-        let r = src.reg.poll_ready(this.dir, this.id, cx.waker(), fd);
+        let r = src.reg.poll_ready(this.dir, this.id, cx.waker());
         match r {
             Err(e) => Poll::Ready(Err(e)),
             Ok(Readiness::Ready) => {

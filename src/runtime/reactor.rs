@@ -244,7 +244,9 @@ impl Reactor {
     }
 
     /// Polls readiness of one direction for the operation `op_id`, registering its wake-up (for
-    /// `waker`, in the run `core`) if not ready.
+    /// `waker`, in the run `core`) if not ready. `fd` is the descriptor registered under `key`
+    /// (the `Registration`'s own, never the I/O object's `as_fd` of the moment, which a safe
+    /// but odd `AsFd` impl could change).
     pub(crate) fn poll_ready(
         &self,
         core: &Core,
@@ -252,7 +254,7 @@ impl Reactor {
         dir: Dir,
         op_id: u64,
         waker: &Waker,
-        fd: std::os::fd::BorrowedFd<'_>,
+        fd: std::os::fd::RawFd,
     ) -> io::Result<Readiness> {
         let (index, generation) = unpack(key);
         // Dropped after the borrow below ends: a replaced or finished waiter's waker's
@@ -313,18 +315,27 @@ impl Reactor {
             cloned = Some(core.wakeup(waker));
         };
         match rearm {
-            Some(false) => self.shared.poller.modify(fd, self.interest(key))?,
+            Some(false) => {
+                // SAFETY: `fd` is the source's registered descriptor (the caller's
+                // `Registration::fd`), open until that `Registration` is dropped (the invariant).
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                self.shared.poller.modify(fd, self.interest(key))?
+            }
             Some(true) => {
-                // SAFETY: `fd` is the source's descriptor, open until its `Registration` is
-                // dropped (the invariant), and that drop deletes it from the poller first: the
-                // contract of `Poller::add`, as at registration. It was deleted when detached,
-                // so it is not registered twice.
-                unsafe {
-                    self.shared.poller.add_with_mode(
-                        std::os::fd::AsRawFd::as_raw_fd(&fd),
-                        self.interest(key),
-                        PollMode::Oneshot,
-                    )?
+                // SAFETY: `fd` is the source's registered descriptor, open until its
+                // `Registration` is dropped (the invariant), and that drop deletes it from the
+                // poller first: the contract of `Poller::add`, as at registration. It was
+                // deleted when detached, so it is not registered twice.
+                let added =
+                    unsafe { self.shared.poller.add_with_mode(fd, self.interest(key), PollMode::Oneshot) };
+                if let Err(e) = added {
+                    // Still out of the poller: the next wait must add it again, not modify it.
+                    if let Some(s) =
+                        self.sources.borrow_mut().get_mut(index).filter(|s| same_source(s, generation))
+                    {
+                        s.detached = true;
+                    }
+                    return Err(e);
                 }
             }
             None => {}
@@ -616,15 +627,9 @@ impl Registration {
         &self.core
     }
 
-    /// [`Reactor::poll_ready`] for this source.
-    pub(crate) fn poll_ready(
-        &self,
-        dir: Dir,
-        op_id: u64,
-        waker: &Waker,
-        fd: std::os::fd::BorrowedFd<'_>,
-    ) -> io::Result<Readiness> {
-        self.core.reactor.poll_ready(&self.core, self.key, dir, op_id, waker, fd)
+    /// [`Reactor::poll_ready`] for this source (its registered descriptor).
+    pub(crate) fn poll_ready(&self, dir: Dir, op_id: u64, waker: &Waker) -> io::Result<Readiness> {
+        self.core.reactor.poll_ready(&self.core, self.key, dir, op_id, waker, self.fd)
     }
 
     /// Marks the source closed and wakes its waiters (through the run on this thread, as in
