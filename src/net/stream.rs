@@ -598,7 +598,9 @@ macro_rules! stream_type {
             /// Shuts down reading, writing or both (`send_eof` is `Shutdown::Write`). A
             /// checkpoint, before anything is shut down. Shutting down writing is idempotent,
             /// and later writes fail with [`ClosedResource`](crate::ClosedResource); after
-            /// shutting down reading, reads return end of stream.
+            /// shutting down reading, reads return end of stream once the bytes the kernel
+            /// had queued are read (on Linux, for TCP, bytes arriving later are still
+            /// delivered too: the peer is not told).
             ///
             /// # Errors
             ///

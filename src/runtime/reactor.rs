@@ -13,7 +13,7 @@
 //! Where the backend supports it (epoll, kqueue), a source is registered once in **edge** mode
 //! for both directions: no re-arming syscall per wait and no read retried after a short read,
 //! which is what keeps an echo round trip near two syscalls (performance.md). Elsewhere (the
-//! `poll(2)` backend, IOCP) it falls back to **oneshot** mode and re-arms the interest of the
+//! `poll(2)` backend, event ports) it falls back to **oneshot** mode and re-arms the interest of the
 //! waiting directions with `modify` before each wait; `modify` re-checks readiness, so data that
 //! arrived in between is not lost.
 //!
@@ -26,7 +26,9 @@
 //! and drops the registration first. `notify_closing` wakes waiters with `ClosedResource` before
 //! anything is closed (mark closed, wake, then close, as Trio's `notify_closing`).
 //!
-//! This module holds the crate's only `unsafe` block.
+//! This module and `nursery/shared.rs` are the only ones allowed `unsafe` (DESIGN §10 lists
+//! every block and its invariant): here, the registrations' `Poller::add_with_mode` and the
+//! `BorrowedFd::borrow_raw`s of a registered descriptor.
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
