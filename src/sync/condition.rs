@@ -104,7 +104,9 @@ impl Condition {
     /// # Errors
     ///
     /// [`WaitError::Cancelled`] (with the guard), or [`WaitError::Broken`] if an owner of the
-    /// mutex panicked before the lock came back.
+    /// mutex panicked before the lock came back. A wait not yet notified when the mutex broke
+    /// is not woken by the break (no guard can notify it any more, as in Trio): it waits until
+    /// cancelled, then fails with `Broken`.
     ///
     /// # Panics
     ///

@@ -25,7 +25,8 @@ use crate::error::{CancelError, Cancelled};
 ///   also Trio's `StrictFIFOLock`).
 /// - **Broken on panic**: if a task panics while it holds the guard, the data may be
 ///   half-updated; the mutex becomes *broken*: every waiting and every later `lock` fails with
-///   [`BrokenMutex`], which says where the dead owner had locked it (Trio's
+///   [`BrokenMutex`] (a [`Condition`](super::Condition) wait not yet notified is the exception:
+///   it fails only once cancelled), which says where the dead owner had locked it (Trio's
 ///   `BrokenResourceError` for an owner that exited, #3035). The data stays reachable through
 ///   [`get_mut`](Mutex::get_mut) and [`into_inner`](Mutex::into_inner).
 /// - Not reentrant: locking it again from the task that holds it waits forever (or until
@@ -132,7 +133,9 @@ impl Resource for MutexState {
 pub struct MutexStatistics {
     /// Whether a task holds the lock (or it has been handed to a waiter that has not run yet).
     pub locked: bool,
-    /// Tasks blocked in [`Mutex::lock`].
+    /// Tasks queued for the lock: in [`Mutex::lock`], and in a
+    /// [`Condition::wait`](super::Condition::wait) that was notified (or cancelled) and is
+    /// taking the lock back.
     pub tasks_waiting: usize,
     /// Whether an owner panicked while holding it.
     pub broken: bool,
