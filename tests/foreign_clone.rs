@@ -794,3 +794,80 @@ fn closing_a_stream_whose_reader_waker_panics_still_wakes_the_writer_and_ends_th
     assert!(closed, "the writer failed with ClosedResource");
     assert!(all_seen, "the peer read exactly what the writer reported, then the end");
 }
+
+/// Polls `fut` once through a hooked waker, catching a panic of the poll (the message unprinted):
+/// whether it panicked.
+async fn poll_hooked_catching<F: Future + Unpin>(fut: &mut F) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let panicked = poll_fn(|cx| {
+        let waker = hooked(cx.waker());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Pin::new(&mut *fut).poll(&mut Context::from_waker(&waker)).is_ready()
+        }));
+        Poll::Ready(r.is_err())
+    })
+    .await;
+    std::panic::set_hook(hook);
+    panicked
+}
+
+/// A condition wait whose first poll's waker clone panics gives the lock back as usual: the
+/// mutex is neither broken (no critical section was cut short) nor left locked. Before, the
+/// guard was a bare local when the clone ran, and the unwinding broke the mutex.
+#[test]
+fn a_condition_wait_whose_first_clone_panics_gives_the_lock_back_unbroken() {
+    hatchery::testing::run(async {
+        let mutex = Mutex::new(1u32);
+        let cond = Condition::new();
+        let mut wait = Box::pin(cond.wait(mutex.lock().await.unwrap()));
+        ON_CLONE.with(|h| {
+            *h.borrow_mut() =
+                Some(Box::new(|| panic!("a foreign waker's clone panics (expected by this test)")))
+        });
+        assert!(poll_hooked_catching(&mut wait).await, "the clone did not panic");
+        drop(wait);
+        let s = mutex.statistics();
+        assert_eq!((s.locked, s.broken), (false, false));
+    });
+}
+
+/// A cancelled condition wait that takes the (free) lock back while its unused wake-up's
+/// destructor panics: the lock goes back, unbroken. Before, the wake-up was dropped after the
+/// guard was built into the return value, and the panic leaked it: the mutex stayed locked.
+#[test]
+fn a_cancelled_condition_wait_whose_wakeup_drop_panics_as_it_relocks_leaves_the_mutex_free() {
+    use hatchery::CancelScope;
+    hatchery::testing::run(async {
+        let mutex: &'static Mutex<u32> = Box::leak(Box::new(Mutex::new(3)));
+        let cond: &'static Condition = Box::leak(Box::new(Condition::new()));
+        let scope = CancelScope::new();
+        let handle = scope.handle();
+        let _ = scope
+            .run(async {
+                let guard = mutex.lock().await.unwrap();
+                let mut wait = Box::pin(cond.wait(guard));
+                assert!(support_poll(&mut wait).await.is_pending());
+                handle.cancel();
+                // The first clone refreshes the wait's wake-up in the condition; the second is
+                // the re-lock's, not needed since the mutex is free: its drop panics.
+                let mut clones = 0;
+                ON_CLONE.with(|h| {
+                    *h.borrow_mut() = Some(Box::new(move || {
+                        clones += 1;
+                        if clones == 2 {
+                            PANIC_ON_DROP.with(|p| p.set(true));
+                        }
+                        clones == 2
+                    }))
+                });
+                assert!(poll_hooked_catching(&mut wait).await, "the wake-up's drop did not panic");
+                PANIC_ON_DROP.with(|p| p.set(false));
+                drop(wait);
+                Ok::<_, hatchery::Cancelled>(())
+            })
+            .await;
+        let s = mutex.statistics();
+        assert_eq!((s.locked, s.broken, s.tasks_waiting), (false, false, 0));
+    });
+}

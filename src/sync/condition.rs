@@ -312,8 +312,21 @@ impl<'a, T: ?Sized> ConditionWait<'a, T> {
         // nobody. (A rare path: one wake-up too many costs nothing.)
         let wakeup = here.wakeup(cx.waker());
         match self.state().try_take() {
-            Take::Taken => Poll::Ready(self.relocked(Some(cancelled))),
-            Take::Broken => Poll::Ready(Err(self.broken())),
+            Take::Taken => {
+                // Not needed: dropped before the guard is made (a foreign destructor that
+                // panics after would leak the guard in the return value, rust#47949, and the
+                // lock with it), and if it panics the lock just taken goes back, unbroken.
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(wakeup))) {
+                    self.step = WaitStep::Done;
+                    self.state().release();
+                    resume_unwind(p);
+                }
+                Poll::Ready(self.relocked(Some(cancelled)))
+            }
+            Take::Broken => {
+                drop(wakeup);
+                Poll::Ready(Err(self.broken()))
+            }
             Take::Busy => {
                 let ticket = self.state().lot.park_wakeup(wakeup);
                 self.step = WaitStep::InMutex { ticket, cancelled: Some(cancelled) };
@@ -340,6 +353,16 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     if let Err(cancelled) = here.cancel_point() {
                         return Poll::Ready(Err(WaitError::Cancelled { guard, cancelled }));
                     }
+                    // The wake-up first (cloning a foreign waker is foreign code): if that
+                    // panics, the guard is released as usual, not dropped by the unwinding,
+                    // which would break a mutex whose data nobody was changing.
+                    let wakeup = match catch_unwind(AssertUnwindSafe(|| here.wakeup(cx.waker()))) {
+                        Ok(w) => w,
+                        Err(p) => {
+                            drop(guard);
+                            resume_unwind(p);
+                        }
+                    };
                     let state = this.mutex.state();
                     if this.cond.lot.tasks_waiting() > 0 && this.cond.mutex.get() != state.addr() {
                         // The guard goes first, released as usual: a panic that dropped it would
@@ -351,7 +374,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                         );
                     }
                     this.cond.mutex.set(state.addr());
-                    let ticket = this.cond.lot.park_wakeup(here.wakeup(cx.waker()));
+                    let ticket = this.cond.lot.park_wakeup(wakeup);
                     this.step = WaitStep::InCondition(ticket);
                     guard.into_locked();
                     state.release();
