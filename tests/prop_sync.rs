@@ -1,6 +1,6 @@
-//! Property tests: the Mutex and the Semaphore under random tasks, hold times, `try_` calls,
-//! deadline cancellations and dropped futures, checked step by step against a model of a fair
-//! hand-off lock.
+//! Property tests: the Mutex, the Semaphore and the CapacityLimiter (whose total also changes
+//! at random instants) under random tasks, hold times, `try_` calls, deadline cancellations and
+//! dropped futures, checked step by step against a model of a fair hand-off lock.
 //!
 //! The model is a FIFO queue of parked waiters, a set of waiters the resource was handed to and
 //! a free count. The harness sees every transition as it happens (a future's first poll, its
@@ -20,7 +20,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use hatchery::sync::{LockError, Mutex, MutexGuard, Semaphore, SemaphorePermit};
+use hatchery::sync::{
+    CapacityLimiter, CapacityToken, LockError, Mutex, MutexGuard, Semaphore, SemaphorePermit,
+};
 use hatchery::testing::registrations;
 use hatchery::{Cancelled, SchedulePolicy, move_on_after, nursery, sleep};
 use proptest::prelude::*;
@@ -39,6 +41,29 @@ trait Res {
     fn waiting(&self) -> usize;
     /// Units free now.
     fn value(&self) -> usize;
+    /// Changes the number of units (only the limiter can).
+    fn resize(&self, _units: usize) {
+        unreachable!("only a CapacityLimiter changes its total")
+    }
+}
+
+impl Res for CapacityLimiter {
+    type Guard<'a> = CapacityToken<'a>;
+    fn acquire(&self) -> AcquireFut<'_, CapacityToken<'_>> {
+        Box::pin(CapacityLimiter::acquire(self))
+    }
+    fn try_acquire(&self) -> Option<CapacityToken<'_>> {
+        CapacityLimiter::try_acquire(self).ok()
+    }
+    fn waiting(&self) -> usize {
+        self.statistics().tasks_waiting
+    }
+    fn value(&self) -> usize {
+        self.available_tokens()
+    }
+    fn resize(&self, units: usize) {
+        self.set_total_tokens(units);
+    }
 }
 
 impl Res for Mutex<()> {
@@ -81,7 +106,9 @@ impl Res for Semaphore {
 #[derive(Debug, Default)]
 struct Model {
     permits: usize,
-    value: usize,
+    /// Units free: the total less the units out (below zero while a limiter's total is lowered
+    /// under the tokens out: nothing is revoked).
+    value: i64,
     /// Parked, not yet handed the resource, in arrival order.
     queue: VecDeque<usize>,
     /// Handed the resource, not yet returned from their future.
@@ -92,13 +119,26 @@ struct Model {
 }
 
 impl Model {
-    /// A unit comes back: to the oldest waiter, else to the free count.
+    /// A unit comes back: to the oldest waiter if none is owed (the total not lowered below the
+    /// units out), else to the free count.
     fn release(&mut self) {
-        match self.queue.pop_front() {
-            Some(id) => {
+        match self.queue.front() {
+            Some(_) if self.value == 0 => {
+                let id = self.queue.pop_front().unwrap();
                 self.granted.insert(id);
             }
-            None => self.value += 1,
+            _ => self.value += 1,
+        }
+    }
+
+    /// The total changes: the free count with it, and the oldest waiters get what is free.
+    fn resize(&mut self, units: usize) {
+        self.value += units as i64 - self.permits as i64;
+        self.permits = units;
+        while self.value > 0 {
+            let Some(id) = self.queue.pop_front() else { break };
+            self.granted.insert(id);
+            self.value -= 1;
         }
     }
 }
@@ -114,9 +154,12 @@ impl<R: Res> Ctx<'_, R> {
             return;
         }
         let m = self.model.borrow();
-        assert_eq!(self.res.value(), m.value, "free units after {what}: {m:?}");
+        assert_eq!(self.res.value() as i64, m.value.max(0), "free units after {what}: {m:?}");
         assert_eq!(self.res.waiting(), m.queue.len(), "waiters after {what}: {m:?}");
-        assert!(m.holders + m.granted.len() + m.value <= m.permits, "more holders than units after {what}");
+        assert!(
+            m.value < 0 || (m.holders + m.granted.len()) as i64 + m.value <= m.permits as i64,
+            "more holders than units after {what}"
+        );
     }
 }
 
@@ -147,7 +190,12 @@ impl<'c, 'r, R: Res> Held<'c, 'r, R> {
         let mut m = ctx.model.borrow_mut();
         m.holders += 1;
         m.acquired += 1;
-        assert!(m.holders <= m.permits, "mutual exclusion violated: {} holders of {}", m.holders, m.permits);
+        assert!(
+            m.holders as i64 <= m.permits as i64 - m.value.min(0),
+            "mutual exclusion violated: {} holders of {}",
+            m.holders,
+            m.permits
+        );
         Held { ctx, guard: Some(guard) }
     }
 }
@@ -181,7 +229,7 @@ impl<'c, 'r, R: Res> Future for Tracked<'c, 'r, R> {
             let mut m = ctx.model.borrow_mut();
             if ctx.res.waiting() == before + 1 {
                 this.phase = Phase::Parked;
-                assert_eq!(m.value, 0, "task {} parked while a unit was free", this.id);
+                assert!(m.value <= 0, "task {} parked while a unit was free", this.id);
                 m.queue.push_back(this.id);
             } else if !matches!(r, Poll::Ready(Err(_))) {
                 this.phase = Phase::Fast;
@@ -300,7 +348,7 @@ async fn hold<R: Res>(h: Held<'_, '_, R>, secs_: u64) -> Result<(), Cancelled> {
 
 async fn run_op<R: Res>(ctx: &Ctx<'_, R>, id: usize, op: &Op) -> Result<(), Cancelled> {
     if op.try_first {
-        let want = ctx.model.borrow().value > 0;
+        let want = ctx.model.borrow().value > 0 && ctx.model.borrow().queue.is_empty();
         let got = ctx.res.try_acquire();
         assert_eq!(got.is_some(), want, "try_acquire with {:?}", ctx.model.borrow());
         if let Some(g) = got {
@@ -348,15 +396,35 @@ async fn run_op<R: Res>(ctx: &Ctx<'_, R>, id: usize, op: &Op) -> Result<(), Canc
 }
 
 /// Runs the plans against `res` (which starts with `permits` free units) and checks the end
-/// state.
-fn check_plans<R: Res>(res: &R, permits: usize, plans: &[Plan], seed: u64) -> usize {
-    let ctx = Ctx { res, model: RefCell::new(Model { permits, value: permits, ..Model::default() }) };
+/// state. `resizes` are `(instant, units)` changes of the total (a limiter's), in order.
+fn check_plans<R: Res>(
+    res: &R,
+    permits: usize,
+    plans: &[Plan],
+    resizes: &[(u64, usize)],
+    seed: u64,
+) -> usize {
+    let ctx = Ctx { res, model: RefCell::new(Model { permits, value: permits as i64, ..Model::default() }) };
     // A small yield budget taken from the seed: 0 makes every fast path stop at its schedule
     // point (where a cancellation or a drop can meet it); 1 to 3 mix the two paths.
     let builder = hatchery::testing::builder().seed(seed).schedule(SchedulePolicy::Shuffle);
     builder.yield_budget((seed % 4) as u32).run(async {
         let base = registrations();
         nursery(async |n| {
+            if !resizes.is_empty() {
+                let ctx = &ctx;
+                n.start_soon(async move {
+                    let mut at = 0;
+                    for &(when, units) in resizes {
+                        sleep(secs(when.saturating_sub(at))).await?;
+                        at = at.max(when);
+                        ctx.res.resize(units);
+                        ctx.model.borrow_mut().resize(units);
+                        ctx.check("a change of the total");
+                    }
+                    Ok::<_, Cancelled>(())
+                });
+            }
             for (i, plan) in plans.iter().enumerate() {
                 let ctx = &ctx;
                 n.start_soon(async move {
@@ -374,7 +442,8 @@ fn check_plans<R: Res>(res: &R, permits: usize, plans: &[Plan], seed: u64) -> us
         assert_eq!(registrations(), base, "nothing left registered");
     });
     let m = ctx.model.into_inner();
-    assert_eq!((res.value(), res.waiting()), (permits, 0), "no unit leaked, no waiter left");
+    let total = resizes.last().map_or(permits, |&(_, units)| units);
+    assert_eq!((res.value(), res.waiting()), (total, 0), "no unit leaked, no waiter left");
     assert!(m.queue.is_empty() && m.granted.is_empty() && m.holders == 0, "{m:?}");
     m.acquired
 }
@@ -388,7 +457,7 @@ proptest! {
     #[test]
     fn mutex_is_exclusive_fifo_and_leaks_nothing(plans in plans(), seed in any::<u64>()) {
         let m = Mutex::new(());
-        check_plans(&m, 1, &plans, seed);
+        check_plans(&m, 1, &plans, &[], seed);
         prop_assert!(!m.is_locked());
     }
 
@@ -399,7 +468,27 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let sem = Semaphore::new(permits);
-        check_plans(&sem, permits, &plans, seed);
+        check_plans(&sem, permits, &plans, &[], seed);
         prop_assert_eq!(sem.value(), permits);
+    }
+
+    /// As the semaphore, while the total goes up and down at random instants (lowered below the
+    /// tokens out, it revokes nothing; raised, it serves the oldest waiters at once).
+    #[test]
+    fn limiter_follows_its_changing_total_is_fifo_and_leaks_nothing(
+        plans in plans(),
+        permits in 1..4usize,
+        resizes in prop::collection::vec((0..12u64, 0..5usize), 0..5),
+        seed in any::<u64>(),
+    ) {
+        let mut resizes = resizes;
+        resizes.sort_by_key(|&(at, _)| at);
+        // Ends with at least one token, or the waiters left would wait for ever.
+        if let Some(last) = resizes.last_mut() {
+            last.1 = last.1.max(1);
+        }
+        let limiter = CapacityLimiter::new(permits);
+        check_plans(&limiter, permits, &plans, &resizes, seed);
+        prop_assert_eq!(limiter.borrowed_tokens(), 0);
     }
 }
