@@ -1101,3 +1101,61 @@ fn a_panic_right_after_started_goes_to_the_target_nursery() {
     // of it, the inner nursery included.
     assert_eq!(log.take(), ["start returned 7"]);
 }
+
+/// A finished child's handle, its slot since reused by a new child, cancels nothing: the slot's
+/// new occupant runs to its end.
+#[test]
+fn cancelling_through_a_finished_childs_handle_leaves_the_child_in_its_reused_slot_alone() {
+    let (t, second) = testing::run(async {
+        let second = nursery(async |n| {
+            let first = n.spawn(async { Ok::<_, Error>(1) });
+            wait_all_tasks_blocked().await?;
+            assert!(first.is_finished());
+            // The first child's slot is free again: the second takes it.
+            let second = n.spawn(async {
+                sleep(secs(2)).await?;
+                Ok::<_, Error>(2)
+            });
+            first.cancel();
+            Ok(second.await?)
+        })
+        .await
+        .unwrap();
+        (now(), second)
+    });
+    assert_eq!(second, Some(2), "the new child was not cancelled");
+    assert_eq!(t, at(2));
+}
+
+/// A deadline set on the nursery's own scope cancels its children at exactly that instant; a
+/// child that finished before is untouched, and the nursery absorbs its own cancellation (the
+/// body had returned its value before).
+#[test]
+fn a_deadline_on_the_nursery_scope_cancels_its_children_at_that_instant() {
+    let log = Log::new();
+    let (t, r) = testing::run(async {
+        let r = nursery(async |n| {
+            n.cancel_scope().set_deadline(Instant::ZERO + secs(5));
+            n.start_soon(async {
+                sleep(secs(3)).await?;
+                log.push("short child done");
+                Ok(())
+            });
+            n.start_soon(async {
+                let r = sleep(secs(10)).await;
+                log.push(format!(
+                    "long child woke at {:?}, cancelled: {}",
+                    now() - Instant::ZERO,
+                    r.is_err()
+                ));
+                r.map_err(Error::from)
+            });
+            Ok::<_, Error>(())
+        })
+        .await;
+        (now(), r.map(|v| v.is_some()))
+    });
+    assert_eq!(t, at(5));
+    assert!(r.unwrap(), "the body's value stands; the children's cancellation is absorbed");
+    assert_eq!(log.take(), ["short child done", "long child woke at 5s, cancelled: true"]);
+}
