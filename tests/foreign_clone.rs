@@ -871,3 +871,33 @@ fn a_cancelled_condition_wait_whose_wakeup_drop_panics_as_it_relocks_leaves_the_
         assert_eq!((s.locked, s.broken, s.tasks_waiting), (false, false, 0));
     });
 }
+
+/// A poll-style read parked through a foreign waker whose clone writes to the same stream
+/// (poll-style too): the write runs. Before, the read held one cell for both
+/// directions' registrations while the waker was cloned, and the write panicked on it.
+#[test]
+fn a_poll_style_read_whose_waker_clone_writes_to_the_same_stream_does_not_panic() {
+    use futures_io::{AsyncRead, AsyncWrite};
+    hatchery::testing::run(async {
+        let (a, b) = hatchery::net::UnixStream::pair().unwrap();
+        let a: &'static hatchery::net::UnixStream = Box::leak(Box::new(a));
+        let wrote = std::rc::Rc::new(std::cell::Cell::new(None));
+        let seen = wrote.clone();
+        ON_CLONE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let mut cx = Context::from_waker(Waker::noop());
+                let r = Pin::new(&mut &*a).poll_write(&mut cx, b"hi");
+                // Written, or waiting for the edge that says the socket is writable: not an
+                // error, and not a panic.
+                seen.set(Some(matches!(r, Poll::Ready(Ok(2)) | Poll::Pending)));
+                true
+            }))
+        });
+        let mut buf = [0u8; 4];
+        let mut read = poll_fn(|cx| Pin::new(&mut &*a).poll_read(cx, &mut buf));
+        let mut read = pin!(read);
+        park_through_hooked(&mut read).await;
+        assert_eq!(wrote.get(), Some(true), "the clone's write ran (and did not fail)");
+        drop(b);
+    });
+}

@@ -410,8 +410,9 @@ where
     dirs: Directions,
     write_shut: Cell<bool>,
     closed: Cell<bool>,
-    /// Cancellation registrations of the poll-style (`futures-io`) reads and writes.
-    poll_parks: RefCell<[Park; 2]>,
+    /// Cancellation registrations of the poll-style (`futures-io`) reads and writes, one per
+    /// direction; taken out while a poll runs (see [`StreamCore::with_park`]).
+    poll_parks: [RefCell<Park>; 2],
 }
 
 impl<T: SocketIo> StreamCore<T>
@@ -425,8 +426,19 @@ where
             dirs: Directions::default(),
             write_shut: Cell::new(false),
             closed: Cell::new(false),
-            poll_parks: RefCell::new([Park::new(), Park::new()]),
+            poll_parks: [RefCell::new(Park::new()), RefCell::new(Park::new())],
         })
+    }
+
+    /// Runs `f` with direction `i`'s poll-style registration taken out of its cell, so that no
+    /// borrow is held while `f` clones, wakes or drops foreign wakers (foreign code, which may
+    /// poll this stream again: it then finds a fresh registration, replaced after).
+    fn with_park<R>(&self, i: usize, f: impl FnOnce(&mut Park) -> R) -> R {
+        let mut park = self.poll_parks[i].take();
+        let r = f(&mut park);
+        let displaced = self.poll_parks[i].replace(park);
+        drop(displaced);
+        r
     }
 
     pub(crate) fn get_ref(&self) -> &T {
@@ -540,13 +552,11 @@ where
     }
 
     fn poll_read_some(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let mut parks = self.poll_parks.borrow_mut();
-        self.src.poll_read_with(cx, &mut parks[0], |s| self.read_now(s, buf))
+        self.with_park(0, |park| self.src.poll_read_with(cx, park, |s| self.read_now(s, buf)))
     }
 
     fn poll_write_some(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let mut parks = self.poll_parks.borrow_mut();
-        self.src.poll_write_with(cx, &mut parks[1], |s| self.write_now(s, buf))
+        self.with_park(1, |park| self.src.poll_write_with(cx, park, |s| self.write_now(s, buf)))
     }
 }
 
