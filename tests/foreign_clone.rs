@@ -894,7 +894,7 @@ fn a_poll_style_read_whose_waker_clone_writes_to_the_same_stream_does_not_panic(
             }))
         });
         let mut buf = [0u8; 4];
-        let mut read = poll_fn(|cx| Pin::new(&mut &*a).poll_read(cx, &mut buf));
+        let read = poll_fn(|cx| Pin::new(&mut &*a).poll_read(cx, &mut buf));
         let mut read = pin!(read);
         park_through_hooked(&mut read).await;
         assert_eq!(wrote.get(), Some(true), "the clone's write ran (and did not fail)");
