@@ -901,3 +901,33 @@ fn a_poll_style_read_whose_waker_clone_writes_to_the_same_stream_does_not_panic(
         drop(b);
     });
 }
+
+/// The memory stream likewise: a poll-style read parked through a foreign waker whose clone
+/// writes to the same stream. Before, the clone ran under the pair's borrow and the write
+/// panicked on it.
+#[test]
+fn a_memory_stream_read_whose_waker_clone_writes_to_the_stream_does_not_panic() {
+    use futures_io::{AsyncRead, AsyncWrite};
+    hatchery::testing::run(async {
+        let (a, b) = hatchery::testing::memory_stream_pair();
+        let a: &'static hatchery::testing::MemoryStream = Box::leak(Box::new(a));
+        let wrote = std::rc::Rc::new(std::cell::Cell::new(None));
+        let seen = wrote.clone();
+        ON_CLONE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let mut cx = Context::from_waker(Waker::noop());
+                let r = Pin::new(&mut &*a).poll_write(&mut cx, b"hi");
+                seen.set(Some(matches!(r, Poll::Ready(Ok(2)))));
+                true
+            }))
+        });
+        let mut buf = [0u8; 4];
+        let read = poll_fn(|cx| Pin::new(&mut &*a).poll_read(cx, &mut buf));
+        let mut read = pin!(read);
+        park_through_hooked(&mut read).await;
+        assert_eq!(wrote.get(), Some(true), "the clone's write went through");
+        let mut got = [0u8; 2];
+        assert_eq!(b.read(&mut got).await.unwrap(), 2);
+        assert_eq!(&got, b"hi");
+    });
+}

@@ -234,23 +234,37 @@ impl MemoryStream {
     /// poll-style waiter and wakes it, to find `BusyResource`; a poll-style poll finds a waiting
     /// `async` operation busy (`false`; it cannot happen while the in-use flags are checked
     /// first).
+    ///
+    /// A waker that must be stored is cloned with the pair not borrowed (a clone is foreign
+    /// code, which may use this stream), and the slot is then looked at again.
     fn slot_set(&self, dir: Dir, waiter: Waiter, waker: &Waker) -> bool {
-        let mut pair = self.pair.borrow_mut();
-        let slot = self.slot(&mut pair, dir);
-        let (stored, wake, replaced) = match slot {
-            Some((Waiter::Op, _)) if waiter == Waiter::Poll => (false, None, None),
-            Some((w, old)) if *w == waiter => {
-                let replaced = (!old.will_wake(waker)).then(|| std::mem::replace(old, waker.clone()));
-                (true, None, replaced)
+        let mut fresh: Option<Waker> = None;
+        loop {
+            let mut pair = self.pair.borrow_mut();
+            let slot = self.slot(&mut pair, dir);
+            let outcome = match slot {
+                Some((Waiter::Op, _)) if waiter == Waiter::Poll => Some((false, None, None)),
+                Some((w, old)) if *w == waiter => {
+                    if old.will_wake(waker) {
+                        Some((true, None, None))
+                    } else {
+                        fresh.take().map(|f| (true, None, Some(std::mem::replace(old, f))))
+                    }
+                }
+                _ => fresh.take().map(|f| (true, slot.replace((waiter, f)).map(|(_, w)| w), None)),
+            };
+            drop(pair);
+            let Some((stored, wake, replaced)) = outcome else {
+                fresh = Some(waker.clone());
+                continue;
+            };
+            drop(fresh);
+            drop(replaced);
+            if let Some(w) = wake {
+                w.wake();
             }
-            _ => (true, slot.replace((waiter, waker.clone())).map(|(_, w)| w), None),
-        };
-        drop(pair);
-        drop(replaced);
-        if let Some(w) = wake {
-            w.wake();
+            return stored;
         }
-        stored
     }
 
     /// One attempt to read: `None` if it must wait. With `commit == false` it only says what it
