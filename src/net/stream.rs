@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use socket2::SockRef;
@@ -52,12 +53,16 @@ pub(crate) fn busy(dir: Dir) -> io::Error {
 /// task that polls again with a new waker, or a future dropped while it waited (neither may
 /// fail), from two live pollers (the second fails with `BusyResource`). The rule is
 /// [`StreamEnd::poll_read`]'s.
+///
+/// Wakers are kept in `Rc`s: copying one under the direction's borrow is a count increment,
+/// not a foreign waker's clone (foreign code, which may poll the stream again). The one clone
+/// a new waker needs is made by the caller with nothing borrowed ([`PollWait::wait`]).
 #[derive(Debug, Default)]
 pub(crate) struct PollWait {
     /// The waker of the poll-style poll waiting now.
-    waiting: Option<Waker>,
+    waiting: Option<Rc<Waker>>,
     /// The waker that `waiting` replaced, if it replaced one.
-    displaced: Option<Waker>,
+    displaced: Option<Rc<Waker>>,
     /// This wait has woken the first waker it replaced.
     handed_off: bool,
     /// The waker waiting came back after `displaced` had replaced it, and replaced it in turn,
@@ -90,8 +95,8 @@ impl Directions {
 #[must_use = "call finish after the borrow ends"]
 #[derive(Default)]
 struct Released {
-    wake: Option<Waker>,
-    drop: [Option<Waker>; 2],
+    wake: Option<Rc<Waker>>,
+    drop: [Option<Rc<Waker>>; 2],
 }
 
 impl Released {
@@ -99,7 +104,7 @@ impl Released {
         let Released { wake, drop: dropped } = self;
         drop(dropped);
         if let Some(w) = wake {
-            w.wake();
+            w.wake_by_ref();
         }
     }
 }
@@ -119,15 +124,18 @@ impl PollWait {
     /// a waker replaced by the poller it had replaced (which is back); no other. So a wake-up
     /// is always the answer to a poll of the waker's replacer, never to the woken poller's own:
     /// no two pollers can wake each other for ever.
-    fn wait(&mut self, waker: &Waker) -> Released {
+    ///
+    /// `None` if `waker` must be stored and `fresh` holds no clone of it yet: the caller makes
+    /// one with the borrow released and calls again (the state may have changed meanwhile).
+    fn wait(&mut self, waker: &Waker, fresh: &mut Option<Rc<Waker>>) -> Option<Released> {
         let Some(w) = &self.waiting else {
-            self.waiting = Some(waker.clone());
-            return Released::default();
+            self.waiting = Some(fresh.take()?);
+            return Some(Released::default());
         };
         if w.will_wake(waker) {
-            return Released::default();
+            return Some(Released::default());
         }
-        let old = self.waiting.replace(waker.clone());
+        let old = self.waiting.replace(fresh.take()?);
         let back = self.displaced.as_ref().is_some_and(|d| d.will_wake(waker));
         let wake = if back {
             // The replaced poller is live: the one that replaced it is woken, to show whether
@@ -139,7 +147,7 @@ impl PollWait {
             self.contested = false;
             if std::mem::replace(&mut self.handed_off, true) { None } else { old.clone() }
         };
-        Released { wake, drop: [std::mem::replace(&mut self.displaced, old), None] }
+        Some(Released { wake, drop: [std::mem::replace(&mut self.displaced, old), None] })
     }
 
     /// A poll with `waker` completed: the wait is over. If that poll was `cancelled`, it may
@@ -352,18 +360,28 @@ pub(crate) trait StreamEnd {
             return Poll::Ready(Err(busy(dir)));
         }
         let r = step(cx);
-        let mut wait = self.poll_wait(dir).borrow_mut();
-        let released = match &r {
-            Poll::Pending => wait.get_or_insert_with(Box::default).wait(cx.waker()),
-            Poll::Ready(r) => match wait.take() {
-                Some(mut w) => {
-                    let cancelled = r.as_ref().is_err_and(|e| Cancelled::from_io(e).is_some());
-                    w.done(cx.waker(), cancelled)
-                }
-                None => Released::default(),
-            },
+        // A new waker to keep is cloned with the direction not borrowed (`PollWait::wait`);
+        // one left unused is dropped after the borrow too.
+        let mut fresh = None;
+        let released = loop {
+            let mut wait = self.poll_wait(dir).borrow_mut();
+            let released = match &r {
+                Poll::Pending => wait.get_or_insert_with(Box::default).wait(cx.waker(), &mut fresh),
+                Poll::Ready(r) => Some(match wait.take() {
+                    Some(mut w) => {
+                        let cancelled = r.as_ref().is_err_and(|e| Cancelled::from_io(e).is_some());
+                        w.done(cx.waker(), cancelled)
+                    }
+                    None => Released::default(),
+                }),
+            };
+            drop(wait);
+            match released {
+                Some(released) => break released,
+                None => fresh = Some(Rc::new(cx.waker().clone())),
+            }
         };
-        drop(wait);
+        drop(fresh);
         released.finish();
         r
     }
