@@ -34,7 +34,10 @@ use crate::error::{CancelError, Cancelled};
 ///
 /// Single-threaded, like everything in a hatchery run: share it by reference with the tasks
 /// of a nursery (or through an `Rc`). Waiting needs a hatchery run (polling a wait outside one
-/// panics); the synchronous methods (`try_` twins, releases, statistics) work anywhere.
+/// panics); the synchronous methods (`try_` twins, releases, statistics) work anywhere. A
+/// waiting `lock` future that is leaked (`mem::forget`) or kept past its run is still in the
+/// queue: the lock is handed to it in turn and stays with it (the same goes for
+/// [`Semaphore`](super::Semaphore) and [`CapacityLimiter`](super::CapacityLimiter) waits).
 ///
 /// ```
 /// use hatchery::{nursery, sync::{LockError, Mutex}, testing};
