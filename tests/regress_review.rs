@@ -5,6 +5,8 @@
 mod support;
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -353,24 +355,20 @@ fn callbacks_after_a_panicking_one_still_run() {
     assert_eq!(*seen.lock().unwrap(), [1, 3]);
 }
 
-/// A nursery future carried into a later run says so at its first poll there. Before the
-/// check it waited forever: its children's wake-ups went to the ended run's scheduler.
-///
-/// The runs happen on a thread of their own, with a real-clock timeout as in the test above, so
-/// that a regression fails instead of hanging the test binary.
-#[test]
-fn a_nursery_carried_into_a_later_run_panics_with_a_clear_message() {
+/// Polls the future `make` builds once in one run, then awaits it in a second run, on a thread
+/// of its own with a real-clock timeout (a regression fails instead of hanging the test
+/// binary): the panic message of that second run.
+fn panic_of_a_future_carried_into_a_later_run<F: Future + 'static>(
+    make: impl FnOnce() -> Pin<Box<F>> + Send + 'static,
+    hang: &str,
+) -> String {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        #[expect(clippy::async_yields_async, reason = "the nursery is carried into the next run")]
+        #[expect(clippy::async_yields_async, reason = "the future is carried into the next run")]
         let mut carried = testing::run(async {
-            let mut fut = Box::pin(nursery(async |n| {
-                let h = n.spawn(async { Ok::<_, Cancelled>(7) });
-                let v = h.await.unwrap_or(0);
-                Ok::<_, Cancelled>(v)
-            }));
+            let mut fut = make();
             let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-            assert!(polled.is_pending(), "the body waits for its child");
+            assert!(polled.is_pending(), "the future waits at its first poll");
             fut
         });
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -384,9 +382,23 @@ fn a_nursery_carried_into_a_later_run_panics_with_a_clear_message() {
         };
         let _ = done_tx.send(msg);
     });
-    let msg = done_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the carried nursery neither failed nor finished: it waits on the ended run");
+    done_rx.recv_timeout(Duration::from_secs(60)).expect(hang)
+}
+
+/// A nursery future carried into a later run says so at its first poll there. Before the
+/// check it waited forever: its children's wake-ups went to the ended run's scheduler.
+#[test]
+fn a_nursery_carried_into_a_later_run_panics_with_a_clear_message() {
+    let msg = panic_of_a_future_carried_into_a_later_run(
+        || {
+            Box::pin(nursery(async |n| {
+                let h = n.spawn(async { Ok::<_, Cancelled>(7) });
+                let v = h.await.unwrap_or(0);
+                Ok::<_, Cancelled>(v)
+            }))
+        },
+        "the carried nursery neither failed nor finished: it waits on the ended run",
+    );
     assert!(msg.contains("polled in a run other than the one it started in"), "{msg:?}");
 }
 
@@ -414,38 +426,20 @@ fn a_woken_but_unpolled_quiescence_waiter_does_not_stop_the_clock() {
 
 /// A cancel-scope future carried into a later run says so at its first poll there, as a
 /// nursery does. Before the check its body ran outside the scope: the scope's deadline lives in
-/// the ended run and never fired, so this loop of checkpoints went on for ever (a thread with
-/// a real-clock timeout bounds the test).
+/// the ended run and never fired, so this loop of checkpoints went on for ever.
 #[test]
 fn a_cancel_scope_carried_into_a_later_run_panics_with_a_clear_message() {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        #[expect(clippy::async_yields_async, reason = "the scope is carried into the next run")]
-        let mut carried = testing::run(async {
-            let mut fut = Box::pin(CancelScope::new().with_timeout(secs(1)).run(async {
+    let msg = panic_of_a_future_carried_into_a_later_run(
+        || {
+            Box::pin(CancelScope::new().with_timeout(secs(1)).run(async {
                 loop {
                     hatchery::lowlevel::checkpoint().await?;
                 }
                 #[allow(unreachable_code)]
                 Ok::<(), Cancelled>(())
-            }));
-            let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-            assert!(polled.is_pending(), "the body yields at its first checkpoint");
-            fut
-        });
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            testing::run(async move {
-                let _ = carried.as_mut().await;
-            })
-        }));
-        let msg = match r {
-            Ok(()) => "no panic".to_string(),
-            Err(p) => p.downcast_ref::<&str>().map_or("a panic without a message", |m| m).to_string(),
-        };
-        let _ = done_tx.send(msg);
-    });
-    let msg = done_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the carried scope neither failed nor finished: its deadline lives in the ended run");
+            }))
+        },
+        "the carried scope neither failed nor finished: its deadline lives in the ended run",
+    );
     assert!(msg.contains("polled in a run other than the one it started in"), "{msg:?}");
 }

@@ -385,6 +385,23 @@ impl RecvWait {
         self.unpark_keeping(shared, r)
     }
 
+    /// A completed receive met a panic (a foreign destructor) before handing its value out:
+    /// the value goes back to the channel, and the panic goes on.
+    #[cold]
+    fn give_back_and_resume<T>(
+        &mut self,
+        shared: &RefCell<State<T>>,
+        r: Result<T, RecvError>,
+        p: Box<dyn std::any::Any + Send>,
+    ) -> ! {
+        // The entry is gone already: the future's drop must not look for it.
+        self.key = GONE;
+        if let Ok(v) = r {
+            restore_after_panic(shared, v);
+        }
+        std::panic::resume_unwind(p)
+    }
+
     #[cold]
     #[inline(never)]
     fn drop_leftover_keeping<T>(
@@ -394,12 +411,7 @@ impl RecvWait {
         leftover: Option<Leftover>,
     ) -> Poll<Result<T, RecvError>> {
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(leftover))) {
-            // The entry is gone already: the future's drop must not look for it.
-            self.key = GONE;
-            if let Ok(v) = r {
-                restore_after_panic(shared, v);
-            }
-            std::panic::resume_unwind(p);
+            self.give_back_and_resume(shared, r, p);
         }
         self.unpark_keeping(shared, r)
     }
@@ -415,12 +427,7 @@ impl RecvWait {
     ) -> Poll<Result<T, RecvError>> {
         let park = &mut self.park;
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| park.unpark())) {
-            // The entry is gone already: the future's drop must not look for it.
-            self.key = GONE;
-            if let Ok(v) = r {
-                restore_after_panic(shared, v);
-            }
-            std::panic::resume_unwind(p);
+            self.give_back_and_resume(shared, r, p);
         }
         Poll::Ready(r)
     }
