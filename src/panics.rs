@@ -32,6 +32,17 @@ impl FirstPanic {
         }
     }
 
+    /// Runs `f` on every item, catching each panic, then resumes the first (see
+    /// [`resume`](FirstPanic::resume)): wakes a list of waiters, none of which a panicking one
+    /// may leave asleep.
+    pub(crate) fn each<T>(items: impl IntoIterator<Item = T>, mut f: impl FnMut(T)) {
+        let mut panics = FirstPanic::default();
+        for item in items {
+            panics.catch(|| f(item));
+        }
+        panics.resume();
+    }
+
     /// The kept panic, for a caller that decides when it goes on.
     pub(crate) fn into_inner(self) -> Option<Box<dyn Any + Send>> {
         self.0

@@ -117,9 +117,8 @@ macro_rules! close_methods {
                         "it. Idempotent; not a checkpoint."
                     )]
             pub fn close(&self) {
-                if !self.$field.is_closed() {
-                    self.$field.notify_closing();
-                }
+                // Idempotent itself: a second call finds no waiter to wake.
+                self.$field.notify_closing();
             }
 
             /// Whether [`close`](Self::close) was called.

@@ -520,11 +520,7 @@ fn wake_blocked_waiters(core: &Core, waited: Duration) -> bool {
     }
     drop(blocked);
     // Foreign code, with nothing borrowed; one that panics does not keep the others asleep.
-    let mut panic = crate::panics::FirstPanic::default();
-    for b in to_wake {
-        panic.catch(|| b.waker.wake());
-    }
-    panic.resume();
+    crate::panics::FirstPanic::each(to_wake, |b| b.waker.wake());
     true
 }
 

@@ -670,11 +670,7 @@ impl Drop for Registration {
 /// Wakes every waiter of a closed source, even if a foreign waker's wake panics (the first
 /// panic goes on after): the other direction's waiter must not sleep on.
 fn wake_all(wakers: Vec<Wakeup>) {
-    let mut panics = crate::panics::FirstPanic::default();
-    for w in wakers {
-        panics.catch(|| w.wake());
-    }
-    panics.resume();
+    crate::panics::FirstPanic::each(wakers, Wakeup::wake);
 }
 
 /// A non-blocking file descriptor registered with the run's reactor.

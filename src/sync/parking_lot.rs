@@ -332,11 +332,7 @@ impl ParkingLot {
             }
         }
         // Every one, even if a foreign waker's wake panics; the first panic goes on after.
-        let mut panics = FirstPanic::default();
-        for w in wakers {
-            panics.catch(|| w.wake());
-        }
-        panics.resume();
+        FirstPanic::each(wakers, |w| w.wake());
     }
 }
 
